@@ -1,0 +1,129 @@
+#include "larimar/address.hpp"
+
+#include <algorithm>
+
+#include "larimar/linalg.hpp"
+#include "larimar/topk.hpp"
+
+namespace larimar {
+namespace {
+
+void check_alpha(double alpha) {
+  require(std::isfinite(alpha) && alpha > 0, "alpha",
+          "expected a finite number > 0, got " + std::to_string(alpha));
+}
+
+// Weights of one row from its squared distances (any order): see gaussian_address.
+template <class T>
+void gaussian_row(const T* d2, index_t k, double alpha, T* w) {
+  double s2 = d2[0];
+  for (index_t j = 1; j < k; ++j) s2 = std::min<double>(s2, d2[j]);
+  double total = 0;
+  if (s2 <= 0) {  // coincides with a key: the alpha -> 0 limit, split over exact matches
+    for (index_t j = 0; j < k; ++j) total += (w[j] = d2[j] <= 0 ? T(1) : T(0));
+  } else {
+    // Subtracting s^2 keeps the largest weight at exp(0) = 1: no underflow of all weights.
+    const double scale = 1.0 / (2.0 * alpha * s2);
+    for (index_t j = 0; j < k; ++j)
+      total += (w[j] = static_cast<T>(std::exp(-(d2[j] - s2) * scale)));
+  }
+  const T inv = static_cast<T>(1.0 / total);
+  for (index_t j = 0; j < k; ++j) w[j] *= inv;
+}
+
+}  // namespace
+
+template <class T>
+void gaussian_address(const T* z, const T* r, index_t n, index_t k, index_t c, double alpha,
+                      T* w) {
+  check_dim(n, "Z", "number of rows N");
+  check_dim(k, "R", "number of keys K");
+  check_dim(c, "Z", "code size C");
+  check_alpha(alpha);
+  check_finite(z, n * c, "Z");
+  check_finite(r, k * c, "R");
+  std::vector<T> z_sq(n), r_sq(k);
+  row_sq_norms(z, n, c, z_sq.data());
+  row_sq_norms(r, k, c, r_sq.data());
+  // |z - R_k|^2 = |z|^2 + |R_k|^2 - 2 z.R_k, one GEMM for all pairs.
+  blas::gemm_parallel<T>(false, true, n, k, c, T(-2), z, c, r, c, T(0), w, k);
+  parallel_for(n, [&](index_t i) {
+    T* row = w + i * k;
+    for (index_t j = 0; j < k; ++j) row[j] = std::max(T(0), row[j] + z_sq[i] + r_sq[j]);
+    std::vector<T> d2(row, row + k);
+    gaussian_row(d2.data(), k, alpha, row);
+  });
+}
+
+template <class T>
+void gaussian_weights_from_sq_distances(T* d2, index_t n, index_t k, double alpha) {
+  check_alpha(alpha);
+  std::vector<T> row(k);
+  for (index_t i = 0; i < n; ++i) {
+    std::copy(d2 + i * k, d2 + (i + 1) * k, row.begin());
+    gaussian_row(row.data(), k, alpha, d2 + i * k);
+  }
+}
+
+template <class T>
+void gaussian_address_topk(const T* z, const T* r, index_t n, index_t k, index_t c,
+                           double alpha, index_t top_k, index_t* ids, T* w) {
+  check_alpha(alpha);
+  // L2 search scores are -|z - R_k|^2, nearest first.
+  topk(z, n, r, k, c, top_k, Metric::L2, ids, w);
+  for (index_t i = 0; i < n * top_k; ++i) w[i] = -w[i];
+  gaussian_weights_from_sq_distances(w, n, top_k, alpha);
+}
+
+template <class T>
+void read_dense(const T* w, const T* m, T* out, index_t batch, index_t n, index_t k, index_t c) {
+  check_dim(batch, "W", "batch size");
+  check_dim(n, "W", "number of rows N");
+  check_dim(k, "W", "memory size K");
+  check_dim(c, "M", "code size C");
+  check_finite(w, batch * n * k, "W");
+  check_finite(m, batch * k * c, "M");
+  parallel_for(batch, [&](index_t b) {
+    blas::gemm_parallel<T>(false, false, n, c, k, T(1), w + b * n * k, k, m + b * k * c, c, T(0),
+                  out + b * n * c, c);
+  });
+}
+
+template <class T>
+void read_sparse(const index_t* ids, const T* weights, index_t n, index_t top_k, const T* m,
+                 index_t k, index_t c, T* out) {
+  check_dim(n, "W", "number of rows N");
+  check_dim(top_k, "W", "number of addresses per row");
+  check_dim(k, "M", "memory size K");
+  check_dim(c, "M", "code size C");
+  for (index_t i = 0; i < n * top_k; ++i)
+    require(ids[i] >= 0 && ids[i] < k, "W",
+            "address index " + str(ids[i]) + " is outside the memory [0, " + str(k) + ")");
+  check_finite(weights, n * top_k, "W");
+  check_finite(m, k * c, "M");
+#pragma omp parallel for num_threads(n * c > (1 << 16) ? num_threads() : 1) schedule(static)
+  for (index_t i = 0; i < n; ++i) {
+    T* row = out + i * c;
+    std::fill(row, row + c, T(0));
+    for (index_t j = 0; j < top_k; ++j) {
+      const T wj = weights[i * top_k + j];
+      const T* slot = m + ids[i * top_k + j] * c;
+#pragma omp simd
+      for (index_t t = 0; t < c; ++t) row[t] += wj * slot[t];
+    }
+  }
+}
+
+#define LARIMAR_INSTANTIATE(T)                                                                 \
+  template void gaussian_address<T>(const T*, const T*, index_t, index_t, index_t, double, T*); \
+  template void gaussian_address_topk<T>(const T*, const T*, index_t, index_t, index_t, double, \
+                                         index_t, index_t*, T*);                               \
+  template void gaussian_weights_from_sq_distances<T>(T*, index_t, index_t, double);           \
+  template void read_dense<T>(const T*, const T*, T*, index_t, index_t, index_t, index_t);     \
+  template void read_sparse<T>(const index_t*, const T*, index_t, index_t, const T*, index_t,  \
+                               index_t, T*);
+LARIMAR_INSTANTIATE(float)
+LARIMAR_INSTANTIATE(double)
+#undef LARIMAR_INSTANTIATE
+
+}  // namespace larimar

@@ -1,0 +1,98 @@
+// Shared vocabulary of the kernel: index type, argument errors, threading and finite checks.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <exception>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace larimar {
+
+using index_t = std::int64_t;
+
+// A bad argument. The message always starts with the argument's name, so bindings can
+// pass it through unchanged ("W: expected 2 rows, got 3").
+class InvalidArgument : public std::invalid_argument {
+ public:
+  InvalidArgument(const std::string& arg, const std::string& what)
+      : std::invalid_argument(arg + ": " + what) {}
+};
+
+// Raised when a factorisation or solve cannot produce a trustworthy answer.
+class NumericalError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+[[noreturn]] inline void fail(const std::string& arg, const std::string& what) {
+  throw InvalidArgument(arg, what);
+}
+
+inline void require(bool ok, const std::string& arg, const std::string& what) {
+  if (!ok) fail(arg, what);
+}
+
+inline std::string str(index_t v) { return std::to_string(v); }
+
+// Every dimension must be positive and small enough for 32-bit BLAS (scipy-openblas32).
+void check_dim(index_t value, const std::string& arg, const std::string& name);
+
+// Rejects NaN and Inf anywhere in the array (parallel, early exit per thread).
+template <class T>
+void check_finite(const T* data, index_t count, const std::string& arg);
+
+void check_scalar(double value, const std::string& arg, bool allow_zero, bool allow_negative);
+
+// Threads used by kernel loops (OpenMP) and by the BLAS for single large problems.
+int num_threads();
+void set_num_threads(int n);
+
+// Threading model: the BLAS always runs single-threaded and every parallel loop is ours
+// (OpenMP), so BLAS and OpenMP thread pools never compete for the cores: large single
+// products are split into per-thread blocks (blas::gemm_parallel), batches run one episode
+// per thread. Runs body(i) for i in [0, count) across OpenMP threads; the first exception
+// thrown by any body is rethrown here.
+template <class Body>
+void parallel_for(index_t count, Body&& body) {
+  const int threads = num_threads();
+  if (count <= 1 || threads <= 1) {
+    for (index_t i = 0; i < count; ++i) body(i);
+    return;
+  }
+  std::exception_ptr error;
+  const int team = static_cast<int>(count < threads ? count : threads);
+#pragma omp parallel num_threads(team)
+  {
+#pragma omp for schedule(dynamic)
+    for (index_t i = 0; i < count; ++i) {
+      try {
+        body(i);
+      } catch (...) {
+#pragma omp critical(larimar_parallel_error)
+        if (!error) error = std::current_exception();
+      }
+    }
+  }
+  if (error) std::rethrow_exception(error);
+}
+
+template <class T>
+constexpr double epsilon() {
+  return static_cast<double>(std::numeric_limits<T>::epsilon());
+}
+
+// Default relative singular-value cutoff, as numpy.linalg.lstsq(rcond=None).
+template <class T>
+double default_rcond(index_t rows, index_t cols) {
+  return static_cast<double>(rows > cols ? rows : cols) * epsilon<T>();
+}
+
+template <class Dst, class Src>
+std::vector<Dst> convert(const Src* src, index_t count) {
+  return std::vector<Dst>(src, src + count);
+}
+
+}  // namespace larimar

@@ -1,0 +1,296 @@
+#include "larimar/kv_store.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <mutex>
+
+#include "larimar/address.hpp"
+#include "larimar/sparse_lstsq.hpp"
+
+namespace larimar {
+
+template <class T>
+KeyValueStore<T>::KeyValueStore(index_t key_dim, index_t value_dim, Metric metric)
+    : d_(key_dim), v_(value_dim), metric_(metric) {
+  check_dim(key_dim, "key_dim", "key dimension");
+  check_dim(value_dim, "value_dim", "value dimension");
+}
+
+template <class T>
+const T* KeyValueStore<T>::key_row(index_t id) const {
+  return chunks_[id / kChunkRows].keys.get() + (id % kChunkRows) * d_;
+}
+
+template <class T>
+T* KeyValueStore<T>::value_row(index_t id) {
+  return chunks_[id / kChunkRows].values.get() + (id % kChunkRows) * v_;
+}
+
+template <class T>
+std::uint64_t KeyValueStore<T>::hash_key(const T* key) const {
+  // FNV-1a over the key's bytes; +0.0 and -0.0 differ, as bitwise identity requires.
+  std::uint64_t h = 1469598103934665603ull;
+  const unsigned char* bytes = reinterpret_cast<const unsigned char*>(key);
+  for (std::size_t i = 0; i < sizeof(T) * static_cast<std::size_t>(d_); ++i)
+    h = (h ^ bytes[i]) * 1099511628211ull;
+  return h;
+}
+
+template <class T>
+index_t KeyValueStore<T>::find_key(const T* key, std::uint64_t hash) const {
+  auto range = by_hash_.equal_range(hash);
+  for (auto it = range.first; it != range.second; ++it)
+    if (std::memcmp(key_row(it->second), key, sizeof(T) * d_) == 0) return it->second;
+  return -1;
+}
+
+template <class T>
+std::vector<KeyBlock<T>> KeyValueStore<T>::blocks() const {
+  std::vector<KeyBlock<T>> out;
+  for (index_t c = 0; c < static_cast<index_t>(chunks_.size()); ++c) {
+    const index_t rows = std::min(kChunkRows, size_ - c * kChunkRows);
+    if (rows > 0) out.push_back({chunks_[c].keys.get(), chunks_[c].sq_norms.get(), rows, c * kChunkRows});
+  }
+  return out;
+}
+
+template <class T>
+void KeyValueStore<T>::add(const T* keys, const T* values, index_t n, index_t* ids_out) {
+  check_dim(n, "keys", "number of rows");
+  check_finite(keys, n * d_, "keys");
+  check_finite(values, n * v_, "values");
+  std::unique_lock<std::shared_mutex> lock(mutex_);
+
+  // Plan without touching the store: which rows are new, which repeat a key.
+  std::vector<std::uint64_t> hashes(n);
+  for (index_t i = 0; i < n; ++i) hashes[i] = hash_key(keys + i * d_);
+  std::unordered_multimap<std::uint64_t, index_t> batch_new;  // hash -> row in this call
+  std::vector<index_t> target(n);  // >= 0 existing id, < 0: -(1 + new slot ordinal)
+  index_t fresh = 0;
+  for (index_t i = 0; i < n; ++i) {
+    index_t id = find_key(keys + i * d_, hashes[i]);
+    bool found = id >= 0;
+    auto range = batch_new.equal_range(hashes[i]);
+    for (auto it = range.first; !found && it != range.second; ++it)
+      if (std::memcmp(keys + it->second * d_, keys + i * d_, sizeof(T) * d_) == 0)
+        id = target[it->second], found = true;
+    if (found) {
+      target[i] = id;
+    } else {
+      target[i] = -(1 + fresh++);
+      batch_new.emplace(hashes[i], i);
+    }
+  }
+
+  // Allocate everything that can fail before the first change.
+  const index_t new_size = size_ + fresh;
+  std::vector<Chunk> new_chunks;
+  for (index_t have = static_cast<index_t>(chunks_.size()) * kChunkRows; have < new_size; have += kChunkRows) {
+    Chunk chunk;
+    chunk.keys.reset(new T[kChunkRows * d_]);
+    chunk.values.reset(new T[kChunkRows * v_]);
+    chunk.sq_norms.reset(new T[kChunkRows]);
+    new_chunks.push_back(std::move(chunk));
+  }
+  chunks_.reserve(chunks_.size() + new_chunks.size());
+  counts_.reserve(new_size);
+  by_hash_.reserve(new_size);
+
+  // Commit.
+  for (auto& chunk : new_chunks) chunks_.push_back(std::move(chunk));
+  for (index_t i = 0; i < n; ++i) {
+    const T* value = values + i * v_;
+    index_t id = target[i];
+    if (id < 0) {
+      const index_t first_row = -(id + 1);
+      id = size_ + first_row;
+      if (id == static_cast<index_t>(counts_.size())) {  // first row with this key
+        const index_t slot = id % kChunkRows;
+        Chunk& chunk = chunks_[id / kChunkRows];
+        std::memcpy(chunk.keys.get() + slot * d_, keys + i * d_, sizeof(T) * d_);
+        std::memcpy(chunk.values.get() + slot * v_, value, sizeof(T) * v_);
+        row_sq_norms(keys + i * d_, 1, d_, chunk.sq_norms.get() + slot);
+        counts_.push_back(1.0);
+        by_hash_.emplace(hashes[i], id);
+        ids_out[i] = id;
+        continue;
+      }
+    }
+    // Running mean: the one-hot least-squares value of a slot written count + 1 times.
+    T* slot_value = value_row(id);
+    const double count = counts_[id];
+    for (index_t j = 0; j < v_; ++j)
+      slot_value[j] = static_cast<T>((count * slot_value[j] + value[j]) / (count + 1.0));
+    counts_[id] = count + 1.0;
+    ids_out[i] = id;
+  }
+  size_ = new_size;
+}
+
+template <class T>
+void KeyValueStore<T>::check_queries(const T* queries, index_t nq, const char* arg) const {
+  check_dim(nq, arg, "number of queries");
+  check_finite(queries, nq * d_, arg);
+}
+
+template <class T>
+void KeyValueStore<T>::search(const T* queries, index_t nq, index_t k, index_t* ids,
+                              T* scores) const {
+  check_queries(queries, nq, "Q");
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  require(k >= 1 && k <= size_, "k",
+          "expected 1 <= k <= number of stored keys (" + str(size_) + "), got " + str(k));
+  larimar::search(queries, nq, d_, blocks(), k, metric_, ids, scores);
+}
+
+template <class T>
+void KeyValueStore<T>::read(const T* queries, index_t nq, index_t k, double alpha, T* out) const {
+  check_queries(queries, nq, "Q");
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  read_unlocked(queries, nq, k, alpha, out);
+}
+
+template <class T>
+void KeyValueStore<T>::read_unlocked(const T* queries, index_t nq, index_t k, double alpha,
+                                     T* out) const {
+  require(k >= 1 && k <= size_, "k",
+          "expected 1 <= k <= number of stored keys (" + str(size_) + "), got " + str(k));
+  const bool soft = alpha > 0;
+  if (!soft) require(k == 1, "alpha", "a read over k > 1 keys needs Gaussian weights: give alpha > 0");
+  std::vector<index_t> ids(nq * k);
+  std::vector<T> scores(nq * k);
+  larimar::search(queries, nq, d_, blocks(), k, metric_, ids.data(), scores.data());
+  if (!soft) {
+    for (index_t i = 0; i < nq; ++i)
+      std::memcpy(out + i * v_, const_cast<KeyValueStore*>(this)->value_row(ids[i]), sizeof(T) * v_);
+    return;
+  }
+  // Squared distances of the top k: from the L2 score, or |q|^2 + |k|^2 - 2 q.k.
+  std::vector<T> q_sq(nq);
+  row_sq_norms(queries, nq, d_, q_sq.data());
+  for (index_t i = 0; i < nq; ++i)
+    for (index_t j = 0; j < k; ++j) {
+      T& s = scores[i * k + j];
+      const T k_sq = chunks_[ids[i * k + j] / kChunkRows].sq_norms[ids[i * k + j] % kChunkRows];
+      if (metric_ == Metric::L2) s = -s;
+      else if (metric_ == Metric::Cosine) s = std::max(T(0), T(2) - T(2) * s);  // unit vectors
+      else s = std::max(T(0), q_sq[i] + k_sq - T(2) * s);
+    }
+  gaussian_weights_from_sq_distances(scores.data(), nq, k, alpha);
+  std::fill(out, out + nq * v_, T(0));
+  for (index_t i = 0; i < nq; ++i)
+    for (index_t j = 0; j < k; ++j) {
+      const T w = scores[i * k + j];
+      const T* value = const_cast<KeyValueStore*>(this)->value_row(ids[i * k + j]);
+      for (index_t t = 0; t < v_; ++t) out[i * v_ + t] += w * value[t];
+    }
+}
+
+template <class T>
+void KeyValueStore<T>::write(const T* queries, const T* values, index_t n, index_t top_k,
+                             double alpha) {
+  check_queries(queries, n, "Q");
+  check_finite(values, n * v_, "values");
+  require(std::isfinite(alpha) && alpha > 0, "alpha", "expected a finite number > 0");
+  std::unique_lock<std::shared_mutex> lock(mutex_);
+  require(top_k >= 1 && top_k <= size_, "k",
+          "expected 1 <= k <= number of stored keys (" + str(size_) + "), got " + str(top_k));
+  std::vector<index_t> ids(n * top_k);
+  std::vector<T> weights(n * top_k);
+  // Address by the store's metric, weigh by squared distance (as read does).
+  larimar::search(queries, n, d_, blocks(), top_k, metric_, ids.data(), weights.data());
+  std::vector<T> q_sq(n);
+  row_sq_norms(queries, n, d_, q_sq.data());
+  for (index_t i = 0; i < n * top_k; ++i) {
+    const T k_sq = chunks_[ids[i] / kChunkRows].sq_norms[ids[i] % kChunkRows];
+    T& s = weights[i];
+    if (metric_ == Metric::L2) s = -s;
+    else if (metric_ == Metric::Cosine) s = std::max(T(0), T(2) - T(2) * s);
+    else s = std::max(T(0), q_sq[i / top_k] + k_sq - T(2) * s);
+  }
+  gaussian_weights_from_sq_distances(weights.data(), n, top_k, alpha);
+  // Solve on the touched slots only: gather them into a compact problem.
+  std::unordered_map<index_t, index_t> local;
+  std::vector<index_t> slots, local_ids(n * top_k);
+  for (index_t i = 0; i < n * top_k; ++i) {
+    auto it = local.find(ids[i]);
+    if (it == local.end()) it = local.emplace(ids[i], static_cast<index_t>(slots.size())).first, slots.push_back(ids[i]);
+    local_ids[i] = it->second;
+  }
+  const index_t t = static_cast<index_t>(slots.size());
+  std::vector<T> prior(t * v_), solved(t * v_);
+  std::vector<double> slot_counts(t);
+  for (index_t j = 0; j < t; ++j) {
+    std::memcpy(prior.data() + j * v_, value_row(slots[j]), sizeof(T) * v_);
+    slot_counts[j] = counts_[slots[j]];
+  }
+  SparseLstsqOptions options;
+  options.slot_weights = slot_counts.data();
+  sparse_lstsq_write(local_ids.data(), weights.data(), n, top_k, values, v_, t, prior.data(),
+                     solved.data(), options);
+  for (index_t j = 0; j < t; ++j) {
+    std::memcpy(value_row(slots[j]), solved.data() + j * v_, sizeof(T) * v_);
+  }
+  // Each row adds w^2 to its slots' precision (the diagonal of W^T W).
+  for (index_t i = 0; i < n * top_k; ++i) counts_[ids[i]] += double(weights[i]) * weights[i];
+}
+
+template <class T>
+index_t KeyValueStore<T>::size() const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  return size_;
+}
+
+template <class T>
+std::size_t KeyValueStore<T>::nbytes() const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  const std::size_t rows = chunks_.size() * static_cast<std::size_t>(kChunkRows);
+  return rows * sizeof(T) * static_cast<std::size_t>(d_ + v_ + 1) + counts_.capacity() * sizeof(double) +
+         by_hash_.size() * (sizeof(std::uint64_t) + sizeof(index_t) + 2 * sizeof(void*)) +
+         by_hash_.bucket_count() * sizeof(void*);
+}
+
+template <class T>
+void KeyValueStore<T>::copy_keys(T* out) const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  for (index_t i = 0; i < size_; ++i) std::memcpy(out + i * d_, key_row(i), sizeof(T) * d_);
+}
+
+template <class T>
+void KeyValueStore<T>::copy_values(T* out) const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  for (index_t i = 0; i < size_; ++i)
+    std::memcpy(out + i * v_, const_cast<KeyValueStore*>(this)->value_row(i), sizeof(T) * v_);
+}
+
+template <class T>
+void KeyValueStore<T>::copy_counts(double* out) const {
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  std::copy(counts_.begin(), counts_.end(), out);
+}
+
+template <class T>
+void KeyValueStore<T>::assign(const T* keys, const T* values, const double* counts, index_t n) {
+  require(n >= 0, "keys", "expected a non-negative number of rows");
+  if (n > 0) {
+    check_finite(keys, n * d_, "keys");
+    check_finite(values, n * v_, "values");
+    check_finite(counts, n, "counts");
+    for (index_t i = 0; i < n; ++i) require(counts[i] > 0, "counts", "expected positive write counts");
+  }
+  KeyValueStore fresh(d_, v_, metric_);
+  std::vector<index_t> ids(n);
+  if (n > 0) fresh.add(keys, values, n, ids.data());
+  require(fresh.size_ == n, "keys", "holds duplicate keys; a saved store never does");
+  fresh.counts_.assign(counts, counts + n);
+  std::unique_lock<std::shared_mutex> lock(mutex_);
+  size_ = fresh.size_;
+  chunks_.swap(fresh.chunks_);
+  counts_.swap(fresh.counts_);
+  by_hash_.swap(fresh.by_hash_);
+}
+
+template class KeyValueStore<float>;
+template class KeyValueStore<double>;
+
+}  // namespace larimar

@@ -1,0 +1,70 @@
+// The fixed-key memory of Nelson et al. (DESIGN.md section 2): keys R grow with the
+// context, values M hold the least-squares write of what each key addressed.
+#pragma once
+
+#include <memory>
+#include <shared_mutex>
+#include <unordered_map>
+#include <vector>
+
+#include "larimar/common.hpp"
+#include "larimar/topk.hpp"
+
+namespace larimar {
+
+template <class T>
+class KeyValueStore {
+ public:
+  KeyValueStore(index_t key_dim, index_t value_dim, Metric metric);
+
+  // Appends rows. A key bitwise identical to a stored key (or to an earlier row of the same
+  // call) is not appended again: with one-hot addresses the least-squares value of a slot is
+  // the mean of the values written to it, so that slot's value becomes the running mean
+  // and its id is returned. All-or-nothing: on any error nothing changes.
+  void add(const T* keys, const T* values, index_t n, index_t* ids_out);
+
+  // Soft write of existing slots: each row is addressed by its top_k keys nearest to query
+  // (Gaussian weights, alpha), and the touched values become the least-squares solution of
+  // the new rows plus the slots' past writes (each slot's past rows weigh as its count).
+  void write(const T* queries, const T* values, index_t n, index_t top_k, double alpha);
+
+  void search(const T* queries, index_t nq, index_t k, index_t* ids, T* scores) const;
+  // out (nq x value_dim): k = 1 without alpha reads the best slot's value exactly; with
+  // alpha, Gaussian weights over the top k by squared distance.
+  void read(const T* queries, index_t nq, index_t k, double alpha, T* out) const;
+
+  index_t size() const;
+  index_t key_dim() const { return d_; }
+  index_t value_dim() const { return v_; }
+  Metric metric() const { return metric_; }
+  std::size_t nbytes() const;
+  void copy_keys(T* out) const;
+  void copy_values(T* out) const;
+  void copy_counts(double* out) const;
+  // Replaces the whole content (used by load). counts: rows written per slot.
+  void assign(const T* keys, const T* values, const double* counts, index_t n);
+
+ private:
+  struct Chunk {
+    std::unique_ptr<T[]> keys, values, sq_norms;
+  };
+  static constexpr index_t kChunkRows = 16384;
+
+  const T* key_row(index_t id) const;
+  T* value_row(index_t id);
+  std::vector<KeyBlock<T>> blocks() const;
+  std::uint64_t hash_key(const T* key) const;
+  index_t find_key(const T* key, std::uint64_t hash) const;
+  void check_queries(const T* queries, index_t nq, const char* arg) const;
+  void read_unlocked(const T* queries, index_t nq, index_t k, double alpha, T* out) const;
+
+  index_t d_, v_;
+  Metric metric_;
+  index_t size_ = 0;
+  std::vector<Chunk> chunks_;
+  std::vector<double> counts_;
+  std::unordered_multimap<std::uint64_t, index_t> by_hash_;
+  mutable std::shared_mutex mutex_;  // readers share, writers are exclusive
+};
+
+}  // namespace larimar

@@ -1,0 +1,248 @@
+#include "larimar/linalg.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+#include <omp.h>
+
+#ifndef LARIMAR_BLAS_PREFIX
+#define LARIMAR_BLAS_PREFIX
+#endif
+#define LARIMAR_CAT2(a, b) a##b
+#define LARIMAR_CAT(a, b) LARIMAR_CAT2(a, b)
+#define BLAS_SYMBOL(name) LARIMAR_CAT(LARIMAR_BLAS_PREFIX, name)
+
+extern "C" {
+void BLAS_SYMBOL(sgemm_)(const char*, const char*, const int*, const int*, const int*,
+                         const float*, const float*, const int*, const float*, const int*,
+                         const float*, float*, const int*);
+void BLAS_SYMBOL(dgemm_)(const char*, const char*, const int*, const int*, const int*,
+                         const double*, const double*, const int*, const double*, const int*,
+                         const double*, double*, const int*);
+void BLAS_SYMBOL(sgemv_)(const char*, const int*, const int*, const float*, const float*,
+                         const int*, const float*, const int*, const float*, float*, const int*);
+void BLAS_SYMBOL(dgemv_)(const char*, const int*, const int*, const double*, const double*,
+                         const int*, const double*, const int*, const double*, double*,
+                         const int*);
+void BLAS_SYMBOL(dtrsm_)(const char*, const char*, const char*, const char*, const int*,
+                         const int*, const double*, const double*, const int*, double*,
+                         const int*);
+void BLAS_SYMBOL(dpotrf_)(const char*, const int*, double*, const int*, int*);
+void BLAS_SYMBOL(dpocon_)(const char*, const int*, const double*, const int*, const double*,
+                          double*, double*, int*, int*);
+void BLAS_SYMBOL(dgeqrf_)(const int*, const int*, double*, const int*, double*, double*,
+                          const int*, int*);
+void BLAS_SYMBOL(dorgqr_)(const int*, const int*, const int*, double*, const int*,
+                          const double*, double*, const int*, int*);
+void BLAS_SYMBOL(dgesdd_)(const char*, const int*, const int*, double*, const int*, double*,
+                          double*, const int*, double*, const int*, double*, const int*, int*,
+                          int*);
+void BLAS_SYMBOL(openblas_set_num_threads)(int);
+int BLAS_SYMBOL(openblas_get_num_threads)(void);
+char* BLAS_SYMBOL(openblas_get_config)(void);
+char* BLAS_SYMBOL(openblas_get_corename)(void);
+}
+
+namespace larimar {
+namespace {
+int as_int(index_t v) { return static_cast<int>(v); }
+}  // namespace
+
+namespace blas {
+
+std::string vendor() {
+  return std::string(BLAS_SYMBOL(openblas_get_config)()) + " core=" +
+         BLAS_SYMBOL(openblas_get_corename)();
+}
+int threads() { return BLAS_SYMBOL(openblas_get_num_threads)(); }
+void set_threads(int n) { BLAS_SYMBOL(openblas_set_num_threads)(n); }
+
+// Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
+template <>
+void gemm<float>(bool ta, bool tb, index_t m, index_t n, index_t k, float alpha, const float* a,
+                 index_t lda, const float* b, index_t ldb, float beta, float* c, index_t ldc) {
+  if (m == 0 || n == 0) return;
+  const char tra = ta ? 'T' : 'N', trb = tb ? 'T' : 'N';
+  const int M = as_int(m), N = as_int(n), K = as_int(k), LDA = as_int(lda), LDB = as_int(ldb),
+            LDC = as_int(ldc);
+  BLAS_SYMBOL(sgemm_)(&trb, &tra, &N, &M, &K, &alpha, b, &LDB, a, &LDA, &beta, c, &LDC);
+}
+template <>
+void gemm<double>(bool ta, bool tb, index_t m, index_t n, index_t k, double alpha,
+                  const double* a, index_t lda, const double* b, index_t ldb, double beta,
+                  double* c, index_t ldc) {
+  if (m == 0 || n == 0) return;
+  const char tra = ta ? 'T' : 'N', trb = tb ? 'T' : 'N';
+  const int M = as_int(m), N = as_int(n), K = as_int(k), LDA = as_int(lda), LDB = as_int(ldb),
+            LDC = as_int(ldc);
+  BLAS_SYMBOL(dgemm_)(&trb, &tra, &N, &M, &K, &alpha, b, &LDB, a, &LDA, &beta, c, &LDC);
+}
+
+template <class T>
+void gemm_parallel(bool ta, bool tb, index_t m, index_t n, index_t k, T alpha, const T* a,
+                   index_t lda, const T* b, index_t ldb, T beta, T* c, index_t ldc) {
+  const int threads = num_threads();
+  // Below ~4 MFLOP a second thread costs more than it saves.
+  if (threads <= 1 || omp_in_parallel() || m * n * k < (index_t(1) << 21)) {
+    gemm<T>(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    return;
+  }
+  // Split the larger output dimension; op(A) rows are A's rows (or columns when
+  // transposed), op(B) columns likewise.
+  const bool split_rows = m >= n;
+  const index_t extent = split_rows ? m : n;
+  const index_t parts = std::min<index_t>(threads, (extent + 63) / 64);
+  const index_t step = (extent + parts - 1) / parts;
+#pragma omp parallel for num_threads(static_cast<int>(parts)) schedule(static)
+  for (index_t p = 0; p < parts; ++p) {
+    const index_t lo = p * step, len = std::min(step, extent - lo);
+    if (len <= 0) continue;
+    if (split_rows)
+      gemm<T>(ta, tb, len, n, k, alpha, ta ? a + lo : a + lo * lda, lda, b, ldb, beta,
+              c + lo * ldc, ldc);
+    else
+      gemm<T>(ta, tb, m, len, k, alpha, a, lda, tb ? b + lo * ldb : b + lo, ldb, beta, c + lo,
+              ldc);
+  }
+}
+template void gemm_parallel<float>(bool, bool, index_t, index_t, index_t, float, const float*,
+                                   index_t, const float*, index_t, float, float*, index_t);
+template void gemm_parallel<double>(bool, bool, index_t, index_t, index_t, double,
+                                    const double*, index_t, const double*, index_t, double,
+                                    double*, index_t);
+
+// Row-major A (rows x cols) is column-major A^T: flip the transpose flag.
+template <>
+void gemv<float>(bool trans, index_t rows, index_t cols, float alpha, const float* a,
+                 index_t lda, const float* x, float beta, float* y) {
+  const char t = trans ? 'N' : 'T';
+  const int M = as_int(cols), N = as_int(rows), LDA = as_int(lda), one = 1;
+  BLAS_SYMBOL(sgemv_)(&t, &M, &N, &alpha, a, &LDA, x, &one, &beta, y, &one);
+}
+template <>
+void gemv<double>(bool trans, index_t rows, index_t cols, double alpha, const double* a,
+                  index_t lda, const double* x, double beta, double* y) {
+  const char t = trans ? 'N' : 'T';
+  const int M = as_int(cols), N = as_int(rows), LDA = as_int(lda), one = 1;
+  BLAS_SYMBOL(dgemv_)(&t, &M, &N, &alpha, a, &LDA, x, &one, &beta, y, &one);
+}
+
+}  // namespace blas
+
+// The row-major symmetric matrix is its own column-major image; 'U' in column-major is the
+// upper triangle of the column-major view. We factor A = U^T U (column-major upper).
+bool Cholesky::factor(std::vector<double>& a, index_t n) {
+  n_ = n;
+  norm1_ = 0;
+  for (index_t j = 0; j < n; ++j) {
+    double s = 0;
+    for (index_t i = 0; i < n; ++i) s += std::abs(a[i * n + j]);
+    norm1_ = std::max(norm1_, s);
+  }
+  factor_.swap(a);
+  const char uplo = 'U';
+  const int N = as_int(n);
+  int info = 0;
+  BLAS_SYMBOL(dpotrf_)(&uplo, &N, factor_.data(), &N, &info);
+  return info == 0;
+}
+
+double Cholesky::rcond() const {
+  const char uplo = 'U';
+  const int N = as_int(n_);
+  double rc = 0;
+  std::vector<double> work(3 * n_);
+  std::vector<int> iwork(n_);
+  int info = 0;
+  BLAS_SYMBOL(dpocon_)(&uplo, &N, factor_.data(), &N, &norm1_, &rc, work.data(), iwork.data(),
+                       &info);
+  return info == 0 ? rc : 0.0;
+}
+
+// Row-major B (n x nrhs) is column-major B^T (nrhs x n). A^-1 B in row-major is
+// B^T A^-1 = B^T U^-1 U^-T in column-major: two right-side triangular solves.
+void Cholesky::solve(double* b, index_t nrhs) const {
+  const int N = as_int(n_), NRHS = as_int(nrhs);
+  const double one = 1.0;
+  const char right = 'R', upper = 'U', notrans = 'N', trans = 'T', nonunit = 'N';
+  BLAS_SYMBOL(dtrsm_)(&right, &upper, &notrans, &nonunit, &NRHS, &N, &one, factor_.data(), &N,
+                      b, &NRHS);
+  BLAS_SYMBOL(dtrsm_)(&right, &upper, &trans, &nonunit, &NRHS, &N, &one, factor_.data(), &N, b,
+                      &NRHS);
+}
+
+void thin_qr(const double* a, index_t rows, index_t cols, std::vector<double>& q,
+             std::vector<double>& r) {
+  // Column-major copy of A for LAPACK.
+  std::vector<double> qc(rows * cols);
+  for (index_t i = 0; i < rows; ++i)
+    for (index_t j = 0; j < cols; ++j) qc[j * rows + i] = a[i * cols + j];
+  const int M = as_int(rows), N = as_int(cols);
+  std::vector<double> tau(cols);
+  int info = 0, lwork = -1;
+  double query = 0;
+  BLAS_SYMBOL(dgeqrf_)(&M, &N, qc.data(), &M, tau.data(), &query, &lwork, &info);
+  lwork = std::max(1, static_cast<int>(query));
+  std::vector<double> work(lwork);
+  BLAS_SYMBOL(dgeqrf_)(&M, &N, qc.data(), &M, tau.data(), work.data(), &lwork, &info);
+  if (info != 0) throw NumericalError("QR factorisation failed (dgeqrf info " + std::to_string(info) + ")");
+  r.assign(cols * cols, 0.0);
+  for (index_t i = 0; i < cols; ++i)
+    for (index_t j = i; j < cols; ++j) r[i * cols + j] = qc[j * rows + i];
+  lwork = -1;
+  BLAS_SYMBOL(dorgqr_)(&M, &N, &N, qc.data(), &M, tau.data(), &query, &lwork, &info);
+  lwork = std::max(1, static_cast<int>(query));
+  work.resize(lwork);
+  BLAS_SYMBOL(dorgqr_)(&M, &N, &N, qc.data(), &M, tau.data(), work.data(), &lwork, &info);
+  if (info != 0) throw NumericalError("QR factorisation failed (dorgqr info " + std::to_string(info) + ")");
+  q.resize(rows * cols);
+  for (index_t i = 0; i < rows; ++i)
+    for (index_t j = 0; j < cols; ++j) q[i * cols + j] = qc[j * rows + i];
+}
+
+// Row-major X R^-1 is column-major R^-T X^T: a left solve with the transposed factor.
+void solve_upper_right(const double* r, index_t n, double* x, index_t rows) {
+  const int N = as_int(n), M = as_int(rows);
+  const double one = 1.0;
+  const char left = 'L', lower = 'L', notrans = 'N', nonunit = 'N';
+  // Column-major, the row-major upper R reads as the lower L = R^T and X as X^T.
+  BLAS_SYMBOL(dtrsm_)(&left, &lower, &notrans, &nonunit, &N, &M, &one, r, &N, x, &N);
+}
+
+std::vector<double> svd_solve(const double* a, index_t rows, index_t cols, const double* b,
+                              index_t nrhs, double ridge, double rcond) {
+  // Row-major A (rows x cols) is column-major At (cols x rows) = U S V^T, so A = V S U^T
+  // and A^+ = U S^+ V^T with U (cols x p), V (rows x p).
+  const index_t p = std::min(rows, cols);
+  std::vector<double> at(a, a + rows * cols), s(p), u(cols * p), vt(p * rows);
+  const int M = as_int(cols), N = as_int(rows), P = as_int(p);
+  const char jobz = 'S';
+  std::vector<int> iwork(8 * p);
+  int info = 0, lwork = -1;
+  double query = 0;
+  BLAS_SYMBOL(dgesdd_)(&jobz, &M, &N, at.data(), &M, s.data(), u.data(), &M, vt.data(), &P,
+                       &query, &lwork, iwork.data(), &info);
+  lwork = std::max(1, static_cast<int>(query));
+  std::vector<double> work(lwork);
+  BLAS_SYMBOL(dgesdd_)(&jobz, &M, &N, at.data(), &M, s.data(), u.data(), &M, vt.data(), &P,
+                       work.data(), &lwork, iwork.data(), &info);
+  if (info != 0) throw NumericalError("SVD did not converge (dgesdd info " + std::to_string(info) + ")");
+  // Column-major u (cols x p) is row-major u^T (p x cols); column-major vt (p x rows) is
+  // row-major V (rows x p). X = U diag(f(s)) V^T B.
+  std::vector<double> vtb(p * nrhs);
+  blas::gemm<double>(true, false, p, nrhs, rows, 1.0, vt.data(), p, b, nrhs, 0.0, vtb.data(),
+                     nrhs);
+  const double cutoff = rcond * s[0];
+  for (index_t i = 0; i < p; ++i) {
+    double f = 0;
+    if (ridge > 0) f = s[i] / (s[i] * s[i] + ridge);
+    else if (s[i] > cutoff && s[i] > 0) f = 1.0 / s[i];
+    for (index_t j = 0; j < nrhs; ++j) vtb[i * nrhs + j] *= f;
+  }
+  std::vector<double> x(cols * nrhs);
+  blas::gemm<double>(true, false, cols, nrhs, p, 1.0, u.data(), cols, vtb.data(), nrhs, 0.0,
+                     x.data(), nrhs);
+  return x;
+}
+
+}  // namespace larimar

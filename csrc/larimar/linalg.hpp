@@ -1,0 +1,64 @@
+// Thin row-major wrappers over the Fortran BLAS/LAPACK symbols, plus the small dense
+// factorisations (Cholesky, QR, SVD) the memory ops share. Factorisations run in double:
+// a float32 memory is stored in float32, but its Gram matrices are solved in float64.
+#pragma once
+
+#include <vector>
+
+#include "larimar/common.hpp"
+
+namespace larimar {
+namespace blas {
+
+std::string vendor();  // "OpenBLAS 0.3.x ..." as reported by the library
+int threads();
+void set_threads(int n);
+
+// C(m x n) = alpha * op(A) op(B) + beta * C, all row-major with leading dimensions.
+template <class T>
+void gemm(bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T alpha, const T* a,
+          index_t lda, const T* b, index_t ldb, T beta, T* c, index_t ldc);
+
+// gemm split into row or column blocks over the kernel's OpenMP threads when it is large
+// enough to pay for them; plain gemm otherwise (and inside parallel regions).
+template <class T>
+void gemm_parallel(bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T alpha,
+                   const T* a, index_t lda, const T* b, index_t ldb, T beta, T* c, index_t ldc);
+
+// y(m) = alpha * op(A) x + beta * y, A row-major (rows x cols).
+template <class T>
+void gemv(bool trans, index_t rows, index_t cols, T alpha, const T* a, index_t lda, const T* x,
+          T beta, T* y);
+
+}  // namespace blas
+
+// Cholesky factor of a symmetric positive definite n x n matrix (row-major, overwritten).
+class Cholesky {
+ public:
+  // Returns false when the matrix is not numerically positive definite.
+  bool factor(std::vector<double>& a, index_t n);
+  // Reciprocal condition estimate of the factored matrix (LAPACK dpocon), in [0, 1].
+  double rcond() const;
+  // B (n x nrhs, row-major) <- A^-1 B.
+  void solve(double* b, index_t nrhs) const;
+
+ private:
+  std::vector<double> factor_;
+  index_t n_ = 0;
+  double norm1_ = 0;
+};
+
+// Thin QR of a tall matrix A (rows x cols, rows >= cols, row-major): A = Q R with Q
+// (rows x cols) orthonormal columns, R (cols x cols) upper triangular.
+void thin_qr(const double* a, index_t rows, index_t cols, std::vector<double>& q,
+             std::vector<double>& r);
+
+// X (rows x n) <- X R^-1 for an upper triangular R (n x n), both row-major.
+void solve_upper_right(const double* r, index_t n, double* x, index_t rows);
+
+// Pseudo-inverse solve through the SVD: returns X = A^+ B (cols x nrhs) with singular
+// values below rcond * s_max dropped, or the ridge solution when ridge > 0.
+std::vector<double> svd_solve(const double* a, index_t rows, index_t cols, const double* b,
+                              index_t nrhs, double ridge, double rcond);
+
+}  // namespace larimar

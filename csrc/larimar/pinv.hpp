@@ -1,0 +1,41 @@
+// Pseudo-inverse of a memory or prior R (K x C) in factored form, for addressing
+// W = Z R^+ (DESIGN.md section 2).
+#pragma once
+
+#include <vector>
+
+#include "larimar/common.hpp"
+
+namespace larimar {
+
+// R^+ = Q_c R_u^-1 Q_u^T, found by a rank-revealing pivoted Cholesky of R R^T (float64) that
+// picks r independent rows of R, then two thin QRs (of those rows, and of R projected on
+// their span). Cost O(r K C) for a memory of rank r, instead of an SVD's O(K C min(K, C)):
+// a Larimar memory written from N rows has rank N << K. Stored as left (C x r) and
+// right (r x K) in T, so W = (Z left) right.
+template <class T>
+class LowRankPinv {
+ public:
+  LowRankPinv() = default;
+  // rcond < 0: default max(K, C) * eps(T).
+  LowRankPinv(const T* r, index_t k, index_t c, double rcond = -1);
+
+  // W (n x K) = Z (n x C) R^+.
+  void apply(const T* z, index_t n, T* w) const;
+  index_t rank() const { return rank_; }
+  index_t rows() const { return k_; }
+  index_t cols() const { return c_; }
+  bool empty() const { return k_ == 0; }
+
+ private:
+  index_t k_ = 0, c_ = 0, rank_ = 0;
+  std::vector<T> left_;   // C x r
+  std::vector<T> right_;  // r x K
+};
+
+// W (B x N x K) = Z (B x N x C) R^+ per episode, R (B x K x C).
+template <class T>
+void pinv_address(const T* z, const T* r, T* w, index_t batch, index_t n, index_t k, index_t c,
+                  double rcond);
+
+}  // namespace larimar

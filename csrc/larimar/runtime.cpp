@@ -1,0 +1,53 @@
+#include "larimar/common.hpp"
+
+#include <omp.h>
+
+#include <atomic>
+
+#include "larimar/linalg.hpp"
+
+namespace larimar {
+
+namespace {
+std::atomic<int> g_threads{0};  // 0: not chosen yet, use the OpenMP default
+
+// The BLAS is single-threaded for the life of the process (see common.hpp).
+const bool g_blas_single = [] {
+  blas::set_threads(1);
+  return true;
+}();
+}  // namespace
+
+void check_dim(index_t value, const std::string& arg, const std::string& name) {
+  require(value > 0, arg, "expected " + name + " > 0, got " + str(value) + " (empty input)");
+  require(value <= std::numeric_limits<int>::max(), arg,
+          name + " = " + str(value) + " exceeds the 32-bit BLAS limit");
+}
+
+template <class T>
+void check_finite(const T* data, index_t count, const std::string& arg) {
+  bool finite = true;
+#pragma omp parallel for reduction(&& : finite) num_threads(count > (1 << 16) ? num_threads() : 1)
+  for (index_t i = 0; i < count; ++i) finite = finite && std::isfinite(data[i]);
+  require(finite, arg, "contains NaN or Inf; expected finite values");
+}
+template void check_finite<float>(const float*, index_t, const std::string&);
+template void check_finite<double>(const double*, index_t, const std::string&);
+
+void check_scalar(double value, const std::string& arg, bool allow_zero, bool allow_negative) {
+  require(std::isfinite(value), arg, "expected a finite number, got " + std::to_string(value));
+  if (!allow_negative) require(value >= 0, arg, "expected >= 0, got " + std::to_string(value));
+  if (!allow_zero) require(value != 0, arg, "expected a non-zero value, got 0");
+}
+
+int num_threads() {
+  const int n = g_threads.load(std::memory_order_relaxed);
+  return n > 0 ? n : omp_get_max_threads();
+}
+
+void set_num_threads(int n) {
+  require(n > 0, "n", "expected a positive thread count, got " + std::to_string(n));
+  g_threads.store(n, std::memory_order_relaxed);
+}
+
+}  // namespace larimar

@@ -1,0 +1,198 @@
+#include "larimar/topk.hpp"
+
+#include <omp.h>
+
+#include <algorithm>
+
+#include "larimar/linalg.hpp"
+
+namespace larimar {
+namespace {
+
+// Keys per tile: a tile of scores (queries x tile) and the tile's keys stay in cache.
+constexpr index_t kTileRows = 1024;
+// Queries scored together; bounds the per-thread score buffer.
+constexpr index_t kQueryBlock = 256;
+
+template <class T>
+struct Candidate {
+  T score;
+  index_t id;
+};
+
+// a ranks before b: higher score, then lower id.
+template <class T>
+inline bool better(const Candidate<T>& a, const Candidate<T>& b) {
+  return a.score > b.score || (a.score == b.score && a.id < b.id);
+}
+
+// The k best candidates seen so far for one query, as a heap whose top is the worst kept.
+template <class T>
+class TopK {
+ public:
+  explicit TopK(index_t k) : k_(k) { heap_.reserve(k); }
+  // Score below the current k-th best can never enter; lets the scan skip the heap.
+  T threshold() const {
+    return static_cast<index_t>(heap_.size()) < k_ ? -std::numeric_limits<T>::infinity()
+                                                   : heap_.front().score;
+  }
+  void push(T score, index_t id) {
+    const Candidate<T> c{score, id};
+    auto worse_first = [](const Candidate<T>& a, const Candidate<T>& b) { return better(a, b); };
+    if (static_cast<index_t>(heap_.size()) < k_) {
+      heap_.push_back(c);
+      std::push_heap(heap_.begin(), heap_.end(), worse_first);
+    } else if (better(c, heap_.front())) {
+      std::pop_heap(heap_.begin(), heap_.end(), worse_first);
+      heap_.back() = c;
+      std::push_heap(heap_.begin(), heap_.end(), worse_first);
+    }
+  }
+  const std::vector<Candidate<T>>& items() const { return heap_; }
+
+ private:
+  index_t k_;
+  std::vector<Candidate<T>> heap_;
+};
+
+struct Tile {
+  index_t block, offset, rows;
+};
+
+template <class T>
+void search_query_block(const T* q, index_t nq, index_t d, const std::vector<KeyBlock<T>>& blocks,
+                        const std::vector<Tile>& tiles, index_t k, Metric metric,
+                        index_t* out_ids, T* out_scores) {
+  std::vector<T> q_sq(nq, T(0));
+  if (metric != Metric::InnerProduct) row_sq_norms(q, nq, d, q_sq.data());
+  const int team = static_cast<int>(
+      std::min<index_t>(num_threads(), static_cast<index_t>(tiles.size())));
+  std::vector<std::vector<TopK<T>>> per_thread(team);
+
+#pragma omp parallel num_threads(team)
+  {
+    const int tid = omp_get_thread_num();
+    std::vector<TopK<T>> best(nq, TopK<T>(k));
+    std::vector<T> scores(nq * kTileRows);
+#pragma omp for schedule(dynamic, 4)
+    for (index_t t = 0; t < static_cast<index_t>(tiles.size()); ++t) {
+      const Tile& tile = tiles[t];
+      const KeyBlock<T>& block = blocks[tile.block];
+      const T* keys = block.keys + tile.offset * d;
+      const index_t rows = tile.rows;
+      if (nq == 1)
+        blas::gemv<T>(false, rows, d, T(1), keys, d, q, T(0), scores.data());
+      else
+        blas::gemm<T>(false, true, nq, rows, d, T(1), q, d, keys, d, T(0), scores.data(), rows);
+      const index_t first = block.first_id + tile.offset;
+      const T* k_sq = metric == Metric::InnerProduct ? nullptr : block.sq_norms + tile.offset;
+      for (index_t i = 0; i < nq; ++i) {
+        T* s = scores.data() + i * rows;
+        if (metric == Metric::Cosine) {
+          const T qn = std::sqrt(q_sq[i]);
+          for (index_t j = 0; j < rows; ++j) {
+            const T denom = qn * std::sqrt(k_sq[j]);
+            s[j] = denom > T(0) ? s[j] / denom : T(0);
+          }
+        } else if (metric == Metric::L2) {
+          for (index_t j = 0; j < rows; ++j)
+            s[j] = std::min(T(0), T(2) * s[j] - q_sq[i] - k_sq[j]);
+        }
+        TopK<T>& heap = best[i];
+        T bar = heap.threshold();
+        for (index_t j = 0; j < rows; ++j) {
+          if (s[j] < bar) continue;
+          heap.push(s[j], first + j);
+          bar = heap.threshold();
+        }
+      }
+    }
+    per_thread[tid] = std::move(best);
+  }
+
+  // Merge the per-thread candidates; order fully by (score desc, id asc).
+  for (index_t i = 0; i < nq; ++i) {
+    std::vector<Candidate<T>> all;
+    for (auto& lists : per_thread)
+      if (!lists.empty()) all.insert(all.end(), lists[i].items().begin(), lists[i].items().end());
+    std::partial_sort(all.begin(), all.begin() + k, all.end(), better<T>);
+    for (index_t j = 0; j < k; ++j) {
+      out_ids[i * k + j] = all[j].id;
+      out_scores[i * k + j] = all[j].score;
+    }
+  }
+}
+
+}  // namespace
+
+Metric parse_metric(const std::string& name) {
+  if (name == "ip") return Metric::InnerProduct;
+  if (name == "cosine") return Metric::Cosine;
+  if (name == "l2") return Metric::L2;
+  fail("metric", "expected \"ip\", \"cosine\" or \"l2\", got \"" + name + "\"");
+}
+
+std::string metric_name(Metric metric) {
+  switch (metric) {
+    case Metric::InnerProduct: return "ip";
+    case Metric::Cosine: return "cosine";
+    case Metric::L2: return "l2";
+  }
+  return "?";
+}
+
+template <class T>
+void row_sq_norms(const T* x, index_t rows, index_t d, T* out) {
+#pragma omp parallel for num_threads(rows > 4096 ? num_threads() : 1) schedule(static)
+  for (index_t i = 0; i < rows; ++i) {
+    const T* row = x + i * d;
+    T s = 0;
+#pragma omp simd reduction(+ : s)
+    for (index_t j = 0; j < d; ++j) s += row[j] * row[j];
+    out[i] = s;
+  }
+}
+
+template <class T>
+void search(const T* queries, index_t nq, index_t d, const std::vector<KeyBlock<T>>& blocks,
+            index_t k, Metric metric, index_t* out_ids, T* out_scores) {
+  std::vector<Tile> tiles;
+  for (index_t b = 0; b < static_cast<index_t>(blocks.size()); ++b)
+    for (index_t off = 0; off < blocks[b].rows; off += kTileRows)
+      tiles.push_back({b, off, std::min(kTileRows, blocks[b].rows - off)});
+  for (index_t q0 = 0; q0 < nq; q0 += kQueryBlock) {
+    const index_t n = std::min(kQueryBlock, nq - q0);
+    search_query_block(queries + q0 * d, n, d, blocks, tiles, k, metric, out_ids + q0 * k,
+                       out_scores + q0 * k);
+  }
+}
+
+template <class T>
+void topk(const T* queries, index_t nq, const T* keys, index_t nk, index_t d, index_t k,
+          Metric metric, index_t* out_ids, T* out_scores) {
+  check_dim(nq, "Q", "number of queries");
+  check_dim(nk, "keys", "number of keys");
+  check_dim(d, "Q", "key dimension");
+  require(k >= 1 && k <= nk, "k", "expected 1 <= k <= number of keys (" + str(nk) + "), got " + str(k));
+  check_finite(queries, nq * d, "Q");
+  check_finite(keys, nk * d, "keys");
+  std::vector<T> sq;
+  if (metric != Metric::InnerProduct) {
+    sq.resize(nk);
+    row_sq_norms(keys, nk, d, sq.data());
+  }
+  const std::vector<KeyBlock<T>> blocks{{keys, sq.empty() ? nullptr : sq.data(), nk, 0}};
+  search(queries, nq, d, blocks, k, metric, out_ids, out_scores);
+}
+
+#define LARIMAR_INSTANTIATE(T)                                                                 \
+  template void row_sq_norms<T>(const T*, index_t, index_t, T*);                              \
+  template void search<T>(const T*, index_t, index_t, const std::vector<KeyBlock<T>>&, index_t, \
+                          Metric, index_t*, T*);                                               \
+  template void topk<T>(const T*, index_t, const T*, index_t, index_t, index_t, Metric,        \
+                        index_t*, T*);
+LARIMAR_INSTANTIATE(float)
+LARIMAR_INSTANTIATE(double)
+#undef LARIMAR_INSTANTIATE
+
+}  // namespace larimar

@@ -1,0 +1,39 @@
+"""larimar-ext: Larimar's episodic memory as a native library.
+
+Least-squares writes, pseudo-inverse and Gaussian addressing, sequential write/forget and
+exact key search, in a C++/OpenMP/BLAS kernel, called with numpy arrays or torch tensors.
+"""
+
+import scipy_openblas32 as _openblas  # noqa: F401  loads libscipy_openblas before _core
+
+from . import _core
+from ._version import __version__
+from .episodic import EpisodicMemory
+from .kv_memory import KeyValueMemory
+from .ops import (gaussian_address, lstsq_write, onehot_address, pinv_address, read,
+                  sparse_lstsq_write, topk)
+
+__all__ = ["EpisodicMemory", "KeyValueMemory", "gaussian_address", "get_num_threads", "info",
+           "lstsq_write", "onehot_address", "pinv_address", "read", "set_num_threads",
+           "sparse_lstsq_write", "topk", "__version__"]
+
+
+def info() -> dict:
+    """Version, BLAS vendor and threads, kernel (OpenMP) threads and SIMD in use."""
+    native = _core.info()
+    return {"version": __version__, "native_version": _core.__version__,
+            "blas_vendor": native["blas_vendor"], "blas_threads": native["blas_threads"],
+            "openmp_threads": native["openmp_threads"], "simd": native["simd"],
+            "threading": "kernel loops and large products split over OpenMP threads; "
+                         "each BLAS call single-threaded"}
+
+
+def set_num_threads(n: int) -> None:
+    """Threads used by the kernel (OpenMP loops and split BLAS products)."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n: expected an integer, got {type(n).__name__}")
+    _core.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    return _core.get_num_threads()

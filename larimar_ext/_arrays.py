@@ -1,0 +1,111 @@
+"""Array conversion at the API boundary: numpy arrays and torch tensors in, the same kind out.
+
+Rules (the documented copies):
+- float32 and float64 pass through untouched when C-contiguous (zero-copy; CPU torch
+  tensors are viewed through ``Tensor.numpy()``). Non-contiguous inputs are copied to
+  C order. CUDA (or other device) tensors are copied to host, and results copied back.
+- All floating arrays of one call must share one dtype; any other dtype is a TypeError.
+- Index arrays of any integer dtype are converted to int64 (a copy unless already int64).
+- Results are numpy arrays, or torch tensors (sharing the result's memory, on the device of
+  the first tensor argument) when any argument was a tensor.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+try:  # torch is optional
+    import torch
+except ImportError:  # pragma: no cover - exercised only without torch
+    torch = None
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def is_tensor(x: Any) -> bool:
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+class Boundary:
+    """Converts the arguments of one call and wraps its results the same way."""
+
+    def __init__(self, dtype: Optional[np.dtype] = None, dtype_source: str = "") -> None:
+        self.dtype = np.dtype(dtype) if dtype is not None else None
+        self.dtype_source = dtype_source
+        self.device = None  # torch device of the first tensor argument
+
+    def _to_numpy(self, x: Any, name: str) -> np.ndarray:
+        if is_tensor(x):
+            if self.device is None:
+                self.device = x.device
+            x = x.detach()
+            if x.device.type != "cpu":
+                x = x.cpu()
+            try:
+                return x.numpy()
+            except TypeError as exc:  # bfloat16 and other dtypes numpy lacks
+                raise TypeError(f"{name}: expected float32 or float64, got {x.dtype}") from exc
+        if isinstance(x, np.ndarray):
+            return x
+        if isinstance(x, (list, tuple)) or isinstance(x, numbers.Number):
+            return np.asarray(x)
+        raise TypeError(f"{name}: expected a numpy array or torch tensor, got {type(x).__name__}")
+
+    def floats(self, x: Any, name: str, ndim: tuple[int, ...] = (2,)) -> np.ndarray:
+        """A C-contiguous float32/float64 array of one of the allowed ranks."""
+        a = self._to_numpy(x, name)
+        if a.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{name}: expected float32 or float64, got {a.dtype}")
+        if self.dtype is None:
+            self.dtype, self.dtype_source = a.dtype, name
+        elif a.dtype != self.dtype:
+            raise TypeError(
+                f"{name}: expected {self.dtype} like {self.dtype_source}, got {a.dtype}")
+        if a.ndim not in ndim:
+            want = " or ".join(f"{d}-D" for d in ndim)
+            raise ValueError(f"{name}: expected a {want} array, got {a.ndim}-D with shape {a.shape}")
+        return np.ascontiguousarray(a)
+
+    def indices(self, x: Any, name: str) -> np.ndarray:
+        a = self._to_numpy(x, name)
+        if not np.issubdtype(a.dtype, np.integer):
+            raise TypeError(f"{name}: expected integer indices, got {a.dtype}")
+        if a.ndim != 2:
+            raise ValueError(f"{name}: expected a 2-D array, got {a.ndim}-D with shape {a.shape}")
+        return np.ascontiguousarray(a, dtype=np.int64)
+
+    def wrap(self, result: Any) -> Any:
+        """numpy results as given, or tensors on the first tensor argument's device."""
+        if self.device is None:
+            return result
+        if isinstance(result, tuple):
+            return tuple(self.wrap(r) for r in result)
+        if isinstance(result, np.ndarray):
+            t = torch.from_numpy(result)
+            return t if self.device.type == "cpu" else t.to(self.device)
+        return result
+
+
+def scalar(value: Any, name: str) -> float:
+    """A real number argument, or a TypeError naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        if is_tensor(value) and value.numel() == 1:
+            return float(value.item())
+        raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
+    return float(value)
+
+
+def integer(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an integer, got {type(value).__name__}")
+    return int(value)
+
+
+def optional_scalar(value: Any, name: str) -> Optional[float]:
+    return None if value is None else scalar(value, name)
+
+
+Wrap = Callable[[Any], Any]

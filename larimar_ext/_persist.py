@@ -1,0 +1,107 @@
+"""Safetensors persistence shared by the memory classes.
+
+A file holds named arrays plus a JSON header (``__metadata__``) with the format name, the
+format version, the object's config and a SHA-256 of every array. Saves are atomic (write a
+temporary file beside the target, fsync, rename); loads check everything before any state
+is built. No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from typing import Any, Dict, Mapping, Tuple
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+
+FORMAT_VERSION = 1
+
+
+def _digest(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def save(path: str | os.PathLike, kind: str, config: Mapping[str, Any],
+         arrays: Mapping[str, np.ndarray]) -> None:
+    path = os.fspath(path)
+    arrays = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+    metadata = {
+        "format": kind,
+        "version": str(FORMAT_VERSION),
+        "config": json.dumps(dict(config), sort_keys=True),
+        "sha256": json.dumps({name: _digest(a) for name, a in arrays.items()}, sort_keys=True),
+    }
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".larimar-", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        save_file(arrays, tmp, metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load(path: str | os.PathLike, kind: str) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
+    """(config, arrays) of a file written by ``save`` for ``kind``; ValueError otherwise."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"path: no such file: {path!r}")
+    try:
+        from safetensors import safe_open
+        with safe_open(path, framework="numpy") as f:
+            metadata = f.metadata() or {}
+        arrays = load_file(path)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ValueError(f"path: {path!r} is not a readable safetensors file ({exc})") from exc
+    if metadata.get("format") != kind:
+        raise ValueError(f"path: {path!r} holds {metadata.get('format')!r}, expected {kind!r}")
+    if metadata.get("version") != str(FORMAT_VERSION):
+        raise ValueError(f"path: {path!r} has format version {metadata.get('version')!r}; "
+                         f"this larimar_ext reads version {FORMAT_VERSION}")
+    try:
+        config = json.loads(metadata["config"])
+        digests = json.loads(metadata["sha256"])
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise ValueError(f"path: {path!r} has a damaged header ({exc})") from exc
+    if not isinstance(config, dict) or not isinstance(digests, dict):
+        raise ValueError(f"path: {path!r} has a damaged header")
+    if set(digests) != set(arrays):
+        raise ValueError(f"path: {path!r} arrays {sorted(arrays)} do not match its header "
+                         f"{sorted(digests)}")
+    for name, a in arrays.items():
+        if _digest(a) != digests[name]:
+            raise ValueError(f"path: {path!r} array {name!r} fails its checksum (corrupted)")
+    return config, arrays
+
+
+def expect(arrays: Mapping[str, np.ndarray], name: str, shape: Tuple[int, ...],
+           dtype: np.dtype, path: Any) -> np.ndarray:
+    """The array ``name`` with exactly this shape and dtype, or a ValueError."""
+    if name not in arrays:
+        raise ValueError(f"path: {os.fspath(path)!r} lacks the array {name!r}")
+    a = arrays[name]
+    if a.shape != tuple(shape) or a.dtype != np.dtype(dtype):
+        raise ValueError(f"path: {os.fspath(path)!r} array {name!r} is {a.dtype}{list(a.shape)}, "
+                         f"expected {np.dtype(dtype)}{list(shape)}")
+    return a
+
+
+def config_value(config: Mapping[str, Any], key: str, kind: type, path: Any) -> Any:
+    value = config.get(key)
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        raise ValueError(f"path: {os.fspath(path)!r} config {key!r} = {value!r} is not a "
+                         f"{kind.__name__}")
+    return value

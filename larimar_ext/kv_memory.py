@@ -1,0 +1,135 @@
+"""The fixed-key memory of Nelson et al.: keys grow with the context, one value per key."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import numpy as np
+
+from . import _core, _persist
+from ._arrays import Boundary, integer, scalar
+
+_KIND = "larimar_ext.KeyValueMemory"
+
+
+class KeyValueMemory:
+    """Keys R (n, key_dim) and values M (n, value_dim) in host memory, searched exactly.
+
+    A write addresses each new row by its nearest key: its own, so a distinct key's value is
+    copied in; a key bitwise identical to one already stored is not appended again, and that
+    slot holds the least-squares value of every row written to it (their mean). ``write``
+    writes through soft top-k addresses by a sparse least-squares solve.
+
+    Args:
+        key_dim, value_dim: sizes of keys and values.
+        metric: "cosine" (default), "ip" or "l2", for search and addressing.
+        dtype: float32 (default) or float64.
+    """
+
+    def __init__(self, key_dim: int, value_dim: int, metric: str = "cosine",
+                 dtype: Any = np.float32) -> None:
+        key_dim = integer(key_dim, "key_dim")
+        value_dim = integer(value_dim, "value_dim")
+        if not isinstance(metric, str):
+            raise TypeError(f"metric: expected a string, got {type(metric).__name__}")
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise TypeError(f"dtype: expected float32 or float64, got {self.dtype}")
+        core = _core.KeyValueStoreF32 if self.dtype == np.float32 else _core.KeyValueStoreF64
+        self._core = core(key_dim, value_dim, metric)
+
+    def _boundary(self) -> Boundary:
+        return Boundary(self.dtype, "the memory's dtype")
+
+    @property
+    def key_dim(self) -> int:
+        return self._core.key_dim
+
+    @property
+    def value_dim(self) -> int:
+        return self._core.value_dim
+
+    @property
+    def metric(self) -> str:
+        return self._core.metric
+
+    @property
+    def keys(self) -> np.ndarray:
+        return self._core.keys()
+
+    @property
+    def values(self) -> np.ndarray:
+        return self._core.values()
+
+    @property
+    def nbytes(self) -> int:
+        """Host bytes held by the store (keys, values, norms, write counts, key index)."""
+        return self._core.nbytes
+
+    def __len__(self) -> int:
+        return len(self._core)
+
+    def add(self, keys: Any, values: Any) -> Any:
+        """Append keys (n, key_dim) with values (n, value_dim); returns the slot ids (n,)."""
+        b = self._boundary()
+        k = b.floats(keys, "keys")
+        v = b.floats(values, "values")
+        return b.wrap(self._core.add(k, v))
+
+    def write(self, Q: Any, values: Any, k: int, alpha: float) -> None:
+        """Write values (n, value_dim) through soft addresses: each row's top ``k`` keys
+        nearest to Q (n, key_dim), Gaussian weights with ``alpha``; the touched slots take
+        the least-squares solution of these rows and their past writes."""
+        b = self._boundary()
+        q = b.floats(Q, "Q")
+        v = b.floats(values, "values")
+        self._core.write(q, v, integer(k, "k"), scalar(alpha, "alpha"))
+
+    def search(self, Q: Any, k: int) -> Any:
+        """(indices int64 (nq, k), scores (nq, k)): exact top-k by the memory's metric."""
+        b = self._boundary()
+        return b.wrap(self._core.search(b.floats(Q, "Q"), integer(k, "k")))
+
+    def read(self, Q: Any, k: int = 1, alpha: Optional[float] = None) -> Any:
+        """Readouts (nq, value_dim): the best key's value (k = 1), or with ``alpha`` the
+        Gaussian-weighted values of the top k keys."""
+        b = self._boundary()
+        q = b.floats(Q, "Q")
+        kk = integer(k, "k")
+        if alpha is None:
+            a = 0.0
+        else:
+            a = scalar(alpha, "alpha")
+            if not (np.isfinite(a) and a > 0):
+                raise ValueError(f"alpha: expected a finite number > 0, got {a}")
+        return b.wrap(self._core.read(q, kk, a))
+
+    def save(self, path: str | os.PathLike) -> None:
+        config = {"key_dim": self.key_dim, "value_dim": self.value_dim, "metric": self.metric,
+                  "dtype": self.dtype.name, "size": len(self)}
+        arrays = {"keys": self.keys, "values": self.values, "counts": self._core.counts()}
+        _persist.save(path, _KIND, config, arrays)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "KeyValueMemory":
+        config, arrays = _persist.load(path, _KIND)
+        d = _persist.config_value(config, "key_dim", int, path)
+        v = _persist.config_value(config, "value_dim", int, path)
+        n = _persist.config_value(config, "size", int, path)
+        metric = _persist.config_value(config, "metric", str, path)
+        dtype = _persist.config_value(config, "dtype", str, path)
+        if dtype not in ("float32", "float64") or d <= 0 or v <= 0 or n < 0:
+            raise ValueError(f"path: {os.fspath(path)!r} has an invalid config {config}")
+        if set(arrays) != {"keys", "values", "counts"}:
+            raise ValueError(f"path: {os.fspath(path)!r} holds arrays {sorted(arrays)}")
+        keys = _persist.expect(arrays, "keys", (n, d), dtype, path)
+        values = _persist.expect(arrays, "values", (n, v), dtype, path)
+        counts = _persist.expect(arrays, "counts", (n,), np.float64, path)
+        self = cls(d, v, metric, dtype)
+        self._core.assign(keys, values, counts)
+        return self
+
+    def __repr__(self) -> str:
+        return (f"KeyValueMemory(key_dim={self.key_dim}, value_dim={self.value_dim}, "
+                f"metric={self.metric!r}, size={len(self)}, dtype={self.dtype.name})")

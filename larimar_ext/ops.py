@@ -1,0 +1,108 @@
+"""Functional memory ops (DESIGN.md section 2). Shapes: N rows, K slots/keys, C code size,
+B episodes. Every op accepts numpy arrays or torch tensors (see ``_arrays``)."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple, Union
+
+from . import _core
+from ._arrays import Boundary, integer, optional_scalar, scalar
+
+SparseAddress = Tuple[Any, Any]
+
+__all__ = ["lstsq_write", "pinv_address", "gaussian_address", "onehot_address", "read", "topk",
+           "sparse_lstsq_write"]
+
+
+def lstsq_write(W: Any, Z: Any, ridge: float = 0.0, rcond: Optional[float] = None) -> Any:
+    """Least-squares memory write M = W^+ Z.
+
+    W (N, K) and Z (N, C) give M (K, C); batched W (B, N, K), Z (B, N, C) give (B, K, C).
+    ``ridge`` > 0 solves (W^T W + ridge I) M = W^T Z. ``rcond`` is the relative singular
+    value cutoff of the pseudo-inverse (default max(N, K) * eps of the dtype).
+    """
+    b = Boundary()
+    w = b.floats(W, "W", (2, 3))
+    z = b.floats(Z, "Z", (2, 3))
+    return b.wrap(_core.lstsq_write(w, z, scalar(ridge, "ridge"), optional_scalar(rcond, "rcond")))
+
+
+def pinv_address(Z: Any, R: Any, rcond: Optional[float] = None) -> Any:
+    """Pseudo-inverse addresses W = Z R^+: (N, C), (K, C) -> (N, K), or batched
+    (B, N, C), (B, K, C) -> (B, N, K). R^+ comes from a rank-revealing factorisation, so
+    a memory of rank r < K costs O(r K C)."""
+    b = Boundary()
+    z = b.floats(Z, "Z", (2, 3))
+    r = b.floats(R, "R", (2, 3))
+    return b.wrap(_core.pinv_address(z, r, optional_scalar(rcond, "rcond")))
+
+
+def gaussian_address(Z: Any, R: Any, alpha: float, top_k: Optional[int] = None) -> Any:
+    """Gaussian soft keys: w_k ∝ exp(-|z - R_k|^2 / (2 alpha s^2)), s = min_k |z - R_k|.
+
+    Z (N, C), R (K, C). Returns dense W (N, K) with rows summing to 1, or with ``top_k``
+    the sparse address (indices int64 (N, top_k), weights (N, top_k)) over the nearest keys.
+    """
+    b = Boundary()
+    z = b.floats(Z, "Z")
+    r = b.floats(R, "R")
+    k = None if top_k is None else integer(top_k, "top_k")
+    return b.wrap(_core.gaussian_address(z, r, scalar(alpha, "alpha"), k))
+
+
+def onehot_address(Z: Any, R: Any) -> Any:
+    """Nearest key by L2 distance as a sparse address: (indices (N, 1), weights (N, 1) = 1)."""
+    b = Boundary()
+    z = b.floats(Z, "Z")
+    r = b.floats(R, "R")
+    ids, scores = _core.topk(z, r, 1, "l2")
+    scores.fill(1)
+    return b.wrap((ids, scores))
+
+
+def read(W: Union[Any, SparseAddress], M: Any) -> Any:
+    """Readout z = W M. Dense W (N, K) with M (K, C), batched (B, N, K) with (B, K, C), or
+    a sparse address (indices (N, k), weights (N, k)) with M (K, C)."""
+    b = Boundary()
+    if isinstance(W, tuple):
+        if len(W) != 2:
+            raise ValueError("W: expected a dense array or an (indices, weights) pair")
+        ids = b.indices(W[0], "W")
+        weights = b.floats(W[1], "W")
+        return b.wrap(_core.read_sparse(ids, weights, b.floats(M, "M")))
+    w = b.floats(W, "W", (2, 3))
+    return b.wrap(_core.read_dense(w, b.floats(M, "M", (2, 3))))
+
+
+def topk(Q: Any, keys: Any, k: int, metric: str = "ip") -> Any:
+    """Exact top-k search: (indices int64 (nq, k), scores (nq, k)), best first, equal scores
+    in ascending index order. metric: "ip" (q.k), "cosine", or "l2" (score -|q - k|^2)."""
+    b = Boundary()
+    q = b.floats(Q, "Q")
+    kk = b.floats(keys, "keys")
+    if not isinstance(metric, str):
+        raise TypeError(f"metric: expected a string, got {type(metric).__name__}")
+    return b.wrap(_core.topk(q, kk, integer(k, "k"), metric))
+
+
+def sparse_lstsq_write(indices: Any, weights: Any, Z: Any, memory_size: int,
+                       ridge: float = 0.0, prior: Any = None, tol: float = 1e-10,
+                       max_iter: Optional[int] = None, return_info: bool = False) -> Any:
+    """Least-squares write through sparse addresses.
+
+    M (memory_size, C) = argmin |W M - Z|^2 + ridge |M - prior|^2 with row i of W given by
+    ``indices[i]`` (int, (N, k)) and ``weights[i]`` ((N, k)); Z (N, C). Slots no row touches
+    keep ``prior`` (zero without one). One address per row is solved in closed form (the
+    mean of the values per slot); otherwise conjugate gradients on the normal equations
+    over the touched slots. ``return_info`` adds a dict (touched, iterations, residual).
+    """
+    b = Boundary()
+    ids = b.indices(indices, "indices")
+    w = b.floats(weights, "weights")
+    z = b.floats(Z, "Z")
+    p = None if prior is None else b.floats(prior, "prior")
+    iters = -1 if max_iter is None else integer(max_iter, "max_iter")
+    m, info = _core.sparse_lstsq_write(ids, w, z, integer(memory_size, "memory_size"),
+                                       scalar(ridge, "ridge"), p, scalar(tol, "tol"), iters)
+    m = b.wrap(m)
+    return (m, info) if return_info else m
