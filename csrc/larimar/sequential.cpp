@@ -107,6 +107,39 @@ void SequentialMemory<T>::write(const T* w, const T* z, index_t n) {
   invalidate();
 }
 
+// Woodbury: U = P W^T (K x n), S = I/alpha + W U (n x n), P' = P - U S^-1 U^T,
+// M' = M + U S^-1 R. Returns false, state untouched, when S is too close to singular for
+// the update to keep its digits (the caller then refactors C' directly).
+template <class T>
+bool SequentialMemory<T>::woodbury_update(const std::vector<double>& wd,
+                                          std::vector<double>& resid, index_t n, double alpha) {
+  const index_t k = k_, c = c_;
+  std::vector<double> u(k * n), s(n * n), v(n * k);
+  blas::gemm_parallel<double>(false, true, k, n, k, 1.0, precision_.data(), k, wd.data(), k, 0.0, u.data(), n);
+  blas::gemm_parallel<double>(false, false, n, n, k, 1.0, wd.data(), k, u.data(), n, 0.0, s.data(), n);
+  for (index_t i = 0; i < n; ++i) s[i * n + i] += 1.0 / alpha;
+  // S is positive definite for writes; for forgets -S must be.
+  const double sign = alpha > 0 ? 1.0 : -1.0;
+  for (double& x : s) x *= sign;
+  Cholesky chol;
+  if (!chol.factor(s, n) || chol.rcond() < 1e-6) return false;
+  for (index_t i = 0; i < k; ++i)
+    for (index_t j = 0; j < n; ++j) v[j * k + i] = sign * u[i * n + j];
+  chol.solve(v.data(), k);  // V = S^-1 U^T
+  for (double& x : resid) x *= sign;
+  chol.solve(resid.data(), c);  // S^-1 R
+  std::vector<double> scaled(wd);
+  const double root = std::sqrt(std::abs(alpha));
+  for (double& x : scaled) x *= root;
+  if (pending_sign_.size() + n > static_cast<size_t>(std::max<index_t>(64, n))) fold_pending();
+  // Nothing below can fail: commit in place.
+  blas::gemm_parallel<double>(false, false, k, k, n, -1.0, u.data(), n, v.data(), k, 1.0, precision_.data(), k);
+  blas::gemm_parallel<double>(false, false, k, c, n, 1.0, u.data(), n, resid.data(), c, 1.0, m_.data(), c);
+  pending_.insert(pending_.end(), scaled.begin(), scaled.end());
+  pending_sign_.insert(pending_sign_.end(), n, sign);
+  return true;
+}
+
 template <class T>
 void SequentialMemory<T>::update(const T* w, const T* z, index_t n, double alpha) {
   check_scalar(alpha, "alpha", false, true);
@@ -117,36 +150,13 @@ void SequentialMemory<T>::update(const T* w, const T* z, index_t n, double alpha
   std::vector<double> resid = convert<double>(z, n * c);
   blas::gemm_parallel<double>(false, false, n, c, k, -1.0, wd.data(), k, m_.data(), c, 1.0, resid.data(), c);
 
-  if (4 * n < k) {
-    // Woodbury: U = P W^T (K x n), S = I/alpha + W U (n x n),
-    // P' = P - U S^-1 U^T, M' = M + U S^-1 R.
-    std::vector<double> u(k * n), s(n * n), v(n * k);
-    blas::gemm_parallel<double>(false, true, k, n, k, 1.0, precision_.data(), k, wd.data(), k, 0.0, u.data(), n);
-    blas::gemm_parallel<double>(false, false, n, n, k, 1.0, wd.data(), k, u.data(), n, 0.0, s.data(), n);
-    for (index_t i = 0; i < n; ++i) s[i * n + i] += 1.0 / alpha;
-    // S is positive definite for writes; for forgets -S must be, else C' is not.
-    const double sign = alpha > 0 ? 1.0 : -1.0;
-    for (double& x : s) x *= sign;
-    Cholesky chol;
-    if (!chol.factor(s, n))
-      fail("W", "forgetting these rows would leave the memory's covariance W^T W + ridge I "
-                "not positive definite: they are not stored in this memory");
-    for (index_t i = 0; i < k; ++i)
-      for (index_t j = 0; j < n; ++j) v[j * k + i] = sign * u[i * n + j];
-    chol.solve(v.data(), k);  // V = S^-1 U^T
-    for (double& x : resid) x *= sign;
-    chol.solve(resid.data(), c);  // S^-1 R
-    std::vector<double> scaled(wd);
-    const double root = std::sqrt(std::abs(alpha));
-    for (double& x : scaled) x *= root;
-    if (pending_sign_.size() + n > static_cast<size_t>(std::max<index_t>(64, n))) fold_pending();
-    // Nothing below can fail: commit in place.
-    blas::gemm_parallel<double>(false, false, k, k, n, -1.0, u.data(), n, v.data(), k, 1.0, precision_.data(), k);
-    blas::gemm_parallel<double>(false, false, k, c, n, 1.0, u.data(), n, resid.data(), c, 1.0, m_.data(), c);
-    pending_.insert(pending_.end(), scaled.begin(), scaled.end());
-    pending_sign_.insert(pending_sign_.end(), n, sign);
-  } else {
-    // Many rows: C' = C + alpha W^T W, P' = C'^-1, M' = M + alpha P' W^T R.
+  // Woodbury for few rows. A forget near the ridge floor (rows that pin the memory in the
+  // underdetermined regime) makes S = I/alpha + W P W^T nearly singular, where Woodbury
+  // loses its digits; those go through a fresh Cholesky of C' instead.
+  bool done = false;
+  if (4 * n < k) done = woodbury_update(wd, resid, n, alpha);
+  if (!done) {
+    // C' = C + alpha W^T W, P' = C'^-1, M' = M + alpha P' W^T R.
     fold_pending();
     std::vector<double> gram = gram_, precision;
     blas::gemm_parallel<double>(true, false, k, k, n, alpha, wd.data(), k, wd.data(), k, 1.0, gram.data(), k);

@@ -48,6 +48,8 @@ class SequentialMemory {
  private:
   void check_rows(const T* w, const T* z, index_t n) const;
   void reset_state();
+  bool woodbury_update(const std::vector<double>& wd, std::vector<double>& resid, index_t n,
+                       double alpha);
   void fold_pending() const;
   void invalidate();
   const LowRankPinv<T>& memory_pinv() const;

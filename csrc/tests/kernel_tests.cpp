@@ -1,0 +1,166 @@
+// Standalone tests of the kernel, no Python: `cmake -DLARIMAR_BUILD_TESTS=ON` then
+// `ctest` (tests/test_native.py builds and runs it under pytest).
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "larimar/address.hpp"
+#include "larimar/kv_store.hpp"
+#include "larimar/lstsq.hpp"
+#include "larimar/pinv.hpp"
+#include "larimar/sequential.hpp"
+#include "larimar/sparse_lstsq.hpp"
+#include "larimar/topk.hpp"
+
+using larimar::index_t;
+
+namespace {
+
+int failures = 0;
+
+void check(bool ok, const std::string& what) {
+  std::printf("%s %s\n", ok ? "ok  " : "FAIL", what.c_str());
+  if (!ok) ++failures;
+}
+
+std::vector<double> random_matrix(index_t rows, index_t cols, std::mt19937& rng) {
+  std::normal_distribution<double> normal;
+  std::vector<double> a(rows * cols);
+  for (double& x : a) x = normal(rng);
+  return a;
+}
+
+double rel_diff(const std::vector<double>& a, const std::vector<double>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) num += (a[i] - b[i]) * (a[i] - b[i]), den += b[i] * b[i];
+  return std::sqrt(num / den);
+}
+
+// M = W^+ Z for a square invertible W must satisfy W M = Z.
+void test_lstsq_square(std::mt19937& rng) {
+  const index_t n = 24, c = 5;
+  const auto w = random_matrix(n, n, rng), z = random_matrix(n, c, rng);
+  std::vector<double> m(n * c), wm(n * c, 0.0);
+  larimar::lstsq_write(w.data(), z.data(), m.data(), 1, n, n, c, {});
+  for (index_t i = 0; i < n; ++i)
+    for (index_t j = 0; j < c; ++j)
+      for (index_t t = 0; t < n; ++t) wm[i * c + j] += w[i * n + t] * m[t * c + j];
+  check(rel_diff(wm, z) < 1e-10, "lstsq_write square: W M == Z");
+}
+
+// Wide W (N < K): the minimum-norm solution lies in W's row space and fits exactly.
+void test_lstsq_wide_fits(std::mt19937& rng) {
+  const index_t n = 6, k = 20, c = 3;
+  const auto w = random_matrix(n, k, rng), z = random_matrix(n, c, rng);
+  std::vector<double> m(k * c), wm(n * c, 0.0);
+  larimar::lstsq_write(w.data(), z.data(), m.data(), 1, n, k, c, {});
+  for (index_t i = 0; i < n; ++i)
+    for (index_t j = 0; j < c; ++j)
+      for (index_t t = 0; t < k; ++t) wm[i * c + j] += w[i * k + t] * m[t * c + j];
+  check(rel_diff(wm, z) < 1e-10, "lstsq_write wide: W M == Z");
+}
+
+// R^+ of a full-row-rank R satisfies R R^+ = I: with Z = R, W = R R^+ = I.
+void test_pinv_identity(std::mt19937& rng) {
+  const index_t k = 8, c = 30;
+  const auto r = random_matrix(k, c, rng);
+  std::vector<double> w(k * k), eye(k * k, 0.0);
+  for (index_t i = 0; i < k; ++i) eye[i * k + i] = 1.0;
+  larimar::pinv_address(r.data(), r.data(), w.data(), 1, k, k, c, -1);
+  check(rel_diff(w, eye) < 1e-10, "pinv_address: R R^+ == I");
+}
+
+void test_topk_ties() {
+  // Keys 0 and 2 equal: the lower index ranks first.
+  const std::vector<float> keys = {1, 0, 0, 1, 1, 0}, q = {1, 0};
+  index_t ids[3];
+  float scores[3];
+  larimar::topk(q.data(), 1, keys.data(), 3, 2, 3, larimar::Metric::InnerProduct, ids, scores);
+  check(ids[0] == 0 && ids[1] == 2 && ids[2] == 1, "topk: ties keep ascending ids");
+  bool threw = false;
+  try {
+    larimar::topk(q.data(), 1, keys.data(), 3, 2, 4, larimar::Metric::InnerProduct, ids, scores);
+  } catch (const larimar::InvalidArgument& e) {
+    threw = std::string(e.what()).rfind("k:", 0) == 0;
+  }
+  check(threw, "topk: k > number of keys is an InvalidArgument naming k");
+}
+
+// Writing rows one at a time, then forgetting some, equals the batch ridge solve.
+void test_sequential_invariant(std::mt19937& rng) {
+  const index_t k = 10, c = 4, rows = 30;
+  const double ridge = 1e-3;
+  const auto w = random_matrix(rows, k, rng), z = random_matrix(rows, c, rng);
+  larimar::SequentialMemory<double> mem(k, c, nullptr, ridge);
+  for (index_t i = 0; i < rows; ++i) mem.update(&w[i * k], &z[i * c], 1, 1.0);
+  for (index_t i = 0; i < 5; ++i) mem.update(&w[i * k], &z[i * c], 1, -1.0);
+  // Batch: (W^T W + ridge I) M = W^T Z over rows 5..29, by normal equations + Gauss-Jordan.
+  std::vector<double> a(k * k, 0.0), b(k * c, 0.0);
+  for (index_t i = 5; i < rows; ++i)
+    for (index_t p = 0; p < k; ++p) {
+      for (index_t q = 0; q < k; ++q) a[p * k + q] += w[i * k + p] * w[i * k + q];
+      for (index_t j = 0; j < c; ++j) b[p * c + j] += w[i * k + p] * z[i * c + j];
+    }
+  for (index_t p = 0; p < k; ++p) a[p * k + p] += ridge;
+  for (index_t p = 0; p < k; ++p) {
+    const double piv = a[p * k + p];
+    for (index_t q = 0; q < k; ++q) a[p * k + q] /= piv;
+    for (index_t j = 0; j < c; ++j) b[p * c + j] /= piv;
+    for (index_t r = 0; r < k; ++r) {
+      if (r == p) continue;
+      const double f = a[r * k + p];
+      for (index_t q = 0; q < k; ++q) a[r * k + q] -= f * a[p * k + q];
+      for (index_t j = 0; j < c; ++j) b[r * c + j] -= f * b[p * c + j];
+    }
+  }
+  check(rel_diff(mem.state_memory(), b) < 1e-8, "sequential write/forget == batch ridge solve");
+  bool threw = false;
+  const auto stranger = random_matrix(1, k, rng);
+  const auto before = mem.state_memory();
+  for (int i = 0; i < 3 && !threw; ++i) {
+    try {
+      mem.update(stranger.data(), &z[0], 1, -1.0);
+      mem.update(stranger.data(), &z[0], 1, -1.0);
+    } catch (const larimar::InvalidArgument&) {
+      threw = true;
+    }
+  }
+  check(threw, "sequential: forgetting a row never written is refused");
+}
+
+void test_kv_store_mean() {
+  larimar::KeyValueStore<float> store(2, 1, larimar::Metric::Cosine);
+  const std::vector<float> keys = {1, 0, 0, 1, 1, 0}, values = {2, 5, 4};
+  index_t ids[3];
+  store.add(keys.data(), values.data(), 3, ids);
+  float out = 0;
+  const std::vector<float> q = {0.9f, 0.1f};
+  store.read(q.data(), 1, 1, 0.0, &out);
+  check(store.size() == 2 && ids[2] == 0 && out == 3.0f,
+        "kv_store: identical keys share a slot holding the mean");
+}
+
+void test_sparse_lstsq_one_hot() {
+  const std::vector<index_t> ids = {1, 1, 3};
+  const std::vector<double> weights = {1, 1, 1}, z = {2, 4, 7};
+  std::vector<double> m(4);
+  larimar::sparse_lstsq_write<double>(ids.data(), weights.data(), 3, 1, z.data(), 1, 4, nullptr, m.data(), {});
+  check(m[0] == 0 && m[1] == 3 && m[2] == 0 && m[3] == 7, "sparse_lstsq: one-hot is the per-slot mean");
+}
+
+}  // namespace
+
+int main() {
+  std::mt19937 rng(7);
+  test_lstsq_square(rng);
+  test_lstsq_wide_fits(rng);
+  test_pinv_identity(rng);
+  test_topk_ties();
+  test_sequential_invariant(rng);
+  test_kv_store_mean();
+  test_sparse_lstsq_one_hot();
+  std::printf("%d failure(s)\n", failures);
+  return failures == 0 ? 0 : 1;
+}
