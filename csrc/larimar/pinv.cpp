@@ -15,30 +15,30 @@ std::vector<index_t> gram_pivots(const std::vector<double>& rd, index_t k, index
   const index_t max_rank = std::min(k, c);
   std::vector<double> residual(sq_norms);
   std::vector<index_t> pivots;
-  std::vector<double> factor;  // K x max_rank, column j = j-th Cholesky column
-  std::vector<char> taken(k, 0);
+  std::vector<double> factor;  // j x K: row t is the t-th Cholesky column
   std::vector<double> column(k), lp;
   while (static_cast<index_t>(pivots.size()) < max_rank) {
     index_t p = -1;
     double best = tol2;
     for (index_t i = 0; i < k; ++i)
-      if (!taken[i] && residual[i] > best) best = residual[i], p = i;
+      if (residual[i] > best) best = residual[i], p = i;
     if (p < 0) break;
     const index_t j = static_cast<index_t>(pivots.size());
-    if (factor.empty()) factor.assign(k * max_rank, 0.0);
     // column = (R R_p^T - L[:, :j] L[p, :j]^T) / sqrt(residual_p)
     blas::gemv<double>(false, k, c, 1.0, rd.data(), c, rd.data() + p * c, 0.0, column.data());
     if (j > 0) {
-      lp.assign(factor.begin() + p * max_rank, factor.begin() + p * max_rank + j);
-      blas::gemv<double>(false, k, j, -1.0, factor.data(), max_rank, lp.data(), 1.0, column.data());
+      lp.resize(j);
+      for (index_t t = 0; t < j; ++t) lp[t] = factor[t * k + p];
+      blas::gemv<double>(true, j, k, -1.0, factor.data(), k, lp.data(), 1.0, column.data());
     }
     const double scale = 1.0 / std::sqrt(best);
+    factor.resize((j + 1) * k);
+    double* l = factor.data() + j * k;
     for (index_t i = 0; i < k; ++i) {
-      const double l = column[i] * scale;
-      factor[i * max_rank + j] = l;
-      residual[i] -= l * l;
+      l[i] = column[i] * scale;
+      residual[i] -= l[i] * l[i];
     }
-    taken[p] = 1;
+    residual[p] = 0;  // taken: exactly spanned now
     pivots.push_back(p);
   }
   return pivots;
