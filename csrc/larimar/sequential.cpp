@@ -59,8 +59,8 @@ void SequentialMemory<T>::check_rows(const T* w, const T* z, index_t n) const {
 
 template <class T>
 void SequentialMemory<T>::invalidate() {
-  std::lock_guard<std::mutex> lock(pinv_mutex_);
-  memory_pinv_.reset();
+  std::lock_guard<std::mutex> lock(cache_mutex_);
+  read_cache_.reset();
 }
 
 template <class T>
@@ -78,14 +78,29 @@ void SequentialMemory<T>::fold_pending() const {
 }
 
 template <class T>
-const std::vector<double>& SequentialMemory<T>::state_gram() const {
+std::vector<double> SequentialMemory<T>::state_memory() const {
+  std::shared_lock<std::shared_mutex> lock(state_mutex_);
+  return m_;
+}
+
+template <class T>
+std::vector<double> SequentialMemory<T>::state_gram() const {
+  // Folding pending rows changes gram_'s representation, not the state: exclusive anyway.
+  std::unique_lock<std::shared_mutex> lock(state_mutex_);
   fold_pending();
   return gram_;
 }
 
 template <class T>
+std::vector<double> SequentialMemory<T>::state_precision() const {
+  std::shared_lock<std::shared_mutex> lock(state_mutex_);
+  return precision_;
+}
+
+template <class T>
 void SequentialMemory<T>::write(const T* w, const T* z, index_t n) {
   check_rows(w, z, n);
+  std::unique_lock<std::shared_mutex> lock(state_mutex_);
   std::vector<double> m, gram, precision;
   m.swap(m_);
   gram.swap(gram_);
@@ -95,7 +110,7 @@ void SequentialMemory<T>::write(const T* w, const T* z, index_t n) {
   pending_sign.swap(pending_sign_);
   try {
     reset_state();
-    update(w, z, n, 1.0);
+    update_locked(w, z, n, 1.0);
   } catch (...) {
     m_.swap(m);
     gram_.swap(gram);
@@ -144,6 +159,12 @@ template <class T>
 void SequentialMemory<T>::update(const T* w, const T* z, index_t n, double alpha) {
   check_scalar(alpha, "alpha", false, true);
   check_rows(w, z, n);
+  std::unique_lock<std::shared_mutex> lock(state_mutex_);
+  update_locked(w, z, n, alpha);
+}
+
+template <class T>
+void SequentialMemory<T>::update_locked(const T* w, const T* z, index_t n, double alpha) {
   const index_t k = k_, c = c_;
   const std::vector<double> wd = convert<double>(w, n * k);
   // Residual R = Z - W M (n x C).
@@ -173,20 +194,23 @@ void SequentialMemory<T>::update(const T* w, const T* z, index_t n, double alpha
 }
 
 template <class T>
-const LowRankPinv<T>& SequentialMemory<T>::memory_pinv() const {
-  std::lock_guard<std::mutex> lock(pinv_mutex_);
-  if (!memory_pinv_) {
-    const std::vector<T> m = convert<T>(m_.data(), k_ * c_);
-    memory_pinv_ = std::make_unique<LowRankPinv<T>>(m.data(), k_, c_);
+const typename SequentialMemory<T>::ReadCache& SequentialMemory<T>::read_cache() const {
+  std::lock_guard<std::mutex> lock(cache_mutex_);
+  if (!read_cache_) {
+    auto cache = std::make_unique<ReadCache>();
+    cache->memory = convert<T>(m_.data(), k_ * c_);
+    cache->pinv = LowRankPinv<T>(cache->memory.data(), k_, c_);
+    read_cache_ = std::move(cache);
   }
-  return *memory_pinv_;
+  return *read_cache_;
 }
 
 template <class T>
 void SequentialMemory<T>::address(const T* z, index_t n, T* w) const {
   check_dim(n, "Z", "number of rows");
   check_finite(z, n * c_, "Z");
-  memory_pinv().apply(z, n, w);
+  std::shared_lock<std::shared_mutex> lock(state_mutex_);
+  read_cache().pinv.apply(z, n, w);
 }
 
 template <class T>
@@ -200,14 +224,19 @@ void SequentialMemory<T>::prior_address(const T* z, index_t n, T* w) const {
 
 template <class T>
 void SequentialMemory<T>::read(const T* z, index_t n, T* out) const {
+  check_dim(n, "Zq", "number of rows");
+  check_finite(z, n * c_, "Zq");
+  std::shared_lock<std::shared_mutex> lock(state_mutex_);
+  const ReadCache& cache = read_cache();
   std::vector<T> w(n * k_);
-  address(z, n, w.data());
-  const std::vector<T> m = convert<T>(m_.data(), k_ * c_);
-  blas::gemm_parallel<T>(false, false, n, c_, k_, T(1), w.data(), k_, m.data(), c_, T(0), out, c_);
+  cache.pinv.apply(z, n, w.data());
+  blas::gemm_parallel<T>(false, false, n, c_, k_, T(1), w.data(), k_, cache.memory.data(), c_,
+                         T(0), out, c_);
 }
 
 template <class T>
 void SequentialMemory<T>::copy_memory(T* out) const {
+  std::shared_lock<std::shared_mutex> lock(state_mutex_);
   std::copy(m_.begin(), m_.end(), out);
 }
 
@@ -216,6 +245,7 @@ void SequentialMemory<T>::set_state(const double* m, const double* gram, const d
   check_finite(m, k_ * c_, "memory");
   check_finite(gram, k_ * k_, "gram");
   check_finite(precision, k_ * k_, "precision");
+  std::unique_lock<std::shared_mutex> lock(state_mutex_);
   m_.assign(m, m + k_ * c_);
   pending_.clear();
   pending_sign_.clear();

@@ -3,6 +3,7 @@
 
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <vector>
 
 #include "larimar/common.hpp"
@@ -40,19 +41,26 @@ class SequentialMemory {
   bool has_prior() const { return !prior_.empty(); }
   const std::vector<double>& prior() const { return prior_; }
   // Float64 state, for persistence: M (K x C), C and P (K x K).
-  const std::vector<double>& state_memory() const { return m_; }
-  const std::vector<double>& state_gram() const;
-  const std::vector<double>& state_precision() const { return precision_; }
+  // Copies, taken under the state lock.
+  std::vector<double> state_memory() const;
+  std::vector<double> state_gram() const;
+  std::vector<double> state_precision() const;
   void set_state(const double* m, const double* gram, const double* precision);
 
  private:
   void check_rows(const T* w, const T* z, index_t n) const;
   void reset_state();
+  void update_locked(const T* w, const T* z, index_t n, double alpha);
   bool woodbury_update(const std::vector<double>& wd, std::vector<double>& resid, index_t n,
                        double alpha);
   void fold_pending() const;
   void invalidate();
-  const LowRankPinv<T>& memory_pinv() const;
+  // M in T and its pseudo-inverse, built on first use after each change of M.
+  struct ReadCache {
+    std::vector<T> memory;
+    LowRankPinv<T> pinv;
+  };
+  const ReadCache& read_cache() const;
 
   index_t k_, c_;
   double ridge_;
@@ -65,8 +73,10 @@ class SequentialMemory {
   mutable std::vector<double> pending_sign_;
   std::vector<double> precision_;  // K x K
   std::unique_ptr<LowRankPinv<T>> prior_pinv_;
-  mutable std::unique_ptr<LowRankPinv<T>> memory_pinv_;
-  mutable std::mutex pinv_mutex_;
+  mutable std::unique_ptr<ReadCache> read_cache_;
+  mutable std::mutex cache_mutex_;
+  // Readers (address, read, copies) share; write, update and set_state are exclusive.
+  mutable std::shared_mutex state_mutex_;
 };
 
 }  // namespace larimar
