@@ -10,11 +10,11 @@ from . import _core
 from ._version import __version__
 from .episodic import EpisodicMemory
 from .kv_memory import KeyValueMemory
-from .ops import (gaussian_address, lstsq_write, onehot_address, pinv_address, read,
-                  sparse_lstsq_write, topk)
+from .ops import (gaussian_address, lstsq_write, onehot_address, pinv_address, pinv_read,
+                  read, sparse_lstsq_write, topk)
 
 __all__ = ["EpisodicMemory", "KeyValueMemory", "gaussian_address", "get_num_threads", "info",
-           "lstsq_write", "onehot_address", "pinv_address", "read", "set_num_threads",
+           "lstsq_write", "onehot_address", "pinv_address", "pinv_read", "read", "set_num_threads",
            "sparse_lstsq_write", "topk", "__version__"]
 
 

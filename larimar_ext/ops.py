@@ -10,7 +10,7 @@ from ._arrays import Boundary, integer, optional_scalar, scalar
 
 SparseAddress = Tuple[Any, Any]
 
-__all__ = ["lstsq_write", "pinv_address", "gaussian_address", "onehot_address", "read", "topk",
+__all__ = ["lstsq_write", "pinv_address", "pinv_read", "gaussian_address", "onehot_address", "read", "topk",
            "sparse_lstsq_write"]
 
 
@@ -35,6 +35,20 @@ def pinv_address(Z: Any, R: Any, rcond: Optional[float] = None) -> Any:
     z = b.floats(Z, "Z", (2, 3))
     r = b.floats(R, "R", (2, 3))
     return b.wrap(_core.pinv_address(z, r, optional_scalar(rcond, "rcond")))
+
+
+def pinv_read(Zq: Any, M: Any, rcond: Optional[float] = None) -> Any:
+    """Larimar's read z = (Zq M^+) M in one op: (N, C), (K, C) -> (N, C), or batched
+    (B, N, C), (B, K, C) -> (B, N, C).
+
+    M^+ M is the projection on M's row space, so this is Zq Q Q^T with Q an orthonormal
+    basis of that space: the same answer as ``read(pinv_address(Zq, M), M)`` (to the rank
+    cutoff ``rcond``) without forming the (N, K) addresses or a second pass over M.
+    """
+    b = Boundary()
+    z = b.floats(Zq, "Zq", (2, 3))
+    m = b.floats(M, "M", (2, 3))
+    return b.wrap(_core.pinv_read(z, m, optional_scalar(rcond, "rcond")))
 
 
 def gaussian_address(Z: Any, R: Any, alpha: float, top_k: Optional[int] = None) -> Any:

@@ -127,6 +127,27 @@ py::array pinv_address(py::handle z_obj, py::handle r_obj, py::object rcond_obj)
 }
 
 template <class T>
+py::array pinv_read(py::handle z_obj, py::handle m_obj, py::object rcond_obj) {
+  auto z = typed<T>(z_obj, "Zq", 2, 3);
+  auto m = typed<T>(m_obj, "M", 2, 3);
+  same_dim(m.ndim(), z.ndim(), "M", "expected as many dimensions as Zq");
+  const bool batched = z.ndim() == 3;
+  const index_t b = batched ? z.shape(0) : 1, n = z.shape(z.ndim() - 2), c = z.shape(z.ndim() - 1);
+  const index_t k = m.shape(m.ndim() - 2);
+  if (batched) same_dim(m.shape(0), b, "M", "expected the same batch size as Zq");
+  same_dim(m.shape(m.ndim() - 1), c, "M", "expected the code size of Zq");
+  py::array_t<T> out(batched ? std::vector<py::ssize_t>{b, n, c} : std::vector<py::ssize_t>{n, c});
+  const double rcond = rcond_value(rcond_obj);
+  const T *pz = z.data(), *pm = m.data();
+  T* po = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    larimar::pinv_read(pz, pm, po, b, n, k, c, rcond);
+  }
+  return out;
+}
+
+template <class T>
 py::object gaussian_address(py::handle z_obj, py::handle r_obj, double alpha, py::object top_k) {
   auto z = typed<T>(z_obj, "Z", 2, 2);
   auto r = typed<T>(r_obj, "R", 2, 2);
@@ -494,6 +515,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("pinv_address", [](py::handle z, py::handle r, py::object rcond) {
     return dispatch(z, "Z", [&](auto t) { return pinv_address<decltype(t)>(z, r, rcond); });
   }, py::arg("Z"), py::arg("R"), py::arg("rcond"));
+  m.def("pinv_read", [](py::handle z, py::handle mm, py::object rcond) {
+    return dispatch(z, "Zq", [&](auto t) { return pinv_read<decltype(t)>(z, mm, rcond); });
+  }, py::arg("Zq"), py::arg("M"), py::arg("rcond"));
   m.def("gaussian_address", [](py::handle z, py::handle r, double alpha, py::object top_k) {
     return dispatch(z, "Z", [&](auto t) { return gaussian_address<decltype(t)>(z, r, alpha, top_k); });
   }, py::arg("Z"), py::arg("R"), py::arg("alpha"), py::arg("top_k"));

@@ -22,6 +22,8 @@ class LowRankPinv {
 
   // W (n x K) = Z (n x C) R^+.
   void apply(const T* z, index_t n, T* w) const;
+  // out (n x C) = Z R^+ R = Z Q Q^T, the projection on R's row space.
+  void project(const T* z, index_t n, T* out) const;
   index_t rank() const { return rank_; }
   index_t rows() const { return k_; }
   index_t cols() const { return c_; }
@@ -31,7 +33,20 @@ class LowRankPinv {
   index_t k_ = 0, c_ = 0, rank_ = 0;
   std::vector<T> left_;   // C x r
   std::vector<T> right_;  // r x K
+  std::vector<T> basis_;  // C x r, orthonormal basis Q of R's row space
 };
+
+// Orthonormal basis (C x rank, row-major, float64) of the row space of R (K x C), to
+// relative singular-value cutoff rcond.
+template <class T>
+std::vector<double> row_space_basis(const T* r, index_t k, index_t c, double rcond,
+                                    index_t& rank);
+
+// Larimar's read z = (Zq M^+) M, per episode, as the projection Zq Q Q^T of the queries on
+// M's row space: no pass over M beyond finding Q. Zq (B x N x C), M (B x K x C).
+template <class T>
+void pinv_read(const T* z, const T* m, T* out, index_t batch, index_t n, index_t k, index_t c,
+               double rcond);
 
 // W (B x N x K) = Z (B x N x C) R^+ per episode, R (B x K x C).
 template <class T>

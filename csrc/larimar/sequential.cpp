@@ -60,7 +60,7 @@ void SequentialMemory<T>::check_rows(const T* w, const T* z, index_t n) const {
 template <class T>
 void SequentialMemory<T>::invalidate() {
   std::lock_guard<std::mutex> lock(cache_mutex_);
-  read_cache_.reset();
+  memory_pinv_.reset();
 }
 
 template <class T>
@@ -194,15 +194,13 @@ void SequentialMemory<T>::update_locked(const T* w, const T* z, index_t n, doubl
 }
 
 template <class T>
-const typename SequentialMemory<T>::ReadCache& SequentialMemory<T>::read_cache() const {
+const LowRankPinv<T>& SequentialMemory<T>::memory_pinv() const {
   std::lock_guard<std::mutex> lock(cache_mutex_);
-  if (!read_cache_) {
-    auto cache = std::make_unique<ReadCache>();
-    cache->memory = convert<T>(m_.data(), k_ * c_);
-    cache->pinv = LowRankPinv<T>(cache->memory.data(), k_, c_);
-    read_cache_ = std::move(cache);
+  if (!memory_pinv_) {
+    const std::vector<T> m = convert<T>(m_.data(), k_ * c_);
+    memory_pinv_ = std::make_unique<LowRankPinv<T>>(m.data(), k_, c_);
   }
-  return *read_cache_;
+  return *memory_pinv_;
 }
 
 template <class T>
@@ -210,7 +208,7 @@ void SequentialMemory<T>::address(const T* z, index_t n, T* w) const {
   check_dim(n, "Z", "number of rows");
   check_finite(z, n * c_, "Z");
   std::shared_lock<std::shared_mutex> lock(state_mutex_);
-  read_cache().pinv.apply(z, n, w);
+  memory_pinv().apply(z, n, w);
 }
 
 template <class T>
@@ -227,11 +225,7 @@ void SequentialMemory<T>::read(const T* z, index_t n, T* out) const {
   check_dim(n, "Zq", "number of rows");
   check_finite(z, n * c_, "Zq");
   std::shared_lock<std::shared_mutex> lock(state_mutex_);
-  const ReadCache& cache = read_cache();
-  std::vector<T> w(n * k_);
-  cache.pinv.apply(z, n, w.data());
-  blas::gemm_parallel<T>(false, false, n, c_, k_, T(1), w.data(), k_, cache.memory.data(), c_,
-                         T(0), out, c_);
+  memory_pinv().project(z, n, out);
 }
 
 template <class T>

@@ -31,7 +31,7 @@ class SequentialMemory {
   void address(const T* z, index_t n, T* w) const;
   // W (n x K) = Z (n x C) M0^+; needs a prior.
   void prior_address(const T* z, index_t n, T* w) const;
-  // z_read (n x C) = (Z M^+) M.
+  // z_read (n x C) = (Z M^+) M, computed as the projection of Z on M's row space.
   void read(const T* z, index_t n, T* out) const;
 
   void copy_memory(T* out) const;  // K x C
@@ -55,12 +55,8 @@ class SequentialMemory {
                        double alpha);
   void fold_pending() const;
   void invalidate();
-  // M in T and its pseudo-inverse, built on first use after each change of M.
-  struct ReadCache {
-    std::vector<T> memory;
-    LowRankPinv<T> pinv;
-  };
-  const ReadCache& read_cache() const;
+  // M^+ in factored form, built on first use after each change of M.
+  const LowRankPinv<T>& memory_pinv() const;
 
   index_t k_, c_;
   double ridge_;
@@ -73,7 +69,7 @@ class SequentialMemory {
   mutable std::vector<double> pending_sign_;
   std::vector<double> precision_;  // K x K
   std::unique_ptr<LowRankPinv<T>> prior_pinv_;
-  mutable std::unique_ptr<ReadCache> read_cache_;
+  mutable std::unique_ptr<LowRankPinv<T>> memory_pinv_;
   mutable std::mutex cache_mutex_;
   // Readers (address, read, copies) share; write, update and set_state are exclusive.
   mutable std::shared_mutex state_mutex_;
