@@ -21,8 +21,11 @@ __all__ = ["EpisodicMemory", "KeyValueMemory", "gaussian_address", "get_num_thre
 def info() -> dict:
     """Version, BLAS vendor and threads, kernel (OpenMP) threads and SIMD in use."""
     native = _core.info()
+    vendor = native["blas_vendor"]  # "OpenBLAS 0.3.x DYNAMIC_ARCH ... core=..."
+    words = vendor.split()
     return {"version": __version__, "native_version": _core.__version__,
-            "blas_vendor": native["blas_vendor"], "blas_threads": native["blas_threads"],
+            "blas_vendor": vendor, "blas_version": words[1] if len(words) > 1 else "unknown",
+            "blas_threads": native["blas_threads"],
             "openmp_threads": native["openmp_threads"], "simd": native["simd"],
             "threading": "kernel loops and large products split over OpenMP threads; "
                          "each BLAS call single-threaded"}

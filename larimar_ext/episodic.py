@@ -19,7 +19,8 @@ class EpisodicMemory:
     M = argmin_M |W M - Z|^2 + ridge |M - prior|^2 over the rows currently stored (prior
     zero when none). With a small ridge this is Larimar's least-squares write M = W^+ Z;
     the ridge keeps the sequential state defined before K rows are stored. The state
-    (M, C = W^T W + ridge I, P = C^-1) is kept in float64; arrays in and out use ``dtype``.
+    (M, C = W^T W + ridge I, B = W^T Z + ridge prior, P = C^-1) is kept in float64; arrays
+    in and out use ``dtype``.
 
     Args:
         memory_size: K, the number of slots.
@@ -108,19 +109,20 @@ class EpisodicMemory:
         has_prior = _persist.config_value(config, "has_prior", bool, path)
         if dtype not in ("float32", "float64") or k <= 0 or c <= 0:
             raise ValueError(f"path: {os.fspath(path)!r} has an invalid config {config}")
-        names = {"memory", "gram", "precision"} | ({"prior"} if has_prior else set())
+        names = {"memory", "gram", "rhs", "precision"} | ({"prior"} if has_prior else set())
         if set(arrays) != names:
             raise ValueError(f"path: {os.fspath(path)!r} holds arrays {sorted(arrays)}, "
                              f"expected {sorted(names)}")
         f64 = np.float64
         memory = _persist.expect(arrays, "memory", (k, c), f64, path)
         gram = _persist.expect(arrays, "gram", (k, k), f64, path)
+        rhs = _persist.expect(arrays, "rhs", (k, c), f64, path)
         precision = _persist.expect(arrays, "precision", (k, k), f64, path)
         prior = _persist.expect(arrays, "prior", (k, c), f64, path) if has_prior else None
         self = cls(k, c, None if prior is None else prior.astype(dtype), ridge, dtype)
         if prior is not None and not np.array_equal(self._core.state()["prior"], prior):
             raise ValueError(f"path: {os.fspath(path)!r} prior does not round-trip through {dtype}")
-        self._core.set_state(memory, gram, precision)
+        self._core.set_state(memory, gram, rhs, precision)
         return self
 
     def __repr__(self) -> str:

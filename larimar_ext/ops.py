@@ -69,9 +69,7 @@ def onehot_address(Z: Any, R: Any) -> Any:
     b = Boundary()
     z = b.floats(Z, "Z")
     r = b.floats(R, "R")
-    ids, scores = _core.topk(z, r, 1, "l2")
-    scores.fill(1)
-    return b.wrap((ids, scores))
+    return b.wrap(_core.onehot_address(z, r))
 
 
 def read(W: Union[Any, SparseAddress], M: Any) -> Any:

@@ -8,6 +8,7 @@
 
 #include <omp.h>
 
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -80,7 +81,14 @@ auto dispatch(py::handle first, const char* name, F&& f) {
   return dtype_of(as_array(first, name), name) == DType::F32 ? f(float{}) : f(double{});
 }
 
-double rcond_value(const py::object& rcond) { return rcond.is_none() ? -1.0 : rcond.cast<double>(); }
+// None -> the kernel's default (signalled as -1); otherwise a finite cutoff >= 0.
+double rcond_value(const py::object& rcond) {
+  if (rcond.is_none()) return -1.0;
+  const double v = rcond.cast<double>();
+  if (!std::isfinite(v) || v < 0)
+    throw py::value_error("rcond: expected None or a finite number >= 0, got " + std::to_string(v));
+  return v;
+}
 
 template <class T>
 py::array lstsq_write(py::handle w_obj, py::handle z_obj, double ridge, py::object rcond_obj) {
@@ -162,7 +170,7 @@ py::object gaussian_address(py::handle z_obj, py::handle r_obj, double alpha, py
     return std::move(w);
   }
   const index_t kk = top_k.cast<index_t>();
-  if (kk < 1 || kk > k)
+  if (kk < 1 || kk > k)  // checked before the (N, top_k) outputs are allocated
     throw py::value_error("top_k: expected 1 <= top_k <= number of keys (" + std::to_string(k) + "), got " + std::to_string(kk));
   py::array_t<index_t> ids({n, kk});
   py::array_t<T> w({n, kk});
@@ -171,6 +179,24 @@ py::object gaussian_address(py::handle z_obj, py::handle r_obj, double alpha, py
   {
     py::gil_scoped_release release;
     larimar::gaussian_address_topk(pz, pr, n, k, c, alpha, kk, pi, pw);
+  }
+  return py::make_tuple(ids, w);
+}
+
+template <class T>
+py::tuple onehot_address(py::handle z_obj, py::handle r_obj) {
+  auto z = typed<T>(z_obj, "Z", 2, 2);
+  auto r = typed<T>(r_obj, "R", 2, 2);
+  same_dim(r.shape(1), z.shape(1), "R", "expected the code size of Z");
+  const index_t n = z.shape(0), c = z.shape(1), k = r.shape(0);
+  py::array_t<index_t> ids({n, index_t(1)});
+  py::array_t<T> w({n, index_t(1)});
+  const T *pz = z.data(), *pr = r.data();
+  index_t* pi = ids.mutable_data();
+  T* pw = w.mutable_data();
+  {
+    py::gil_scoped_release release;
+    larimar::onehot_address(pz, pr, n, k, c, pi, pw);
   }
   return py::make_tuple(ids, w);
 }
@@ -362,25 +388,29 @@ void bind_sequential(py::module_& m, const char* name) {
       })
       .def("state", [](const Mem& self) {
         const index_t k = self.memory_size(), c = self.code_size();
+        const typename Mem::State st = self.state();
         py::dict d;
-        d["memory"] = vector_copy(self.state_memory(), {k, c});
-        d["gram"] = vector_copy(self.state_gram(), {k, k});
-        d["precision"] = vector_copy(self.state_precision(), {k, k});
+        d["memory"] = vector_copy(st.memory, {k, c});
+        d["gram"] = vector_copy(st.gram, {k, k});
+        d["rhs"] = vector_copy(st.rhs, {k, c});
+        d["precision"] = vector_copy(st.precision, {k, k});
         if (self.has_prior()) d["prior"] = vector_copy(self.prior(), {k, c});
         return d;
       })
-      .def("set_state", [](Mem& self, py::handle m_obj, py::handle g_obj, py::handle p_obj) {
+      .def("set_state", [](Mem& self, py::handle m_obj, py::handle g_obj, py::handle b_obj, py::handle p_obj) {
         const index_t k = self.memory_size(), c = self.code_size();
-        auto mm = typed<double>(m_obj, "memory", 2, 2);
-        auto g = typed<double>(g_obj, "gram", 2, 2);
-        auto p = typed<double>(p_obj, "precision", 2, 2);
-        same_dim(mm.shape(0), k, "memory", "expected memory_size rows");
-        same_dim(mm.shape(1), c, "memory", "expected code_size columns");
-        for (auto* a : {&g, &p}) {
-          same_dim(a->shape(0), k, "gram", "expected memory_size x memory_size");
-          same_dim(a->shape(1), k, "gram", "expected memory_size x memory_size");
-        }
-        self.set_state(mm.data(), g.data(), p.data());
+        auto take = [&](py::handle obj, const char* name, index_t rows, index_t cols) {
+          auto a = typed<double>(obj, name, 2, 2);
+          same_dim(a.shape(0), rows, name, "expected " + std::to_string(rows) + " rows");
+          same_dim(a.shape(1), cols, name, "expected " + std::to_string(cols) + " columns");
+          return std::vector<double>(a.data(), a.data() + rows * cols);
+        };
+        typename Mem::State st;
+        st.memory = take(m_obj, "memory", k, c);
+        st.gram = take(g_obj, "gram", k, k);
+        st.rhs = take(b_obj, "rhs", k, c);
+        st.precision = take(p_obj, "precision", k, k);
+        self.set_state(st);
       })
       .def_property_readonly("memory_size", &Mem::memory_size)
       .def_property_readonly("code_size", &Mem::code_size)
@@ -521,6 +551,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("gaussian_address", [](py::handle z, py::handle r, double alpha, py::object top_k) {
     return dispatch(z, "Z", [&](auto t) { return gaussian_address<decltype(t)>(z, r, alpha, top_k); });
   }, py::arg("Z"), py::arg("R"), py::arg("alpha"), py::arg("top_k"));
+  m.def("onehot_address", [](py::handle z, py::handle r) {
+    return dispatch(z, "Z", [&](auto t) { return onehot_address<decltype(t)>(z, r); });
+  }, py::arg("Z"), py::arg("R"));
   m.def("read_dense", [](py::handle w, py::handle mm) {
     return dispatch(w, "W", [&](auto t) { return read_dense<decltype(t)>(w, mm); });
   }, py::arg("W"), py::arg("M"));

@@ -69,10 +69,19 @@ template <class T>
 void gaussian_address_topk(const T* z, const T* r, index_t n, index_t k, index_t c,
                            double alpha, index_t top_k, index_t* ids, T* w) {
   check_alpha(alpha);
+  require(top_k >= 1 && top_k <= k, "top_k",
+          "expected 1 <= top_k <= number of keys (" + str(k) + "), got " + str(top_k));
   // L2 search scores are -|z - R_k|^2, nearest first.
-  topk(z, n, r, k, c, top_k, Metric::L2, ids, w);
+  topk(z, n, r, k, c, top_k, Metric::L2, ids, w, "Z", "R");
   for (index_t i = 0; i < n * top_k; ++i) w[i] = -w[i];
   gaussian_weights_from_sq_distances(w, n, top_k, alpha);
+}
+
+template <class T>
+void onehot_address(const T* z, const T* r, index_t n, index_t k, index_t c, index_t* ids,
+                    T* w) {
+  topk(z, n, r, k, c, 1, Metric::L2, ids, w, "Z", "R");
+  std::fill(w, w + n, T(1));
 }
 
 template <class T>
@@ -119,6 +128,7 @@ void read_sparse(const index_t* ids, const T* weights, index_t n, index_t top_k,
   template void gaussian_address_topk<T>(const T*, const T*, index_t, index_t, index_t, double, \
                                          index_t, index_t*, T*);                               \
   template void gaussian_weights_from_sq_distances<T>(T*, index_t, index_t, double);           \
+  template void onehot_address<T>(const T*, const T*, index_t, index_t, index_t, index_t*, T*); \
   template void read_dense<T>(const T*, const T*, T*, index_t, index_t, index_t, index_t);     \
   template void read_sparse<T>(const index_t*, const T*, index_t, index_t, const T*, index_t,  \
                                index_t, T*);

@@ -19,6 +19,11 @@ template <class T>
 void gaussian_address_topk(const T* z, const T* r, index_t n, index_t k, index_t c,
                            double alpha, index_t top_k, index_t* ids, T* w);
 
+// Nearest key by L2 distance (ties: lower id): ids (N), weights (N) all 1.
+template <class T>
+void onehot_address(const T* z, const T* r, index_t n, index_t k, index_t c, index_t* ids,
+                    T* w);
+
 // Turns the top-k squared distances of each row (ascending) into Gaussian weights in place.
 template <class T>
 void gaussian_weights_from_sq_distances(T* d2, index_t n, index_t k, double alpha);

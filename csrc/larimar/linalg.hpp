@@ -41,6 +41,8 @@ class Cholesky {
   double rcond() const;
   // B (n x nrhs, row-major) <- A^-1 B.
   void solve(double* b, index_t nrhs) const;
+  // i-th diagonal entry of the factor (A = U^T U): its square is the i-th pivot.
+  double pivot(index_t i) const { return factor_[i * n_ + i]; }
 
  private:
   std::vector<double> factor_;

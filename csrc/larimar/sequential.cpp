@@ -7,16 +7,13 @@
 namespace larimar {
 namespace {
 
-// P = C^-1 through a Cholesky; false when C is not positive definite.
-bool invert_spd(const std::vector<double>& c, index_t k, std::vector<double>& inverse) {
-  std::vector<double> work(c);
-  Cholesky chol;
-  if (!chol.factor(work, k)) return false;
-  inverse.assign(k * k, 0.0);
-  for (index_t i = 0; i < k; ++i) inverse[i * k + i] = 1.0;
-  chol.solve(inverse.data(), k);
-  return true;
-}
+// Rows pending before they are folded into C and B.
+constexpr std::size_t kPendingRows = 64;
+
+// Forget by Woodbury only while I/|alpha| - W P W^T keeps this fraction of its scale:
+// below it the downdate cancels away the digits that matter (rows that pin the memory in
+// the underdetermined regime) and a fresh solve is exact instead.
+constexpr double kWoodburyFloor = 1e-3;
 
 }  // namespace
 
@@ -40,13 +37,16 @@ SequentialMemory<T>::SequentialMemory(index_t memory_size, index_t code_size, co
 template <class T>
 void SequentialMemory<T>::reset_state() {
   m_ = prior_.empty() ? std::vector<double>(k_ * c_, 0.0) : prior_;
+  rhs_ = m_;
+  for (double& x : rhs_) x *= ridge_;
   gram_.assign(k_ * k_, 0.0);
   precision_.assign(k_ * k_, 0.0);
   for (index_t i = 0; i < k_; ++i) {
     gram_[i * k_ + i] = ridge_;
     precision_[i * k_ + i] = 1.0 / ridge_;
   }
-  pending_.clear();
+  pending_w_.clear();
+  pending_z_.clear();
   pending_sign_.clear();
 }
 
@@ -67,92 +67,167 @@ template <class T>
 void SequentialMemory<T>::fold_pending() const {
   const index_t rows = static_cast<index_t>(pending_sign_.size());
   if (rows == 0) return;
-  // C += sum_i sign_i (sqrt|a_i| w_i)^T (sqrt|a_i| w_i)
-  std::vector<double> signed_rows(pending_);
+  // C += sum_i sign_i w_i^T w_i and B += sum_i sign_i w_i^T z_i (rows pre-scaled).
+  std::vector<double> signed_w(pending_w_);
   for (index_t i = 0; i < rows; ++i)
-    for (index_t j = 0; j < k_; ++j) signed_rows[i * k_ + j] *= pending_sign_[i];
-  blas::gemm_parallel<double>(true, false, k_, k_, rows, 1.0, signed_rows.data(), k_, pending_.data(), k_,
-                     1.0, gram_.data(), k_);
-  pending_.clear();
+    for (index_t j = 0; j < k_; ++j) signed_w[i * k_ + j] *= pending_sign_[i];
+  blas::gemm_parallel<double>(true, false, k_, k_, rows, 1.0, signed_w.data(), k_,
+                              pending_w_.data(), k_, 1.0, gram_.data(), k_);
+  blas::gemm_parallel<double>(true, false, k_, c_, rows, 1.0, signed_w.data(), k_,
+                              pending_z_.data(), c_, 1.0, rhs_.data(), c_);
+  pending_w_.clear();
+  pending_z_.clear();
   pending_sign_.clear();
 }
 
 template <class T>
-std::vector<double> SequentialMemory<T>::state_memory() const {
-  std::shared_lock<std::shared_mutex> lock(state_mutex_);
-  return m_;
-}
-
-template <class T>
-std::vector<double> SequentialMemory<T>::state_gram() const {
-  // Folding pending rows changes gram_'s representation, not the state: exclusive anyway.
+typename SequentialMemory<T>::State SequentialMemory<T>::state() const {
+  // Folding pending rows changes how C and B are held, not their values: exclusive anyway.
   std::unique_lock<std::shared_mutex> lock(state_mutex_);
   fold_pending();
-  return gram_;
+  return State{m_, gram_, rhs_, precision_};
 }
 
 template <class T>
-std::vector<double> SequentialMemory<T>::state_precision() const {
-  std::shared_lock<std::shared_mutex> lock(state_mutex_);
-  return precision_;
+void SequentialMemory<T>::set_state(const State& s) {
+  require(s.memory.size() == static_cast<size_t>(k_ * c_), "memory", "expected K x C values");
+  require(s.gram.size() == static_cast<size_t>(k_ * k_), "gram", "expected K x K values");
+  require(s.rhs.size() == static_cast<size_t>(k_ * c_), "rhs", "expected K x C values");
+  require(s.precision.size() == static_cast<size_t>(k_ * k_), "precision", "expected K x K values");
+  check_finite(s.memory.data(), k_ * c_, "memory");
+  check_finite(s.gram.data(), k_ * k_, "gram");
+  check_finite(s.rhs.data(), k_ * c_, "rhs");
+  check_finite(s.precision.data(), k_ * k_, "precision");
+  std::unique_lock<std::shared_mutex> lock(state_mutex_);
+  m_ = s.memory;
+  gram_ = s.gram;
+  rhs_ = s.rhs;
+  precision_ = s.precision;
+  pending_w_.clear();
+  pending_z_.clear();
+  pending_sign_.clear();
+  invalidate();
 }
 
 template <class T>
 void SequentialMemory<T>::write(const T* w, const T* z, index_t n) {
   check_rows(w, z, n);
   std::unique_lock<std::shared_mutex> lock(state_mutex_);
-  std::vector<double> m, gram, precision;
-  m.swap(m_);
-  gram.swap(gram_);
-  precision.swap(precision_);
-  std::vector<double> pending, pending_sign;
-  pending.swap(pending_);
-  pending_sign.swap(pending_sign_);
+  State saved{std::move(m_), std::move(gram_), std::move(rhs_), std::move(precision_)};
+  std::vector<double> pw, pz, ps;
+  pw.swap(pending_w_);
+  pz.swap(pending_z_);
+  ps.swap(pending_sign_);
   try {
     reset_state();
-    update_locked(w, z, n, 1.0);
+    const std::vector<double> wd = convert<double>(w, n * k_), zd = convert<double>(z, n * c_);
+    if (n < k_) write_underdetermined(wd, zd, n);
+    else direct_update(wd, zd, n, 1.0);
   } catch (...) {
-    m_.swap(m);
-    gram_.swap(gram);
-    precision_.swap(precision);
-    pending_.swap(pending);
-    pending_sign_.swap(pending_sign);
+    m_.swap(saved.memory);
+    gram_.swap(saved.gram);
+    rhs_.swap(saved.rhs);
+    precision_.swap(saved.precision);
+    pending_w_.swap(pw);
+    pending_z_.swap(pz);
+    pending_sign_.swap(ps);
     throw;
   }
   invalidate();
 }
 
+// From the reset state, n < K rows in the n x n form, which keeps its digits where C
+// (condition ~ |W|^2 / ridge) would not: G = W W^T + ridge I,
+// M = M0 + W^T G^-1 (Z - W M0), P = (I - W^T G^-1 W) / ridge.
+template <class T>
+void SequentialMemory<T>::write_underdetermined(const std::vector<double>& wd,
+                                                const std::vector<double>& zd, index_t n) {
+  const index_t k = k_, c = c_;
+  std::vector<double> g(n * n);
+  blas::gemm_parallel<double>(false, true, n, n, k, 1.0, wd.data(), k, wd.data(), k, 0.0, g.data(), n);
+  for (index_t i = 0; i < n; ++i) g[i * n + i] += ridge_;
+  Cholesky chol;
+  if (!chol.factor(g, n)) throw NumericalError("W W^T + ridge I is not positive definite");
+  std::vector<double> y(zd);  // Z - W M0, then G^-1 (Z - W M0)
+  blas::gemm_parallel<double>(false, false, n, c, k, -1.0, wd.data(), k, m_.data(), c, 1.0, y.data(), c);
+  chol.solve(y.data(), c);
+  std::vector<double> v(wd);  // G^-1 W
+  chol.solve(v.data(), k);
+  blas::gemm_parallel<double>(true, false, k, c, n, 1.0, wd.data(), k, y.data(), c, 1.0, m_.data(), c);
+  blas::gemm_parallel<double>(true, false, k, k, n, -1.0 / ridge_, wd.data(), k, v.data(), k, 1.0,
+                              precision_.data(), k);
+  blas::gemm_parallel<double>(true, false, k, k, n, 1.0, wd.data(), k, wd.data(), k, 1.0, gram_.data(), k);
+  blas::gemm_parallel<double>(true, false, k, c, n, 1.0, wd.data(), k, zd.data(), c, 1.0, rhs_.data(), c);
+}
+
 // Woodbury: U = P W^T (K x n), S = I/alpha + W U (n x n), P' = P - U S^-1 U^T,
-// M' = M + U S^-1 R. Returns false, state untouched, when S is too close to singular for
-// the update to keep its digits (the caller then refactors C' directly).
+// M' = M + U S^-1 (Z - W M). Returns false, state untouched, when a forget would cancel
+// S down below kWoodburyFloor of its scale.
 template <class T>
 bool SequentialMemory<T>::woodbury_update(const std::vector<double>& wd,
-                                          std::vector<double>& resid, index_t n, double alpha) {
+                                          const std::vector<double>& zd, index_t n,
+                                          double alpha) {
   const index_t k = k_, c = c_;
   std::vector<double> u(k * n), s(n * n), v(n * k);
   blas::gemm_parallel<double>(false, true, k, n, k, 1.0, precision_.data(), k, wd.data(), k, 0.0, u.data(), n);
   blas::gemm_parallel<double>(false, false, n, n, k, 1.0, wd.data(), k, u.data(), n, 0.0, s.data(), n);
   for (index_t i = 0; i < n; ++i) s[i * n + i] += 1.0 / alpha;
-  // S is positive definite for writes; for forgets -S must be.
+  // S is positive definite for writes; for forgets -S must be, with room to spare.
   const double sign = alpha > 0 ? 1.0 : -1.0;
   for (double& x : s) x *= sign;
+  std::vector<double> diag(n);
+  for (index_t i = 0; i < n; ++i) diag[i] = s[i * n + i];
   Cholesky chol;
-  if (!chol.factor(s, n) || chol.rcond() < 1e-6) return false;
+  if (!chol.factor(s, n)) return false;
+  if (alpha < 0) {
+    const double floor = kWoodburyFloor / std::abs(alpha);
+    for (index_t i = 0; i < n; ++i)
+      if (chol.pivot(i) * chol.pivot(i) < floor) return false;
+  }
+  std::vector<double> resid(zd);  // R = Z - W M, then S^-1 R
+  blas::gemm_parallel<double>(false, false, n, c, k, -1.0, wd.data(), k, m_.data(), c, 1.0, resid.data(), c);
   for (index_t i = 0; i < k; ++i)
     for (index_t j = 0; j < n; ++j) v[j * k + i] = sign * u[i * n + j];
   chol.solve(v.data(), k);  // V = S^-1 U^T
   for (double& x : resid) x *= sign;
-  chol.solve(resid.data(), c);  // S^-1 R
-  std::vector<double> scaled(wd);
+  chol.solve(resid.data(), c);
   const double root = std::sqrt(std::abs(alpha));
-  for (double& x : scaled) x *= root;
-  if (pending_sign_.size() + n > static_cast<size_t>(std::max<index_t>(64, n))) fold_pending();
+  std::vector<double> sw(wd), sz(zd);
+  for (double& x : sw) x *= root;
+  for (double& x : sz) x *= root;
+  if (pending_sign_.size() + n > std::max<std::size_t>(kPendingRows, n)) fold_pending();
   // Nothing below can fail: commit in place.
   blas::gemm_parallel<double>(false, false, k, k, n, -1.0, u.data(), n, v.data(), k, 1.0, precision_.data(), k);
   blas::gemm_parallel<double>(false, false, k, c, n, 1.0, u.data(), n, resid.data(), c, 1.0, m_.data(), c);
-  pending_.insert(pending_.end(), scaled.begin(), scaled.end());
+  pending_w_.insert(pending_w_.end(), sw.begin(), sw.end());
+  pending_z_.insert(pending_z_.end(), sz.begin(), sz.end());
   pending_sign_.insert(pending_sign_.end(), n, sign);
   return true;
+}
+
+// C' = C + alpha W^T W, B' = B + alpha W^T Z, then M' = C'^-1 B' and P' = C'^-1 from one
+// Cholesky: the batch solution itself, whatever came before.
+template <class T>
+void SequentialMemory<T>::direct_update(const std::vector<double>& wd,
+                                        const std::vector<double>& zd, index_t n, double alpha) {
+  const index_t k = k_, c = c_;
+  fold_pending();
+  std::vector<double> gram = gram_, rhs = rhs_;
+  blas::gemm_parallel<double>(true, false, k, k, n, alpha, wd.data(), k, wd.data(), k, 1.0, gram.data(), k);
+  blas::gemm_parallel<double>(true, false, k, c, n, alpha, wd.data(), k, zd.data(), c, 1.0, rhs.data(), c);
+  std::vector<double> factor(gram);
+  Cholesky chol;
+  if (!chol.factor(factor, k))
+    fail("W", "this update would leave the memory's covariance W^T W + ridge I not "
+              "positive definite: forgotten rows are not stored in this memory");
+  std::vector<double> m(rhs), precision(k * k, 0.0);
+  chol.solve(m.data(), c);
+  for (index_t i = 0; i < k; ++i) precision[i * k + i] = 1.0;
+  chol.solve(precision.data(), k);
+  m_.swap(m);
+  gram_.swap(gram);
+  rhs_.swap(rhs);
+  precision_.swap(precision);
 }
 
 template <class T>
@@ -161,36 +236,14 @@ void SequentialMemory<T>::update(const T* w, const T* z, index_t n, double alpha
   check_rows(w, z, n);
   std::unique_lock<std::shared_mutex> lock(state_mutex_);
   update_locked(w, z, n, alpha);
+  invalidate();  // under the exclusive lock: no reader sees the old M^+ with the new M
 }
 
 template <class T>
 void SequentialMemory<T>::update_locked(const T* w, const T* z, index_t n, double alpha) {
-  const index_t k = k_, c = c_;
-  const std::vector<double> wd = convert<double>(w, n * k);
-  // Residual R = Z - W M (n x C).
-  std::vector<double> resid = convert<double>(z, n * c);
-  blas::gemm_parallel<double>(false, false, n, c, k, -1.0, wd.data(), k, m_.data(), c, 1.0, resid.data(), c);
-
-  // Woodbury for few rows. A forget near the ridge floor (rows that pin the memory in the
-  // underdetermined regime) makes S = I/alpha + W P W^T nearly singular, where Woodbury
-  // loses its digits; those go through a fresh Cholesky of C' instead.
-  bool done = false;
-  if (4 * n < k) done = woodbury_update(wd, resid, n, alpha);
-  if (!done) {
-    // C' = C + alpha W^T W, P' = C'^-1, M' = M + alpha P' W^T R.
-    fold_pending();
-    std::vector<double> gram = gram_, precision;
-    blas::gemm_parallel<double>(true, false, k, k, n, alpha, wd.data(), k, wd.data(), k, 1.0, gram.data(), k);
-    if (!invert_spd(gram, k, precision))
-      fail("W", "this update would leave the memory's covariance W^T W + ridge I not "
-                "positive definite: forgotten rows are not stored in this memory");
-    std::vector<double> wtr(k * c);
-    blas::gemm_parallel<double>(true, false, k, c, n, alpha, wd.data(), k, resid.data(), c, 0.0, wtr.data(), c);
-    blas::gemm_parallel<double>(false, false, k, c, k, 1.0, precision.data(), k, wtr.data(), c, 1.0, m_.data(), c);
-    gram_.swap(gram);
-    precision_.swap(precision);
-  }
-  invalidate();
+  const std::vector<double> wd = convert<double>(w, n * k_), zd = convert<double>(z, n * c_);
+  if (4 * n < k_ && woodbury_update(wd, zd, n, alpha)) return;
+  direct_update(wd, zd, n, alpha);
 }
 
 template <class T>
@@ -232,20 +285,6 @@ template <class T>
 void SequentialMemory<T>::copy_memory(T* out) const {
   std::shared_lock<std::shared_mutex> lock(state_mutex_);
   std::copy(m_.begin(), m_.end(), out);
-}
-
-template <class T>
-void SequentialMemory<T>::set_state(const double* m, const double* gram, const double* precision) {
-  check_finite(m, k_ * c_, "memory");
-  check_finite(gram, k_ * k_, "gram");
-  check_finite(precision, k_ * k_, "precision");
-  std::unique_lock<std::shared_mutex> lock(state_mutex_);
-  m_.assign(m, m + k_ * c_);
-  pending_.clear();
-  pending_sign_.clear();
-  gram_.assign(gram, gram + k_ * k_);
-  precision_.assign(precision, precision + k_ * k_);
-  invalidate();
 }
 
 template class SequentialMemory<float>;

@@ -169,13 +169,14 @@ void search(const T* queries, index_t nq, index_t d, const std::vector<KeyBlock<
 
 template <class T>
 void topk(const T* queries, index_t nq, const T* keys, index_t nk, index_t d, index_t k,
-          Metric metric, index_t* out_ids, T* out_scores) {
-  check_dim(nq, "Q", "number of queries");
-  check_dim(nk, "keys", "number of keys");
-  check_dim(d, "Q", "key dimension");
+          Metric metric, index_t* out_ids, T* out_scores, const char* queries_name,
+          const char* keys_name) {
+  check_dim(nq, queries_name, "number of queries");
+  check_dim(nk, keys_name, "number of keys");
+  check_dim(d, queries_name, "key dimension");
   require(k >= 1 && k <= nk, "k", "expected 1 <= k <= number of keys (" + str(nk) + "), got " + str(k));
-  check_finite(queries, nq * d, "Q");
-  check_finite(keys, nk * d, "keys");
+  check_finite(queries, nq * d, queries_name);
+  check_finite(keys, nk * d, keys_name);
   std::vector<T> sq;
   if (metric != Metric::InnerProduct) {
     sq.resize(nk);
@@ -190,7 +191,7 @@ void topk(const T* queries, index_t nq, const T* keys, index_t nk, index_t d, in
   template void search<T>(const T*, index_t, index_t, const std::vector<KeyBlock<T>>&, index_t, \
                           Metric, index_t*, T*);                                               \
   template void topk<T>(const T*, index_t, const T*, index_t, index_t, index_t, Metric,        \
-                        index_t*, T*);
+                        index_t*, T*, const char*, const char*);
 LARIMAR_INSTANTIATE(float)
 LARIMAR_INSTANTIATE(double)
 #undef LARIMAR_INSTANTIATE

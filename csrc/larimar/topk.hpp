@@ -36,9 +36,11 @@ template <class T>
 void search(const T* queries, index_t nq, index_t d, const std::vector<KeyBlock<T>>& blocks,
             index_t k, Metric metric, index_t* out_ids, T* out_scores);
 
-// Convenience for one array of keys (nk x d): validates every argument.
+// Convenience for one array of keys (nk x d): validates every argument, naming them
+// queries_name and keys_name in errors.
 template <class T>
 void topk(const T* queries, index_t nq, const T* keys, index_t nk, index_t d, index_t k,
-          Metric metric, index_t* out_ids, T* out_scores);
+          Metric metric, index_t* out_ids, T* out_scores, const char* queries_name = "Q",
+          const char* keys_name = "keys");
 
 }  // namespace larimar

@@ -115,10 +115,10 @@ void test_sequential_invariant(std::mt19937& rng) {
       for (index_t j = 0; j < c; ++j) b[r * c + j] -= f * b[p * c + j];
     }
   }
-  check(rel_diff(mem.state_memory(), b) < 1e-8, "sequential write/forget == batch ridge solve");
+  check(rel_diff(mem.state().memory, b) < 1e-8, "sequential write/forget == batch ridge solve");
   bool threw = false;
   const auto stranger = random_matrix(1, k, rng);
-  const auto before = mem.state_memory();
+  
   for (int i = 0; i < 3 && !threw; ++i) {
     try {
       mem.update(stranger.data(), &z[0], 1, -1.0);

@@ -1,0 +1,249 @@
+"""Addressing: pinv_address (W = Z pinv(R)), gaussian_address (dense and top_k), onehot_address."""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import larimar_ext as lx
+from conftest import (DTYPE_IDS, DTYPES, assert_ndarray, assert_rel, distinct_rows, dtypes, f64,
+                      randint, randn, rank_deficient, ref_gaussian, ref_onehot, ref_pinv_address,
+                      ref_sqdist, seeds, to_numpy, tol, well_conditioned)
+
+
+# ----------------------------------------------------------------------------- pinv_address
+# (N, K, C): K < C, K = C, K > C (R then has rank C < K), N = 1, K = 1, C = 1
+PINV_SHAPES = [(5, 3, 6), (4, 5, 5), (6, 8, 4), (1, 4, 4), (3, 1, 5), (4, 3, 1)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("N,K,C", PINV_SHAPES, ids=[f"N{n}K{k}C{c}" for n, k, c in PINV_SHAPES])
+def test_pinv_address_matches_reference(rng, N, K, C, dtype):
+    Z = randn(rng, N, C, dtype=dtype)
+    R = well_conditioned(rng, K, C, dtype=dtype)
+    Z0, R0 = Z.copy(), R.copy()
+    W = lx.pinv_address(Z, R)
+    assert_ndarray(W, dtype, (N, K))
+    assert_rel(W, ref_pinv_address(Z, R, dtype=dtype), tol(dtype))
+    assert np.array_equal(Z, Z0) and np.array_equal(R, R0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_pinv_address_recovers_addresses(rng, dtype):
+    """K <= C, R of full row rank: R pinv(R) = I, so Z = W0 R is addressed back to W0."""
+    W0 = randn(rng, 7, 4)
+    R = well_conditioned(rng, 4, 9)
+    Z = (W0 @ R).astype(dtype)
+    W = lx.pinv_address(Z, R.astype(dtype))
+    assert_rel(W, W0, tol(dtype, 1e-4, 1e-9))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("B", [1, 3])
+def test_pinv_address_batched(rng, B, dtype):
+    N, K, C = 5, 4, 6
+    Z = randn(rng, B, N, C, dtype=dtype)
+    R = np.stack([well_conditioned(rng, K, C, dtype=dtype) for _ in range(B)])
+    W = lx.pinv_address(Z, R)
+    assert_ndarray(W, dtype, (B, N, K))
+    assert_rel(W, ref_pinv_address(Z, R, dtype=dtype), tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("K,C,r", [(6, 4, 2), (3, 7, 2), (5, 5, 1)])
+def test_pinv_address_rank_deficient_rcond(rng, K, C, r, dtype):
+    rcond = 1e-4 if dtype == np.float32 else 1e-8
+    Z = randn(rng, 4, C, dtype=dtype)
+    R = rank_deficient(rng, K, C, r, dtype=dtype)
+    W = lx.pinv_address(Z, R, rcond=rcond)
+    assert_rel(W, ref_pinv_address(Z, R, rcond=rcond), tol(dtype, 1e-4, 1e-8))
+
+
+@given(N=st.integers(1, 6), K=st.integers(1, 8), C=st.integers(1, 8), dtype=dtypes, seed=seeds)
+def test_pinv_address_property(N, K, C, dtype, seed):
+    rng = np.random.default_rng(seed)
+    Z = randn(rng, N, C, dtype=dtype)
+    R = well_conditioned(rng, K, C, cond=5.0, dtype=dtype)
+    W = lx.pinv_address(Z, R)
+    assert_ndarray(W, dtype, (N, K))
+    assert_rel(W, ref_pinv_address(Z, R, dtype=dtype), tol(dtype))
+
+
+# ------------------------------------------------------------------------- gaussian_address
+def gauss_tol(dtype, alpha):
+    """Small alpha amplifies distance rounding by 1/(2 alpha): documented looser bound."""
+    if alpha >= 0.1:
+        return tol(dtype, 1e-4, 1e-9)
+    return tol(dtype, 2e-3, 1e-8)
+
+
+@given(N=st.integers(1, 6), K=st.integers(1, 10), C=st.integers(1, 6), dtype=dtypes,
+       alpha=st.sampled_from([1e-3, 0.1, 1.0, 10.0]), seed=seeds)
+def test_gaussian_dense_property(N, K, C, dtype, alpha, seed):
+    rng = np.random.default_rng(seed)
+    Z = randn(rng, N, C, dtype=dtype)
+    R = distinct_rows(rng, K, C, dtype=dtype)
+    W = lx.gaussian_address(Z, R, alpha)
+    assert_ndarray(W, dtype, (N, K))
+    Wn = to_numpy(W)
+    assert np.all(Wn >= 0)
+    np.testing.assert_allclose(Wn.sum(axis=1, dtype=np.float64), 1.0, atol=tol(dtype, 1e-5, 1e-12))
+    assert_rel(W, ref_gaussian(Z, R, alpha), gauss_tol(dtype, alpha))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_gaussian_dense_k1_is_all_ones(rng, dtype):
+    Z = randn(rng, 5, 3, dtype=dtype)
+    R = randn(rng, 1, 3, dtype=dtype)
+    W = lx.gaussian_address(Z, R, 0.5)
+    assert_ndarray(W, dtype, (5, 1))
+    np.testing.assert_allclose(f64(W), 1.0, atol=tol(dtype, 1e-6, 1e-14))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_gaussian_small_alpha_is_one_hot(rng, dtype):
+    """alpha -> 0 gives a one-hot nearest-neighbour key (Larimar used alpha = 1e-3)."""
+    R = distinct_rows(rng, 8, 4, min_gap=1.0)
+    Z = (R[[3, 0, 7, 3]] + 0.05 * rng.standard_normal((4, 4))).astype(dtype)
+    W = to_numpy(lx.gaussian_address(Z, R.astype(dtype), 1e-3))
+    expect = np.zeros((4, 8))
+    expect[np.arange(4), [3, 0, 7, 3]] = 1.0
+    assert_rel(W, expect, tol(dtype, 1e-4, 1e-9))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_gaussian_query_equal_to_key(rng, dtype):
+    """s = min distance = 0 (query is a stored key).  The spec's formula is the alpha -> 0
+    limit here; at least the result must be finite, normalised and peaked on that key."""
+    R = distinct_rows(rng, 6, 3, dtype=dtype, min_gap=1.0)
+    Z = R[[2, 5]].copy()
+    W = to_numpy(lx.gaussian_address(Z, R, 1.0))
+    assert np.all(np.isfinite(W)), W
+    np.testing.assert_allclose(W.sum(axis=1, dtype=np.float64), 1.0, atol=1e-5)
+    assert list(W.argmax(axis=1)) == [2, 5]
+
+
+def assert_topk_address(idx, w, Z, R, alpha, k, dtype):
+    """(idx, w) is the k-nearest-keys Gaussian address of Z (robust to near-tie swaps)."""
+    N = to_numpy(Z).shape[0]
+    assert_ndarray(to_numpy(idx), np.int64, (N, k), "indices")
+    assert_ndarray(to_numpy(w), dtype, (N, k), "weights")
+    idx, w = to_numpy(idx), to_numpy(w)
+    d2 = ref_sqdist(Z, R)
+    ref_idx, _ = ref_gaussian(Z, R, alpha, top_k=k)
+    for n in range(N):
+        assert len(set(idx[n].tolist())) == k
+    # the same distances as the true k nearest, in ascending order
+    got_d2 = np.take_along_axis(d2, idx, axis=1)
+    np.testing.assert_allclose(got_d2, np.take_along_axis(d2, ref_idx, axis=1), rtol=1e-5,
+                               atol=1e-6)
+    assert np.all(np.diff(got_d2, axis=1) >= -1e-5 * got_d2[:, 1:].clip(1.0)), got_d2
+    # weights: exp(-d^2/(2 alpha s^2)) over the returned keys, renormalised
+    s2 = d2.min(axis=1, keepdims=True)
+    logits = -got_d2 / (2 * alpha * s2)
+    ref_w = np.exp(logits - logits.max(axis=1, keepdims=True))
+    ref_w /= ref_w.sum(axis=1, keepdims=True)
+    assert_rel(w, ref_w, gauss_tol(dtype, alpha), "weights")
+    np.testing.assert_allclose(w.sum(axis=1, dtype=np.float64), 1.0, atol=tol(dtype, 1e-5, 1e-12))
+
+
+@given(N=st.integers(1, 6), K=st.integers(1, 10), C=st.integers(1, 6), dtype=dtypes,
+       alpha=st.sampled_from([1e-3, 0.1, 1.0, 10.0]), kfrac=st.floats(0.0, 1.0), seed=seeds)
+def test_gaussian_top_k_property(N, K, C, dtype, alpha, kfrac, seed):
+    rng = np.random.default_rng(seed)
+    k = max(1, int(round(kfrac * K)))
+    Z = randn(rng, N, C, dtype=dtype)
+    R = distinct_rows(rng, K, C, dtype=dtype)
+    idx, w = lx.gaussian_address(Z, R, alpha, top_k=k)
+    assert_topk_address(idx, w, Z, R, alpha, k, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_gaussian_top_k_equals_K_matches_dense(rng, dtype):
+    Z = randn(rng, 4, 5, dtype=dtype)
+    R = distinct_rows(rng, 7, 5, dtype=dtype)
+    dense = to_numpy(lx.gaussian_address(Z, R, 0.7))
+    idx, w = lx.gaussian_address(Z, R, 0.7, top_k=7)
+    idx, w = to_numpy(idx), to_numpy(w)
+    assert sorted(idx[0].tolist()) == list(range(7))
+    assert_rel(w, np.take_along_axis(dense, idx, axis=1), tol(dtype, 1e-5, 1e-12))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_gaussian_top_k_ties_lower_index_first(rng, dtype):
+    """Integer keys (exact distances) with duplicated and equidistant keys."""
+    R = np.array([[1, 0, 0, 0], [0, 0, -1, 0], [3, 1, 0, 2], [0, 1, 0, 0], [2, 2, -1, 0],
+                  [-2, 3, 1, 1], [3, 1, 0, 2], [0, -3, 2, 2], [3, 1, 0, 2], [2, 2, -1, 0]],
+                 dtype=dtype)
+    Z = np.concatenate([np.zeros((1, 4)), R[[2, 4]] + 0.5,
+                        randint(rng, 3, 4) + 0.5]).astype(dtype)
+    idx, w = lx.gaussian_address(Z, R, 0.5, top_k=6)
+    ref_idx, ref_w = ref_gaussian(Z, R, 0.5, top_k=6)
+    # origin: distances 1,1,1 (keys 0,1,3), 9,9 (keys 4,9), 14 (keys 2,6,8 -> 2 wins)
+    assert list(ref_idx[0]) == [0, 1, 3, 4, 9, 2]
+    assert np.array_equal(to_numpy(idx), ref_idx), (to_numpy(idx), ref_idx)
+    assert_rel(w, ref_w, tol(dtype))
+
+
+# --------------------------------------------------------------------------- onehot_address
+@given(N=st.integers(1, 8), K=st.integers(1, 10), C=st.integers(1, 6), dtype=dtypes, seed=seeds)
+def test_onehot_property(N, K, C, dtype, seed):
+    rng = np.random.default_rng(seed)
+    Z = randn(rng, N, C, dtype=dtype)
+    R = distinct_rows(rng, K, C, dtype=dtype)
+    idx, w = lx.onehot_address(Z, R)
+    assert_ndarray(to_numpy(idx), np.int64, (N, 1), "indices")
+    assert_ndarray(to_numpy(w), dtype, (N, 1), "weights")
+    assert np.array_equal(to_numpy(w), np.ones((N, 1), dtype))
+    d2 = ref_sqdist(Z, R)
+    got = np.take_along_axis(d2, to_numpy(idx), axis=1)[:, 0]
+    np.testing.assert_allclose(got, d2.min(axis=1), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_onehot_ties_lower_index(rng, dtype):
+    """Integer data: exact distances; duplicated keys and equidistant keys -> lowest index."""
+    R = randint(rng, 12, 3, dtype=dtype)
+    R[7] = R[3]
+    R[11] = R[3]
+    R[0], R[5] = [9, 9, 9], [-9, -9, -9]  # equidistant from the origin
+    R[9] = [9, 9, 9]
+    Z = np.concatenate([R[[7, 11, 3, 9]], np.zeros((1, 3)), randint(rng, 5, 3)]).astype(dtype)
+    R = R.astype(dtype)
+    idx, w = lx.onehot_address(Z, R)
+    expect = ref_onehot(Z, R)
+    assert np.array_equal(to_numpy(idx), expect), (to_numpy(idx).ravel(), expect.ravel())
+    got = to_numpy(idx)[:, 0]
+    assert got[0] == got[1] == got[2] <= 3  # three copies of one key: the first copy wins
+    assert got[3] == 0  # keys 0 and 9 are both [9, 9, 9]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_onehot_matches_gaussian_top1(rng, dtype):
+    Z = randn(rng, 6, 4, dtype=dtype)
+    R = distinct_rows(rng, 9, 4, dtype=dtype)
+    idx1, w1 = lx.onehot_address(Z, R)
+    idx2, w2 = lx.gaussian_address(Z, R, 0.3, top_k=1)
+    assert np.array_equal(to_numpy(idx1), to_numpy(idx2))
+    np.testing.assert_allclose(f64(w2), 1.0, atol=tol(dtype, 1e-6, 1e-14))
+
+
+def test_onehot_single_key(rng):
+    Z = randn(rng, 3, 2)
+    idx, w = lx.onehot_address(Z, randn(rng, 1, 2))
+    assert np.array_equal(to_numpy(idx), np.zeros((3, 1), np.int64))
+    assert np.array_equal(to_numpy(w), np.ones((3, 1)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_onehot_and_top_k_many_keys_ties(rng, dtype):
+    """Large K with exact (integer) distance ties spread over far-apart key blocks."""
+    K = 5000
+    R = randint(rng, K, 3, lo=-2, hi=2, dtype=dtype)
+    R[4000:4200] = R[:200]
+    Z = (randint(rng, 6, 3, lo=-2, hi=2) + 0.5).astype(dtype)  # never equal to a key
+    idx, _ = lx.onehot_address(Z, R)
+    assert np.array_equal(to_numpy(idx), ref_onehot(Z, R))
+    idx, w = lx.gaussian_address(Z, R, 1.0, top_k=300)
+    ref_idx, ref_w = ref_gaussian(Z, R, 1.0, top_k=300)
+    assert np.array_equal(to_numpy(idx), ref_idx)
+    assert_rel(w, ref_w, tol(dtype))

@@ -1,0 +1,159 @@
+"""sparse_lstsq_write(indices, weights, Z, memory_size, ridge=0.0, prior=None).
+
+argmin ||W M - Z||^2 + ridge ||M - prior||^2 with W given row-wise by (indices, weights);
+untouched slots keep prior (or 0).  Reference: dense numpy solve of the same problem over the
+touched slots only.  The kernel may use conjugate gradients (DESIGN.md section 2), so the
+float64 bound is 1e-8 (not 1e-9); float32 keeps 1e-4 on these well-conditioned problems.
+"""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import larimar_ext as lx
+from conftest import (DTYPE_IDS, DTYPES, assert_ndarray, assert_rel, distinct_rows, dtypes,
+                      randn, ref_sparse_dense, ref_sparse_lstsq, seeds, to_numpy, tol)
+
+
+def sparse_tol(dtype):
+    return tol(dtype, 1e-4, 1e-8)
+
+
+def soft_problem(rng, K, T, k, n_soft, C, dtype):
+    """A sparse address touching T of K slots, with a well-conditioned restricted W.
+
+    Each touched slot gets one row dominated by it (weight 1, k-1 small weights on other
+    touched slots); n_soft extra rows spread random weights over k touched slots."""
+    touched = rng.choice(K, size=T, replace=False)
+    idx, w = [], []
+    for t in rng.permutation(touched):
+        others = rng.choice(touched[touched != t], size=k - 1, replace=False)
+        idx.append(np.concatenate([[t], others]))
+        w.append(np.concatenate([[1.0], rng.uniform(0.05, 0.2, size=k - 1)]))
+    for _ in range(n_soft):
+        idx.append(rng.choice(touched, size=k, replace=False))
+        w.append(rng.uniform(0.1, 1.0, size=k))
+    order = rng.permutation(len(idx))
+    idx = np.asarray(idx, np.int64)[order]
+    w = np.asarray(w)[order].astype(dtype)
+    Z = randn(rng, len(idx), C, dtype=dtype)
+    WT = ref_sparse_dense(idx, w, K)[:, np.sort(touched)]
+    assert np.linalg.cond(WT) < 50, "test data generator produced an ill-conditioned problem"
+    return idx, w, Z, touched
+
+
+@given(K=st.integers(1, 30), k=st.integers(1, 3), tfrac=st.floats(0.0, 1.0),
+       soft=st.integers(0, 12), C=st.integers(1, 5), dtype=dtypes,
+       ridge=st.sampled_from([0.0, 0.0, 1e-3, 0.5]), with_prior=st.booleans(), seed=seeds)
+def test_sparse_lstsq_property(K, k, tfrac, soft, C, dtype, ridge, with_prior, seed):
+    k = min(k, K)
+    T = k + int(round(tfrac * (K - k)))
+    rng = np.random.default_rng(seed)
+    idx, w, Z, touched = soft_problem(rng, K, T, k, soft, C, dtype)
+    prior = randn(rng, K, C, dtype=dtype) if with_prior else None
+    args = (idx.copy(), w.copy(), Z.copy())
+    M = lx.sparse_lstsq_write(idx, w, Z, K, ridge=ridge, prior=prior)
+    assert_ndarray(M, dtype, (K, C))
+    assert_rel(M, ref_sparse_lstsq(idx, w, Z, K, ridge, prior), sparse_tol(dtype))
+    untouched = np.setdiff1d(np.arange(K), touched)
+    expect_untouched = np.zeros((len(untouched), C), dtype) if prior is None else prior[untouched]
+    assert np.array_equal(M[untouched], expect_untouched), "untouched slots must keep the prior"
+    for a, b in zip(args, (idx, w, Z)):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_sparse_lstsq_one_hot_is_per_slot_mean(rng, dtype):
+    """One-hot addresses (weight 1), ridge 0: each touched slot is the mean of its rows."""
+    K, C = 9, 4
+    slots = np.array([2, 5, 2, 2, 7, 5, 0, 2], np.int64)
+    Z = randn(rng, len(slots), C, dtype=dtype)
+    M = lx.sparse_lstsq_write(slots[:, None], np.ones((len(slots), 1), dtype), Z, K)
+    assert_ndarray(M, dtype, (K, C))
+    expect = np.zeros((K, C))
+    for s in np.unique(slots):
+        expect[s] = Z[slots == s].astype(np.float64).mean(axis=0)
+    np.testing.assert_allclose(M, expect, rtol=tol(dtype, 1e-6, 1e-14), atol=tol(dtype, 1e-6, 1e-14))
+    untouched = [1, 3, 4, 6, 8]
+    assert np.array_equal(M[untouched], np.zeros((5, C), dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_sparse_lstsq_one_hot_distinct_is_row_copy(rng, dtype):
+    """Distinct one-hot keys: M[slot] = Z row, bit for bit (DESIGN: 'M = Z (a row copy)')."""
+    K, C = 12, 5
+    slots = rng.permutation(K)[:7].astype(np.int64)
+    Z = randn(rng, 7, C, dtype=dtype)
+    M = lx.sparse_lstsq_write(slots[:, None], np.ones((7, 1), dtype), Z, K)
+    assert np.array_equal(M[slots], Z)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_sparse_lstsq_one_hot_ridge_prior(rng, dtype):
+    """One-hot, ridge r, prior P: M[s] = (sum_{n->s} z_n + r P[s]) / (count_s + r)."""
+    K, C, r = 6, 3, 0.25
+    slots = np.array([1, 4, 1, 1, 0], np.int64)
+    Z = randn(rng, 5, C, dtype=dtype)
+    P = randn(rng, K, C, dtype=dtype)
+    M = lx.sparse_lstsq_write(slots[:, None], np.ones((5, 1), dtype), Z, K, ridge=r, prior=P)
+    expect = P.astype(np.float64).copy()
+    for s in np.unique(slots):
+        zs = Z[slots == s].astype(np.float64)
+        expect[s] = (zs.sum(axis=0) + r * P[s]) / (len(zs) + r)
+    assert_rel(M, expect, tol(dtype, 1e-5, 1e-12))
+    assert np.array_equal(M[[2, 3, 5]], P[[2, 3, 5]])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_sparse_lstsq_one_hot_weighted(rng, dtype):
+    """One-hot with weights w_n: M[s] = sum w_n z_n / sum w_n^2."""
+    K, C = 5, 3
+    slots = np.array([3, 3, 0, 3], np.int64)
+    w = np.array([[0.5], [2.0], [1.5], [1.0]], dtype)
+    Z = randn(rng, 4, C, dtype=dtype)
+    M = lx.sparse_lstsq_write(slots[:, None], w, Z, K)
+    expect = np.zeros((K, C))
+    for s in (0, 3):
+        m = slots == s
+        ws = w[m, 0].astype(np.float64)
+        expect[s] = (ws[:, None] * Z[m]).sum(axis=0) / (ws**2).sum()
+    assert_rel(M, expect, tol(dtype, 1e-5, 1e-12))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("ridge", [0.0, 0.1])
+def test_sparse_lstsq_single_slot(rng, dtype, ridge):
+    """memory_size 1: a scalar least-squares fit per column."""
+    w = rng.uniform(0.5, 2.0, size=(6, 1)).astype(dtype)
+    Z = randn(rng, 6, 2, dtype=dtype)
+    M = lx.sparse_lstsq_write(np.zeros((6, 1), np.int64), w, Z, 1, ridge=ridge)
+    assert_ndarray(M, dtype, (1, 2))
+    assert_rel(M, ref_sparse_lstsq(np.zeros((6, 1), np.int64), w, Z, 1, ridge), sparse_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("K,T,k,soft", [(8, 8, 2, 0), (8, 8, 3, 10), (40, 5, 2, 4),
+                                        (200, 60, 3, 30)])
+def test_sparse_lstsq_soft(rng, K, T, k, soft, dtype):
+    """Overlapping soft rows couple slots: a genuine sparse solve (all slots touched, some
+    slots touched, a larger memory)."""
+    idx, w, Z, touched = soft_problem(rng, K, T, k, soft, 6, dtype)
+    for ridge in (0.0, 1e-2):
+        M = lx.sparse_lstsq_write(idx, w, Z, K, ridge=ridge)
+        assert_rel(M, ref_sparse_lstsq(idx, w, Z, K, ridge), sparse_tol(dtype), f"ridge={ridge}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_sparse_lstsq_from_gaussian_address(rng, dtype):
+    """Integration: write with the top-k Gaussian address of the keys (Nelson et al.)."""
+    K, C = 8, 5
+    R = distinct_rows(rng, K, 4, min_gap=1.0)
+    Zk = np.repeat(R, 2, axis=0) + 0.05 * rng.standard_normal((2 * K, 4))
+    idx, w = lx.gaussian_address(Zk.astype(dtype), R.astype(dtype), 0.5, top_k=2)
+    idx, w = to_numpy(idx), to_numpy(w)
+    Z = randn(rng, 2 * K, C, dtype=dtype)
+    W = ref_sparse_dense(idx, w, K)
+    touched = np.any(W != 0, axis=0)
+    assert np.linalg.cond(W[:, touched]) < 50
+    M = lx.sparse_lstsq_write(idx, w, Z, K)
+    assert_rel(M, ref_sparse_lstsq(idx, w, Z, K), sparse_tol(dtype))
