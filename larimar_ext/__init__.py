@@ -26,7 +26,9 @@ def info() -> dict:
     return {"version": __version__, "native_version": _core.__version__,
             "blas_vendor": vendor, "blas_version": words[1] if len(words) > 1 else "unknown",
             "blas_threads": native["blas_threads"],
-            "openmp_threads": native["openmp_threads"], "simd": native["simd"],
+            "openmp_threads": native["openmp_threads"],
+            "simd": f"{native['simd']} (kernel loops, chosen at load time; the BLAS picks "
+                    f"its own kernels: {vendor.split('core=')[-1]})",
             "threading": "kernel loops and large products split over OpenMP threads; "
                          "each BLAS call single-threaded"}
 

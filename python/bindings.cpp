@@ -529,11 +529,7 @@ PYBIND11_MODULE(_core, m) {
     d["blas_threads"] = larimar::blas::threads();
     d["openmp_threads"] = larimar::num_threads();
     d["openmp_version"] = _OPENMP;
-#if defined(__AVX2__)
-    d["simd"] = "AVX2 (compile-time)";
-#else
-    d["simd"] = "SSE2 baseline for kernel loops; BLAS selects its kernels at run time";
-#endif
+    d["simd"] = larimar::simd_level();
     return d;
   });
   m.def("set_num_threads", &larimar::set_num_threads, py::arg("n"));

@@ -46,6 +46,10 @@ void check_finite(const T* data, index_t count, const std::string& arg);
 
 void check_scalar(double value, const std::string& arg, bool allow_zero, bool allow_negative);
 
+// Instruction set the multiversioned kernel loops run with on this CPU: "avx512f", "avx2"
+// or "x86-64 baseline" (chosen at load time; no -march=native anywhere).
+std::string simd_level();
+
 // Threads used by kernel loops (OpenMP) and by the BLAS for single large problems.
 int num_threads();
 void set_num_threads(int n);

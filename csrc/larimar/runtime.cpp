@@ -40,6 +40,17 @@ void check_scalar(double value, const std::string& arg, bool allow_zero, bool al
   if (!allow_zero) require(value != 0, arg, "expected a non-zero value, got 0");
 }
 
+std::string simd_level() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) return "avx512f";
+  if (__builtin_cpu_supports("avx2")) return "avx2";
+  return "x86-64 baseline";
+#else
+  return "portable C++";
+#endif
+}
+
 int num_threads() {
   const int n = g_threads.load(std::memory_order_relaxed);
   return n > 0 ? n : omp_get_max_threads();
