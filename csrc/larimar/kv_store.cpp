@@ -136,6 +136,14 @@ void KeyValueStore<T>::add(const T* keys, const T* values, index_t n, index_t* i
 }
 
 template <class T>
+void KeyValueStore<T>::search_checked(const T* queries, index_t nq, index_t k, index_t* ids,
+                                      T* scores) const {
+  // Stored keys and the queries are finite (checked on the way in): only overflow is left.
+  if (!larimar::search(queries, nq, d_, blocks(), k, metric_, ids, scores))
+    fail("Q", "scores overflow the range of the dtype (values too large to compare)");
+}
+
+template <class T>
 void KeyValueStore<T>::check_queries(const T* queries, index_t nq, const char* arg) const {
   check_dim(nq, arg, "number of queries");
   check_finite(queries, nq * d_, arg);
@@ -148,7 +156,7 @@ void KeyValueStore<T>::search(const T* queries, index_t nq, index_t k, index_t* 
   std::shared_lock<std::shared_mutex> lock(mutex_);
   require(k >= 1 && k <= size_, "k",
           "expected 1 <= k <= number of stored keys (" + str(size_) + "), got " + str(k));
-  larimar::search(queries, nq, d_, blocks(), k, metric_, ids, scores);
+  search_checked(queries, nq, k, ids, scores);
 }
 
 template <class T>
@@ -167,7 +175,7 @@ void KeyValueStore<T>::read_unlocked(const T* queries, index_t nq, index_t k, do
   if (!soft) require(k == 1, "alpha", "a read over k > 1 keys needs Gaussian weights: give alpha > 0");
   std::vector<index_t> ids(nq * k);
   std::vector<T> scores(nq * k);
-  larimar::search(queries, nq, d_, blocks(), k, metric_, ids.data(), scores.data());
+  search_checked(queries, nq, k, ids.data(), scores.data());
   if (!soft) {
     for (index_t i = 0; i < nq; ++i)
       std::memcpy(out + i * v_, const_cast<KeyValueStore*>(this)->value_row(ids[i]), sizeof(T) * v_);
@@ -206,7 +214,7 @@ void KeyValueStore<T>::write(const T* queries, const T* values, index_t n, index
   std::vector<index_t> ids(n * top_k);
   std::vector<T> weights(n * top_k);
   // Address by the store's metric, weigh by squared distance (as read does).
-  larimar::search(queries, n, d_, blocks(), top_k, metric_, ids.data(), weights.data());
+  search_checked(queries, n, top_k, ids.data(), weights.data());
   std::vector<T> q_sq(n);
   row_sq_norms(queries, n, d_, q_sq.data());
   for (index_t i = 0; i < n * top_k; ++i) {

@@ -56,6 +56,7 @@ class KeyValueStore {
   std::uint64_t hash_key(const T* key) const;
   index_t find_key(const T* key, std::uint64_t hash) const;
   void check_queries(const T* queries, index_t nq, const char* arg) const;
+  void search_checked(const T* queries, index_t nq, index_t k, index_t* ids, T* scores) const;
   void read_unlocked(const T* queries, index_t nq, index_t k, double alpha, T* out) const;
 
   index_t d_, v_;

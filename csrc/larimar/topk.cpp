@@ -59,8 +59,10 @@ struct Tile {
   index_t block, offset, rows;
 };
 
+// Returns false when any score was NaN or Inf: a NaN or Inf in a key always reaches its
+// score, so callers need not scan the keys beforehand.
 template <class T>
-void search_query_block(const T* q, index_t nq, index_t d, const std::vector<KeyBlock<T>>& blocks,
+bool search_query_block(const T* q, index_t nq, index_t d, const std::vector<KeyBlock<T>>& blocks,
                         const std::vector<Tile>& tiles, index_t k, Metric metric,
                         index_t* out_ids, T* out_scores) {
   std::vector<T> q_sq(nq, T(0));
@@ -68,8 +70,9 @@ void search_query_block(const T* q, index_t nq, index_t d, const std::vector<Key
   const int team = static_cast<int>(
       std::min<index_t>(num_threads(), static_cast<index_t>(tiles.size())));
   std::vector<std::vector<TopK<T>>> per_thread(team);
+  bool finite = true;
 
-#pragma omp parallel num_threads(team)
+#pragma omp parallel num_threads(team) reduction(&& : finite)
   {
     const int tid = omp_get_thread_num();
     std::vector<TopK<T>> best(nq, TopK<T>(k));
@@ -98,6 +101,10 @@ void search_query_block(const T* q, index_t nq, index_t d, const std::vector<Key
           for (index_t j = 0; j < rows; ++j)
             s[j] = std::min(T(0), T(2) * s[j] - q_sq[i] - k_sq[j]);
         }
+        T sum = 0;
+#pragma omp simd reduction(+ : sum)
+        for (index_t j = 0; j < rows; ++j) sum += s[j] * T(0);  // NaN iff some s[j] is not finite
+        finite = finite && sum == T(0);
         TopK<T>& heap = best[i];
         T bar = heap.threshold();
         for (index_t j = 0; j < rows; ++j) {
@@ -121,6 +128,7 @@ void search_query_block(const T* q, index_t nq, index_t d, const std::vector<Key
       out_scores[i * k + j] = all[j].score;
     }
   }
+  return finite;
 }
 
 }  // namespace
@@ -154,17 +162,19 @@ void row_sq_norms(const T* x, index_t rows, index_t d, T* out) {
 }
 
 template <class T>
-void search(const T* queries, index_t nq, index_t d, const std::vector<KeyBlock<T>>& blocks,
+bool search(const T* queries, index_t nq, index_t d, const std::vector<KeyBlock<T>>& blocks,
             index_t k, Metric metric, index_t* out_ids, T* out_scores) {
   std::vector<Tile> tiles;
   for (index_t b = 0; b < static_cast<index_t>(blocks.size()); ++b)
     for (index_t off = 0; off < blocks[b].rows; off += kTileRows)
       tiles.push_back({b, off, std::min(kTileRows, blocks[b].rows - off)});
+  bool finite = true;
   for (index_t q0 = 0; q0 < nq; q0 += kQueryBlock) {
     const index_t n = std::min(kQueryBlock, nq - q0);
-    search_query_block(queries + q0 * d, n, d, blocks, tiles, k, metric, out_ids + q0 * k,
-                       out_scores + q0 * k);
+    finite &= search_query_block(queries + q0 * d, n, d, blocks, tiles, k, metric,
+                                 out_ids + q0 * k, out_scores + q0 * k);
   }
+  return finite;
 }
 
 template <class T>
@@ -176,19 +186,27 @@ void topk(const T* queries, index_t nq, const T* keys, index_t nk, index_t d, in
   check_dim(d, queries_name, "key dimension");
   require(k >= 1 && k <= nk, "k", "expected 1 <= k <= number of keys (" + str(nk) + "), got " + str(k));
   check_finite(queries, nq * d, queries_name);
-  check_finite(keys, nk * d, keys_name);
+  // The keys are not scanned up front (a pass as long as the search itself): a NaN or Inf
+  // in a key shows up in its norm or score, and only then are they checked to say which.
+  auto explain = [&]() {
+    check_finite(keys, nk * d, keys_name);
+    fail(keys_name, "scores overflow the range of the dtype (values too large to compare)");
+  };
   std::vector<T> sq;
   if (metric != Metric::InnerProduct) {
     sq.resize(nk);
     row_sq_norms(keys, nk, d, sq.data());
+    T sum = 0;
+    for (index_t i = 0; i < nk; ++i) sum += sq[i] * T(0);
+    if (sum != T(0)) explain();
   }
   const std::vector<KeyBlock<T>> blocks{{keys, sq.empty() ? nullptr : sq.data(), nk, 0}};
-  search(queries, nq, d, blocks, k, metric, out_ids, out_scores);
+  if (!search(queries, nq, d, blocks, k, metric, out_ids, out_scores)) explain();
 }
 
 #define LARIMAR_INSTANTIATE(T)                                                                 \
   template void row_sq_norms<T>(const T*, index_t, index_t, T*);                              \
-  template void search<T>(const T*, index_t, index_t, const std::vector<KeyBlock<T>>&, index_t, \
+  template bool search<T>(const T*, index_t, index_t, const std::vector<KeyBlock<T>>&, index_t, \
                           Metric, index_t*, T*);                                               \
   template void topk<T>(const T*, index_t, const T*, index_t, index_t, index_t, Metric,        \
                         index_t*, T*, const char*, const char*);

@@ -31,9 +31,10 @@ void row_sq_norms(const T* x, index_t rows, index_t d, T* out);
 
 // Scores: InnerProduct q.k; Cosine q.k / (|q||k|) (0 when either is the zero vector);
 // L2 -|q - k|^2. Writes the k best per query (nq x k), best first, equal scores in
-// ascending id order. k must not exceed the total number of keys.
+// ascending id order. k must not exceed the total number of keys. Returns false when some
+// score was NaN or Inf (a non-finite key, or an overflow); the results are then meaningless.
 template <class T>
-void search(const T* queries, index_t nq, index_t d, const std::vector<KeyBlock<T>>& blocks,
+bool search(const T* queries, index_t nq, index_t d, const std::vector<KeyBlock<T>>& blocks,
             index_t k, Metric metric, index_t* out_ids, T* out_scores);
 
 // Convenience for one array of keys (nk x d): validates every argument, naming them
