@@ -200,13 +200,37 @@ void thin_qr(const double* a, index_t rows, index_t cols, std::vector<double>& q
     for (index_t j = 0; j < cols; ++j) q[i * cols + j] = qc[j * rows + i];
 }
 
-// Row-major X R^-1 is column-major R^-T X^T: a left solve with the transposed factor.
+// Column-major, the row-major upper R reads as the lower L = R^T and X as X^T:
+// X R^-1 = (L^-1 X^T)^T, a left solve.
 void solve_upper_right(const double* r, index_t n, double* x, index_t rows) {
   const int N = as_int(n), M = as_int(rows);
   const double one = 1.0;
   const char left = 'L', lower = 'L', notrans = 'N', nonunit = 'N';
-  // Column-major, the row-major upper R reads as the lower L = R^T and X as X^T.
   BLAS_SYMBOL(dtrsm_)(&left, &lower, &notrans, &nonunit, &N, &M, &one, r, &N, x, &N);
+}
+
+void thin_svd(const double* a, index_t rows, index_t cols, std::vector<double>& u,
+              std::vector<double>& s, std::vector<double>& vt) {
+  // Row-major A is column-major At (cols x rows) = Uc S Vc^T, so A = Vc S Uc^T: the
+  // column-major Vc^T (p x rows) read row-major is U (rows x p), and Uc (cols x p)
+  // read row-major is Vt (p x cols).
+  const index_t p = std::min(rows, cols);
+  std::vector<double> at(a, a + rows * cols);
+  s.resize(p);
+  u.resize(rows * p);
+  vt.resize(p * cols);
+  const int M = as_int(cols), N = as_int(rows), P = as_int(p);
+  const char jobz = 'S';
+  std::vector<int> iwork(8 * p);
+  int info = 0, lwork = -1;
+  double query = 0;
+  BLAS_SYMBOL(dgesdd_)(&jobz, &M, &N, at.data(), &M, s.data(), vt.data(), &M, u.data(), &P,
+                       &query, &lwork, iwork.data(), &info);
+  lwork = std::max(1, static_cast<int>(query));
+  std::vector<double> work(lwork);
+  BLAS_SYMBOL(dgesdd_)(&jobz, &M, &N, at.data(), &M, s.data(), vt.data(), &M, u.data(), &P,
+                       work.data(), &lwork, iwork.data(), &info);
+  if (info != 0) throw NumericalError("SVD did not converge (dgesdd info " + std::to_string(info) + ")");
 }
 
 std::vector<double> svd_solve(const double* a, index_t rows, index_t cols, const double* b,

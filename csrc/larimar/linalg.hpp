@@ -58,6 +58,11 @@ void thin_qr(const double* a, index_t rows, index_t cols, std::vector<double>& q
 // X (rows x n) <- X R^-1 for an upper triangular R (n x n), both row-major.
 void solve_upper_right(const double* r, index_t n, double* x, index_t rows);
 
+// Thin SVD of A (rows x cols, row-major): A = U diag(s) V^T with U (rows x p), s (p,
+// descending), Vt (p x cols), p = min(rows, cols), all row-major.
+void thin_svd(const double* a, index_t rows, index_t cols, std::vector<double>& u,
+              std::vector<double>& s, std::vector<double>& vt);
+
 // Pseudo-inverse solve through the SVD: returns X = A^+ B (cols x nrhs) with singular
 // values below rcond * s_max dropped, or the ridge solution when ridge > 0.
 std::vector<double> svd_solve(const double* a, index_t rows, index_t cols, const double* b,

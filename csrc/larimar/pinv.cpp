@@ -1,6 +1,7 @@
 #include "larimar/pinv.hpp"
 
 #include <algorithm>
+#include <type_traits>
 
 #include "larimar/linalg.hpp"
 
@@ -34,12 +35,48 @@ void dot_rows(const double* r, index_t k, index_t c, const double* x, double* ou
   }
 }
 
+// out (K x q) = R (K x C) B^T for bt = B (q x C) in float64: one pass over R, each row
+// meeting all q vectors while it sits in L1.
+#define LARIMAR_ROWS_TIMES(T)                                                              \
+  LARIMAR_MULTIVERSION                                                                     \
+  void rows_times(const T* r, index_t k, index_t c, const double* bt, index_t q,          \
+                  double* out) {                                                           \
+    for (index_t i = 0; i < k; ++i) {                                                      \
+      const T* row = r + i * c;                                                            \
+      for (index_t t = 0; t < q; ++t) {                                                    \
+        const double* b = bt + t * c;                                                      \
+        double s = 0;                                                                      \
+        _Pragma("omp simd reduction(+ : s)") for (index_t j = 0; j < c; ++j) s +=          \
+            static_cast<double>(row[j]) * b[j];                                            \
+        out[i * q + t] = s;                                                                \
+      }                                                                                    \
+    }                                                                                      \
+  }                                                                                        \
+  /* out (q x C) = S^T R for S (K x q) in float64: rank-1 accumulation, one pass over R. */ \
+  LARIMAR_MULTIVERSION                                                                     \
+  void transpose_times(const T* r, index_t k, index_t c, const double* s, index_t q,      \
+                       double* out) {                                                      \
+    std::fill(out, out + q * c, 0.0);                                                      \
+    for (index_t i = 0; i < k; ++i) {                                                      \
+      const T* row = r + i * c;                                                            \
+      for (index_t t = 0; t < q; ++t) {                                                    \
+        const double f = s[i * q + t];                                                     \
+        double* o = out + t * c;                                                           \
+        _Pragma("omp simd") for (index_t j = 0; j < c; ++j) o[j] += f * static_cast<double>(row[j]); \
+      }                                                                                    \
+    }                                                                                      \
+  }
+LARIMAR_ROWS_TIMES(float)
+LARIMAR_ROWS_TIMES(double)
+#undef LARIMAR_ROWS_TIMES
+
 // Rows of R (K x C) that span its row space, in pivot order: pivoted Cholesky of the Gram
 // R R^T, one Gram column (a pass over R) per pivot, until every residual row norm^2 is
 // below tol2 (absolute).
 template <class T>
 std::vector<index_t> gram_pivots(const T* r, index_t k, index_t c,
-                                 const std::vector<double>& sq_norms, double tol2) {
+                                 const std::vector<double>& sq_norms, double tol2,
+                                 std::vector<double>& raw_columns) {
   const index_t max_rank = std::min(k, c);
   std::vector<double> residual(sq_norms);
   std::vector<index_t> pivots;
@@ -54,6 +91,7 @@ std::vector<index_t> gram_pivots(const T* r, index_t k, index_t c,
     const index_t j = static_cast<index_t>(pivots.size());
     // column = (R R_p^T - L[:, :j] L[p, :j]^T) / sqrt(residual_p)
     dot_rows(r, k, c, r + p * c, column.data());
+    raw_columns.insert(raw_columns.end(), column.begin(), column.end());  // R R_p^T, exact
     if (j > 0) {
       lp.resize(j);
       for (index_t t = 0; t < j; ++t) lp[t] = factor[t * k + p];
@@ -74,29 +112,38 @@ std::vector<index_t> gram_pivots(const T* r, index_t k, index_t c,
 
 }  // namespace
 
+// Orthonormal basis Q (C x q) spanning every row of R (K x C) to within a residual of tol
+// times its largest row norm, and the coordinates U = R Q (K x q), all float64.
+struct RowSpace {
+  std::vector<double> basis, coords, sq_norms;
+  index_t rank = 0;
+};
+
 template <class T>
-std::vector<double> row_space_basis(const T* r, index_t k, index_t c, double rcond,
-                                    index_t& rank) {
-  std::vector<double> sq(k);
+RowSpace row_space(const T* r, index_t k, index_t c, double rcond) {
+  RowSpace out;
+  std::vector<double>& sq = out.sq_norms;
+  sq.resize(k);
   for (index_t i = 0; i < k; ++i) dot_rows(r + i * c, 1, c, r + i * c, &sq[i]);
   const double largest = *std::max_element(sq.begin(), sq.end());
-  rank = 0;
-  if (largest == 0) return {};
+  if (largest == 0) return out;
   // The Gram squares R: its pivots cannot resolve residuals below ~sqrt(eps64) of the
   // largest row. When rcond asks for more, the remaining directions are found by explicit
   // Gram-Schmidt on the exact residual R - R Q Q^T.
   const double cutoff2 = rcond * rcond * largest;
-  const double gram_floor2 =
-      100.0 * static_cast<double>(std::max(k, c)) * epsilon<double>() * largest;
-  const std::vector<index_t> pivots = gram_pivots(r, k, c, sq, std::max(cutoff2, gram_floor2));
+  const double gram_floor2 = 32.0 * epsilon<double>() * largest;
+  std::vector<double> raw;  // q x K: column t is R R_{p_t}^T
+  const std::vector<index_t> pivots = gram_pivots(r, k, c, sq, std::max(cutoff2, gram_floor2), raw);
   index_t q = static_cast<index_t>(pivots.size());
-  std::vector<double> basis;  // C x q
+  std::vector<double>& basis = out.basis;  // C x q
+  std::vector<double> triangle;              // R_P^T = Q Rc
   if (q > 0) {
-    std::vector<double> rows_t(c * q), unused;
+    std::vector<double> rows_t(c * q);
     for (index_t t = 0; t < q; ++t)
       for (index_t j = 0; j < c; ++j) rows_t[j * q + t] = r[pivots[t] * c + j];
-    thin_qr(rows_t.data(), c, q, basis, unused);
+    thin_qr(rows_t.data(), c, q, basis, triangle);
   }
+  const index_t gram_rank = q;
   if (cutoff2 < gram_floor2 && q < std::min(k, c)) {
     // E = R - (R Q) Q^T, then pivoted Gram-Schmidt with re-orthogonalisation.
     std::vector<double> e = convert<double>(r, k * c);
@@ -150,29 +197,67 @@ std::vector<double> row_space_basis(const T* r, index_t k, index_t c, double rco
       q = q2;
     }
   }
-  rank = q;
-  return basis;
+  out.rank = q;
+  if (q == 0) return out;
+  out.coords.resize(k * q);
+  if (std::is_same<T, float>::value && gram_rank == q) {
+    // U = R Q = (R R_P^T) Rc^-1 from the exact Gram columns: no pass over R. (Float64 data
+    // takes the pass: Rc's conditioning would cost digits it can keep.)
+    for (index_t i = 0; i < k; ++i)
+      for (index_t t = 0; t < q; ++t) out.coords[i * q + t] = raw[t * k + i];
+    solve_upper_right(triangle.data(), q, out.coords.data(), k);
+  } else {
+    std::vector<double> qt(q * c);
+    for (index_t j = 0; j < c; ++j)
+      for (index_t t = 0; t < q; ++t) qt[t * c + j] = basis[j * q + t];
+    rows_times(r, k, c, qt.data(), q, out.coords.data());
+  }
+  return out;
 }
 
 template <class T>
 LowRankPinv<T>::LowRankPinv(const T* r, index_t k, index_t c, double rcond) : k_(k), c_(c) {
   if (rcond < 0) rcond = default_rcond<T>(k, c);
-  std::vector<double> qc = row_space_basis(r, k, c, rcond, rank_);
-  if (rank_ == 0) return;  // R == 0: R^+ == 0
-  const index_t q = rank_;
-  // R = U Q_c^T with U = R Q_c (K x q); R^+ = Q_c U^+ = Q_c R_u^-1 Q_u^T. U in float64:
-  // its conditioning is R's, and its small singular directions carry the answer.
-  const std::vector<double> rd = convert<double>(r, k * c);
-  std::vector<double> u(k * q);
-  blas::gemm_parallel<double>(false, false, k, q, c, 1.0, rd.data(), c, qc.data(), q, 0.0, u.data(), q);
-  std::vector<double> qu, ru;
-  thin_qr(u.data(), k, q, qu, ru);
-  basis_ = convert<T>(qc.data(), c * q);
-  solve_upper_right(ru.data(), q, qc.data(), c);  // Q_c R_u^-1
-  left_ = convert<T>(qc.data(), c * q);
-  right_.resize(q * k);
+  // Pivot rows until no residual row exceeds tol |R_max row| / sqrt(K), tol the dtype's
+  // default cutoff (or rcond when smaller): the directions left out hold singular values
+  // near the storage precision, and the exact residual E = R - R Q Q^T is that small.
+  const double tol = std::min(rcond, default_rcond<T>(k, c));
+  RowSpace space = row_space(r, k, c, tol / std::sqrt(double(k)));
+  const index_t q = space.rank;
+  if (q == 0) return;  // R == 0: R^+ == 0
+  const std::vector<double>& qc = space.basis;
+  std::vector<double>& u = space.coords;
+  std::vector<double> uu, sv, vt;
+  thin_svd(u.data(), k, q, uu, sv, vt);
+  index_t kept = 0;
+  while (kept < q && sv[kept] > rcond * sv[0] && sv[kept] > 0) ++kept;
+  rank_ = kept;
+  if (kept == 0) return;
+  std::vector<double> scaled(k * kept);  // Uu[:, :kept] S^-1
   for (index_t i = 0; i < k; ++i)
-    for (index_t t = 0; t < q; ++t) right_[t * k + i] = static_cast<T>(qu[i * q + t]);
+    for (index_t t = 0; t < kept; ++t) scaled[i * kept + t] = uu[i * q + t] / sv[t];
+  // V = R^T Uu S^-1 = Q_c Vu + E^T Uu S^-1 with E = R - U Q_c^T. |E|^2 = |R|^2 - |U|^2;
+  // when |E| / s_min is below the dtype's precision the correction is too, and V = Q_c Vu.
+  double r2 = 0, u2 = 0;
+  for (double x : space.sq_norms) r2 += x;
+  for (double x : u) u2 += x * x;
+  const double residual = std::sqrt(std::max(0.0, r2 - u2));
+  std::vector<double> vt_exact(kept * c);  // V^T (kept x C)
+  if (residual <= 8 * epsilon<T>() * sv[kept - 1]) {
+    blas::gemm<double>(false, true, kept, c, q, 1.0, vt.data(), q, qc.data(), q, 0.0, vt_exact.data(), c);
+  } else {
+    transpose_times(r, k, c, scaled.data(), kept, vt_exact.data());
+  }
+  basis_.resize(c * kept);
+  left_.resize(c * kept);
+  for (index_t j = 0; j < c; ++j)
+    for (index_t t = 0; t < kept; ++t) {
+      basis_[j * kept + t] = static_cast<T>(vt_exact[t * c + j]);
+      left_[j * kept + t] = static_cast<T>(vt_exact[t * c + j] / sv[t]);
+    }
+  right_.resize(kept * k);
+  for (index_t i = 0; i < k; ++i)
+    for (index_t t = 0; t < kept; ++t) right_[t * k + i] = static_cast<T>(uu[i * q + t]);
 }
 
 template <class T>
@@ -227,25 +312,13 @@ void pinv_read(const T* z, const T* m, T* out, index_t batch, index_t n, index_t
   if (rcond >= 0) check_scalar(rcond, "rcond", true, false);
   check_finite(z, batch * n * c, "Zq");
   check_finite(m, batch * k * c, "M");
-  const double cutoff = rcond >= 0 ? rcond : default_rcond<T>(k, c);
   parallel_for(batch, [&](index_t b) {
-    // (Z M^+) M = Z Q Q^T: M^+ M projects onto M's row space, spanned by Q (C x r).
-    index_t rank = 0;
-    const std::vector<double> q = row_space_basis(m + b * k * c, k, c, cutoff, rank);
-    T* o = out + b * n * c;
-    if (rank == 0) {
-      std::fill(o, o + n * c, T(0));
-      return;
-    }
-    const std::vector<T> qt = convert<T>(q.data(), c * rank);
-    std::vector<T> coef(n * rank);
-    blas::gemm_parallel<T>(false, false, n, rank, c, T(1), z + b * n * c, c, qt.data(), rank, T(0), coef.data(), rank);
-    blas::gemm_parallel<T>(false, true, n, c, rank, T(1), coef.data(), rank, qt.data(), rank, T(0), o, c);
+    // (Z M^+) M = Z Q Q^T: M^+ M projects onto M's (kept) row space.
+    const LowRankPinv<T> pinv(m + b * k * c, k, c, rcond);
+    pinv.project(z + b * n * c, n, out + b * n * c);
   });
 }
 
-template std::vector<double> row_space_basis<float>(const float*, index_t, index_t, double, index_t&);
-template std::vector<double> row_space_basis<double>(const double*, index_t, index_t, double, index_t&);
 template void pinv_read<float>(const float*, const float*, float*, index_t, index_t, index_t,
                                index_t, double);
 template void pinv_read<double>(const double*, const double*, double*, index_t, index_t, index_t,

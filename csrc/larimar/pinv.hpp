@@ -8,11 +8,13 @@
 
 namespace larimar {
 
-// R^+ = Q_c R_u^-1 Q_u^T, found by a rank-revealing pivoted Cholesky of R R^T (float64) that
-// picks r independent rows of R, then two thin QRs (of those rows, and of R projected on
-// their span). Cost O(r K C) for a memory of rank r, instead of an SVD's O(K C min(K, C)):
-// a Larimar memory written from N rows has rank N << K. Stored as left (C x r) and
-// right (r x K) in T, so W = (Z left) right.
+// R^+ with singular values below rcond * s_max dropped (numpy.linalg.pinv's cutoff), in
+// factored form. A pivoted Cholesky of R R^T (float64) picks q rows spanning R's row space
+// to the storage precision, a thin QR of them gives an orthonormal basis Q_c, the SVD of
+// the small U = R Q_c (K x q) gives R's left singular vectors and values, and one product
+// R^T Uu gives the right ones. Cost O(q K C) for a memory of rank q instead of an SVD's
+// O(K C min(K, C)): a Larimar memory written from N rows has rank N << K. Stored as
+// left (C x r) and right (r x K) in T, so W = (Z left) right.
 template <class T>
 class LowRankPinv {
  public:
@@ -35,12 +37,6 @@ class LowRankPinv {
   std::vector<T> right_;  // r x K
   std::vector<T> basis_;  // C x r, orthonormal basis Q of R's row space
 };
-
-// Orthonormal basis (C x rank, row-major, float64) of the row space of R (K x C), to
-// relative singular-value cutoff rcond.
-template <class T>
-std::vector<double> row_space_basis(const T* r, index_t k, index_t c, double rcond,
-                                    index_t& rank);
 
 // Larimar's read z = (Zq M^+) M, per episode, as the projection Zq Q Q^T of the queries on
 // M's row space: no pass over M beyond finding Q. Zq (B x N x C), M (B x K x C).
