@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 import larimar_ext as lx
 from conftest import (DTYPE_IDS, DTYPES, assert_ndarray, assert_rel, distinct_rows, dtypes, f64,
                       randint, randn, rank_deficient, ref_gaussian, ref_onehot, ref_pinv_address,
-                      ref_sqdist, seeds, to_numpy, tol, well_conditioned)
+                      ref_sqdist, seeds, to_numpy, tol, well_conditioned, orthonormal,
+                      default_rcond)
 
 
 # ----------------------------------------------------------------------------- pinv_address
@@ -247,3 +248,39 @@ def test_onehot_and_top_k_many_keys_ties(rng, dtype):
     ref_idx, ref_w = ref_gaussian(Z, R, 1.0, top_k=300)
     assert np.array_equal(to_numpy(idx), ref_idx)
     assert_rel(w, ref_w, tol(dtype))
+
+
+def spread_spectrum(rng, K, C, lo, hi, dtype):
+    """R (K, C) with singular values log-spaced from 10**hi down to 10**lo."""
+    U = orthonormal(rng, K, K)
+    V = orthonormal(rng, C, K)
+    return ((U * np.logspace(hi, lo, K)) @ V.T).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("rcond", [None, 1e-6, 1e-4, 1e-2, 0.5])
+def test_pinv_rcond_is_numpy_singular_value_cutoff(rng, dtype, rcond):
+    """rcond drops singular values below rcond * s_max, exactly as np.linalg.pinv, for any
+    cutoff inside a continuous spectrum (cond 1e5)."""
+    K, C = 48, 80
+    R = spread_spectrum(rng, K, C, -3, 2, dtype)
+    cutoff = rcond if rcond is not None else default_rcond(K, C, dtype)
+    ref = np.linalg.pinv(f64(R), rcond=cutoff)
+    got = lx.pinv_address(np.eye(C, dtype=dtype), R, rcond=rcond)
+    assert_rel(got, ref, tol(dtype, 1e-5, 1e-9))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("rank", [1, 5, 16])
+def test_pinv_read_equals_address_then_read(rng, dtype, rank):
+    """pinv_read(Zq, M) == read(pinv_address(Zq, M), M) == (Zq M^+) M, batched."""
+    B, N, K, C = 3, 7, 40, 30
+    M = np.stack([rank_deficient(rng, K, C, rank, dtype=dtype) for _ in range(B)])
+    Zq = randn(rng, B, N, C, dtype=dtype)
+    ref = np.stack([f64(Zq[b]) @ np.linalg.pinv(f64(M[b]), rcond=default_rcond(K, C, dtype))
+                    @ f64(M[b]) for b in range(B)])
+    fused = lx.pinv_read(Zq, M)
+    assert fused.dtype == dtype and fused.shape == (B, N, C)
+    assert_rel(fused, ref, tol(dtype))
+    assert_rel(fused, lx.read(lx.pinv_address(Zq, M), M), tol(dtype))
+    assert_rel(lx.pinv_read(Zq[0], M[0]), ref[0], tol(dtype))

@@ -9,6 +9,14 @@
 #include <string>
 #include <vector>
 
+// Hot loops are compiled for AVX-512, AVX2 and baseline x86-64; the loader picks one at run
+// time, so one wheel runs on any x86-64 CPU (no -march=native).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define LARIMAR_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define LARIMAR_MULTIVERSION
+#endif
+
 namespace larimar {
 
 using index_t = std::int64_t;

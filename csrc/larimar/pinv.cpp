@@ -9,9 +9,7 @@ namespace larimar {
 namespace {
 
 // out[i] = R_i . x in float64 (a float32 product is exact in float64, so float32 input
-// costs no accuracy and half the memory traffic of a converted copy). Compiled for AVX-512,
-// AVX2 and baseline x86-64; the loader picks one at run time.
-#define LARIMAR_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
+// costs no accuracy and half the memory traffic of a converted copy).
 
 LARIMAR_MULTIVERSION
 void dot_rows(const float* r, index_t k, index_t c, const float* x, double* out) {

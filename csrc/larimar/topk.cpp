@@ -55,6 +55,28 @@ class TopK {
   std::vector<Candidate<T>> heap_;
 };
 
+// Below this many queries a tile is scored by dot products (each key read once and met by
+// every query while in L1) instead of a GEMM, whose packing of the tile costs a second pass
+// over memory.
+constexpr index_t kSmallBatch = 8;
+
+#define LARIMAR_SCORE_SMALL(T)                                                             \
+  LARIMAR_MULTIVERSION                                                                     \
+  void score_small(const T* q, index_t nq, const T* keys, index_t rows, index_t d, T* out) { \
+    for (index_t j = 0; j < rows; ++j) {                                                   \
+      const T* key = keys + j * d;                                                         \
+      for (index_t i = 0; i < nq; ++i) {                                                   \
+        const T* qi = q + i * d;                                                           \
+        T s = 0;                                                                           \
+        _Pragma("omp simd reduction(+ : s)") for (index_t t = 0; t < d; ++t) s += qi[t] * key[t]; \
+        out[i * rows + j] = s;                                                             \
+      }                                                                                    \
+    }                                                                                      \
+  }
+LARIMAR_SCORE_SMALL(float)
+LARIMAR_SCORE_SMALL(double)
+#undef LARIMAR_SCORE_SMALL
+
 struct Tile {
   index_t block, offset, rows;
 };
@@ -85,6 +107,8 @@ bool search_query_block(const T* q, index_t nq, index_t d, const std::vector<Key
       const index_t rows = tile.rows;
       if (nq == 1)
         blas::gemv<T>(false, rows, d, T(1), keys, d, q, T(0), scores.data());
+      else if (nq <= kSmallBatch)
+        score_small(q, nq, keys, rows, d, scores.data());
       else
         blas::gemm<T>(false, true, nq, rows, d, T(1), q, d, keys, d, T(0), scores.data(), rows);
       const index_t first = block.first_id + tile.offset;
