@@ -75,6 +75,27 @@ void same_dim(index_t a, index_t b, const std::string& name, const std::string& 
     throw py::value_error(name + ": " + what + " (" + std::to_string(a) + " vs " + std::to_string(b) + ")");
 }
 
+// The two arrays of a batchable op: 2-D each, or 3-D with one leading batch size.
+struct BatchedPair {
+  bool batched;
+  index_t batch, rows_a, cols_a, rows_b, cols_b;
+  std::vector<py::ssize_t> shape(index_t rows, index_t cols) const {
+    return batched ? std::vector<py::ssize_t>{batch, rows, cols} : std::vector<py::ssize_t>{rows, cols};
+  }
+};
+
+template <class T>
+BatchedPair batched_pair(const py::array_t<T>& a, const char* a_name, const py::array_t<T>& b,
+                         const char* b_name) {
+  same_dim(b.ndim(), a.ndim(), b_name, std::string("expected as many dimensions as ") + a_name);
+  const int d = static_cast<int>(a.ndim());
+  const bool batched = d == 3;
+  const BatchedPair p{batched, batched ? a.shape(0) : 1, a.shape(d - 2), a.shape(d - 1),
+                      b.shape(d - 2), b.shape(d - 1)};
+  if (batched) same_dim(b.shape(0), p.batch, b_name, std::string("expected the batch size of ") + a_name);
+  return p;
+}
+
 // Calls f<float> or f<double> on the dtype of the first array.
 template <class F>
 auto dispatch(py::handle first, const char* name, F&& f) {
@@ -94,13 +115,10 @@ template <class T>
 py::array lstsq_write(py::handle w_obj, py::handle z_obj, double ridge, py::object rcond_obj) {
   auto w = typed<T>(w_obj, "W", 2, 3);
   auto z = typed<T>(z_obj, "Z", 2, 3);
-  same_dim(w.ndim(), z.ndim(), "Z", "expected as many dimensions as W");
-  const bool batched = w.ndim() == 3;
-  const index_t b = batched ? w.shape(0) : 1, n = w.shape(w.ndim() - 2), k = w.shape(w.ndim() - 1);
-  const index_t c = z.shape(z.ndim() - 1);
-  if (batched) same_dim(z.shape(0), b, "Z", "expected the same batch size as W");
-  same_dim(z.shape(z.ndim() - 2), n, "Z", "expected as many rows as W");
-  py::array_t<T> m(batched ? std::vector<py::ssize_t>{b, k, c} : std::vector<py::ssize_t>{k, c});
+  const BatchedPair p = batched_pair(w, "W", z, "Z");
+  const index_t b = p.batch, n = p.rows_a, k = p.cols_a, c = p.cols_b;
+  same_dim(p.rows_b, n, "Z", "expected as many rows as W");
+  py::array_t<T> m(p.shape(k, c));
   larimar::LstsqOptions options;
   options.ridge = ridge;
   options.rcond = rcond_value(rcond_obj);
@@ -117,13 +135,10 @@ template <class T>
 py::array pinv_address(py::handle z_obj, py::handle r_obj, py::object rcond_obj) {
   auto z = typed<T>(z_obj, "Z", 2, 3);
   auto r = typed<T>(r_obj, "R", 2, 3);
-  same_dim(r.ndim(), z.ndim(), "R", "expected as many dimensions as Z");
-  const bool batched = z.ndim() == 3;
-  const index_t b = batched ? z.shape(0) : 1, n = z.shape(z.ndim() - 2), c = z.shape(z.ndim() - 1);
-  const index_t k = r.shape(r.ndim() - 2);
-  if (batched) same_dim(r.shape(0), b, "R", "expected the same batch size as Z");
-  same_dim(r.shape(r.ndim() - 1), c, "R", "expected the code size of Z");
-  py::array_t<T> w(batched ? std::vector<py::ssize_t>{b, n, k} : std::vector<py::ssize_t>{n, k});
+  const BatchedPair p = batched_pair(z, "Z", r, "R");
+  const index_t b = p.batch, n = p.rows_a, c = p.cols_a, k = p.rows_b;
+  same_dim(p.cols_b, c, "R", "expected the code size of Z");
+  py::array_t<T> w(p.shape(n, k));
   const double rcond = rcond_value(rcond_obj);
   const T *pz = z.data(), *pr = r.data();
   T* pw = w.mutable_data();
@@ -138,13 +153,10 @@ template <class T>
 py::array pinv_read(py::handle z_obj, py::handle m_obj, py::object rcond_obj) {
   auto z = typed<T>(z_obj, "Zq", 2, 3);
   auto m = typed<T>(m_obj, "M", 2, 3);
-  same_dim(m.ndim(), z.ndim(), "M", "expected as many dimensions as Zq");
-  const bool batched = z.ndim() == 3;
-  const index_t b = batched ? z.shape(0) : 1, n = z.shape(z.ndim() - 2), c = z.shape(z.ndim() - 1);
-  const index_t k = m.shape(m.ndim() - 2);
-  if (batched) same_dim(m.shape(0), b, "M", "expected the same batch size as Zq");
-  same_dim(m.shape(m.ndim() - 1), c, "M", "expected the code size of Zq");
-  py::array_t<T> out(batched ? std::vector<py::ssize_t>{b, n, c} : std::vector<py::ssize_t>{n, c});
+  const BatchedPair p = batched_pair(z, "Zq", m, "M");
+  const index_t b = p.batch, n = p.rows_a, c = p.cols_a, k = p.rows_b;
+  same_dim(p.cols_b, c, "M", "expected the code size of Zq");
+  py::array_t<T> out(p.shape(n, c));
   const double rcond = rcond_value(rcond_obj);
   const T *pz = z.data(), *pm = m.data();
   T* po = out.mutable_data();
@@ -205,13 +217,10 @@ template <class T>
 py::array read_dense(py::handle w_obj, py::handle m_obj) {
   auto w = typed<T>(w_obj, "W", 2, 3);
   auto m = typed<T>(m_obj, "M", 2, 3);
-  same_dim(m.ndim(), w.ndim(), "M", "expected as many dimensions as W");
-  const bool batched = w.ndim() == 3;
-  const index_t b = batched ? w.shape(0) : 1, n = w.shape(w.ndim() - 2), k = w.shape(w.ndim() - 1);
-  const index_t c = m.shape(m.ndim() - 1);
-  if (batched) same_dim(m.shape(0), b, "M", "expected the same batch size as W");
-  same_dim(m.shape(m.ndim() - 2), k, "M", "expected as many memory slots as W has columns");
-  py::array_t<T> out(batched ? std::vector<py::ssize_t>{b, n, c} : std::vector<py::ssize_t>{n, c});
+  const BatchedPair p = batched_pair(w, "W", m, "M");
+  const index_t b = p.batch, n = p.rows_a, k = p.cols_a, c = p.cols_b;
+  same_dim(p.rows_b, k, "M", "expected as many memory slots as W has columns");
+  py::array_t<T> out(p.shape(n, c));
   const T *pw = w.data(), *pm = m.data();
   T* po = out.mutable_data();
   {

@@ -284,18 +284,29 @@ void LowRankPinv<T>::project(const T* z, index_t n, T* out) const {
                          rank_, T(0), out, c_);
 }
 
+namespace {
+
+// Checks the arguments of a batched op on queries Z (B x N x C) and matrices R (B x K x C),
+// named z_name and r_name, then runs body(b, R_b^+) per episode in parallel.
+template <class T, class Body>
+void for_each_pinv(const T* z, const T* r, index_t batch, index_t n, index_t k, index_t c,
+                   double rcond, const char* z_name, const char* r_name, Body&& body) {
+  check_dim(batch, z_name, "batch size");
+  check_dim(n, z_name, "number of rows N");
+  check_dim(k, r_name, "number of rows K");
+  check_dim(c, z_name, "code size C");
+  if (rcond >= 0) check_scalar(rcond, "rcond", true, false);
+  check_finite(z, batch * n * c, z_name);
+  check_finite(r, batch * k * c, r_name);
+  parallel_for(batch, [&](index_t b) { body(b, LowRankPinv<T>(r + b * k * c, k, c, rcond)); });
+}
+
+}  // namespace
+
 template <class T>
 void pinv_address(const T* z, const T* r, T* w, index_t batch, index_t n, index_t k, index_t c,
                   double rcond) {
-  check_dim(batch, "Z", "batch size");
-  check_dim(n, "Z", "number of rows N");
-  check_dim(k, "R", "number of keys K");
-  check_dim(c, "Z", "code size C");
-  if (rcond >= 0) check_scalar(rcond, "rcond", true, false);
-  check_finite(z, batch * n * c, "Z");
-  check_finite(r, batch * k * c, "R");
-  parallel_for(batch, [&](index_t b) {
-    const LowRankPinv<T> pinv(r + b * k * c, k, c, rcond);
+  for_each_pinv(z, r, batch, n, k, c, rcond, "Z", "R", [&](index_t b, const LowRankPinv<T>& pinv) {
     pinv.apply(z + b * n * c, n, w + b * n * k);
   });
 }
@@ -303,16 +314,8 @@ void pinv_address(const T* z, const T* r, T* w, index_t batch, index_t n, index_
 template <class T>
 void pinv_read(const T* z, const T* m, T* out, index_t batch, index_t n, index_t k, index_t c,
                double rcond) {
-  check_dim(batch, "Zq", "batch size");
-  check_dim(n, "Zq", "number of rows N");
-  check_dim(k, "M", "memory size K");
-  check_dim(c, "Zq", "code size C");
-  if (rcond >= 0) check_scalar(rcond, "rcond", true, false);
-  check_finite(z, batch * n * c, "Zq");
-  check_finite(m, batch * k * c, "M");
-  parallel_for(batch, [&](index_t b) {
-    // (Z M^+) M = Z Q Q^T: M^+ M projects onto M's (kept) row space.
-    const LowRankPinv<T> pinv(m + b * k * c, k, c, rcond);
+  // (Z M^+) M = Z Q Q^T: M^+ M projects onto M's (kept) row space.
+  for_each_pinv(z, m, batch, n, k, c, rcond, "Zq", "M", [&](index_t b, const LowRankPinv<T>& pinv) {
     pinv.project(z + b * n * c, n, out + b * n * c);
   });
 }
