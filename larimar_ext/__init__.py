@@ -13,7 +13,8 @@ from .kv_memory import KeyValueMemory
 from .ops import (gaussian_address, lstsq_write, onehot_address, pinv_address, pinv_read,
                   read, sparse_lstsq_write, topk)
 
-__all__ = ["EpisodicMemory", "KeyValueMemory", "gaussian_address", "get_num_threads", "info",
+__all__ = ["EpisodicMemory", "KeyValueMemory", "gaussian_address", "get_memory_limit",
+           "get_num_threads", "info", "set_memory_limit",
            "lstsq_write", "onehot_address", "pinv_address", "pinv_read", "read", "set_num_threads",
            "sparse_lstsq_write", "topk", "__version__"]
 
@@ -42,3 +43,16 @@ def set_num_threads(n: int) -> None:
 
 def get_num_threads() -> int:
     return _core.get_num_threads()
+
+
+def set_memory_limit(limit: int) -> None:
+    """Largest allocation one call may make, in bytes (default: the machine's physical
+    memory). A request that would need more (a huge ``k``, a giant episode, a memory too big
+    for the machine) raises MemoryError before anything is allocated."""
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)):
+        raise TypeError(f"limit: expected a number of bytes, got {type(limit).__name__}")
+    _core.set_memory_limit(float(limit))
+
+
+def get_memory_limit() -> int:
+    return int(_core.get_memory_limit())

@@ -75,6 +75,16 @@ void same_dim(index_t a, index_t b, const std::string& name, const std::string& 
     throw py::value_error(name + ": " + what + " (" + std::to_string(a) + " vs " + std::to_string(b) + ")");
 }
 
+// A result array, after checking its size against the memory limit (so a request for a
+// petabyte fails with MemoryError naming `arg` instead of asking the allocator).
+template <class T>
+py::array_t<T> output(const std::vector<py::ssize_t>& shape, const char* arg) {
+  double bytes = sizeof(T);
+  for (py::ssize_t d : shape) bytes *= static_cast<double>(d);
+  larimar::check_allocation(bytes, arg, "the result");
+  return py::array_t<T>(shape);
+}
+
 // The two arrays of a batchable op: 2-D each, or 3-D with one leading batch size.
 struct BatchedPair {
   bool batched;
@@ -118,7 +128,7 @@ py::array lstsq_write(py::handle w_obj, py::handle z_obj, double ridge, py::obje
   const BatchedPair p = batched_pair(w, "W", z, "Z");
   const index_t b = p.batch, n = p.rows_a, k = p.cols_a, c = p.cols_b;
   same_dim(p.rows_b, n, "Z", "expected as many rows as W");
-  py::array_t<T> m(p.shape(k, c));
+  auto m = output<T>(p.shape(k, c), "W");
   larimar::LstsqOptions options;
   options.ridge = ridge;
   options.rcond = rcond_value(rcond_obj);
@@ -138,7 +148,7 @@ py::array pinv_address(py::handle z_obj, py::handle r_obj, py::object rcond_obj)
   const BatchedPair p = batched_pair(z, "Z", r, "R");
   const index_t b = p.batch, n = p.rows_a, c = p.cols_a, k = p.rows_b;
   same_dim(p.cols_b, c, "R", "expected the code size of Z");
-  py::array_t<T> w(p.shape(n, k));
+  auto w = output<T>(p.shape(n, k), "R");
   const double rcond = rcond_value(rcond_obj);
   const T *pz = z.data(), *pr = r.data();
   T* pw = w.mutable_data();
@@ -156,7 +166,7 @@ py::array pinv_read(py::handle z_obj, py::handle m_obj, py::object rcond_obj) {
   const BatchedPair p = batched_pair(z, "Zq", m, "M");
   const index_t b = p.batch, n = p.rows_a, c = p.cols_a, k = p.rows_b;
   same_dim(p.cols_b, c, "M", "expected the code size of Zq");
-  py::array_t<T> out(p.shape(n, c));
+  auto out = output<T>(p.shape(n, c), "M");
   const double rcond = rcond_value(rcond_obj);
   const T *pz = z.data(), *pm = m.data();
   T* po = out.mutable_data();
@@ -175,7 +185,7 @@ py::object gaussian_address(py::handle z_obj, py::handle r_obj, double alpha, py
   same_dim(r.shape(1), c, "R", "expected the code size of Z");
   const T *pz = z.data(), *pr = r.data();
   if (top_k.is_none()) {
-    py::array_t<T> w({n, k});
+    auto w = output<T>({n, k}, "R");
     T* pw = w.mutable_data();
     py::gil_scoped_release release;
     larimar::gaussian_address(pz, pr, n, k, c, alpha, pw);
@@ -184,8 +194,8 @@ py::object gaussian_address(py::handle z_obj, py::handle r_obj, double alpha, py
   const index_t kk = top_k.cast<index_t>();
   if (kk < 1 || kk > k)  // checked before the (N, top_k) outputs are allocated
     throw py::value_error("top_k: expected 1 <= top_k <= number of keys (" + std::to_string(k) + "), got " + std::to_string(kk));
-  py::array_t<index_t> ids({n, kk});
-  py::array_t<T> w({n, kk});
+  auto ids = output<index_t>({n, kk}, "top_k");
+  auto w = output<T>({n, kk}, "top_k");
   index_t* pi = ids.mutable_data();
   T* pw = w.mutable_data();
   {
@@ -220,7 +230,7 @@ py::array read_dense(py::handle w_obj, py::handle m_obj) {
   const BatchedPair p = batched_pair(w, "W", m, "M");
   const index_t b = p.batch, n = p.rows_a, k = p.cols_a, c = p.cols_b;
   same_dim(p.rows_b, k, "M", "expected as many memory slots as W has columns");
-  py::array_t<T> out(p.shape(n, c));
+  auto out = output<T>(p.shape(n, c), "M");
   const T *pw = w.data(), *pm = m.data();
   T* po = out.mutable_data();
   {
@@ -238,7 +248,7 @@ py::array read_sparse(py::handle ids_obj, py::handle w_obj, py::handle m_obj) {
   same_dim(w.shape(0), ids.shape(0), "W", "expected indices and weights of the same shape");
   same_dim(w.shape(1), ids.shape(1), "W", "expected indices and weights of the same shape");
   const index_t n = ids.shape(0), kk = ids.shape(1), k = m.shape(0), c = m.shape(1);
-  py::array_t<T> out({n, c});
+  auto out = output<T>({n, c}, "M");
   const index_t* pi = ids.data();
   const T *pw = w.data(), *pm = m.data();
   T* po = out.mutable_data();
@@ -258,8 +268,8 @@ py::tuple topk(py::handle q_obj, py::handle keys_obj, index_t k, const std::stri
   const index_t nq = q.shape(0), nk = keys.shape(0), d = q.shape(1);
   if (k < 1 || k > nk)
     throw py::value_error("k: expected 1 <= k <= number of keys (" + std::to_string(nk) + "), got " + std::to_string(k));
-  py::array_t<index_t> ids({nq, k});
-  py::array_t<T> scores({nq, k});
+  auto ids = output<index_t>({nq, k}, "k");
+  auto scores = output<T>({nq, k}, "k");
   const T *pq = q.data(), *pk = keys.data();
   index_t* pi = ids.mutable_data();
   T* ps = scores.mutable_data();
@@ -289,7 +299,7 @@ py::tuple sparse_lstsq_write(py::handle ids_obj, py::handle w_obj, py::handle z_
     same_dim(prior.shape(1), c, "prior", "expected the code size of Z");
     pp = prior.data();
   }
-  py::array_t<T> m({memory_size, c});
+  auto m = output<T>({memory_size, c}, "memory_size");
   larimar::SparseLstsqOptions options;
   options.ridge = ridge;
   options.tol = tol;
@@ -466,8 +476,8 @@ void bind_kv(py::module_& m, const char* name) {
         same_dim(q.shape(1), self.key_dim(), "Q", "expected key_dim columns");
         const index_t nq = q.shape(0);
         if (k < 1) throw py::value_error("k: expected k >= 1, got " + std::to_string(k));
-        py::array_t<index_t> ids({nq, k});
-        py::array_t<T> scores({nq, k});
+        auto ids = output<index_t>({nq, k}, "k");
+        auto scores = output<T>({nq, k}, "k");
         const T* pq = q.data();
         index_t* pi = ids.mutable_data();
         T* ps = scores.mutable_data();
@@ -542,6 +552,15 @@ PYBIND11_MODULE(_core, m) {
     return d;
   });
   m.def("set_num_threads", &larimar::set_num_threads, py::arg("n"));
+  m.def("set_memory_limit", &larimar::set_memory_limit, py::arg("limit"));
+  m.def("get_memory_limit", &larimar::memory_limit);
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const larimar::ResourceLimit& e) {
+      PyErr_SetString(PyExc_MemoryError, e.what());
+    }
+  });
   m.def("get_num_threads", &larimar::num_threads);
 
   m.def("lstsq_write", [](py::handle w, py::handle z, double ridge, py::object rcond) {

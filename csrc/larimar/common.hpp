@@ -29,6 +29,20 @@ class InvalidArgument : public std::invalid_argument {
       : std::invalid_argument(arg + ": " + what) {}
 };
 
+// Raised before allocating when a request would need more memory than the configured limit
+// (bindings map it to MemoryError, like std::bad_alloc).
+class ResourceLimit : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Largest allocation a single request may make, in bytes (default: the machine's physical
+// memory). check_allocation throws ResourceLimit naming arg when `bytes` exceeds it; bytes
+// is a double so that products of huge dimensions cannot overflow on the way.
+void set_memory_limit(double bytes);
+double memory_limit();
+void check_allocation(double bytes, const std::string& arg, const std::string& what);
+
 // Raised when a factorisation or solve cannot produce a trustworthy answer.
 class NumericalError : public std::runtime_error {
  public:

@@ -92,6 +92,8 @@ void KeyValueStore<T>::add(const T* keys, const T* values, index_t n, index_t* i
 
   // Allocate everything that can fail before the first change.
   const index_t new_size = size_ + fresh;
+  check_allocation(double(fresh + kChunkRows) * (sizeof(T) * double(d_ + v_ + 1) + 64.0), "keys",
+                   "storing " + str(fresh) + " new keys");
   std::vector<Chunk> new_chunks;
   for (index_t have = static_cast<index_t>(chunks_.size()) * kChunkRows; have < new_size; have += kChunkRows) {
     Chunk chunk;

@@ -65,6 +65,9 @@ void lstsq_write(const T* w, const T* z, T* m, index_t batch, index_t n, index_t
   if (options.rcond >= 0) check_scalar(options.rcond, "rcond", true, false);
   check_finite(w, batch * n * k, "W");
   check_finite(z, batch * n * c, "Z");
+  const double g = double(std::min(n, k));
+  check_allocation(8.0 * num_threads() * (3.0 * n * k + g * g + 3.0 * double(std::max(n, k)) * c),
+                   "W", "the float64 workspace of the solve");
   const double rcond = options.rcond >= 0 ? options.rcond : default_rcond<T>(n, k);
   parallel_for(batch, [&](index_t b) {
     solve_episode(w + b * n * k, z + b * n * c, m + b * k * c, n, k, c, options.ridge, rcond);

@@ -298,6 +298,9 @@ void for_each_pinv(const T* z, const T* r, index_t batch, index_t n, index_t k, 
   if (rcond >= 0) check_scalar(rcond, "rcond", true, false);
   check_finite(z, batch * n * c, z_name);
   check_finite(r, batch * k * c, r_name);
+  const double q = double(std::min(k, c));
+  check_allocation(8.0 * std::min<double>(num_threads(), batch) * (4.0 * k * q + 4.0 * c * q),
+                   r_name, "the float64 workspace of the pseudo-inverse");
   parallel_for(batch, [&](index_t b) { body(b, LowRankPinv<T>(r + b * k * c, k, c, rcond)); });
 }
 

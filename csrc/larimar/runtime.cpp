@@ -1,6 +1,9 @@
 #include "larimar/common.hpp"
 
 #include <omp.h>
+#include <unistd.h>
+
+#include <cstdio>
 
 #include <atomic>
 
@@ -10,6 +13,12 @@ namespace larimar {
 
 namespace {
 std::atomic<int> g_threads{0};  // 0: not chosen yet, use the OpenMP default
+
+double physical_memory() {
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && page > 0 ? double(pages) * double(page) : 1e18;
+}
+std::atomic<double> g_memory_limit{physical_memory()};
 
 // The BLAS is single-threaded for the life of the process (see common.hpp).
 const bool g_blas_single = [] {
@@ -49,6 +58,23 @@ std::string simd_level() {
 #else
   return "portable C++";
 #endif
+}
+
+void set_memory_limit(double bytes) {
+  require(std::isfinite(bytes) && bytes > 0, "limit",
+          "expected a positive number of bytes, got " + std::to_string(bytes));
+  g_memory_limit.store(bytes);
+}
+
+double memory_limit() { return g_memory_limit.load(); }
+
+void check_allocation(double bytes, const std::string& arg, const std::string& what) {
+  const double limit = g_memory_limit.load();
+  if (bytes <= limit) return;
+  char buf[160];
+  std::snprintf(buf, sizeof buf, " needs %.3g GiB, over the memory limit of %.3g GiB",
+                bytes / 1073741824.0, limit / 1073741824.0);
+  throw ResourceLimit(arg + ": " + what + buf + " (larimar_ext.set_memory_limit)");
 }
 
 int num_threads() {

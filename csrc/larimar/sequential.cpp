@@ -26,6 +26,8 @@ SequentialMemory<T>::SequentialMemory(index_t memory_size, index_t code_size, co
   require(std::isfinite(ridge) && ridge > 0, "ridge",
           "expected a finite number > 0 (it keeps C = W^T W + ridge I invertible before K "
           "rows are stored), got " + std::to_string(ridge));
+  check_allocation(8.0 * (3.0 * double(k_) * k_ + 4.0 * double(k_) * c_), "memory_size",
+                   "the float64 state (M, C, B, P)");
   if (prior) {
     check_finite(prior, k_ * c_, "prior");
     prior_ = convert<double>(prior, k_ * c_);
@@ -53,6 +55,9 @@ void SequentialMemory<T>::reset_state() {
 template <class T>
 void SequentialMemory<T>::check_rows(const T* w, const T* z, index_t n) const {
   check_dim(n, "W", "number of rows");
+  check_allocation(8.0 * (3.0 * n * double(k_ + c_) + double(std::min(n, k_)) * std::min(n, k_) +
+                          (4 * n < k_ ? 0.0 : 2.0 * double(k_) * k_)),
+                   "W", "the float64 workspace of the update");
   check_finite(w, n * k_, "W");
   check_finite(z, n * c_, "Z");
 }

@@ -26,33 +26,34 @@ inline bool better(const Candidate<T>& a, const Candidate<T>& b) {
   return a.score > b.score || (a.score == b.score && a.id < b.id);
 }
 
-// The k best candidates seen so far for one query, as a heap whose top is the worst kept.
+// The k best candidates seen so far for one query, as a heap whose top is the worst kept,
+// in storage allocated before the parallel region (no allocation may happen inside it).
 template <class T>
 class TopK {
  public:
-  explicit TopK(index_t k) : k_(k) { heap_.reserve(k); }
+  TopK(Candidate<T>* storage, index_t k) : heap_(storage), k_(k) {}
   // Score below the current k-th best can never enter; lets the scan skip the heap.
   T threshold() const {
-    return static_cast<index_t>(heap_.size()) < k_ ? -std::numeric_limits<T>::infinity()
-                                                   : heap_.front().score;
+    return size_ < k_ ? -std::numeric_limits<T>::infinity() : heap_[0].score;
   }
   void push(T score, index_t id) {
     const Candidate<T> c{score, id};
     auto worse_first = [](const Candidate<T>& a, const Candidate<T>& b) { return better(a, b); };
-    if (static_cast<index_t>(heap_.size()) < k_) {
-      heap_.push_back(c);
-      std::push_heap(heap_.begin(), heap_.end(), worse_first);
-    } else if (better(c, heap_.front())) {
-      std::pop_heap(heap_.begin(), heap_.end(), worse_first);
-      heap_.back() = c;
-      std::push_heap(heap_.begin(), heap_.end(), worse_first);
+    if (size_ < k_) {
+      heap_[size_++] = c;
+      std::push_heap(heap_, heap_ + size_, worse_first);
+    } else if (better(c, heap_[0])) {
+      std::pop_heap(heap_, heap_ + size_, worse_first);
+      heap_[size_ - 1] = c;
+      std::push_heap(heap_, heap_ + size_, worse_first);
     }
   }
-  const std::vector<Candidate<T>>& items() const { return heap_; }
+  const Candidate<T>* begin() const { return heap_; }
+  const Candidate<T>* end() const { return heap_ + size_; }
 
  private:
-  index_t k_;
-  std::vector<Candidate<T>> heap_;
+  Candidate<T>* heap_;
+  index_t k_, size_ = 0;
 };
 
 // Below this many queries a tile is scored by dot products (each key read once and met by
@@ -91,14 +92,20 @@ bool search_query_block(const T* q, index_t nq, index_t d, const std::vector<Key
   if (metric != Metric::InnerProduct) row_sq_norms(q, nq, d, q_sq.data());
   const int team = static_cast<int>(
       std::min<index_t>(num_threads(), static_cast<index_t>(tiles.size())));
-  std::vector<std::vector<TopK<T>>> per_thread(team);
+  check_allocation(double(team) * nq * (16.0 * k + sizeof(T) * double(kTileRows)) + 16.0 * nq * k,
+                   "k", "keeping the top " + str(k) + " of " + str(nq) + " queries");
+  std::vector<Candidate<T>> storage(static_cast<std::size_t>(team) * nq * k);
+  std::vector<T> score_buffers(static_cast<std::size_t>(team) * nq * kTileRows);
+  std::vector<TopK<T>> best;
+  best.reserve(static_cast<std::size_t>(team) * nq);
+  for (index_t h = 0; h < static_cast<index_t>(team) * nq; ++h) best.emplace_back(storage.data() + h * k, k);
   bool finite = true;
 
 #pragma omp parallel num_threads(team) reduction(&& : finite)
   {
     const int tid = omp_get_thread_num();
-    std::vector<TopK<T>> best(nq, TopK<T>(k));
-    std::vector<T> scores(nq * kTileRows);
+    TopK<T>* mine = best.data() + tid * nq;
+    T* scores = score_buffers.data() + tid * nq * kTileRows;
 #pragma omp for schedule(dynamic, 4)
     for (index_t t = 0; t < static_cast<index_t>(tiles.size()); ++t) {
       const Tile& tile = tiles[t];
@@ -106,15 +113,15 @@ bool search_query_block(const T* q, index_t nq, index_t d, const std::vector<Key
       const T* keys = block.keys + tile.offset * d;
       const index_t rows = tile.rows;
       if (nq == 1)
-        blas::gemv<T>(false, rows, d, T(1), keys, d, q, T(0), scores.data());
+        blas::gemv<T>(false, rows, d, T(1), keys, d, q, T(0), scores);
       else if (nq <= kSmallBatch)
-        score_small(q, nq, keys, rows, d, scores.data());
+        score_small(q, nq, keys, rows, d, scores);
       else
-        blas::gemm<T>(false, true, nq, rows, d, T(1), q, d, keys, d, T(0), scores.data(), rows);
+        blas::gemm<T>(false, true, nq, rows, d, T(1), q, d, keys, d, T(0), scores, rows);
       const index_t first = block.first_id + tile.offset;
       const T* k_sq = metric == Metric::InnerProduct ? nullptr : block.sq_norms + tile.offset;
       for (index_t i = 0; i < nq; ++i) {
-        T* s = scores.data() + i * rows;
+        T* s = scores + i * rows;
         if (metric == Metric::Cosine) {
           const T qn = std::sqrt(q_sq[i]);
           for (index_t j = 0; j < rows; ++j) {
@@ -129,7 +136,7 @@ bool search_query_block(const T* q, index_t nq, index_t d, const std::vector<Key
 #pragma omp simd reduction(+ : sum)
         for (index_t j = 0; j < rows; ++j) sum += s[j] * T(0);  // NaN iff some s[j] is not finite
         finite = finite && sum == T(0);
-        TopK<T>& heap = best[i];
+        TopK<T>& heap = mine[i];
         T bar = heap.threshold();
         for (index_t j = 0; j < rows; ++j) {
           if (s[j] < bar) continue;
@@ -138,14 +145,13 @@ bool search_query_block(const T* q, index_t nq, index_t d, const std::vector<Key
         }
       }
     }
-    per_thread[tid] = std::move(best);
   }
 
   // Merge the per-thread candidates; order fully by (score desc, id asc).
+  std::vector<Candidate<T>> all;
   for (index_t i = 0; i < nq; ++i) {
-    std::vector<Candidate<T>> all;
-    for (auto& lists : per_thread)
-      if (!lists.empty()) all.insert(all.end(), lists[i].items().begin(), lists[i].items().end());
+    all.clear();
+    for (int t = 0; t < team; ++t) all.insert(all.end(), best[t * nq + i].begin(), best[t * nq + i].end());
     std::partial_sort(all.begin(), all.begin() + k, all.end(), better<T>);
     for (index_t j = 0; j < k; ++j) {
       out_ids[i * k + j] = all[j].id;
