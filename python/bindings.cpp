@@ -474,8 +474,10 @@ void bind_kv(py::module_& m, const char* name) {
       .def("search", [](const Store& self, py::handle q_obj, index_t k) {
         auto q = typed<T>(q_obj, "Q", 2, 2);
         same_dim(q.shape(1), self.key_dim(), "Q", "expected key_dim columns");
-        const index_t nq = q.shape(0);
-        if (k < 1) throw py::value_error("k: expected k >= 1, got " + std::to_string(k));
+        const index_t nq = q.shape(0), size = self.size();
+        if (k < 1 || k > size)  // before the (nq, k) results are allocated
+          throw py::value_error("k: expected 1 <= k <= number of stored keys (" + std::to_string(size) +
+                                "), got " + std::to_string(k));
         auto ids = output<index_t>({nq, k}, "k");
         auto scores = output<T>({nq, k}, "k");
         const T* pq = q.data();

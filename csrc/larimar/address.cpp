@@ -53,6 +53,7 @@ void gaussian_address(const T* z, const T* r, index_t n, index_t k, index_t c, d
     std::vector<T> d2(row, row + k);
     gaussian_row(d2.data(), k, alpha, row);
   });
+  check_result(w, n * k, "Z, R");
 }
 
 template <class T>
@@ -75,6 +76,7 @@ void gaussian_address_topk(const T* z, const T* r, index_t n, index_t k, index_t
   topk(z, n, r, k, c, top_k, Metric::L2, ids, w, "Z", "R");
   for (index_t i = 0; i < n * top_k; ++i) w[i] = -w[i];
   gaussian_weights_from_sq_distances(w, n, top_k, alpha);
+  check_result(w, n * top_k, "Z, R");
 }
 
 template <class T>
@@ -90,12 +92,19 @@ void read_dense(const T* w, const T* m, T* out, index_t batch, index_t n, index_
   check_dim(n, "W", "number of rows N");
   check_dim(k, "W", "memory size K");
   check_dim(c, "M", "code size C");
-  check_finite(w, batch * n * k, "W");
-  check_finite(m, batch * k * c, "M");
   parallel_for(batch, [&](index_t b) {
     blas::gemm_parallel<T>(false, false, n, c, k, T(1), w + b * n * k, k, m + b * k * c, c, T(0),
                   out + b * n * c, c);
   });
+  // Every entry of W and of M is multiplied into some output (0 * Inf is NaN too), so a
+  // finite result proves finite inputs: the inputs are scanned only to explain a failure.
+  bool finite = true;
+  for (index_t i = 0; i < batch * n * c && finite; ++i) finite = std::isfinite(out[i]);
+  if (!finite) {
+    check_finite(w, batch * n * k, "W");
+    check_finite(m, batch * k * c, "M");
+    check_result(out, batch * n * c, "W, M");
+  }
 }
 
 template <class T>
@@ -121,6 +130,7 @@ void read_sparse(const index_t* ids, const T* weights, index_t n, index_t top_k,
       for (index_t t = 0; t < c; ++t) row[t] += wj * slot[t];
     }
   }
+  check_result(out, n * c, "W, M");
 }
 
 #define LARIMAR_INSTANTIATE(T)                                                                 \

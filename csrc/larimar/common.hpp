@@ -66,6 +66,11 @@ void check_dim(index_t value, const std::string& arg, const std::string& name);
 template <class T>
 void check_finite(const T* data, index_t count, const std::string& arg);
 
+// A result that came out NaN or Inf from finite inputs overflowed the dtype: refuse it
+// with an error naming the inputs rather than hand back Inf.
+template <class T>
+void check_result(const T* data, index_t count, const std::string& args);
+
 void check_scalar(double value, const std::string& arg, bool allow_zero, bool allow_negative);
 
 // Instruction set the multiversioned kernel loops run with on this CPU: "avx512f", "avx2"

@@ -72,6 +72,7 @@ void lstsq_write(const T* w, const T* z, T* m, index_t batch, index_t n, index_t
   parallel_for(batch, [&](index_t b) {
     solve_episode(w + b * n * k, z + b * n * c, m + b * k * c, n, k, c, options.ridge, rcond);
   });
+  check_result(m, batch * k * c, "W, Z");
 }
 
 template void lstsq_write<float>(const float*, const float*, float*, index_t, index_t, index_t,

@@ -304,6 +304,7 @@ void for_each_pinv(const T* z, const T* r, index_t batch, index_t n, index_t k, 
   parallel_for(batch, [&](index_t b) { body(b, LowRankPinv<T>(r + b * k * c, k, c, rcond)); });
 }
 
+
 }  // namespace
 
 template <class T>
@@ -312,6 +313,7 @@ void pinv_address(const T* z, const T* r, T* w, index_t batch, index_t n, index_
   for_each_pinv(z, r, batch, n, k, c, rcond, "Z", "R", [&](index_t b, const LowRankPinv<T>& pinv) {
     pinv.apply(z + b * n * c, n, w + b * n * k);
   });
+  check_result(w, batch * n * k, "Z, R");
 }
 
 template <class T>
@@ -321,6 +323,7 @@ void pinv_read(const T* z, const T* m, T* out, index_t batch, index_t n, index_t
   for_each_pinv(z, m, batch, n, k, c, rcond, "Zq", "M", [&](index_t b, const LowRankPinv<T>& pinv) {
     pinv.project(z + b * n * c, n, out + b * n * c);
   });
+  check_result(out, batch * n * c, "Zq, M");
 }
 
 template void pinv_read<float>(const float*, const float*, float*, index_t, index_t, index_t,

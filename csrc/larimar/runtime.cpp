@@ -40,6 +40,16 @@ void check_finite(const T* data, index_t count, const std::string& arg) {
   for (index_t i = 0; i < count; ++i) finite = finite && std::isfinite(data[i]);
   require(finite, arg, "contains NaN or Inf; expected finite values");
 }
+template <class T>
+void check_result(const T* data, index_t count, const std::string& args) {
+  bool finite = true;
+#pragma omp parallel for reduction(&& : finite) num_threads(count > (1 << 16) ? num_threads() : 1)
+  for (index_t i = 0; i < count; ++i) finite = finite && std::isfinite(data[i]);
+  require(finite, args,
+          "the result overflows the range of the dtype; rescale the inputs or use float64");
+}
+template void check_result<float>(const float*, index_t, const std::string&);
+template void check_result<double>(const double*, index_t, const std::string&);
 template void check_finite<float>(const float*, index_t, const std::string&);
 template void check_finite<double>(const double*, index_t, const std::string&);
 

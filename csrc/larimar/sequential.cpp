@@ -267,6 +267,7 @@ void SequentialMemory<T>::address(const T* z, index_t n, T* w) const {
   check_finite(z, n * c_, "Z");
   std::shared_lock<std::shared_mutex> lock(state_mutex_);
   memory_pinv().apply(z, n, w);
+  check_result(w, n * k_, "Z");
 }
 
 template <class T>
@@ -284,6 +285,7 @@ void SequentialMemory<T>::read(const T* z, index_t n, T* out) const {
   check_finite(z, n * c_, "Zq");
   std::shared_lock<std::shared_mutex> lock(state_mutex_);
   memory_pinv().project(z, n, out);
+  check_result(out, n * c_, "Zq");
 }
 
 template <class T>

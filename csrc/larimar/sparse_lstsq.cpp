@@ -119,6 +119,7 @@ SparseLstsqReport sparse_lstsq_write(const index_t* ids, const T* weights, index
   else std::fill(m, m + k * c, T(0));
   for (index_t j = 0; j < t; ++j)
     for (index_t col = 0; col < c; ++col) m[slots[j] * c + col] = static_cast<T>(x[j * c + col]);
+  check_result(m, k * c, "weights, Z");
   return report;
 }
 
