@@ -1,7 +1,9 @@
 // Standalone tests of the kernel, no Python: `cmake -DLARIMAR_BUILD_TESTS=ON` then
 // `ctest` (tests/test_native.py builds and runs it under pytest).
+#include <atomic>
 #include <cmath>
 #include <cstdio>
+#include <thread>
 #include <random>
 #include <string>
 #include <vector>
@@ -150,6 +152,87 @@ void test_sparse_lstsq_one_hot() {
   check(m[0] == 0 && m[1] == 3 && m[2] == 0 && m[3] == 7, "sparse_lstsq: one-hot is the per-slot mean");
 }
 
+// Readers search and read while one thread adds: every read returns a whole stored value
+// and the final store holds every row once.
+void test_concurrent_key_value_store(std::mt19937& rng) {
+  const index_t d = 16, v = 4, batch = 64, batches = 32;
+  const auto keys64 = random_matrix(batch * batches, d, rng);
+  const std::vector<float> keys(keys64.begin(), keys64.end());
+  std::vector<float> values(batch * batches * v);
+  for (size_t i = 0; i < values.size(); ++i) values[i] = float(i);  // row r holds r*v .. r*v+3
+  larimar::KeyValueStore<float> store(d, v, larimar::Metric::Cosine);
+  std::vector<index_t> ids(batch);
+  store.add(keys.data(), values.data(), batch, ids.data());
+  std::atomic<bool> done{false}, torn{false};
+  std::atomic<long> reads{0};
+  auto reader = [&](unsigned seed) {
+    std::mt19937 r(seed);
+    float out[4 * v];
+    index_t found[4];
+    float scores[4];
+    while (!done.load()) {
+      const index_t row = r() % (batch * batches);
+      store.search(&keys[row * d], 1, 1, found, scores);
+      store.read(&keys[row * d], 1, 1, 0.0, out);
+      // A whole value row: v consecutive numbers starting at a multiple of v.
+      const long first = long(out[0]);
+      bool whole = first % v == 0;
+      for (index_t t = 1; t < v; ++t) whole = whole && out[t] == float(first + t);
+      if (!whole) torn = true;
+      ++reads;
+    }
+  };
+  std::vector<std::thread> readers;
+  for (unsigned t = 0; t < 3; ++t) readers.emplace_back(reader, 100 + t);
+  for (index_t b = 1; b < batches; ++b) {
+    while (reads.load() < 8 * b) std::this_thread::yield();  // interleave with the readers
+    store.add(&keys[b * batch * d], &values[b * batch * v], batch, ids.data());
+  }
+  done = true;
+  for (auto& t : readers) t.join();
+  check(!torn && reads > 0 && store.size() == batch * batches,
+        "concurrent key-value store: whole reads, all rows stored (" + std::to_string(reads.load()) + " reads)");
+}
+
+// Readers read an episodic memory while one thread rewrites it: no crash, no torn state
+// (each read equals the read of one of the two episodes).
+void test_concurrent_sequential_memory(std::mt19937& rng) {
+  const index_t k = 32, c = 12, n = 6;
+  const auto w1 = random_matrix(n, k, rng), z1 = random_matrix(n, c, rng);
+  const auto w2 = random_matrix(n, k, rng), z2 = random_matrix(n, c, rng);
+  const auto q = random_matrix(3, c, rng);
+  std::vector<double> expect1(3 * c), expect2(3 * c);
+  {
+    larimar::SequentialMemory<double> a(k, c, nullptr, 1e-6), b(k, c, nullptr, 1e-6);
+    a.write(w1.data(), z1.data(), n);
+    b.write(w2.data(), z2.data(), n);
+    a.read(q.data(), 3, expect1.data());
+    b.read(q.data(), 3, expect2.data());
+  }
+  larimar::SequentialMemory<double> mem(k, c, nullptr, 1e-6);
+  mem.write(w1.data(), z1.data(), n);
+  std::atomic<bool> done{false}, torn{false};
+  std::atomic<long> reads{0};
+  auto reader = [&]() {
+    std::vector<double> out(3 * c);
+    while (!done.load()) {
+      mem.read(q.data(), 3, out.data());
+      if (rel_diff(out, expect1) > 1e-9 && rel_diff(out, expect2) > 1e-9) torn = true;
+      ++reads;
+    }
+  };
+  std::vector<std::thread> readers;
+  for (int t = 0; t < 3; ++t) readers.emplace_back(reader);
+  for (int i = 0; i < 200; ++i) {
+    while (reads.load() < i) std::this_thread::yield();
+    if (i % 2) mem.write(w1.data(), z1.data(), n);
+    else mem.write(w2.data(), z2.data(), n);
+  }
+  done = true;
+  for (auto& t : readers) t.join();
+  check(!torn, "concurrent sequential memory: every read saw a whole state");
+}
+
 }  // namespace
 
 int main() {
@@ -161,6 +244,8 @@ int main() {
   test_sequential_invariant(rng);
   test_kv_store_mean();
   test_sparse_lstsq_one_hot();
+  test_concurrent_key_value_store(rng);
+  test_concurrent_sequential_memory(rng);
   std::printf("%d failure(s)\n", failures);
   return failures == 0 ? 0 : 1;
 }
