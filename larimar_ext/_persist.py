@@ -59,6 +59,12 @@ def load(path: str | os.PathLike, kind: str) -> Tuple[Dict[str, Any], Dict[str, 
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"path: no such file: {path!r}")
+    from . import _core  # the memory limit lives in the kernel
+    size = os.path.getsize(path)
+    if size > _core.get_memory_limit():
+        raise MemoryError(f"path: {path!r} is {size / 2**30:.3g} GiB, over the memory limit "
+                          f"of {_core.get_memory_limit() / 2**30:.3g} GiB "
+                          f"(larimar_ext.set_memory_limit)")
     try:
         from safetensors import safe_open
         with safe_open(path, framework="numpy") as f:
