@@ -13,7 +13,7 @@ Rules (the documented copies):
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -107,5 +107,3 @@ def integer(value: Any, name: str) -> int:
 def optional_scalar(value: Any, name: str) -> Optional[float]:
     return None if value is None else scalar(value, name)
 
-
-Wrap = Callable[[Any], Any]
