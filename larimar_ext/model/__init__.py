@@ -1,0 +1,8 @@
+"""Larimar model: any Hugging Face encoder and causal LM around the episodic memory
+(DESIGN.md sections 2 and 3). Needs ``transformers`` (the ``models`` extra)."""
+
+from .conditioning import DecoderGeometry, EmbeddingConditioner, MemorySlot
+from .larimar import LarimarModel, LarimarOutput
+
+__all__ = ["DecoderGeometry", "EmbeddingConditioner", "LarimarModel", "LarimarOutput",
+           "MemorySlot"]

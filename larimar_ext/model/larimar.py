@@ -1,0 +1,329 @@
+"""LarimarModel: an encoder, an episodic memory and a conditioned decoder (DESIGN.md 2, 3).
+
+encoder (any HF encoder) -> masked mean of last_hidden_state -> Linear(H_enc -> C) -> z
+episode of N latents Z -> W = Z_xi M0^+ (M0 the learned prior memory, Z_xi = Z + sigma noise)
+                      -> M = W^+ Z (least-squares write)
+query z_q -> z_read = (z_q M^+) M -> decoder (any HF causal LM) conditioned on z_read by
+  (1) the embedding path and (2) the memory path (one extra key/value position per layer).
+
+Training runs every memory step through ``larimar_ext.torch_ops`` (differentiable, batched
+over episodes); inference writes into a host ``EpisodicMemory`` and only latents cross to
+the decoder's device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .. import torch_ops
+from ..episodic import EpisodicMemory
+from .conditioning import DecoderGeometry, EmbeddingConditioner, MemorySlot
+
+__all__ = ["LarimarModel", "LarimarOutput"]
+
+Texts = Union[str, Sequence[str]]
+
+
+@dataclass
+class LarimarOutput:
+    loss: Optional[Tensor]
+    logits: Tensor          # (B, N, T, V) decoder logits of every segment
+    z: Tensor               # (B, N, C) encoder latents
+    z_read: Tensor          # (B, N, C) readouts the decoder was conditioned on
+
+
+def _device(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+class LarimarModel(nn.Module):
+    """Larimar with any Hugging Face encoder and causal LM decoder.
+
+    Args:
+        encoder: an HF encoder model (its forward returns ``last_hidden_state``).
+        decoder: an HF causal LM (``AutoModelForCausalLM``-like, with ``generate``).
+        memory_size: K, the memory slots.
+        code_size: C, the latent size.
+        tokenizer: optional tokenizer for texts given to the decoder side and, unless
+            ``encoder_tokenizer`` is given, to the encoder.
+        encoder_tokenizer: optional separate tokenizer for the encoder.
+        observation_noise: sigma_xi, std of the noise added to Z for addressing at training.
+        word_dropout: probability of replacing a decoder input token (not the first one, and
+            never the labels) by ``word_dropout_token_id`` at training, so the decoder has to
+            rely on z.
+        word_dropout_token_id: replacement id (default: the tokenizer's unk, else pad, else 0).
+        ridge: ridge of the differentiable write (0: the minimum-norm W^+ Z).
+        inference_ridge: ridge of the host ``EpisodicMemory`` (> 0).
+        shared_kv: memory path with key == value (the IBM/Optimus layout).
+        embedding_path, memory_path: switch either conditioning path off.
+        dummy_token_id: the token id that stands for the memory slot in ``generate``'s
+            input_ids (its embedding is never used; default: pad, else bos, else 0).
+    """
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, memory_size: int, code_size: int,
+                 *, tokenizer: Any = None, encoder_tokenizer: Any = None,
+                 observation_noise: float = 0.0, word_dropout: float = 0.0,
+                 word_dropout_token_id: Optional[int] = None, ridge: float = 0.0,
+                 inference_ridge: float = 1e-6, shared_kv: bool = False,
+                 embedding_path: bool = True, memory_path: bool = True,
+                 dummy_token_id: Optional[int] = None) -> None:
+        super().__init__()
+        if not (embedding_path or memory_path):
+            raise ValueError("at least one of embedding_path and memory_path must be on")
+        self.encoder = encoder
+        self.decoder = decoder
+        self.memory_size = int(memory_size)
+        self.code_size = int(code_size)
+        self.tokenizer = tokenizer
+        self.encoder_tokenizer = encoder_tokenizer if encoder_tokenizer is not None else tokenizer
+        self.observation_noise = float(observation_noise)
+        self.word_dropout = float(word_dropout)
+        self.ridge = float(ridge)
+        self.inference_ridge = float(inference_ridge)
+
+        enc_cfg = encoder.config.get_text_config() if hasattr(encoder.config, "get_text_config") \
+            else encoder.config
+        self.encoder_proj = nn.Linear(int(enc_cfg.hidden_size), self.code_size)
+        self.geometry = DecoderGeometry(decoder.config)
+        # M0, the learned prior memory (K, C); rows of unit expected norm
+        self.prior = nn.Parameter(torch.randn(self.memory_size, self.code_size)
+                                  / self.code_size ** 0.5)
+        self.embedding_conditioner = (EmbeddingConditioner(self.code_size, self.geometry.hidden_size)
+                                      if embedding_path else None)
+        self.memory_slot = MemorySlot(self.code_size, self.geometry, shared_kv) if memory_path else None
+        if self.embedding_conditioner is not None:
+            self.embedding_conditioner.attach(decoder.get_input_embeddings())
+
+        cfg = self.geometry.config
+        def first(*ids):
+            for i in ids:
+                if i is not None:
+                    return int(i[0] if isinstance(i, (list, tuple)) else i)
+            return 0
+        tok = tokenizer
+        self.dummy_token_id = first(dummy_token_id, getattr(tok, "pad_token_id", None),
+                                    getattr(cfg, "pad_token_id", None), getattr(cfg, "bos_token_id", None))
+        self.word_dropout_token_id = first(word_dropout_token_id, getattr(tok, "unk_token_id", None),
+                                           getattr(tok, "pad_token_id", None),
+                                           getattr(cfg, "pad_token_id", None))
+        self.memory: Optional[EpisodicMemory] = None   # host memory of the inference path
+        # transformers >= 5.2x names the cache argument ``cache`` (``past_key_values`` is
+        # deprecated); older releases only know ``past_key_values``
+        params = inspect.signature(decoder.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    # ------------------------------------------------------------------ encoder
+
+    def _tokenize(self, texts: Texts, tokenizer: Any) -> tuple[Tensor, Tensor]:
+        if tokenizer is None:
+            raise ValueError("texts need a tokenizer: pass tokenizer= to LarimarModel")
+        batch = tokenizer([texts] if isinstance(texts, str) else list(texts),
+                          padding=True, return_tensors="pt")
+        return batch["input_ids"], batch["attention_mask"]
+
+    def encode(self, inputs: Union[Texts, Tensor], attention_mask: Optional[Tensor] = None) -> Tensor:
+        """Texts or input_ids (..., T) -> z (..., C) on the encoder's device."""
+        if isinstance(inputs, (str, list, tuple)):
+            inputs, attention_mask = self._tokenize(inputs, self.encoder_tokenizer)
+        dev = _device(self.encoder)
+        lead = inputs.shape[:-1]
+        ids = inputs.reshape(-1, inputs.shape[-1]).to(dev)
+        mask = (torch.ones_like(ids) if attention_mask is None
+                else attention_mask.reshape(ids.shape).to(dev))
+        hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+        z = self.encoder_proj(pooled.to(self.encoder_proj.weight.dtype))
+        return z.reshape(*lead, self.code_size)
+
+    def _latents(self, x: Union[Texts, Tensor], attention_mask: Optional[Tensor] = None) -> Tensor:
+        if isinstance(x, (str, list, tuple)):
+            return self.encode(x)
+        if x.is_floating_point():
+            return x
+        return self.encode(x, attention_mask)
+
+    # ------------------------------------------------------------------ memory
+
+    def write_differentiable(self, Z: Tensor, noise: Optional[float] = None) -> Tensor:
+        """Training write: Z (B, N, C) or (N, C) -> M (B, K, C) or (K, C), through torch_ops.
+        W = (Z + sigma eps) M0^+, M = W^+ Z (ridge ``self.ridge``)."""
+        sigma = self.observation_noise if noise is None else float(noise)
+        prior = self.prior.to(Z.dtype)
+        if Z.dim() == 3:
+            prior = prior.expand(Z.shape[0], -1, -1).contiguous()
+        z_xi = Z + sigma * torch.randn_like(Z) if sigma > 0 else Z
+        W = torch_ops.pinv_address(z_xi, prior)
+        return torch_ops.lstsq_write(W, Z, ridge=self.ridge)
+
+    @staticmethod
+    def read_differentiable(Zq: Tensor, M: Tensor) -> Tensor:
+        """Training read: z_read = (Zq M^+) M, Zq (B, Q, C), M (B, K, C) (or unbatched)."""
+        return torch_ops.read(torch_ops.pinv_address(Zq, M), M)
+
+    def write(self, inputs: Union[Texts, Tensor], attention_mask: Optional[Tensor] = None,
+              differentiable: bool = False):
+        """Write an episode.
+
+        ``differentiable=False`` (inference): latents, input_ids or texts of ONE episode
+        (N segments) replace the contents of the host ``EpisodicMemory`` ``self.memory``
+        (prior M0, addresses W = Z M0^+); returns that memory.
+        ``differentiable=True`` (training): returns M = W^+ Z, (B, K, C) for latents
+        (B, N, C) or input_ids (B, N, T), by torch_ops.
+        """
+        Z = self._latents(inputs, attention_mask)
+        if differentiable:
+            return self.write_differentiable(Z)
+        if Z.dim() != 2:
+            raise ValueError(f"the host memory takes one episode (N, C), got {tuple(Z.shape)}")
+        prior = self.prior.detach().to("cpu", torch.float32).numpy()
+        self.memory = EpisodicMemory(self.memory_size, self.code_size, prior=prior,
+                                     ridge=self.inference_ridge, dtype=np.float32)
+        self.memory.write(Z.detach().to("cpu", torch.float32).numpy())
+        return self.memory
+
+    def read(self, queries: Union[Texts, Tensor], memory: Optional[Tensor] = None,
+             attention_mask: Optional[Tensor] = None) -> Tensor:
+        """Readouts for queries (latents (..., C), input_ids or texts).
+
+        With ``memory`` (a tensor M from ``write(..., differentiable=True)``) the read is the
+        differentiable torch path; without it the host ``EpisodicMemory`` is read and the
+        readouts are moved to the decoder's device (only latents cross devices)."""
+        Zq = self._latents(queries, attention_mask)
+        if memory is not None:
+            return self.read_differentiable(Zq.to(memory.dtype), memory)
+        if self.memory is None:
+            raise RuntimeError("nothing written: call write() first")
+        lead = Zq.shape[:-1]
+        out = self.memory.read(Zq.detach().reshape(-1, self.code_size).to("cpu", torch.float32).numpy())
+        z = torch.from_numpy(np.ascontiguousarray(out)).reshape(*lead, self.code_size)
+        return z.to(_device(self.decoder))
+
+    # ------------------------------------------------------------------ decoder
+
+    @contextlib.contextmanager
+    def conditioned(self, readout: Tensor):
+        """While active, the decoder's input embeddings get the embedding-path shift of z."""
+        if self.embedding_conditioner is None:
+            yield
+            return
+        with self.embedding_conditioner.active(readout):
+            yield
+
+    def slot_cache(self, readout: Tensor):
+        """The memory path: a length-1 DynamicCache built from readout (B, C), or None."""
+        if self.memory_slot is None:
+            return None
+        dtype = self.decoder.get_input_embeddings().weight.dtype
+        return self.memory_slot.cache(readout, dtype=dtype)
+
+    def _slot_inputs(self, input_ids: Tensor, attention_mask: Optional[Tensor]):
+        """Attention mask with the slot's leading 1 (when the memory path is on) and the
+        matching position ids (slot at 0, first real token at 1)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        attention_mask = attention_mask.to(input_ids.device, torch.long)
+        if self.memory_slot is None:
+            pos = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+            return attention_mask, pos
+        full = torch.cat([attention_mask.new_ones(attention_mask.shape[0], 1), attention_mask], 1)
+        pos = (full.cumsum(-1) - 1)[:, 1:]
+        return full, pos
+
+    def decode(self, input_ids: Tensor, readout: Tensor, attention_mask: Optional[Tensor] = None,
+               labels: Optional[Tensor] = None, **kwargs):
+        """Teacher-forced decoder pass conditioned on readout (B, C); input_ids (B, T)."""
+        dev = _device(self.decoder)
+        input_ids = input_ids.to(dev)
+        readout = readout.to(dev)
+        full_mask, pos = self._slot_inputs(input_ids, attention_mask)
+        cache = self.slot_cache(readout)
+        with self.conditioned(readout):
+            return self.decoder(input_ids=input_ids, attention_mask=full_mask, position_ids=pos,
+                                labels=labels, use_cache=cache is not None,
+                                **{self._cache_kw: cache}, **kwargs)
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: Tensor, readout: Tensor, attention_mask: Optional[Tensor] = None,
+                 **gen_kwargs) -> Tensor:
+        """``decoder.generate`` conditioned on readout (B, C); prompt_ids (B, T) (left padded
+        for batches). Returns the prompt plus the new tokens, (B, T + new), like HF."""
+        dev = _device(self.decoder)
+        prompt_ids = prompt_ids.to(dev)
+        readout = readout.to(dev)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(prompt_ids)
+        attention_mask = attention_mask.to(dev, torch.long)
+        gen_kwargs.setdefault("pad_token_id", self.dummy_token_id)
+        if self.memory_slot is None:
+            with self.conditioned(readout):
+                return self.decoder.generate(input_ids=prompt_ids, attention_mask=attention_mask,
+                                             **gen_kwargs)
+        # generate() expects input_ids to cover the cached position: a dummy token stands for
+        # the slot (it is never embedded: only tokens past the cache are run).
+        # generate() repeats every row (repeat_interleave) num_beams times for beam search,
+        # num_return_sequences times otherwise, but leaves a given cache alone: build the
+        # slot for the expanded batch
+        config = gen_kwargs.get("generation_config") or self.decoder.generation_config
+        beams = int(gen_kwargs.get("num_beams", getattr(config, "num_beams", 1)) or 1)
+        expand = beams if beams > 1 else int(gen_kwargs.get(
+            "num_return_sequences", getattr(config, "num_return_sequences", 1)) or 1)
+        b = prompt_ids.shape[0]
+        ids = torch.cat([prompt_ids.new_full((b, 1), self.dummy_token_id), prompt_ids], 1)
+        mask = torch.cat([attention_mask.new_ones(b, 1), attention_mask], 1)
+        cache = self.slot_cache(readout.repeat_interleave(expand, dim=0) if expand > 1 else readout)
+        with self.conditioned(readout):
+            out = self.decoder.generate(input_ids=ids, attention_mask=mask, use_cache=True,
+                                        **{self._cache_kw: cache}, **gen_kwargs)
+        return out[:, 1:]
+
+    # ------------------------------------------------------------------ training loss
+
+    def _word_dropout(self, ids: Tensor, mask: Tensor) -> Tensor:
+        if not self.training or self.word_dropout <= 0:
+            return ids
+        drop = torch.rand(ids.shape, device=ids.device) < self.word_dropout
+        drop[..., 0] = False
+        drop &= mask.bool()
+        return ids.masked_fill(drop, self.word_dropout_token_id)
+
+    def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None,
+                encoder_input_ids: Optional[Tensor] = None,
+                encoder_attention_mask: Optional[Tensor] = None,
+                labels: Optional[Tensor] = None) -> LarimarOutput:
+        """Larimar loss on a batch of episodes.
+
+        input_ids (B, N, T): N decoder segments per episode (right padded; labels default to
+        input_ids with padding at -100). encoder_input_ids (B, N, T'): the same segments in
+        the encoder's tokenization (default: input_ids). Every episode is written to its own
+        memory, each segment is read back with its own latent as the query and decoded from
+        that readout; the loss is the mean token cross-entropy."""
+        if input_ids.dim() != 3:
+            raise ValueError(f"input_ids: expected (B, N, T), got {tuple(input_ids.shape)}")
+        B, N, T = input_ids.shape
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if encoder_input_ids is None:
+            encoder_input_ids, encoder_attention_mask = input_ids, attention_mask
+        Z = self.encode(encoder_input_ids, encoder_attention_mask)           # (B, N, C)
+        M = self.write_differentiable(Z)                                     # (B, K, C)
+        z_read = self.read_differentiable(Z, M)                              # (B, N, C)
+
+        dev = _device(self.decoder)
+        ids = input_ids.reshape(B * N, T).to(dev)
+        mask = attention_mask.reshape(B * N, T).to(dev)
+        if labels is None:
+            labels = ids.masked_fill(mask == 0, -100)
+        else:
+            labels = labels.reshape(B * N, T).to(dev)
+        out = self.decode(self._word_dropout(ids, mask), z_read.reshape(B * N, -1), mask,
+                          labels=labels)
+        return LarimarOutput(loss=out.loss, logits=out.logits.reshape(B, N, T, -1), z=Z,
+                             z_read=z_read)
