@@ -39,9 +39,12 @@ class Boundary:
 
     def _to_numpy(self, x: Any, name: str) -> np.ndarray:
         if is_tensor(x):
+            if x.device.type == "meta":
+                raise TypeError(f"{name}: expected a tensor with data, got one on the 'meta' device")
             if self.device is None:
                 self.device = x.device
-            x = x.detach()
+            # Lazy negation/conjugation bits have no numpy view: materialise them.
+            x = x.detach().resolve_conj().resolve_neg()
             if x.device.type != "cpu":
                 x = x.cpu()
             try:
@@ -99,9 +102,13 @@ def scalar(value: Any, name: str) -> float:
 
 
 def integer(value: Any, name: str) -> int:
+    """An integer argument that fits the kernel's int64, or an error naming it."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name}: expected an integer, got {type(value).__name__}")
-    return int(value)
+    value = int(value)
+    if not -(2**63) <= value < 2**63:
+        raise ValueError(f"{name}: {value} does not fit in a 64-bit integer")
+    return value
 
 
 def optional_scalar(value: Any, name: str) -> Optional[float]:

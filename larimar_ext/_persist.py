@@ -21,19 +21,31 @@ from safetensors.numpy import load_file, save_file
 FORMAT_VERSION = 1
 
 
+# The header's own checksum (format, version and config), stored beside the arrays' ones.
+_CONFIG_DIGEST = "__header__"
+
+
 def _digest(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def _header_digest(kind: str, config_json: str) -> str:
+    text = f"{kind}\n{FORMAT_VERSION}\n{config_json}"
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def save(path: str | os.PathLike, kind: str, config: Mapping[str, Any],
          arrays: Mapping[str, np.ndarray]) -> None:
     path = os.fspath(path)
     arrays = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+    config_json = json.dumps(dict(config), sort_keys=True)
+    digests = {name: _digest(a) for name, a in arrays.items()}
+    digests[_CONFIG_DIGEST] = _header_digest(kind, config_json)
     metadata = {
         "format": kind,
         "version": str(FORMAT_VERSION),
-        "config": json.dumps(dict(config), sort_keys=True),
-        "sha256": json.dumps({name: _digest(a) for name, a in arrays.items()}, sort_keys=True),
+        "config": config_json,
+        "sha256": json.dumps(digests, sort_keys=True),
     }
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".larimar-", suffix=".tmp", dir=directory)
@@ -84,6 +96,8 @@ def load(path: str | os.PathLike, kind: str) -> Tuple[Dict[str, Any], Dict[str, 
         raise ValueError(f"path: {path!r} has a damaged header ({exc})") from exc
     if not isinstance(config, dict) or not isinstance(digests, dict):
         raise ValueError(f"path: {path!r} has a damaged header")
+    if digests.pop(_CONFIG_DIGEST, None) != _header_digest(kind, metadata["config"]):
+        raise ValueError(f"path: {path!r} header fails its checksum (corrupted config)")
     if set(digests) != set(arrays):
         raise ValueError(f"path: {path!r} arrays {sorted(arrays)} do not match its header "
                          f"{sorted(digests)}")
@@ -91,6 +105,15 @@ def load(path: str | os.PathLike, kind: str) -> Tuple[Dict[str, Any], Dict[str, 
         if _digest(a) != digests[name]:
             raise ValueError(f"path: {path!r} array {name!r} fails its checksum (corrupted)")
     return config, arrays
+
+
+def build(path: Any, construct):
+    """Runs construct() on checked arrays, reporting a refusal by the kernel (NaN in an
+    array, an invalid config value, duplicate keys ...) as a ValueError naming the file."""
+    try:
+        return construct()
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"path: {os.fspath(path)!r} holds an invalid memory ({exc})") from exc
 
 
 def expect(arrays: Mapping[str, np.ndarray], name: str, shape: Tuple[int, ...],

@@ -119,11 +119,14 @@ class EpisodicMemory:
         rhs = _persist.expect(arrays, "rhs", (k, c), f64, path)
         precision = _persist.expect(arrays, "precision", (k, k), f64, path)
         prior = _persist.expect(arrays, "prior", (k, c), f64, path) if has_prior else None
-        self = cls(k, c, None if prior is None else prior.astype(dtype), ridge, dtype)
-        if prior is not None and not np.array_equal(self._core.state()["prior"], prior):
-            raise ValueError(f"path: {os.fspath(path)!r} prior does not round-trip through {dtype}")
-        self._core.set_state(memory, gram, rhs, precision)
-        return self
+        def construct() -> "EpisodicMemory":
+            mem = cls(k, c, None if prior is None else prior.astype(dtype), ridge, dtype)
+            if prior is not None and not np.array_equal(mem._core.state()["prior"], prior):
+                raise ValueError(f"the prior does not round-trip through {dtype}")
+            mem._core.set_state(memory, gram, rhs, precision)
+            return mem
+
+        return _persist.build(path, construct)
 
     def __repr__(self) -> str:
         return (f"EpisodicMemory(memory_size={self.memory_size}, code_size={self.code_size}, "

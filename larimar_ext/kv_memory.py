@@ -126,9 +126,12 @@ class KeyValueMemory:
         keys = _persist.expect(arrays, "keys", (n, d), dtype, path)
         values = _persist.expect(arrays, "values", (n, v), dtype, path)
         counts = _persist.expect(arrays, "counts", (n,), np.float64, path)
-        self = cls(d, v, metric, dtype)
-        self._core.assign(keys, values, counts)
-        return self
+        def construct() -> "KeyValueMemory":
+            mem = cls(d, v, metric, dtype)
+            mem._core.assign(keys, values, counts)
+            return mem
+
+        return _persist.build(path, construct)
 
     def __repr__(self) -> str:
         return (f"KeyValueMemory(key_dim={self.key_dim}, value_dim={self.value_dim}, "

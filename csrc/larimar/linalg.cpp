@@ -37,6 +37,8 @@ void BLAS_SYMBOL(dorgqr_)(const int*, const int*, const int*, double*, const int
 void BLAS_SYMBOL(dgesdd_)(const char*, const int*, const int*, double*, const int*, double*,
                           double*, const int*, double*, const int*, double*, const int*, int*,
                           int*);
+void BLAS_SYMBOL(dsyevd_)(const char*, const char*, const int*, double*, const int*, double*,
+                          double*, const int*, int*, const int*, int*);
 void BLAS_SYMBOL(openblas_set_num_threads)(int);
 int BLAS_SYMBOL(openblas_get_num_threads)(void);
 char* BLAS_SYMBOL(openblas_get_config)(void);
@@ -207,6 +209,29 @@ void solve_upper_right(const double* r, index_t n, double* x, index_t rows) {
   const double one = 1.0;
   const char left = 'L', lower = 'L', notrans = 'N', nonunit = 'N';
   BLAS_SYMBOL(dtrsm_)(&left, &lower, &notrans, &nonunit, &N, &M, &one, r, &N, x, &N);
+}
+
+void symmetric_eigen(const double* a, index_t n, std::vector<double>& w, std::vector<double>& v) {
+  // Symmetric: the row-major buffer is its own column-major image. dsyevd returns the
+  // eigenvectors as columns of the column-major result, i.e. rows of the row-major one.
+  std::vector<double> vc(a, a + n * n);
+  w.resize(n);
+  const int N = as_int(n);
+  const char jobz = 'V', uplo = 'U';
+  int info = 0, lwork = -1, liwork = -1, iquery = 0;
+  double query = 0;
+  BLAS_SYMBOL(dsyevd_)(&jobz, &uplo, &N, vc.data(), &N, w.data(), &query, &lwork, &iquery,
+                       &liwork, &info);
+  lwork = std::max(1, static_cast<int>(query));
+  liwork = std::max(1, iquery);
+  std::vector<double> work(lwork);
+  std::vector<int> iwork(liwork);
+  BLAS_SYMBOL(dsyevd_)(&jobz, &uplo, &N, vc.data(), &N, w.data(), work.data(), &lwork,
+                       iwork.data(), &liwork, &info);
+  if (info != 0) throw NumericalError("eigendecomposition failed (dsyevd info " + std::to_string(info) + ")");
+  v.resize(n * n);
+  for (index_t i = 0; i < n; ++i)
+    for (index_t j = 0; j < n; ++j) v[i * n + j] = vc[j * n + i];
 }
 
 void thin_svd(const double* a, index_t rows, index_t cols, std::vector<double>& u,

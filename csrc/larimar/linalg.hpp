@@ -58,6 +58,10 @@ void thin_qr(const double* a, index_t rows, index_t cols, std::vector<double>& q
 // X (rows x n) <- X R^-1 for an upper triangular R (n x n), both row-major.
 void solve_upper_right(const double* r, index_t n, double* x, index_t rows);
 
+// Eigendecomposition of a symmetric n x n matrix (row-major): A = V diag(w) V^T, w ascending,
+// V's columns the eigenvectors (row-major n x n).
+void symmetric_eigen(const double* a, index_t n, std::vector<double>& w, std::vector<double>& v);
+
 // Thin SVD of A (rows x cols, row-major): A = U diag(s) V^T with U (rows x p), s (p,
 // descending), Vt (p x cols), p = min(rows, cols), all row-major.
 void thin_svd(const double* a, index_t rows, index_t cols, std::vector<double>& u,

@@ -15,6 +15,31 @@ constexpr std::size_t kPendingRows = 64;
 // the underdetermined regime) and a fresh solve is exact instead.
 constexpr double kWoodburyFloor = 1e-3;
 
+// Solves for a symmetric A known to be >= floor I in exact arithmetic through its
+// eigendecomposition, eigenvalues clamped at floor: the fallback where rounding (rows of
+// 1e5 against a ridge of 1e-6) makes a Cholesky fail on a positive definite matrix.
+// Applied in the eigenbasis (V diag(1/w) V^T b), never as an explicit inverse, whose
+// large entries would swamp the small ones.
+class ClampedSolver {
+ public:
+  ClampedSolver(const std::vector<double>& a, index_t n, double floor) : n_(n) {
+    symmetric_eigen(a.data(), n, w_, v_);
+    for (double& x : w_) x = std::max(x, floor);
+  }
+  // B (n x nrhs, row-major) <- A^-1 B.
+  void solve(double* b, index_t nrhs) const {
+    std::vector<double> t(n_ * nrhs);  // V^T B, scaled by 1/w
+    blas::gemm<double>(true, false, n_, nrhs, n_, 1.0, v_.data(), n_, b, nrhs, 0.0, t.data(), nrhs);
+    for (index_t i = 0; i < n_; ++i)
+      for (index_t j = 0; j < nrhs; ++j) t[i * nrhs + j] /= w_[i];
+    blas::gemm<double>(false, false, n_, nrhs, n_, 1.0, v_.data(), n_, t.data(), nrhs, 0.0, b, nrhs);
+  }
+
+ private:
+  index_t n_;
+  std::vector<double> w_, v_;
+};
+
 }  // namespace
 
 template <class T>
@@ -151,13 +176,20 @@ void SequentialMemory<T>::write_underdetermined(const std::vector<double>& wd,
   std::vector<double> g(n * n);
   blas::gemm_parallel<double>(false, true, n, n, k, 1.0, wd.data(), k, wd.data(), k, 0.0, g.data(), n);
   for (index_t i = 0; i < n; ++i) g[i * n + i] += ridge_;
-  Cholesky chol;
-  if (!chol.factor(g, n)) throw NumericalError("W W^T + ridge I is not positive definite");
+  // G >= ridge I exactly; rounding can still defeat a Cholesky when |W|^2 >> ridge.
   std::vector<double> y(zd);  // Z - W M0, then G^-1 (Z - W M0)
   blas::gemm_parallel<double>(false, false, n, c, k, -1.0, wd.data(), k, m_.data(), c, 1.0, y.data(), c);
-  chol.solve(y.data(), c);
   std::vector<double> v(wd);  // G^-1 W
-  chol.solve(v.data(), k);
+  std::vector<double> factor(g);
+  Cholesky chol;
+  if (chol.factor(factor, n)) {
+    chol.solve(y.data(), c);
+    chol.solve(v.data(), k);
+  } else {
+    const ClampedSolver solver(g, n, ridge_);
+    solver.solve(y.data(), c);
+    solver.solve(v.data(), k);
+  }
   blas::gemm_parallel<double>(true, false, k, c, n, 1.0, wd.data(), k, y.data(), c, 1.0, m_.data(), c);
   blas::gemm_parallel<double>(true, false, k, k, n, -1.0 / ridge_, wd.data(), k, v.data(), k, 1.0,
                               precision_.data(), k);
@@ -222,13 +254,21 @@ void SequentialMemory<T>::direct_update(const std::vector<double>& wd,
   blas::gemm_parallel<double>(true, false, k, c, n, alpha, wd.data(), k, zd.data(), c, 1.0, rhs.data(), c);
   std::vector<double> factor(gram);
   Cholesky chol;
-  if (!chol.factor(factor, k))
+  std::vector<double> m(rhs), precision(k * k, 0.0);
+  if (chol.factor(factor, k)) {
+    chol.solve(m.data(), c);
+    for (index_t i = 0; i < k; ++i) precision[i * k + i] = 1.0;
+    chol.solve(precision.data(), k);
+  } else if (alpha > 0) {
+    // Adding rows keeps C' >= ridge I exactly: only rounding failed the Cholesky.
+    const ClampedSolver solver(gram, k, ridge_);
+    solver.solve(m.data(), c);
+    for (index_t i = 0; i < k; ++i) precision[i * k + i] = 1.0;
+    solver.solve(precision.data(), k);
+  } else {
     fail("W", "this update would leave the memory's covariance W^T W + ridge I not "
               "positive definite: forgotten rows are not stored in this memory");
-  std::vector<double> m(rhs), precision(k * k, 0.0);
-  chol.solve(m.data(), c);
-  for (index_t i = 0; i < k; ++i) precision[i * k + i] = 1.0;
-  chol.solve(precision.data(), k);
+  }
   m_.swap(m);
   gram_.swap(gram);
   rhs_.swap(rhs);
