@@ -15,8 +15,7 @@ import tempfile
 from typing import Any, Dict, Mapping, Tuple
 
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load as parse_safetensors, save_file
 
 FORMAT_VERSION = 1
 
@@ -77,13 +76,23 @@ def load(path: str | os.PathLike, kind: str) -> Tuple[Dict[str, Any], Dict[str, 
         raise MemoryError(f"path: {path!r} is {size / 2**30:.3g} GiB, over the memory limit "
                           f"of {_core.get_memory_limit() / 2**30:.3g} GiB "
                           f"(larimar_ext.set_memory_limit)")
+    # One read of the file: header and arrays come from the same bytes, so a save landing
+    # meanwhile cannot pair an old header with new arrays.
+    with open(path, "rb") as f:
+        data = f.read()
     try:
-        from safetensors import safe_open
-        with safe_open(path, framework="numpy") as f:
-            metadata = f.metadata() or {}
-        arrays = load_file(path)
-    except (SafetensorError, OSError, ValueError) as exc:
+        header_len = int.from_bytes(data[:8], "little")
+        if len(data) < 8 or header_len > len(data) - 8:
+            raise ValueError("header length beyond the end of the file")
+        header = json.loads(data[8:8 + header_len])
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+        metadata = header.get("__metadata__") or {}
+        arrays = parse_safetensors(data)
+    except Exception as exc:  # any parse failure (incl. dtypes numpy lacks) is a bad file
         raise ValueError(f"path: {path!r} is not a readable safetensors file ({exc})") from exc
+    if not isinstance(metadata, dict):
+        raise ValueError(f"path: {path!r} has a damaged header")
     if metadata.get("format") != kind:
         raise ValueError(f"path: {path!r} holds {metadata.get('format')!r}, expected {kind!r}")
     if metadata.get("version") != str(FORMAT_VERSION):
