@@ -78,8 +78,11 @@ def load(path: str | os.PathLike, kind: str) -> Tuple[Dict[str, Any], Dict[str, 
                           f"(larimar_ext.set_memory_limit)")
     # One read of the file: header and arrays come from the same bytes, so a save landing
     # meanwhile cannot pair an old header with new arrays.
-    with open(path, "rb") as f:
-        data = f.read()
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ValueError(f"path: {path!r} cannot be read ({exc})") from exc
     try:
         header_len = int.from_bytes(data[:8], "little")
         if len(data) < 8 or header_len > len(data) - 8:

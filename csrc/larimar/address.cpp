@@ -23,9 +23,11 @@ void gaussian_row(const T* d2, index_t k, double alpha, T* w) {
     for (index_t j = 0; j < k; ++j) total += (w[j] = d2[j] <= 0 ? T(1) : T(0));
   } else {
     // Subtracting s^2 keeps the largest weight at exp(0) = 1: no underflow of all weights.
+    // A tiny alpha makes scale infinite: the nearest keys keep weight 1 (not 0 * inf), the
+    // others get exp(-inf) = 0, the one-hot limit.
     const double scale = 1.0 / (2.0 * alpha * s2);
     for (index_t j = 0; j < k; ++j)
-      total += (w[j] = static_cast<T>(std::exp(-(d2[j] - s2) * scale)));
+      total += (w[j] = d2[j] <= s2 ? T(1) : static_cast<T>(std::exp(-(d2[j] - s2) * scale)));
   }
   const T inv = static_cast<T>(1.0 / total);
   for (index_t j = 0; j < k; ++j) w[j] *= inv;
