@@ -141,38 +141,24 @@ py::array lstsq_write(py::handle w_obj, py::handle z_obj, double ridge, py::obje
   return m;
 }
 
-template <class T>
-py::array pinv_address(py::handle z_obj, py::handle r_obj, py::object rcond_obj) {
-  auto z = typed<T>(z_obj, "Z", 2, 3);
-  auto r = typed<T>(r_obj, "R", 2, 3);
-  const BatchedPair p = batched_pair(z, "Z", r, "R");
+// The ops on queries Z (B? x N x C) against a matrix R (B? x K x C) through R^+: addresses
+// Z R^+ (N x K results) or reads Z R^+ R (N x C results). Kernel is larimar::pinv_address or
+// larimar::pinv_read.
+template <class T, class Kernel>
+py::array through_pinv(py::handle z_obj, py::handle r_obj, py::object rcond_obj, const char* z_name,
+                       const char* r_name, bool result_is_read, Kernel kernel) {
+  auto z = typed<T>(z_obj, z_name, 2, 3);
+  auto r = typed<T>(r_obj, r_name, 2, 3);
+  const BatchedPair p = batched_pair(z, z_name, r, r_name);
   const index_t b = p.batch, n = p.rows_a, c = p.cols_a, k = p.rows_b;
-  same_dim(p.cols_b, c, "R", "expected the code size of Z");
-  auto w = output<T>(p.shape(n, k), "R");
+  same_dim(p.cols_b, c, r_name, std::string("expected the code size of ") + z_name);
+  auto out = output<T>(p.shape(n, result_is_read ? c : k), r_name);
   const double rcond = rcond_value(rcond_obj);
   const T *pz = z.data(), *pr = r.data();
-  T* pw = w.mutable_data();
-  {
-    py::gil_scoped_release release;
-    larimar::pinv_address(pz, pr, pw, b, n, k, c, rcond);
-  }
-  return w;
-}
-
-template <class T>
-py::array pinv_read(py::handle z_obj, py::handle m_obj, py::object rcond_obj) {
-  auto z = typed<T>(z_obj, "Zq", 2, 3);
-  auto m = typed<T>(m_obj, "M", 2, 3);
-  const BatchedPair p = batched_pair(z, "Zq", m, "M");
-  const index_t b = p.batch, n = p.rows_a, c = p.cols_a, k = p.rows_b;
-  same_dim(p.cols_b, c, "M", "expected the code size of Zq");
-  auto out = output<T>(p.shape(n, c), "M");
-  const double rcond = rcond_value(rcond_obj);
-  const T *pz = z.data(), *pm = m.data();
   T* po = out.mutable_data();
   {
     py::gil_scoped_release release;
-    larimar::pinv_read(pz, pm, po, b, n, k, c, rcond);
+    kernel(pz, pr, po, b, n, k, c, rcond);
   }
   return out;
 }
@@ -569,10 +555,16 @@ PYBIND11_MODULE(_core, m) {
     return dispatch(w, "W", [&](auto t) { return lstsq_write<decltype(t)>(w, z, ridge, rcond); });
   }, py::arg("W"), py::arg("Z"), py::arg("ridge"), py::arg("rcond"));
   m.def("pinv_address", [](py::handle z, py::handle r, py::object rcond) {
-    return dispatch(z, "Z", [&](auto t) { return pinv_address<decltype(t)>(z, r, rcond); });
+    return dispatch(z, "Z", [&](auto t) {
+      using T = decltype(t);
+      return through_pinv<T>(z, r, rcond, "Z", "R", false, larimar::pinv_address<T>);
+    });
   }, py::arg("Z"), py::arg("R"), py::arg("rcond"));
   m.def("pinv_read", [](py::handle z, py::handle mm, py::object rcond) {
-    return dispatch(z, "Zq", [&](auto t) { return pinv_read<decltype(t)>(z, mm, rcond); });
+    return dispatch(z, "Zq", [&](auto t) {
+      using T = decltype(t);
+      return through_pinv<T>(z, mm, rcond, "Zq", "M", true, larimar::pinv_read<T>);
+    });
   }, py::arg("Zq"), py::arg("M"), py::arg("rcond"));
   m.def("gaussian_address", [](py::handle z, py::handle r, double alpha, py::object top_k) {
     return dispatch(z, "Z", [&](auto t) { return gaussian_address<decltype(t)>(z, r, alpha, top_k); });
