@@ -146,6 +146,24 @@ void KeyValueStore<T>::search_checked(const T* queries, index_t nq, index_t k, i
 }
 
 template <class T>
+void KeyValueStore<T>::gaussian_weights_from_scores(const T* queries, index_t nq, index_t k,
+                                                    const index_t* ids, T* scores,
+                                                    double alpha) const {
+  // Squared distances of the top k: from the L2 score, 2 - 2 cos between unit vectors, or
+  // |q|^2 + |k|^2 - 2 q.k; then the Gaussian weights over them.
+  std::vector<T> q_sq(nq);
+  row_sq_norms(queries, nq, d_, q_sq.data());
+  for (index_t i = 0; i < nq * k; ++i) {
+    const T k_sq = chunks_[ids[i] / kChunkRows].sq_norms[ids[i] % kChunkRows];
+    T& s = scores[i];
+    if (metric_ == Metric::L2) s = -s;
+    else if (metric_ == Metric::Cosine) s = std::max(T(0), T(2) - T(2) * s);
+    else s = std::max(T(0), q_sq[i / k] + k_sq - T(2) * s);
+  }
+  gaussian_weights_from_sq_distances(scores, nq, k, alpha);
+}
+
+template <class T>
 void KeyValueStore<T>::check_queries(const T* queries, index_t nq, const char* arg) const {
   check_dim(nq, arg, "number of queries");
   check_finite(queries, nq * d_, arg);
@@ -183,18 +201,7 @@ void KeyValueStore<T>::read_unlocked(const T* queries, index_t nq, index_t k, do
       std::memcpy(out + i * v_, const_cast<KeyValueStore*>(this)->value_row(ids[i]), sizeof(T) * v_);
     return;
   }
-  // Squared distances of the top k: from the L2 score, or |q|^2 + |k|^2 - 2 q.k.
-  std::vector<T> q_sq(nq);
-  row_sq_norms(queries, nq, d_, q_sq.data());
-  for (index_t i = 0; i < nq; ++i)
-    for (index_t j = 0; j < k; ++j) {
-      T& s = scores[i * k + j];
-      const T k_sq = chunks_[ids[i * k + j] / kChunkRows].sq_norms[ids[i * k + j] % kChunkRows];
-      if (metric_ == Metric::L2) s = -s;
-      else if (metric_ == Metric::Cosine) s = std::max(T(0), T(2) - T(2) * s);  // unit vectors
-      else s = std::max(T(0), q_sq[i] + k_sq - T(2) * s);
-    }
-  gaussian_weights_from_sq_distances(scores.data(), nq, k, alpha);
+  gaussian_weights_from_scores(queries, nq, k, ids.data(), scores.data(), alpha);
   std::fill(out, out + nq * v_, T(0));
   for (index_t i = 0; i < nq; ++i)
     for (index_t j = 0; j < k; ++j) {
@@ -217,16 +224,7 @@ void KeyValueStore<T>::write(const T* queries, const T* values, index_t n, index
   std::vector<T> weights(n * top_k);
   // Address by the store's metric, weigh by squared distance (as read does).
   search_checked(queries, n, top_k, ids.data(), weights.data());
-  std::vector<T> q_sq(n);
-  row_sq_norms(queries, n, d_, q_sq.data());
-  for (index_t i = 0; i < n * top_k; ++i) {
-    const T k_sq = chunks_[ids[i] / kChunkRows].sq_norms[ids[i] % kChunkRows];
-    T& s = weights[i];
-    if (metric_ == Metric::L2) s = -s;
-    else if (metric_ == Metric::Cosine) s = std::max(T(0), T(2) - T(2) * s);
-    else s = std::max(T(0), q_sq[i / top_k] + k_sq - T(2) * s);
-  }
-  gaussian_weights_from_sq_distances(weights.data(), n, top_k, alpha);
+  gaussian_weights_from_scores(queries, n, top_k, ids.data(), weights.data(), alpha);
   // Solve on the touched slots only: gather them into a compact problem.
   std::unordered_map<index_t, index_t> local;
   std::vector<index_t> slots, local_ids(n * top_k);

@@ -56,6 +56,9 @@ class KeyValueStore {
   std::uint64_t hash_key(const T* key) const;
   index_t find_key(const T* key, std::uint64_t hash) const;
   void check_queries(const T* queries, index_t nq, const char* arg) const;
+  // Turns the top-k scores of each query (nq x k, in place) into Gaussian weights.
+  void gaussian_weights_from_scores(const T* queries, index_t nq, index_t k, const index_t* ids,
+                                    T* scores, double alpha) const;
   void search_checked(const T* queries, index_t nq, index_t k, index_t* ids, T* scores) const;
   void read_unlocked(const T* queries, index_t nq, index_t k, double alpha, T* out) const;
 

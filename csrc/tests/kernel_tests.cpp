@@ -40,28 +40,32 @@ double rel_diff(const std::vector<double>& a, const std::vector<double>& b) {
   return std::sqrt(num / den);
 }
 
+// A (rows x inner) B (inner x cols), row-major.
+std::vector<double> product(const std::vector<double>& a, const std::vector<double>& b,
+                            index_t rows, index_t inner, index_t cols) {
+  std::vector<double> out(rows * cols, 0.0);
+  for (index_t i = 0; i < rows; ++i)
+    for (index_t j = 0; j < cols; ++j)
+      for (index_t t = 0; t < inner; ++t) out[i * cols + j] += a[i * inner + t] * b[t * cols + j];
+  return out;
+}
+
 // M = W^+ Z for a square invertible W must satisfy W M = Z.
 void test_lstsq_square(std::mt19937& rng) {
   const index_t n = 24, c = 5;
   const auto w = random_matrix(n, n, rng), z = random_matrix(n, c, rng);
-  std::vector<double> m(n * c), wm(n * c, 0.0);
+  std::vector<double> m(n * c);
   larimar::lstsq_write(w.data(), z.data(), m.data(), 1, n, n, c, {});
-  for (index_t i = 0; i < n; ++i)
-    for (index_t j = 0; j < c; ++j)
-      for (index_t t = 0; t < n; ++t) wm[i * c + j] += w[i * n + t] * m[t * c + j];
-  check(rel_diff(wm, z) < 1e-10, "lstsq_write square: W M == Z");
+  check(rel_diff(product(w, m, n, n, c), z) < 1e-10, "lstsq_write square: W M == Z");
 }
 
 // Wide W (N < K): the minimum-norm solution lies in W's row space and fits exactly.
 void test_lstsq_wide_fits(std::mt19937& rng) {
   const index_t n = 6, k = 20, c = 3;
   const auto w = random_matrix(n, k, rng), z = random_matrix(n, c, rng);
-  std::vector<double> m(k * c), wm(n * c, 0.0);
+  std::vector<double> m(k * c);
   larimar::lstsq_write(w.data(), z.data(), m.data(), 1, n, k, c, {});
-  for (index_t i = 0; i < n; ++i)
-    for (index_t j = 0; j < c; ++j)
-      for (index_t t = 0; t < k; ++t) wm[i * c + j] += w[i * k + t] * m[t * c + j];
-  check(rel_diff(wm, z) < 1e-10, "lstsq_write wide: W M == Z");
+  check(rel_diff(product(w, m, n, k, c), z) < 1e-10, "lstsq_write wide: W M == Z");
 }
 
 // R^+ of a full-row-rank R satisfies R R^+ = I: with Z = R, W = R R^+ = I.
