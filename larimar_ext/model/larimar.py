@@ -1,6 +1,6 @@
 """LarimarModel: an encoder, an episodic memory and a conditioned decoder (DESIGN.md 2, 3).
 
-encoder (any HF encoder) -> masked mean of last_hidden_state -> Linear(H_enc -> C) -> z
+encoder (any HF encoder) -> pooling (masked mean by default) -> Linear(H_pool -> C) -> z
 episode of N latents Z -> W = Z_xi M0^+ (M0 the learned prior memory, Z_xi = Z + sigma noise)
                       -> M = W^+ Z (least-squares write)
 query z_q -> z_read = (z_q M^+) M -> decoder (any HF causal LM) conditioned on z_read by
@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from .. import torch_ops
 from ..episodic import EpisodicMemory
 from .conditioning import DecoderGeometry, EmbeddingConditioner, MemorySlot
+from .pooling import make_pooler
 
 __all__ = ["LarimarModel", "LarimarOutput"]
 
@@ -65,6 +66,9 @@ class LarimarModel(nn.Module):
         embedding_path, memory_path: switch either conditioning path off.
         dummy_token_id: the token id that stands for the memory slot in ``generate``'s
             input_ids (its embedding is never used; default: pad, else bos, else 0).
+        pooler: how token states become one vector before ``encoder_proj``: "mean"
+            (default), "cls" (BERT's pooled output), "attention" (learned queries), or a
+            module (see ``larimar_ext.model.pooling``).
     """
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, memory_size: int, code_size: int,
@@ -73,7 +77,7 @@ class LarimarModel(nn.Module):
                  word_dropout_token_id: Optional[int] = None, ridge: float = 0.0,
                  inference_ridge: float = 1e-6, shared_kv: bool = False,
                  embedding_path: bool = True, memory_path: bool = True,
-                 dummy_token_id: Optional[int] = None) -> None:
+                 dummy_token_id: Optional[int] = None, pooler: Any = "mean") -> None:
         super().__init__()
         if not (embedding_path or memory_path):
             raise ValueError("at least one of embedding_path and memory_path must be on")
@@ -90,7 +94,8 @@ class LarimarModel(nn.Module):
 
         enc_cfg = encoder.config.get_text_config() if hasattr(encoder.config, "get_text_config") \
             else encoder.config
-        self.encoder_proj = nn.Linear(int(enc_cfg.hidden_size), self.code_size)
+        self.pooler = make_pooler(pooler, int(enc_cfg.hidden_size))
+        self.encoder_proj = nn.Linear(self.pooler.output_size, self.code_size)
         self.geometry = DecoderGeometry(decoder.config)
         # M0, the learned prior memory (K, C); rows of unit expected norm
         self.prior = nn.Parameter(torch.randn(self.memory_size, self.code_size)
@@ -137,9 +142,8 @@ class LarimarModel(nn.Module):
         ids = inputs.reshape(-1, inputs.shape[-1]).to(dev)
         mask = (torch.ones_like(ids) if attention_mask is None
                 else attention_mask.reshape(ids.shape).to(dev))
-        hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-        m = mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+        output = self.encoder(input_ids=ids, attention_mask=mask)
+        pooled = self.pooler(output.last_hidden_state, mask, output)
         z = self.encoder_proj(pooled.to(self.encoder_proj.weight.dtype))
         return z.reshape(*lead, self.code_size)
 
