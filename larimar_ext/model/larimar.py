@@ -4,7 +4,8 @@ encoder (any HF encoder) -> pooling (masked mean by default) -> Linear(H_pool ->
 episode of N latents Z -> W = Z_xi M0^+ (M0 the learned prior memory, Z_xi = Z + sigma noise)
                       -> M = W^+ Z (least-squares write)
 query z_q -> z_read = (z_q M^+) M -> decoder (any HF causal LM) conditioned on z_read by
-  (1) the embedding path and (2) the memory path (one extra key/value position per layer).
+  (1) the embedding path, (2) the memory path (one extra key/value position per layer) and/or
+  (3) the prefix path: decoder-aligned slots of z read as soft tokens (``aligned.py``).
 
 Training runs every memory step through ``larimar_ext.torch_ops`` (differentiable, batched
 over episodes); inference writes into a host ``EpisodicMemory`` and only latents cross to
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 
 from .. import torch_ops
 from ..episodic import EpisodicMemory
+from .aligned import AlignedPooler, AlignedSegments, SlotPrefix
 from .conditioning import DecoderGeometry, EmbeddingConditioner, MemorySlot
 from .pooling import make_pooler
 
@@ -68,7 +70,14 @@ class LarimarModel(nn.Module):
             input_ids (its embedding is never used; default: pad, else bos, else 0).
         pooler: how token states become one vector before ``encoder_proj``: "mean"
             (default), "cls" (BERT's pooled output), "attention" (learned queries), or a
-            module (see ``larimar_ext.model.pooling``).
+            module (see ``larimar_ext.model.pooling``); an ``AlignedPooler`` makes z
+            decoder-aligned slots (its ``encoder_proj`` is the identity).
+        prefix: a ``SlotPrefix``: the decoder reads z's slots as soft tokens (needs an
+            ``AlignedPooler`` and ``aligner``).
+        aligner: the ``SlotAligner`` that tokenises texts for an ``AlignedPooler``.
+        prompt_template: (before, after) text around the soft tokens in ``complete``;
+            ``after`` may hold ``{question}``. Default: the decoder's chat turn, where a
+            small instruct model reads its context best.
     """
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, memory_size: int, code_size: int,
@@ -77,10 +86,12 @@ class LarimarModel(nn.Module):
                  word_dropout_token_id: Optional[int] = None, ridge: float = 0.0,
                  inference_ridge: float = 1e-6, shared_kv: bool = False,
                  embedding_path: bool = True, memory_path: bool = True,
-                 dummy_token_id: Optional[int] = None, pooler: Any = "mean") -> None:
+                 dummy_token_id: Optional[int] = None, pooler: Any = "mean",
+                 prefix: Optional[SlotPrefix] = None, aligner: Any = None,
+                 prompt_template: Optional[tuple[str, str]] = None) -> None:
         super().__init__()
-        if not (embedding_path or memory_path):
-            raise ValueError("at least one of embedding_path and memory_path must be on")
+        if not (embedding_path or memory_path or prefix is not None):
+            raise ValueError("at least one of embedding_path, memory_path and prefix must be on")
         self.encoder = encoder
         self.decoder = decoder
         self.memory_size = int(memory_size)
@@ -95,7 +106,24 @@ class LarimarModel(nn.Module):
         enc_cfg = encoder.config.get_text_config() if hasattr(encoder.config, "get_text_config") \
             else encoder.config
         self.pooler = make_pooler(pooler, int(enc_cfg.hidden_size))
-        self.encoder_proj = nn.Linear(self.pooler.output_size, self.code_size)
+        self.aligned = isinstance(self.pooler, AlignedPooler)
+        if self.aligned:
+            if self.pooler.output_size != self.code_size:
+                raise ValueError(f"code_size: an AlignedPooler gives {self.pooler.output_size} "
+                                 f"numbers (num_slots * slot_size), got code_size={code_size}")
+            if aligner is None:
+                raise ValueError("aligner: an AlignedPooler needs a SlotAligner")
+            self.encoder_proj = nn.Identity()
+        else:
+            self.encoder_proj = nn.Linear(self.pooler.output_size, self.code_size)
+        if prefix is not None and not self.aligned:
+            raise ValueError("prefix: the SlotPrefix path needs an AlignedPooler")
+        if prefix is not None and (embedding_path or memory_path):
+            raise ValueError("prefix: the prefix path replaces the embedding and memory paths; "
+                             "pass embedding_path=False, memory_path=False")
+        self.aligner = aligner
+        self.prefix = prefix
+        self.prompt_template = prompt_template
         self.geometry = DecoderGeometry(decoder.config)
         # M0, the learned prior memory (K, C); rows of unit expected norm
         self.prior = nn.Parameter(torch.randn(self.memory_size, self.code_size)
@@ -124,6 +152,18 @@ class LarimarModel(nn.Module):
         params = inspect.signature(decoder.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
 
+    @classmethod
+    def from_pretrained(cls, path=None, device="cpu", dtype=None) -> "LarimarModel":
+        """The trained default model (``path=None``) or a folder written by
+        ``save_pretrained``; no download (see ``larimar_ext.model.pretrained``)."""
+        from .pretrained import from_pretrained
+        return from_pretrained(path, device=device, dtype=dtype)
+
+    def save_pretrained(self, path, extra=None):
+        """Save the trained tensors and the build config into folder ``path``."""
+        from .pretrained import save_pretrained
+        return save_pretrained(self, path, extra)
+
     # ------------------------------------------------------------------ encoder
 
     def _tokenize(self, texts: Texts, tokenizer: Any) -> tuple[Tensor, Tensor]:
@@ -133,8 +173,12 @@ class LarimarModel(nn.Module):
                           padding=True, return_tensors="pt")
         return batch["input_ids"], batch["attention_mask"]
 
-    def encode(self, inputs: Union[Texts, Tensor], attention_mask: Optional[Tensor] = None) -> Tensor:
-        """Texts or input_ids (..., T) -> z (..., C) on the encoder's device."""
+    def encode(self, inputs: Union[Texts, Tensor, AlignedSegments],
+               attention_mask: Optional[Tensor] = None) -> Tensor:
+        """Texts or input_ids (..., T) -> z (..., C) on the encoder's device (an aligned
+        model takes texts or ``AlignedSegments`` (B, ...) and gives (B, C))."""
+        if self.aligned:
+            return self._encode_aligned(inputs)
         if isinstance(inputs, (str, list, tuple)):
             inputs, attention_mask = self._tokenize(inputs, self.encoder_tokenizer)
         dev = _device(self.encoder)
@@ -147,8 +191,37 @@ class LarimarModel(nn.Module):
         z = self.encoder_proj(pooled.to(self.encoder_proj.weight.dtype))
         return z.reshape(*lead, self.code_size)
 
+    def _encode_aligned(self, inputs: Union[Texts, AlignedSegments]) -> Tensor:
+        if isinstance(inputs, Tensor):
+            raise ValueError("inputs: a model with decoder-aligned slots encodes texts or "
+                             "AlignedSegments, not token ids")
+        segments = inputs if isinstance(inputs, AlignedSegments) else self.aligner(inputs)
+        segments = segments.to(_device(self.encoder))
+        output = self.encoder(input_ids=segments.input_ids, attention_mask=segments.attention_mask)
+        return self.pooler(output.last_hidden_state, segments.attention_mask, output,
+                           segments=segments, piece_embeddings=self.encoder.get_input_embeddings(),
+                           token_embeddings=self.decoder.get_input_embeddings())
+
+    @torch.no_grad()
+    def encode_keys(self, texts: Texts, batch_size: int = 64) -> Tensor:
+        """Retrieval keys for texts: the L2-normalised masked mean of the encoder's last
+        hidden states, (n, H_enc), on the encoder's device. This is the sentence-transformers
+        embedding of the encoder (not z): the fixed-key memory of long contexts compares
+        keys by cosine, and z is shaped for reconstruction, not similarity."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        dev = _device(self.encoder)
+        out = []
+        for i in range(0, len(texts), batch_size):
+            ids, mask = self._tokenize(texts[i:i + batch_size], self.encoder_tokenizer)
+            ids, mask = ids.to(dev), mask.to(dev)
+            hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+            m = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+            out.append(torch.nn.functional.normalize(pooled.float(), dim=-1))
+        return torch.cat(out) if out else torch.empty(0, self.encoder.config.hidden_size)
+
     def _latents(self, x: Union[Texts, Tensor], attention_mask: Optional[Tensor] = None) -> Tensor:
-        if isinstance(x, (str, list, tuple)):
+        if isinstance(x, (str, list, tuple, AlignedSegments)):
             return self.encode(x)
         if x.is_floating_point():
             return x
@@ -241,10 +314,39 @@ class LarimarModel(nn.Module):
         pos = (full.cumsum(-1) - 1)[:, 1:]
         return full, pos
 
+    def _template_ids(self, part: int, **fmt) -> list[int]:
+        template = self.prompt_template or ("", "")
+        text = template[part].format(**fmt) if fmt else template[part]
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    def _prefix_inputs(self, input_ids: Tensor, readout: Tensor,
+                       attention_mask: Optional[Tensor]) -> tuple[Tensor, Tensor, int]:
+        """[template before][soft tokens of readout][input_ids] as embeddings (B, L, H),
+        their mask (B, L) and the length of the part before input_ids."""
+        embed = self.decoder.get_input_embeddings()
+        b = input_ids.shape[0]
+        before = torch.tensor(self._template_ids(0), dtype=torch.long, device=input_ids.device)
+        soft, live = self.prefix(readout)
+        parts = [embed(before).unsqueeze(0).expand(b, -1, -1), soft.to(embed.weight.dtype),
+                 embed(input_ids)]
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        mask = torch.cat([attention_mask.new_ones(b, before.numel()), live.to(attention_mask.dtype),
+                          attention_mask.to(input_ids.device)], 1)
+        return torch.cat(parts, 1), mask, before.numel() + soft.shape[1]
+
     def decode(self, input_ids: Tensor, readout: Tensor, attention_mask: Optional[Tensor] = None,
                labels: Optional[Tensor] = None, **kwargs):
-        """Teacher-forced decoder pass conditioned on readout (B, C); input_ids (B, T)."""
+        """Teacher-forced decoder pass conditioned on readout (B, C); input_ids (B, T).
+        With the prefix path the logits cover [template][soft tokens][input_ids]."""
         dev = _device(self.decoder)
+        if self.prefix is not None:
+            input_ids = input_ids.to(dev)
+            embeds, mask, lead = self._prefix_inputs(input_ids, readout.to(dev), attention_mask)
+            if labels is not None:
+                labels = torch.cat([labels.new_full((labels.shape[0], lead), -100),
+                                    labels.to(dev)], 1)
+            return self.decoder(inputs_embeds=embeds, attention_mask=mask, labels=labels, **kwargs)
         input_ids = input_ids.to(dev)
         readout = readout.to(dev)
         full_mask, pos = self._slot_inputs(input_ids, attention_mask)
@@ -266,6 +368,10 @@ class LarimarModel(nn.Module):
             attention_mask = torch.ones_like(prompt_ids)
         attention_mask = attention_mask.to(dev, torch.long)
         gen_kwargs.setdefault("pad_token_id", self.dummy_token_id)
+        if self.prefix is not None:
+            embeds, mask, _ = self._prefix_inputs(prompt_ids, readout, attention_mask)
+            new = self.decoder.generate(inputs_embeds=embeds, attention_mask=mask, **gen_kwargs)
+            return torch.cat([prompt_ids, new], 1)   # generate() from embeddings returns only new ids
         if self.memory_slot is None:
             with self.conditioned(readout):
                 return self.decoder.generate(input_ids=prompt_ids, attention_mask=attention_mask,
@@ -288,6 +394,40 @@ class LarimarModel(nn.Module):
                                         **{self._cache_kw: cache}, **gen_kwargs)
         return out[:, 1:]
 
+    @torch.no_grad()
+    def complete(self, prompts: Texts, readouts: Tensor, max_new_tokens: int = 16,
+                 questions: Optional[Union[str, Sequence[Optional[str]]]] = None) -> list[str]:
+        """Greedy continuations of text prompts, prompt i conditioned on readouts[i] (n, C);
+        returns only the new text of each (the prompt not repeated). With the prefix path,
+        ``questions`` fill the template's ``{question}`` (default "Repeat the text.")."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if self.prefix is not None and self.prompt_template is not None:
+            qs = ([questions] * len(prompts) if questions is None or isinstance(questions, str)
+                  else list(questions))
+            if len(qs) != len(prompts):
+                raise ValueError(f"questions: expected {len(prompts)}, got {len(qs)}")
+            after = self.prompt_template[1]
+            prompts = [after.format(question=q or "Repeat the text.") + p
+                       for q, p in zip(qs, prompts)]
+        if readouts.dim() == 1:
+            readouts = readouts.unsqueeze(0)
+        if readouts.shape != (len(prompts), self.code_size):
+            raise ValueError(f"readouts: expected ({len(prompts)}, {self.code_size}), "
+                             f"got {tuple(readouts.shape)}")
+        tok = self.tokenizer
+        if tok is None:
+            raise ValueError("complete() needs a tokenizer: pass tokenizer= to LarimarModel")
+        side = getattr(tok, "padding_side", "right")
+        tok.padding_side = "left"              # generation continues from the last column
+        try:
+            batch = tok(prompts, padding=True, return_tensors="pt")
+        finally:
+            tok.padding_side = side
+        out = self.generate(batch["input_ids"], readouts, attention_mask=batch["attention_mask"],
+                            max_new_tokens=max_new_tokens, do_sample=False)
+        new = out[:, batch["input_ids"].shape[1]:]
+        return tok.batch_decode(new, skip_special_tokens=True)
+
     # ------------------------------------------------------------------ training loss
 
     def _word_dropout(self, ids: Tensor, mask: Tensor) -> Tensor:
@@ -297,6 +437,56 @@ class LarimarModel(nn.Module):
         drop[..., 0] = False
         drop &= mask.bool()
         return ids.masked_fill(drop, self.word_dropout_token_id)
+
+    def slot_loss(self, readout: Tensor, segments: AlignedSegments, negatives: int = 2048,
+                  temperature: float = 0.05) -> Tensor:
+        """Reconstruction loss of the prefix path: readouts (n, C) of n segments against the
+        decoder tokens their slots stand for.
+
+        For every live slot: cross-entropy of the cosine between its soft token and the
+        decoder's input embeddings (the true token against the batch's other targets and
+        ``negatives`` random vocabulary rows, at ``temperature``), plus the squared distance
+        to the true token's embedding (a frozen decoder reads the soft token as that token
+        only if it also has the embedding's scale)."""
+        soft, _ = self.prefix(readout)
+        live = segments.live.to(soft.device)
+        targets = segments.target_ids.to(soft.device)[live]
+        soft = soft[live].float()
+        table = self.decoder.get_input_embeddings().weight.detach().float()
+        pool = targets
+        if negatives > 0:
+            pool = torch.cat([targets, torch.randint(0, table.shape[0], (negatives,),
+                                                     device=targets.device)])
+        vocab, index = torch.unique(pool, return_inverse=True)
+        logits = (torch.nn.functional.normalize(soft, dim=-1)
+                  @ torch.nn.functional.normalize(table[vocab], dim=-1).T) / temperature
+        ce = torch.nn.functional.cross_entropy(logits, index[:targets.numel()])
+        mse = ((soft - table[targets]) ** 2).sum(-1).mean()
+        return ce + mse
+
+    @torch.no_grad()
+    def slot_tokens(self, readout: Tensor) -> list[list[int]]:
+        """The decoder tokens the live slots of readouts (n, C) stand for (nearest input
+        embedding by cosine): the segment text a readout holds, without running the decoder."""
+        soft, live = self.prefix(readout.to(_device(self.decoder)))
+        table = torch.nn.functional.normalize(
+            self.decoder.get_input_embeddings().weight.float(), dim=-1)
+        ids = (torch.nn.functional.normalize(soft.float(), dim=-1) @ table.T).argmax(-1)
+        return [row[m].tolist() for row, m in zip(ids, live)]
+
+    def forward_aligned(self, segments: AlignedSegments, episode_size: int) -> LarimarOutput:
+        """Larimar loss of a prefix-path model on B episodes of ``episode_size`` segments
+        (``segments`` holds B * N texts, episode by episode): write each episode to its own
+        memory, read every segment back with its own latent as the query, reconstruction
+        loss of the readouts (``slot_loss``)."""
+        n = len(segments)
+        if episode_size < 1 or n % episode_size:
+            raise ValueError(f"episode_size: {episode_size} does not divide {n} segments")
+        Z = self.encode(segments).reshape(n // episode_size, episode_size, self.code_size)
+        M = self.write_differentiable(Z)
+        z_read = self.read_differentiable(Z, M)
+        loss = self.slot_loss(z_read.reshape(n, self.code_size), segments)
+        return LarimarOutput(loss=loss, logits=torch.empty(0), z=Z, z_read=z_read)
 
     def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None,
                 encoder_input_ids: Optional[Tensor] = None,

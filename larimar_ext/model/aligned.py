@@ -1,0 +1,185 @@
+"""Decoder-aligned slots: a latent z that a frozen decoder can read token by token.
+
+A segment's z is ``num_slots`` slots of ``slot_size`` numbers, z = (P * c,). Slot p describes
+the decoder's p-th token of the segment: the encoder tokenises the text with both tokenizers,
+finds the encoder word piece that covers each decoder token's characters, and reads that
+piece's contextual state, its input embedding and where the decoder token sits inside it
+(character offset, length, a leading space). Optionally (``token_size``) the slot also sees
+the decoder's own (frozen) input embedding of its token: measured on this CPU, slots from
+the encoder alone reached 0.65 token / 0.41 digit accuracy after 50 steps, with the token
+embedding 0.79 / 0.77, and the CPU budget decides. Unused slots are exactly zero.
+
+On the decoder side ``SlotPrefix`` maps every slot to one soft token (a vector in the
+decoder's embedding space) and the decoder reads the soft tokens as a prefix. Trained so
+that soft token p lands on the embedding of decoder token p, a frozen decoder reads the
+segment back the way it reads text in its own context: no decoder weights need training,
+and exact strings (numbers, codes, names) survive, which a mean-pooled sentence vector
+averages away.
+
+The latent is still one vector per segment, written to and read from the memory like any
+other; a readout's slots stay aligned because memory reads are linear.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["AlignedSegments", "SlotAligner", "AlignedPooler", "SlotPrefix"]
+
+_MAX_OFFSET = 16   # character offsets / lengths inside a piece are clipped to this
+
+
+@dataclass
+class AlignedSegments:
+    """B segments, tokenised for the encoder, with the decoder-token layout of their slots.
+
+    input_ids, attention_mask: (B, T) encoder tokens.
+    piece: (B, P) index in T of the encoder piece under decoder token p.
+    offset, length: (B, P) character offset of decoder token p inside that piece, and its
+        length (both clipped to 15); space: (B, P) 1 if the decoder token starts with a space.
+    live: (B, P) bool, slot p holds a token; target_ids: (B, P) decoder token ids (0 if dead).
+    """
+    input_ids: Tensor
+    attention_mask: Tensor
+    piece: Tensor
+    offset: Tensor
+    length: Tensor
+    space: Tensor
+    live: Tensor
+    target_ids: Tensor
+
+    def to(self, device) -> "AlignedSegments":
+        return AlignedSegments(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+class SlotAligner:
+    """Texts -> ``AlignedSegments`` (both tokenizers must be fast: they give offsets).
+
+    Decoder tokens past ``num_slots`` are dropped: segments longer than P decoder tokens
+    should be split before encoding (the long-context segmenter does)."""
+
+    def __init__(self, encoder_tokenizer: Any, decoder_tokenizer: Any, num_slots: int) -> None:
+        for name, tok in (("encoder_tokenizer", encoder_tokenizer),
+                          ("decoder_tokenizer", decoder_tokenizer)):
+            if not getattr(tok, "is_fast", False):
+                raise ValueError(f"{name}: a fast tokenizer (character offsets) is needed")
+        self.encoder_tokenizer = encoder_tokenizer
+        self.decoder_tokenizer = decoder_tokenizer
+        self.num_slots = int(num_slots)
+
+    def decoder_length(self, text: str) -> int:
+        """Decoder tokens of ``text`` (what must fit into the slots)."""
+        return len(self.decoder_tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def __call__(self, texts: Sequence[str]) -> AlignedSegments:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        enc = self.encoder_tokenizer(texts, padding=True, return_tensors="pt",
+                                     return_offsets_mapping=True)
+        dec = self.decoder_tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        B, P = len(texts), self.num_slots
+        fields = {k: torch.zeros(B, P, dtype=torch.long)
+                  for k in ("piece", "offset", "length", "space", "target_ids")}
+        live = torch.zeros(B, P, dtype=torch.bool)
+        offsets = enc["offset_mapping"].tolist()
+        for i, text in enumerate(texts):
+            pieces = [(a, b, j) for j, (a, b) in enumerate(offsets[i]) if b > a]
+            if not pieces:
+                continue
+            for p, ((a, b), tid) in enumerate(zip(dec["offset_mapping"][i][:P],
+                                                  dec["input_ids"][i][:P])):
+                start = a
+                while start < b and text[start].isspace():
+                    start += 1
+                # the piece covering the token's first visible character, else the next piece
+                # (a bare-space token), else the last one
+                hit = next(((x, j) for x, y, j in pieces if x <= start < y), None)
+                if hit is None:
+                    hit = next(((x, j) for x, y, j in pieces if x >= start), pieces[-1][::2])
+                    off = 0
+                else:
+                    off = start - hit[0]
+                fields["piece"][i, p] = hit[1]
+                fields["offset"][i, p] = min(off, _MAX_OFFSET - 1)
+                fields["length"][i, p] = min(b - start, _MAX_OFFSET - 1)
+                fields["space"][i, p] = int(start > a)
+                fields["target_ids"][i, p] = tid
+                live[i, p] = True
+        return AlignedSegments(enc["input_ids"], enc["attention_mask"], live=live, **fields)
+
+
+class AlignedPooler(nn.Module):
+    """Token states (B, T, H) + ``AlignedSegments`` -> z slots (B, P * c).
+
+    Each slot = MLP(state of its piece + the encoder's input embedding of its piece (the
+    piece's identity free of context, given by the caller) + offset, length, space and
+    slot-position embeddings), then a LayerNorm without affine scaled to norm
+    ~sqrt(c): live slots have a fixed scale, dead slots are exactly zero, so a readout tells
+    them apart by norm (``SlotPrefix.live``)."""
+
+    def __init__(self, hidden_size: int, num_slots: int = 32, slot_size: int = 32,
+                 ffn_size: int = 1024, token_size: Optional[int] = None) -> None:
+        super().__init__()
+        self.num_slots, self.slot_size = int(num_slots), int(slot_size)
+        self.output_size = self.num_slots * self.slot_size
+        self.hidden_size = int(hidden_size)
+        self.offset = nn.Embedding(_MAX_OFFSET, hidden_size)
+        self.length = nn.Embedding(_MAX_OFFSET, hidden_size)
+        self.space = nn.Embedding(2, hidden_size)
+        self.position = nn.Embedding(self.num_slots, hidden_size)
+        # the decoder's input embedding of the slot's token (width token_size), projected
+        self.token_proj = nn.Linear(token_size, hidden_size) if token_size else None
+        for table in (self.offset, self.length, self.space, self.position):
+            # small: at N(0, 1) these random tables would drown the piece's state and identity
+            nn.init.normal_(table.weight, std=0.02)
+        self.mlp = nn.Sequential(nn.LayerNorm(hidden_size), nn.Linear(hidden_size, ffn_size),
+                                 nn.GELU(), nn.Linear(ffn_size, self.slot_size))
+        self.norm = nn.LayerNorm(self.slot_size, elementwise_affine=False)
+
+    def forward(self, hidden: Tensor, mask: Tensor, encoder_output: Any = None, *,
+                segments: AlignedSegments, piece_embeddings: nn.Module,
+                token_embeddings: Optional[nn.Module] = None) -> Tensor:
+        """piece_embeddings: the encoder's input embedding module (ids -> (..., H));
+        token_embeddings: the decoder's (needed when the pooler has ``token_size``)."""
+        H = self.hidden_size
+        state = torch.gather(hidden, 1, segments.piece.unsqueeze(-1).expand(-1, -1, H))
+        ids = torch.gather(segments.input_ids, 1, segments.piece)
+        x = (state + piece_embeddings(ids).to(state.dtype) + self.offset(segments.offset)
+             + self.length(segments.length) + self.space(segments.space) + self.position.weight)
+        if self.token_proj is not None:
+            if token_embeddings is None:
+                raise ValueError("token_embeddings: this pooler reads the decoder's token embeddings")
+            dev = token_embeddings.weight.device
+            tokens = token_embeddings(segments.target_ids.to(dev)).to(x.device, self.token_proj.weight.dtype)
+            x = x + self.token_proj(tokens).to(x.dtype)
+        slots = self.norm(self.mlp(x)) * segments.live.unsqueeze(-1).to(x.dtype)
+        return slots.flatten(1)
+
+
+class SlotPrefix(nn.Module):
+    """z (B, P * c) -> soft tokens (B, P, H_dec) and their mask (B, P).
+
+    A slot is live when its norm is above half the live scale (live slots come out of
+    ``AlignedPooler`` with norm ~sqrt(c), dead ones as zeros; a memory readout is close to
+    one of the two)."""
+
+    def __init__(self, num_slots: int, slot_size: int, hidden_size: int,
+                 ffn_size: int = 1024) -> None:
+        super().__init__()
+        self.num_slots, self.slot_size = int(num_slots), int(slot_size)
+        self.net = nn.Sequential(nn.Linear(self.slot_size, ffn_size), nn.GELU(),
+                                 nn.Linear(ffn_size, hidden_size))
+
+    def live(self, z: Tensor) -> Tensor:
+        slots = z.reshape(z.shape[0], self.num_slots, self.slot_size)
+        return slots.norm(dim=-1) > 0.5 * self.slot_size ** 0.5
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        slots = z.reshape(z.shape[0], self.num_slots, self.slot_size)
+        return self.net(slots.to(self.net[0].weight.dtype)), self.live(z)
