@@ -483,8 +483,12 @@ class LarimarModel(nn.Module):
         if episode_size < 1 or n % episode_size:
             raise ValueError(f"episode_size: {episode_size} does not divide {n} segments")
         Z = self.encode(segments).reshape(n // episode_size, episode_size, self.code_size)
-        M = self.write_differentiable(Z)
-        z_read = self.read_differentiable(Z, M)
+        # the least-squares memory runs in float32 even under bf16 autocast (pseudo-inverses
+        # in bf16 lose the small singular values)
+        with torch.autocast(Z.device.type, enabled=False):
+            Z = Z.float()
+            M = self.write_differentiable(Z)
+            z_read = self.read_differentiable(Z, M)
         loss = self.slot_loss(z_read.reshape(n, self.code_size), segments)
         return LarimarOutput(loss=loss, logits=torch.empty(0), z=Z, z_read=z_read)
 

@@ -33,7 +33,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "format": FORMAT,
     "encoder": "all-MiniLM-L6-v2",
     "decoder": "SmolLM2-135M-Instruct",
-    "memory_size": 512,           # K of the episodic memory (the paper's value)
+    "memory_size": 128,           # K of the episodic memory (>= the episode size of 16)
     "num_slots": 32,              # decoder tokens a segment may have
     "slot_size": 32,              # numbers per slot: C = 32 * 32 = 1024
     "pooler_ffn": 1024,

@@ -104,3 +104,53 @@ def evaluate_reconstruction(model, digits=(3, 4, 5), n_per_digit: int = 64,
     finally:
         model.train(was_training)
     return results
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--model", default=None, help="saved model folder (default: the shipped model)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--n", type=int, default=128, help="sentences per digit count and per text kind")
+    p.add_argument("--episode-size", type=int, default=16)
+    p.add_argument("--no-decoder", action="store_true", help="slot decoding only (fast)")
+    p.add_argument("--sources", default="python,man",
+                   help="real text sources; held-out sentences come from the training split's "
+                        "complement (same seed and caps as `larimar-ext train`)")
+    p.add_argument("--max-real", type=int, default=150_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+
+
+def run(args) -> dict:
+    import json
+    import time
+
+    from ..model import LarimarModel
+    from .data import build_corpus
+
+    model = LarimarModel.from_pretrained(args.model, device=args.device)
+    limit = model.aligner.num_slots
+    corpus = build_corpus(sources=[s for s in args.sources.split(",") if s], generated=1000,
+                          eval_size=max(256, args.n), seed=args.seed, max_real=args.max_real)
+    real = [s for s in corpus.eval_real if model.aligner.decoder_length(s) <= limit][:args.n]
+    real = real[:len(real) - len(real) % args.episode_size]
+    t0 = time.time()
+    results = evaluate_reconstruction(model, n_per_digit=args.n, real_sentences=real,
+                                      episode_size=args.episode_size,
+                                      decoder=not args.no_decoder, seed=args.seed + 1234)
+    results["seconds"] = round(time.time() - t0, 1)
+    results["model"] = str(args.model or "default")
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(results, fh, indent=2)
+    return results
+
+
+def main(argv=None) -> int:
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(prog="larimar-ext evaluate",
+                                description="reconstruction accuracy of a Larimar model")
+    add_arguments(p)
+    print(json.dumps(run(p.parse_args(argv)), indent=2))
+    return 0

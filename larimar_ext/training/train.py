@@ -45,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--eval-size", type=int, default=256)
     p.add_argument("--train-encoder-layers", type=int, default=0)
+    p.add_argument("--memory-size", type=int, default=128,
+                   help="K of the episodic memory (its pseudo-inverses dominate a CPU step "
+                        "after the encoder; any K >= the episode size reads episodes back)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--seed", type=int, default=0)
@@ -98,7 +101,8 @@ def train(args: argparse.Namespace) -> Path:
     torch.manual_seed(args.seed)
     random.seed(args.seed)
 
-    model = build_model({"trainable_encoder_layers": args.train_encoder_layers}).to(device)
+    model = build_model({"trainable_encoder_layers": args.train_encoder_layers,
+                         "memory_size": args.memory_size}).to(device)
     model.train()
     limit = model.aligner.num_slots
     fits = lambda s: model.aligner.decoder_length(s) <= limit   # a whole segment in the slots
