@@ -13,7 +13,8 @@ from .kv_memory import KeyValueMemory
 from .ops import (gaussian_address, lstsq_write, onehot_address, pinv_address, pinv_read,
                   read, sparse_lstsq_write, topk)
 
-__all__ = ["EpisodicMemory", "KeyValueMemory", "gaussian_address", "get_memory_limit",
+__all__ = ["EpisodicMemory", "KeyValueMemory", "LongContextMemory", "gaussian_address",
+           "get_memory_limit",
            "get_num_threads", "info", "set_memory_limit",
            "lstsq_write", "onehot_address", "pinv_address", "pinv_read", "read", "set_num_threads",
            "sparse_lstsq_write", "topk", "__version__"]
@@ -56,3 +57,12 @@ def set_memory_limit(limit: int) -> None:
 
 def get_memory_limit() -> int:
     return int(_core.get_memory_limit())
+
+
+def __getattr__(name: str):
+    # LongContextMemory drives a LarimarModel (torch): imported on first use, so
+    # ``import larimar_ext`` stays free of the model stack
+    if name == "LongContextMemory":
+        from .longcontext.memory import LongContextMemory
+        return LongContextMemory
+    raise AttributeError(f"module 'larimar_ext' has no attribute {name!r}")

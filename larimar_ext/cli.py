@@ -1,4 +1,5 @@
-"""Command line: ``larimar-ext info`` and ``larimar-ext demo``."""
+"""Command line: ``larimar-ext info``, ``demo``, and the long-context benchmarks
+``passkey`` and ``needle`` (see larimar_ext/longcontext/bench.py)."""
 
 from __future__ import annotations
 
@@ -66,11 +67,119 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     demo = sub.add_parser("demo", help="run the memory ops end to end on random data")
     demo.add_argument("--keys", type=int, default=100_000)
     demo.add_argument("--seed", type=int, default=0)
+    for name, helptext in (("passkey", "passkey retrieval through the host memory (built-in "
+                                        "filler, no data needed)"),
+                           ("needle", "needle in a haystack of .txt files through the host "
+                                      "memory")):
+        _bench_parser(sub.add_parser(name, help=helptext, description=helptext), name)
     args = parser.parse_args(argv)
     if args.command == "info":
         print(json.dumps(info(), indent=2))
         return 0
+    if args.command in ("passkey", "needle"):
+        return _bench(args, parser)
     return _demo(args)
+
+
+def _bench_parser(p: argparse.ArgumentParser, task: str) -> None:
+    p.add_argument("--context", default="4k",
+                   help="context sizes in decoder tokens, comma list with k/m suffixes "
+                        "(1k ... 1m), e.g. 32k,128k,1m")
+    if task == "passkey":
+        p.add_argument("--digits", default="5", help="passkey lengths, comma list (e.g. 3,4,5)")
+    else:
+        p.add_argument("--haystack-dir", required=True,
+                       help="folder of .txt files (e.g. ../shared/data/paul_graham_essays)")
+    p.add_argument("--depths", default="0,25,50,75,100", help="needle depths in percent")
+    p.add_argument("--trials", type=int, default=1 if task == "needle" else 5,
+                   help="trials per cell (passkey: a new random key each)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default=None,
+                   help="a saved LarimarModel folder (default: the trained default model)")
+    p.add_argument("--prefix-words", type=int, default=4,
+                   help="words of a segment's start that make its key")
+    p.add_argument("--no-prefix", action="store_true",
+                   help="ablation: keys from whole segments instead of prefixes")
+    p.add_argument("--max-tokens", type=int, default=64, help="largest segment, decoder tokens")
+    p.add_argument("--k", type=int, default=1,
+                   help="keys read per question (> 1: Gaussian weights)")
+    p.add_argument("--baseline", choices=("memory", "in-context"), default="memory",
+                   help="memory: the Larimar pipeline; in-context: SmolLM2-135M-Instruct with "
+                        "the context in its prompt (truncated beyond 8192 tokens; slow)")
+    p.add_argument("--out", default="longcontext-results",
+                   help="folder for the JSON of every trial and the PNG heatmaps")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .longcontext import bench, tasks
+
+    # check every argument before a model is loaded (minutes for the in-context baseline)
+    try:
+        contexts = tasks.parse_list(args.context, "context", str)
+        contexts = [tasks.parse_context_size(c, "context") for c in contexts]
+        depths = tasks.parse_list(args.depths, "depths", float, 0.0, 100.0)
+        digits = (tasks.parse_list(args.digits, "digits", int, 1, 18)
+                  if args.command == "passkey" else None)
+        for name in ("trials", "prefix_words", "max_tokens", "k"):
+            if getattr(args, name) < 1:
+                raise ValueError(f"{name.replace('_', '-')}: expected an integer >= 1, "
+                                 f"got {getattr(args, name)}")
+        if args.seed < 0:
+            raise ValueError(f"seed: expected an integer >= 0, got {args.seed}")
+        if args.no_prefix and args.baseline != "memory":
+            raise ValueError("no-prefix: only applies to --baseline memory")
+        if args.command == "needle":
+            from pathlib import Path
+            if not Path(args.haystack_dir).is_dir():
+                raise ValueError(f"haystack-dir: not a folder: {args.haystack_dir!r}")
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.threads is not None:
+        import torch
+        torch.set_num_threads(args.threads)
+    system = "in-context" if args.baseline == "in-context" else (
+        "memory-noprefix" if args.no_prefix else "memory")
+    model = None
+    if system != "in-context":
+        try:
+            model = bench.load_larimar(args.model)
+        except (RuntimeError, OSError) as exc:     # no trained model (yet), a bad folder
+            print(f"larimar-ext {args.command}: model: {exc}", file=sys.stderr)
+            return 2
+    common = dict(contexts=contexts, depths=depths, trials=args.trials, seed=args.seed,
+                  system=system, prefix_words=args.prefix_words, max_tokens=args.max_tokens,
+                  k=args.k, out=args.out, progress=not args.no_progress)
+    if args.command == "passkey":
+        result = bench.run_passkey(model, digits=digits, **common)
+    else:
+        result = bench.run_needle(model, args.haystack_dir, **common)
+    _print_summary(result)
+    for f in result.get("files", []):
+        print(f"wrote {f}")
+    return 0
+
+
+def _print_summary(result: dict) -> None:
+    def fmt(v):
+        return "-" if v is None else f"{v:.2f}"
+
+    print(f"\n{result['task']} [{result['system']}]: {len(result['trials'])} trials, "
+          f"{result['seconds']:.0f} s")
+    print("| context | digits | depth | n | accuracy | retrieval@1 | decoding given segment "
+          "| truncated |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in result["summary"]:
+        print(f"| {r['context']:,} | {r['digits'] or '-'} | {r['depth']:g} | {r['n']} | "
+              f"{fmt(r['accuracy'])} | {fmt(r['retrieval_at_1'])} | "
+              f"{fmt(r['decoding_given_segment'])} | {fmt(r['truncated'])} |")
+    cold = [t["ingest"] for t in result["trials"] if t.get("ingest")]
+    if cold:
+        first = cold[0]
+        print(f"first ingest (cold encoder cache): {first['tokens']:,} tokens, "
+              f"{first['tokens_per_s']:,.0f} tokens/s, {first['rows']:,} rows, "
+              f"{first['host_bytes'] / 2**20:.1f} MiB on the host")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,622 @@
+"""LongContextMemory: a context far longer than the decoder's window, held in host memory.
+
+The context is split into segments (one sentence each, at most ``max_tokens`` decoder
+tokens, ``Segmenter``); segment i is stored in a fixed-key ``KeyValueMemory`` on the host
+with key r_i = ``model.encode_keys(first prefix_words words of segment i)`` (H_enc,
+L2-normalised, compared by cosine) and value z_i = ``model.encode(segment i)`` (C). A
+question is answered from one readout: q = encode_keys(the answer prefix cut the same way),
+exact top-k search, z_read = the stored value (k = 1) or the Gaussian-weighted values of the
+top k, moved to the decoder's device, and ``model.complete([answer_prefix], z_read)``.
+
+Only the encoder runs on the model's device, in batches; each finished batch of keys and
+values is copied to the host and written by a background thread while the next batch
+encodes, so the full context never sits on the device.
+
+Ingest cost is kept down three ways:
+- identical segments are encoded once (a segment seen before only raises its count; the
+  passkey filler is five sentences, so a 1M-token passkey context encodes a handful);
+- identical key texts are encoded once, and every segment with that key text is written
+  with the very same key vector, which ``KeyValueMemory`` merges into one row;
+- new segments are sorted by encoder-token length and batched by a padded-token budget
+  (6% padding on the essays, 28% for batches of 64 sorted by characters).
+
+Collisions (documented behaviour). ``KeyValueMemory`` stores a bitwise identical key once,
+with the mean of the values written to it:
+- identical segments: identical key and value; writing them once loses nothing. This is
+  what a 1M-token needle context of repeated essays is made of.
+- distinct segments with the same first ``prefix_words`` words (prefix keys only; with an
+  uncased encoder such as MiniLM, the same words up to case): one row holding the mean of
+  their values (each distinct segment counted once, not by its repetitions). Retrieval
+  finds the row, but the decoder gets a blend; ``rows_shared`` in the stats counts such
+  rows (2.5% of the essays' rows at 4 prefix words, 0.7% at 5; docs/LONGCONTEXT.md).
+- keys from whole segments (``prefix_keys=False``, the paper's "no prefix" ablation):
+  identical keys only come from segments identical to the encoder, so there is no harmful
+  merge; what fails there is the query (a short answer prefix) against keys of whole
+  sentences.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+from .. import _persist
+from ..kv_memory import KeyValueMemory
+from .segment import Segmenter, prefix_text
+
+__all__ = ["LongContextMemory", "IngestStats", "Answer", "EncodingCache"]
+
+_KIND = "larimar_ext.LongContextMemory"
+DEFAULT_PREFIX_WORDS = 4
+DEFAULT_MAX_TOKENS = 64
+
+
+def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _device(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def _host(x: torch.Tensor) -> np.ndarray:
+    """(n, d) tensor on any device -> C-contiguous float32 numpy array on the host."""
+    return np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+
+
+class EncodingCache:
+    """Encodings of texts already seen, shared by the memories it is given to.
+
+    ``keys``: key text -> key (H_enc,) float32; ``values``: segment text -> z (C,) float32.
+    A memory always keeps the keys of its prefixes (so segments sharing a prefix get the
+    bitwise same key vector); a cache with ``keep_values=True`` also keeps values, which lets
+    benchmark trials over the same haystack skip the encoder for texts an earlier trial
+    encoded (the results are the same up to float rounding of a different batch padding).
+    """
+
+    def __init__(self, keep_values: bool = False) -> None:
+        self.keep_values = bool(keep_values)
+        self.keys: Dict[str, np.ndarray] = {}
+        self.values: Dict[str, np.ndarray] = {}
+        self.model_id: Optional[int] = None     # the model the encodings came from
+
+    def nbytes(self) -> int:
+        return (sum(v.nbytes for v in self.keys.values())
+                + sum(v.nbytes for v in self.values.values()))
+
+
+@dataclass
+class IngestStats:
+    """What one ``ingest`` call did. Tokens are decoder tokens; ``seconds`` is wall time
+    from the first text to the last write (segmenting, encoding, host writes)."""
+    texts: int = 0
+    segments: int = 0               # segment instances in the text
+    new_segments: int = 0           # distinct segments not seen before (each encoded once)
+    encoded_keys: int = 0           # key texts run through the encoder
+    encoded_values: int = 0         # segments run through the encoder
+    tokens: int = 0
+    seconds: float = 0.0
+    tokens_per_s: float = 0.0
+    rows: int = 0                   # memory rows after the call
+    host_bytes: int = 0             # KeyValueMemory bytes after the call
+    split_sentences: int = 0        # sentences cut into several segments (cumulative)
+
+    def as_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Answer:
+    """One question: the answer text and how it was found.
+
+    ``rows``/``scores``: the top-k memory rows (k,) and their cosine scores; ``segments``: the
+    distinct segment texts stored in the top-1 row; ``readout``: z_read (C,) on the host."""
+    answer: str
+    answer_prefix: str
+    question: Optional[str]
+    rows: List[int]
+    scores: List[float]
+    segments: List[str]
+    readout: np.ndarray = field(repr=False)
+
+
+class _Writer:
+    """A thread that writes finished batches into the KeyValueMemory while the caller
+    encodes the next ones (KeyValueMemory.add releases the GIL)."""
+
+    def __init__(self, owner: "LongContextMemory") -> None:
+        self.owner = owner
+        self.q: "queue.Queue[Optional[tuple]]" = queue.Queue(maxsize=4)
+        self.error: Optional[BaseException] = None
+        self.thread = threading.Thread(target=self._run, name="larimar-ext-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self.q.get()
+            if item is None:
+                return
+            if self.error is not None:
+                continue                 # drain after a failure
+            try:
+                keys, values, texts = item
+                rows = self.owner._store_for(keys.shape[1], values.shape[1]).add(keys, values)
+                self.owner._record(rows, texts)
+            except BaseException as exc:  # re-raised in the caller's thread by close()
+                self.error = exc
+
+    def put(self, keys: np.ndarray, values: np.ndarray, texts: List[str]) -> None:
+        if self.error is not None:
+            raise self.error
+        self.q.put((keys, values, texts))
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+class LongContextMemory:
+    """A long context in a host fixed-key memory, answered by a Larimar decoder.
+
+    Args:
+        model: a ``LarimarModel`` (or anything with ``encode(texts) -> (n, C)``,
+            ``encode_keys(texts) -> (n, H)``, ``complete(prompts, readouts, max_new_tokens)``,
+            ``tokenizer`` (the decoder's) and ``code_size``). It is put in eval mode.
+        prefix_words: words of a segment's start that make its key (default 4: every answer
+            prefix of 4 or more words matches its segment's key text exactly; see
+            docs/LONGCONTEXT.md for the sweep on the essays).
+        prefix_keys: False keys each segment by its whole text (the paper's "no prefix"
+            ablation); the query is then the whole answer prefix.
+        max_tokens: the largest segment in decoder tokens (longer sentences are cut on
+            word boundaries); default: the model's slot count for a model with
+            decoder-aligned slots (a longer segment would not fit its latent), else 64.
+        batch_size: the most segments in one encoder batch.
+        batch_tokens: padded encoder tokens per batch (segments are sorted by their encoder
+            token count, so a batch of short segments holds more of them).
+        block: distinct new segments gathered before they are sorted by length and encoded.
+        metric: the KeyValueMemory metric ("cosine"; keys are unit vectors, so "ip" ranks
+            the same).
+        cache: an ``EncodingCache`` to share between memories (benchmark trials).
+        progress: show tqdm progress bars by default.
+        pass_question: give ``ask``'s question to ``model.complete(questions=...)`` when
+            the model takes one.
+    """
+
+    def __init__(self, model: Any, *, prefix_words: int = DEFAULT_PREFIX_WORDS,
+                 prefix_keys: bool = True, max_tokens: Optional[int] = None,
+                 batch_size: int = 256, batch_tokens: int = 2048, block: int = 2048,
+                 metric: str = "cosine",
+                 cache: Optional[EncodingCache] = None, progress: bool = False,
+                 pass_question: bool = True) -> None:
+        for attr in ("encode", "encode_keys", "complete"):
+            if not callable(getattr(model, attr, None)):
+                raise ValueError(f"model: expected a LarimarModel with {attr}(), got "
+                                 f"{type(model).__name__}")
+        if getattr(model, "tokenizer", None) is None:
+            raise ValueError("model: needs its decoder tokenizer (LarimarModel(tokenizer=...)); "
+                             "segment sizes and token counts are in decoder tokens")
+        if not isinstance(prefix_keys, bool):
+            raise ValueError(f"prefix_keys: expected True or False, got {prefix_keys!r}")
+        if metric not in ("cosine", "ip", "l2"):
+            raise ValueError(f"metric: expected 'cosine', 'ip' or 'l2', got {metric!r}")
+        if cache is not None and not isinstance(cache, EncodingCache):
+            raise ValueError(f"cache: expected an EncodingCache, got {type(cache).__name__}")
+        self.model = model
+        if hasattr(model, "eval"):
+            model.eval()
+        self.prefix_words = _positive_int(prefix_words, "prefix_words")
+        self.prefix_keys = prefix_keys
+        slots = getattr(getattr(model, "aligner", None), "num_slots", None)
+        if max_tokens is None:
+            max_tokens = slots or DEFAULT_MAX_TOKENS
+        self.max_tokens = _positive_int(max_tokens, "max_tokens")
+        if slots is not None and self.max_tokens > slots:
+            raise ValueError(f"max_tokens: {self.max_tokens} is more than the model's "
+                             f"{slots} slots per segment")
+        self.batch_size = _positive_int(batch_size, "batch_size")
+        self.batch_tokens = _positive_int(batch_tokens, "batch_tokens")
+        self.block = _positive_int(block, "block")
+        self.metric = metric
+        self.progress = bool(progress)
+        self.pass_question = bool(pass_question)
+        try:
+            self._complete_takes_questions = "questions" in inspect.signature(
+                model.complete).parameters
+        except (TypeError, ValueError):
+            self._complete_takes_questions = False
+        if cache is not None:
+            if cache.model_id not in (None, id(model)):
+                raise ValueError("cache: holds encodings of another model")
+            cache.model_id = id(model)
+        self.cache = cache if cache is not None else EncodingCache()
+        self.cache.model_id = id(model)
+        self.segmenter = Segmenter(model.tokenizer, self.max_tokens, block=self.block)
+        self.store: Optional[KeyValueMemory] = None
+        self._count: Dict[str, int] = {}          # segment text -> occurrences
+        self._row_of: Dict[str, int] = {}         # segment text -> memory row
+        self._rows: List[List[str]] = []          # row -> distinct segment texts in it
+        self._lock = threading.Lock()
+        self.totals = IngestStats()
+        self.last: Optional[IngestStats] = None
+
+    # ------------------------------------------------------------------ helpers
+
+    def key_text(self, text: str) -> str:
+        """The text a segment (or an answer prefix) is keyed by: its first
+        ``prefix_words`` words, or all of it without prefix keys."""
+        return prefix_text(text, self.prefix_words if self.prefix_keys else None)
+
+    def _store_for(self, key_dim: int, value_dim: int) -> KeyValueMemory:
+        if self.store is None:
+            self.store = KeyValueMemory(key_dim, value_dim, metric=self.metric)
+        return self.store
+
+    def _record(self, rows: np.ndarray, texts: List[str]) -> None:
+        with self._lock:
+            for r, t in zip(rows.tolist(), texts):
+                while len(self._rows) <= r:
+                    self._rows.append([])
+                self._rows[r].append(t)
+                self._row_of[t] = r
+
+    def _lengths(self, texts: List[str]) -> List[int]:
+        """Encoder tokens of each text (one batched tokenizer call, no padding); character
+        counts when the model has no encoder tokenizer."""
+        tok = getattr(self.model, "encoder_tokenizer", None)
+        if tok is None:
+            return [len(t) // 4 + 1 for t in texts]
+        return [len(x) for x in tok(texts)["input_ids"]]
+
+    def _batches(self, texts: List[str]) -> Iterator[List[str]]:
+        """Batches of texts sorted by encoder-token length, each at most ``batch_size``
+        texts and ``batch_tokens`` padded tokens (sorted by characters, the essays' batches
+        of 64 were 28% padding; by tokens, 6-9%)."""
+        if not texts:
+            return
+        lengths = self._lengths(texts)
+        order = sorted(range(len(texts)), key=lengths.__getitem__)
+        batch: List[str] = []
+        for i in order:
+            # sorted ascending: the newest text is the longest, so it sets the padded width
+            if batch and (len(batch) >= self.batch_size
+                          or (len(batch) + 1) * lengths[i] > self.batch_tokens):
+                yield batch
+                batch = []
+            batch.append(texts[i])
+        yield batch
+
+    @torch.no_grad()
+    def _encode_keys(self, texts: List[str]) -> Dict[str, np.ndarray]:
+        out: Dict[str, np.ndarray] = {}
+        for batch in self._batches(texts):
+            k = _host(self.model.encode_keys(batch, batch_size=len(batch)))
+            out.update(zip(batch, k))
+        return out
+
+    @torch.no_grad()
+    def _encode_values(self, texts: List[str]) -> np.ndarray:
+        return _host(self.model.encode(list(texts)))
+
+    # ------------------------------------------------------------------ ingest
+
+    def ingest(self, texts: Union[str, Iterable[str]], progress: Optional[bool] = None,
+               leave: bool = True, separator: str = "") -> IngestStats:
+        """Add a text, or an iterable of texts, to the memory. Returns this call's
+        ``IngestStats``; ``stats`` holds the running totals.
+
+        An iterable is one stream, consumed once, block by block: its texts are joined with
+        ``separator`` (default "": a file read in pieces is segmented exactly as the whole
+        file; give "\n\n" to keep documents apart, a blank line ends a sentence).
+        ``progress``: a tqdm bar in decoder tokens (default: the memory's ``progress``);
+        ``leave``: keep the bar on screen when done."""
+        if not isinstance(separator, str):
+            raise ValueError(f"separator: expected a string, got {type(separator).__name__}")
+        if isinstance(texts, str):
+            texts = [texts]
+        elif isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Iterable):
+            raise ValueError(f"texts: expected a string or an iterable of strings, got "
+                             f"{type(texts).__name__}")
+        show = self.progress if progress is None else bool(progress)
+        st = IngestStats()
+        t0 = time.perf_counter()
+        bar = None
+        if show:
+            from tqdm.auto import tqdm
+            bar = tqdm(desc="ingest", unit="tok", unit_scale=True, dynamic_ncols=True, leave=leave)
+
+        def counted(it: Iterable[str]) -> Iterator[str]:
+            for t in it:
+                if not isinstance(t, str):
+                    raise ValueError(f"texts: expected strings, got {type(t).__name__}")
+                st.texts += 1
+                yield t
+
+        writer = _Writer(self)
+        pending: List[str] = []
+        pending_tokens = 0
+        try:
+            for seg, ntok in self.segmenter.segments(counted(texts), separator):
+                st.segments += 1
+                st.tokens += ntok
+                pending_tokens += ntok
+                if seg in self._count:
+                    self._count[seg] += 1
+                    continue
+                self._count[seg] = 1
+                pending.append(seg)
+                if len(pending) >= self.block:
+                    self._flush(pending, writer, st)
+                    pending = []
+                    if bar is not None:
+                        bar.update(pending_tokens)
+                        pending_tokens = 0
+            if pending:
+                self._flush(pending, writer, st)
+        except BaseException:
+            try:
+                writer.close()
+            except BaseException:
+                pass
+            raise
+        finally:
+            if bar is not None:
+                bar.update(pending_tokens)
+                bar.close()
+        writer.close()
+        st.seconds = time.perf_counter() - t0
+        st.tokens_per_s = st.tokens / st.seconds if st.seconds > 0 else 0.0
+        st.rows = len(self.store) if self.store is not None else 0
+        st.host_bytes = self.store.nbytes if self.store is not None else 0
+        st.split_sentences = self.segmenter.split_sentences
+        t = self.totals
+        for name in ("texts", "segments", "new_segments", "encoded_keys", "encoded_values",
+                     "tokens", "seconds"):
+            setattr(t, name, getattr(t, name) + getattr(st, name))
+        t.tokens_per_s = t.tokens / t.seconds if t.seconds > 0 else 0.0
+        t.rows, t.host_bytes, t.split_sentences = st.rows, st.host_bytes, st.split_sentences
+        self.last = st
+        return st
+
+    def _flush(self, segs: List[str], writer: _Writer, st: IngestStats) -> None:
+        """Encode a block of distinct new segments and hand its batches to the writer."""
+        st.new_segments += len(segs)
+        cache = self.cache
+        key_texts = {s: self.key_text(s) for s in segs}
+        need = [kt for kt in dict.fromkeys(key_texts.values()) if kt not in cache.keys]
+        block_keys = self._encode_keys(need)
+        if self.prefix_keys or cache.keep_values:
+            # whole-segment keys repeat only with their segment, which is never encoded
+            # twice, so a memory of its own keeps only prefix keys
+            cache.keys.update(block_keys)
+        st.encoded_keys += len(need)
+
+        def key(kt: str) -> np.ndarray:
+            v = block_keys.get(kt)
+            return v if v is not None else cache.keys[kt]
+
+        for batch in self._batches(segs):
+            todo = [s for s in batch if s not in cache.values]
+            if todo:
+                z = self._encode_values(todo)
+                st.encoded_values += len(todo)
+                fresh = dict(zip(todo, z))
+                if cache.keep_values:
+                    cache.values.update(fresh)
+            else:
+                fresh = {}
+            values = np.stack([fresh[s] if s in fresh else cache.values[s] for s in batch])
+            keys = np.stack([key(key_texts[s]) for s in batch])
+            writer.put(keys, values, batch)
+
+    # ------------------------------------------------------------------ read
+
+    def _query(self, answer_prefix: str) -> np.ndarray:
+        if not isinstance(answer_prefix, str) or not answer_prefix.strip():
+            raise ValueError(f"answer_prefix: expected a non-empty string, got {answer_prefix!r}")
+        if self.store is None or len(self.store) == 0:
+            raise RuntimeError("nothing ingested: call ingest() first")
+        with torch.no_grad():
+            return _host(self.model.encode_keys([self.key_text(" ".join(answer_prefix.split()))]))
+
+    def retrieve(self, answer_prefix: str, k: int = 1) -> Tuple[List[int], List[float]]:
+        """The top-k memory rows for an answer prefix and their scores (best first)."""
+        q = self._query(answer_prefix)
+        k = _positive_int(k, "k")
+        if k > len(self.store):
+            raise ValueError(f"k: expected at most the {len(self.store)} stored rows, got {k}")
+        rows, scores = self.store.search(q, k)
+        return rows[0].tolist(), scores[0].tolist()
+
+    def segments_of(self, row: int) -> List[str]:
+        """The distinct segment texts stored in a memory row."""
+        return list(self._rows[row])
+
+    def row_of(self, segment: str) -> Optional[int]:
+        """The memory row holding a segment text (None when it was never ingested)."""
+        return self._row_of.get(segment)
+
+    def readout_of(self, segment: str) -> np.ndarray:
+        """The stored value (C,) of the row holding ``segment``: what the decoder gets when
+        retrieval finds that segment (used to score decoding apart from retrieval)."""
+        row = self._row_of.get(segment)
+        if row is None:
+            raise ValueError(f"segment: not in the memory: {segment[:80]!r}")
+        kt = self.key_text(segment)
+        key = self.cache.keys.get(kt)
+        if key is None:
+            with torch.no_grad():
+                key = _host(self.model.encode_keys([kt]))[0]
+        # the row's own key is its nearest neighbour (cosine 1; identical keys are one row)
+        return self.store.read(key[None], 1)[0]
+
+    def decode(self, answer_prefix: str, readout: Union[np.ndarray, torch.Tensor],
+               max_new_tokens: int = 16, question: Optional[str] = None) -> str:
+        """The decoder's continuation of ``answer_prefix`` conditioned on readout (C,).
+        ``question`` goes to ``model.complete(questions=...)`` when the model takes one (a
+        prompt template with a question slot) and ``pass_question`` is on."""
+        max_new_tokens = _positive_int(max_new_tokens, "max_new_tokens")
+        r = torch.as_tensor(np.asarray(readout, dtype=np.float32)).reshape(1, -1)
+        if isinstance(self.model, torch.nn.Module) and hasattr(self.model, "decoder"):
+            r = r.to(_device(self.model.decoder))       # only z_read crosses to the device
+        kw: Dict[str, Any] = {}
+        if question is not None and self.pass_question and self._complete_takes_questions:
+            kw["questions"] = [question]
+        out = self.model.complete([answer_prefix], r, max_new_tokens=max_new_tokens, **kw)
+        return out[0].strip()
+
+    def ask_trace(self, answer_prefix: str, question: Optional[str] = None, *, k: int = 1,
+                  alpha: Optional[float] = None, max_new_tokens: int = 16) -> Answer:
+        """``ask`` with the rows, scores and segments it read.
+
+        k = 1 reads the best row's value; k > 1 the Gaussian-weighted values of the top k
+        (``alpha``, default 1e-3 as in Larimar; alpha -> 0 is the one-hot limit)."""
+        if question is not None and not isinstance(question, str):
+            raise ValueError(f"question: expected a string or None, got {type(question).__name__}")
+        q = self._query(answer_prefix)
+        k = _positive_int(k, "k")
+        if k > len(self.store):
+            raise ValueError(f"k: expected at most the {len(self.store)} stored rows, got {k}")
+        if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))
+                                  or not np.isfinite(alpha) or alpha <= 0):
+            raise ValueError(f"alpha: expected a finite number > 0, got {alpha!r}")
+        rows, scores = self.store.search(q, k)
+        if k == 1:
+            readout = self.store.read(q, 1)[0]
+        else:
+            readout = self.store.read(q, k, 1e-3 if alpha is None else float(alpha))[0]
+        answer = self.decode(answer_prefix, readout, max_new_tokens, question)
+        top = int(rows[0, 0])
+        return Answer(answer=answer, answer_prefix=answer_prefix, question=question,
+                      rows=rows[0].tolist(), scores=scores[0].tolist(),
+                      segments=self.segments_of(top), readout=readout)
+
+    def ask(self, answer_prefix: str, question: Optional[str] = None, *, k: int = 1,
+            alpha: Optional[float] = None, max_new_tokens: int = 16) -> str:
+        """Answer from memory: the decoder's greedy continuation of ``answer_prefix`` (e.g.
+        "The pass key is") conditioned on the readout for that prefix.
+
+        Retrieval keys on the answer prefix only; ``question`` (e.g. "What is the pass
+        key?") is handed to the decoder when its ``complete`` takes ``questions`` (a prompt
+        template with a question slot) and ``pass_question`` is on, else only kept in the
+        trace."""
+        return self.ask_trace(answer_prefix, question, k=k, alpha=alpha,
+                              max_new_tokens=max_new_tokens).answer
+
+    # ------------------------------------------------------------------ stats, persistence
+
+    @property
+    def stats(self) -> Dict[str, Any]:
+        """Running totals: segments, distinct segments, rows, rows shared by distinct
+        segments, decoder tokens, host bytes, ingest seconds and tokens/s."""
+        t = self.totals
+        return {"segments": t.segments, "unique_segments": len(self._count),
+                "rows": len(self.store) if self.store is not None else 0,
+                "rows_shared": sum(len(r) > 1 for r in self._rows),
+                "tokens": t.tokens,
+                "host_bytes": self.store.nbytes if self.store is not None else 0,
+                "ingest_seconds": t.seconds, "ingest_tokens_per_s": t.tokens_per_s,
+                "encoded_keys": t.encoded_keys, "encoded_values": t.encoded_values,
+                "split_sentences": self.segmenter.split_sentences,
+                "prefix_words": self.prefix_words if self.prefix_keys else None,
+                "max_tokens": self.max_tokens}
+
+    def __len__(self) -> int:
+        return len(self.store) if self.store is not None else 0
+
+    def save(self, path: Union[str, os.PathLike]) -> None:
+        """Write the ingested memory to the folder ``path``: ``memory.safetensors`` (the
+        KeyValueMemory) and ``segments.safetensors`` (the segment texts of every row, their
+        counts and this memory's configuration). Each file is written atomically."""
+        if self.store is None:
+            raise ValueError("path: nothing to save, call ingest() first")
+        folder = Path(path)
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"path: {str(path)!r} exists and is not a folder")
+        folder.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            texts = [t for row in self._rows for t in row]
+            rows = [r for r, row in enumerate(self._rows) for _ in row]
+        encoded = [t.encode("utf-8") for t in texts]
+        offsets = np.zeros(len(encoded) + 1, np.int64)
+        np.cumsum([len(b) for b in encoded], out=offsets[1:])
+        blob = np.frombuffer(b"".join(encoded), np.uint8) if encoded else np.zeros(0, np.uint8)
+        config = {"prefix_words": self.prefix_words, "prefix_keys": self.prefix_keys,
+                  "max_tokens": self.max_tokens, "metric": self.metric,
+                  "rows": len(self.store), "texts": len(texts),
+                  "totals": self.totals.as_dict()}
+        arrays = {"text_bytes": blob.copy(), "text_offsets": offsets,
+                  "text_rows": np.asarray(rows, np.int64),
+                  "text_counts": np.asarray([self._count.get(t, 1) for t in texts], np.int64)}
+        self.store.save(folder / "memory.safetensors")
+        _persist.save(folder / "segments.safetensors", _KIND, config, arrays)
+
+    def load(self, path: Union[str, os.PathLike]) -> "LongContextMemory":
+        """Replace this memory's contents by a folder written by ``save``; its
+        configuration (prefix words, prefix keys, max tokens, metric) is adopted. Returns
+        self, so ``LongContextMemory(model).load(path)`` works."""
+        folder = Path(path)
+        if not folder.is_dir():
+            raise ValueError(f"path: not a folder written by LongContextMemory.save: {str(path)!r}")
+        config, arrays = _persist.load(folder / "segments.safetensors", _KIND)
+        store = KeyValueMemory.load(folder / "memory.safetensors")
+        try:
+            n_rows, n_texts = int(config["rows"]), int(config["texts"])
+            offsets, blob = arrays["text_offsets"], arrays["text_bytes"]
+            rows, counts = arrays["text_rows"], arrays["text_counts"]
+            ok = (len(store) == n_rows and offsets.shape == (n_texts + 1,)
+                  and rows.shape == counts.shape == (n_texts,) and offsets[0] == 0
+                  and offsets[-1] == blob.size and np.all(np.diff(offsets) >= 0)
+                  and (n_texts == 0 or (rows.min() >= 0 and rows.max() < n_rows)))
+            prefix_words = _positive_int(config["prefix_words"], "prefix_words")
+            max_tokens = _positive_int(config["max_tokens"], "max_tokens")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"path: {str(path)!r} has an invalid segments file ({exc})") from exc
+        if not ok:
+            raise ValueError(f"path: {str(path)!r}: segments file and memory do not match")
+        if store.value_dim != getattr(self.model, "code_size", store.value_dim):
+            raise ValueError(f"path: {str(path)!r} holds values of size {store.value_dim}, "
+                             f"the model's code size is {self.model.code_size}")
+        data = blob.tobytes()
+        texts = [data[offsets[i]:offsets[i + 1]].decode("utf-8") for i in range(n_texts)]
+        self.prefix_words, self.prefix_keys = prefix_words, bool(config["prefix_keys"])
+        self.max_tokens, self.metric = max_tokens, store.metric
+        self.segmenter = Segmenter(self.model.tokenizer, self.max_tokens, block=self.block)
+        self.store = store
+        self._rows = [[] for _ in range(n_rows)]
+        self._row_of, self._count = {}, {}
+        for t, r, c in zip(texts, rows.tolist(), counts.tolist()):
+            self._rows[r].append(t)
+            self._row_of[t] = r
+            self._count[t] = int(c)
+        # the keys of the stored prefixes, bitwise as stored: a new segment with a known
+        # prefix must land in the same row
+        self.cache = EncodingCache(self.cache.keep_values)
+        self.cache.model_id = id(self.model)
+        if n_rows:
+            keys = store.keys
+            for r, row in enumerate(self._rows):
+                for t in row:
+                    self.cache.keys.setdefault(self.key_text(t), keys[r])
+        totals = config.get("totals") or {}
+        self.totals = IngestStats(**{k: v for k, v in totals.items()
+                                     if k in IngestStats.__dataclass_fields__})
+        self.last = None
+        return self
+
+    def __repr__(self) -> str:
+        mode = f"prefix_words={self.prefix_words}" if self.prefix_keys else "prefix_keys=False"
+        return (f"LongContextMemory({mode}, max_tokens={self.max_tokens}, rows={len(self)}, "
+                f"segments={self.totals.segments}, tokens={self.totals.tokens})")
