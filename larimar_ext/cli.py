@@ -72,7 +72,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                            ("needle", "needle in a haystack of .txt files through the host "
                                       "memory")):
         _bench_parser(sub.add_parser(name, help=helptext, description=helptext), name)
+    from .training import evaluate as _evaluate, train as _train   # no torch import here
+    _train.add_arguments(sub.add_parser("train", help="train a Larimar model (default recipe)",
+                                        description=_train.__doc__.split("\n")[0]))
+    _evaluate.add_arguments(sub.add_parser("evaluate", help="reconstruction accuracy of a model",
+                                           description=_evaluate.__doc__.split("\n")[0]))
     args = parser.parse_args(argv)
+    if args.command == "train":
+        print(f"saved {_train.train(args)}")
+        return 0
+    if args.command == "evaluate":
+        print(json.dumps(_evaluate.run(args), indent=2))
+        return 0
     if args.command == "info":
         print(json.dumps(info(), indent=2))
         return 0

@@ -16,8 +16,6 @@ import random
 import re
 from typing import Optional
 
-import torch
-
 from .data import generated_sentences, is_held_out
 
 __all__ = ["number_sentences", "evaluate_reconstruction"]
@@ -49,9 +47,10 @@ def _first_number(text: str) -> Optional[str]:
     return m.group(0) if m else None
 
 
-@torch.no_grad()
-def _readouts(model, texts: list[str], episode_size: int) -> torch.Tensor:
+def _readouts(model, texts: list[str], episode_size: int):
     """Write ``texts`` episode by episode to the host memory; readouts (n, C)."""
+    import torch
+
     out = []
     for i in range(0, len(texts), episode_size):
         episode = texts[i:i + episode_size]
@@ -60,11 +59,19 @@ def _readouts(model, texts: list[str], episode_size: int) -> torch.Tensor:
     return torch.cat(out)
 
 
-@torch.no_grad()
 def evaluate_reconstruction(model, digits=(3, 4, 5), n_per_digit: int = 64,
                             real_sentences: Optional[list[str]] = None, episode_size: int = 16,
                             decoder: bool = True, batch_size: int = 16, seed: int = 1234) -> dict:
     """Exact-match rates of numbers (per digit count) and whole sentences; see module doc."""
+    import torch
+
+    with torch.no_grad():
+        return _evaluate(model, digits, n_per_digit, real_sentences, episode_size, decoder,
+                         batch_size, seed)
+
+
+def _evaluate(model, digits, n_per_digit, real_sentences, episode_size, decoder, batch_size,
+              seed) -> dict:
     tok = model.tokenizer
     results: dict = {"episode_size": episode_size}
     was_training = model.training

@@ -23,8 +23,6 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-import torch
-
 __all__ = ["add_arguments", "train"]
 
 
@@ -62,14 +60,22 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
 
 
 def _atomic_save(obj, path: Path) -> None:
+    import torch
+
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
 
 
-@torch.no_grad()
 def _quick_eval(model, texts: list[str], episode_size: int) -> dict:
     """Token and sentence exact match of slot decoding, through the differentiable memory."""
+    import torch
+
+    with torch.no_grad():
+        return _slot_accuracy(model, texts, episode_size)
+
+
+def _slot_accuracy(model, texts: list[str], episode_size: int) -> dict:
     model.eval()
     tok = model.tokenizer
     n = len(texts) - len(texts) % episode_size
@@ -88,6 +94,7 @@ def _quick_eval(model, texts: list[str], episode_size: int) -> dict:
 
 
 def train(args: argparse.Namespace) -> Path:
+    import torch
     from tqdm import tqdm
 
     from ..model.pretrained import build_model
