@@ -30,19 +30,22 @@ def _t(x: Tensor) -> Tensor:
 def _pinv(a: Tensor) -> Tensor:
     """A^+ for a (..., m, n) tensor: the kernel's rank-revealing pseudo-inverse on CPU."""
     if a.device.type == "cpu" and a.dim() in (2, 3):
-        eye = torch.eye(a.shape[-1], dtype=a.dtype).expand(*a.shape[:-2], -1, -1).contiguous()
-        return ops.pinv_address(eye, a.contiguous())  # I A^+ = A^+, (..., n, m)
+        # I_m (A^T)^+ = (A^+)^T: the identity is m x m (m = K rows, small), never n x n
+        # (n = C, the code size, can be thousands)
+        eye = torch.eye(a.shape[-2], dtype=a.dtype).expand(*a.shape[:-2], -1, -1).contiguous()
+        return _t(ops.pinv_address(eye, _t(a).contiguous()))
     return torch.linalg.pinv(a)
 
 
 def _pinv_backward(a: Tensor, p: Tensor, x: Tensor) -> Tensor:
-    """dL/dA for P = A^+ given X = dL/dP (Golub-Pereyra)."""
+    """dL/dA for P = A^+ given X = dL/dP (Golub-Pereyra), A (m, n). Products are grouped so
+    that no n x n matrix is formed (n = C can be thousands, m = K or N is small)."""
     pt = _t(p)
     eye_m = torch.eye(a.shape[-2], dtype=a.dtype, device=a.device)
-    eye_n = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+    b = pt @ p @ _t(x)                                   # (m, n)
     return (-pt @ x @ pt
             + (eye_m - a @ p) @ _t(x) @ p @ pt
-            + pt @ p @ _t(x) @ (eye_n - p @ a))
+            + b - (b @ p) @ a)
 
 
 # ----------------------------------------------------------------------------- lstsq_write
