@@ -195,3 +195,47 @@ def test_overfit_slots_reproduce_every_sentence_from_its_readout(toks):
     model.write(SENTENCES[:8])
     got = model.slot_tokens(model.read(SENTENCES[:8]))
     assert got == want[:8]
+
+
+def make_token_code_model(toks, c2, snap=False, seed=0):
+    enc_tok, dec_tok = toks
+    base = make_aligned_model(toks, seed=seed)
+    pooler = AlignedPooler(32, P, C_SLOT, 64, token_size=64, token_code_size=c2)
+    prefix = SlotPrefix(P, C_SLOT, 64, 64, token_code_size=c2)
+    prefix.init_token_code(*pooler.init_token_code(base.decoder.get_input_embeddings().weight))
+    return LarimarModel(base.encoder, base.decoder, 32, P * (C_SLOT + c2), tokenizer=dec_tok,
+                        encoder_tokenizer=enc_tok, embedding_path=False, memory_path=False,
+                        pooler=pooler, prefix=prefix, aligner=base.aligner, prefix_snap=snap,
+                        prompt_template=("[EOS]", "[EOS]"))
+
+
+def test_token_code_reads_every_token_back_before_training(toks):
+    """The principal directions of the decoder's embeddings as the token code: with as many
+    directions as the vocabulary has, every slot decodes to its token at initialisation."""
+    V = len(toks[1])
+    model = make_token_code_model(toks, c2=V).eval()
+    seg = model.aligner(SENTENCES)
+    want = [seg.target_ids[i][seg.live[i]].tolist() for i in range(len(SENTENCES))]
+    model.write(SENTENCES)
+    assert model.slot_tokens(model.read(SENTENCES)) == want
+    # too few directions lose tokens: the code size matters
+    small = make_token_code_model(toks, c2=2).eval()
+    assert small.slot_tokens(small.encode(SENTENCES).detach()) != want
+    with pytest.raises(ValueError, match="token_code_size"):
+        AlignedPooler(32, P, C_SLOT, token_code_size=4)
+
+
+def test_snap_feeds_exact_embedding_rows_at_inference_only(toks):
+    model = make_token_code_model(toks, c2=len(toks[1]), snap=True)
+    table = model.decoder.get_input_embeddings().weight
+    z = model.encode(SENTENCES[:2]).detach()
+    prompt = model.tokenizer(["order", "order"], add_special_tokens=False, return_tensors="pt")
+    model.eval()
+    embeds, mask, lead = model._prefix_inputs(prompt["input_ids"], z, None)
+    soft = embeds[:, lead - P:lead]
+    rows = (soft.unsqueeze(2) == table.unsqueeze(0).unsqueeze(0)).all(-1).any(-1)
+    assert rows.all()                      # every position is exactly some embedding row
+    model.train()
+    embeds, _, _ = model._prefix_inputs(prompt["input_ids"], z, None)
+    soft = embeds[:, lead - P:lead]
+    assert not (soft.unsqueeze(2) == table.unsqueeze(0).unsqueeze(0)).all(-1).any(-1).all()

@@ -75,6 +75,8 @@ class LarimarModel(nn.Module):
         prefix: a ``SlotPrefix``: the decoder reads z's slots as soft tokens (needs an
             ``AlignedPooler`` and ``aligner``).
         aligner: the ``SlotAligner`` that tokenises texts for an ``AlignedPooler``.
+        prefix_snap: at inference, replace each soft token by its nearest decoder
+            embedding (``SlotPrefix.forward``); training always uses the soft tokens.
         prompt_template: (before, after) text around the soft tokens in ``complete``;
             ``after`` may hold ``{question}``. Default: the decoder's chat turn, where a
             small instruct model reads its context best.
@@ -88,7 +90,8 @@ class LarimarModel(nn.Module):
                  embedding_path: bool = True, memory_path: bool = True,
                  dummy_token_id: Optional[int] = None, pooler: Any = "mean",
                  prefix: Optional[SlotPrefix] = None, aligner: Any = None,
-                 prompt_template: Optional[tuple[str, str]] = None) -> None:
+                 prompt_template: Optional[tuple[str, str]] = None,
+                 prefix_snap: bool = False) -> None:
         super().__init__()
         if not (embedding_path or memory_path or prefix is not None):
             raise ValueError("at least one of embedding_path, memory_path and prefix must be on")
@@ -124,6 +127,7 @@ class LarimarModel(nn.Module):
         self.aligner = aligner
         self.prefix = prefix
         self.prompt_template = prompt_template
+        self.prefix_snap = bool(prefix_snap)
         self.geometry = DecoderGeometry(decoder.config)
         # M0, the learned prior memory (K, C); rows of unit expected norm
         self.prior = nn.Parameter(torch.randn(self.memory_size, self.code_size)
@@ -326,7 +330,8 @@ class LarimarModel(nn.Module):
         embed = self.decoder.get_input_embeddings()
         b = input_ids.shape[0]
         before = torch.tensor(self._template_ids(0), dtype=torch.long, device=input_ids.device)
-        soft, live = self.prefix(readout)
+        table = embed.weight if self.prefix_snap and not self.training else None
+        soft, live = self.prefix(readout, table)
         parts = [embed(before).unsqueeze(0).expand(b, -1, -1), soft.to(embed.weight.dtype),
                  embed(input_ids)]
         if attention_mask is None:

@@ -40,6 +40,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "prefix_ffn": 1024,
     "trainable_encoder_layers": 0,
     "slot_token_embeddings": True,  # slots also see the decoder's embedding of their token
+    "token_code_size": 192,         # + a PCA-initialised code of that embedding per slot
+    "prefix_snap": True,            # the decoder reads the nearest real tokens
     "observation_noise": 0.0,
     # the decoder is an instruct model: it reads the soft tokens as a user turn
     "prompt_template": ["<|im_start|>user\n", "\n{question}<|im_end|>\n<|im_start|>assistant\n"],
@@ -51,8 +53,8 @@ def default_model_dir() -> Path:
     return Path(__file__).with_name("default")
 
 
-def build_model(config: Optional[dict[str, Any]] = None, dtype: Optional[torch.dtype] = None
-                ) -> LarimarModel:
+def build_model(config: Optional[dict[str, Any]] = None, dtype: Optional[torch.dtype] = None,
+                init: bool = True) -> LarimarModel:
     """A (freshly initialised) prefix-path LarimarModel from a config (default
     ``DEFAULT_CONFIG``): encoder and decoder frozen, except the top
     ``trainable_encoder_layers`` encoder layers."""
@@ -73,17 +75,25 @@ def build_model(config: Optional[dict[str, Any]] = None, dtype: Optional[torch.d
     for layer in list(layers)[len(layers) - n_train:]:
         for p in layer.parameters():
             p.requires_grad_(True)
-    hidden = int(encoder.config.hidden_size)
-    P, c = int(cfg["num_slots"]), int(cfg["slot_size"])
+    hidden, dec_hidden = int(encoder.config.hidden_size), int(decoder.config.hidden_size)
+    P, c, c2 = int(cfg["num_slots"]), int(cfg["slot_size"]), int(cfg["token_code_size"])
+    pooler = AlignedPooler(hidden, P, c, int(cfg["pooler_ffn"]),
+                           token_size=dec_hidden if cfg["slot_token_embeddings"] or c2 else None,
+                           token_code_size=c2)
+    prefix = SlotPrefix(P, c, dec_hidden, int(cfg["prefix_ffn"]), token_code_size=c2)
+    if c2:
+        if init:
+            prefix.init_token_code(*pooler.init_token_code(decoder.get_input_embeddings().weight))
+        # the principal directions stay fixed: training sees the frequent tokens, and moving
+        # the code for them would move it away from the rare ones it never sees
+        for p in list(pooler.token_code.parameters()) + list(prefix.up.parameters()):
+            p.requires_grad_(False)
     model = LarimarModel(
-        encoder, decoder, memory_size=int(cfg["memory_size"]), code_size=P * c,
+        encoder, decoder, memory_size=int(cfg["memory_size"]), code_size=P * (c + c2),
         tokenizer=dec_tok, encoder_tokenizer=enc_tok,
         observation_noise=float(cfg["observation_noise"]),
         embedding_path=False, memory_path=False,
-        pooler=AlignedPooler(hidden, P, c, int(cfg["pooler_ffn"]),
-                             token_size=(int(decoder.config.hidden_size)
-                                         if cfg["slot_token_embeddings"] else None)),
-        prefix=SlotPrefix(P, c, int(decoder.config.hidden_size), int(cfg["prefix_ffn"])),
+        pooler=pooler, prefix=prefix, prefix_snap=bool(cfg["prefix_snap"]),
         aligner=SlotAligner(enc_tok, dec_tok, P),
         prompt_template=tuple(cfg["prompt_template"]))
     model.build_config = cfg
@@ -141,7 +151,7 @@ def from_pretrained(path: Union[str, Path, None] = None, device: Union[str, torc
     except ValueError as exc:
         raise ValueError(f"{config_file}: not JSON ({exc})") from None
     known = {k: v for k, v in cfg.items() if k in DEFAULT_CONFIG}
-    model = build_model(known, dtype=dtype)
+    model = build_model(known, dtype=dtype, init=False)
     model.build_config = cfg   # keep the notes (training figures) with the model
     state = load_file(str(weights_file))
     params = dict(model.named_parameters())
