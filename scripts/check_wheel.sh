@@ -151,6 +151,9 @@ libs = [n for n in names if n.startswith("larimar_ext.libs/") and not n.endswith
 assert libs == gomp, f"unexpected vendored libraries: {libs}"
 core = [n for n in names if re.fullmatch(r"larimar_ext/_core\..*\.so", n)]
 assert len(core) == 1, core
+# the trained default model ships inside the package (LarimarModel.from_pretrained())
+for f in ("config.json", "model.safetensors"):
+    assert f"larimar_ext/model/default/{f}" in names, f"default model file {f} not in the wheel"
 elf = ELFFile(io.BytesIO(z.read(core[0])))
 dyn = elf.get_section_by_name(".dynamic")
 needed = [t.needed for t in dyn.iter_tags() if t.entry.d_tag == "DT_NEEDED"]
