@@ -98,4 +98,4 @@ def test_train_command_trains_resumes_and_saves(tmp_path):
     assert "eval_token_acc" in evals[1]
     model = LarimarModel.from_pretrained(out / "model")
     assert json.loads((out / "model" / "config.json").read_text())["training"]["steps"] == 3
-    assert model.code_size == 32 * 32
+    assert model.code_size == 32 * (32 + 192)   # slots x (context part + token code)

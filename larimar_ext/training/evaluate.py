@@ -6,7 +6,8 @@ Episodes of ``episode_size`` held-out segments are written to the host ``Episodi
 latent as the query, and the readout is decoded two ways:
 - ``slots``: the decoder tokens the readout's slots stand for (nearest input embedding);
 - ``decoder``: the frozen decoder generates from the readout (soft tokens in its chat turn),
-  prompted with the sentence's words before the number, so the number is generated.
+  prompted with the sentence's words before the number (number sentences) or with its
+  first ``prompt_words`` words (whole sentences), and must generate the rest exactly.
 Scores: exact match of the embedded number (by digit count) and of the whole sentence.
 """
 
@@ -101,12 +102,16 @@ def _evaluate(model, digits, n_per_digit, real_sentences, episode_size, decoder,
             row = {"n": len(texts),
                    "slots_sentence": sum(t == s for t, s in zip(slot_text, texts)) / len(texts)}
             if decoder:
+                prompts = [" ".join(s.split()[:3]) for s in texts]
                 got = []
                 for i in range(0, len(texts), batch_size):
-                    got += model.complete([""] * len(texts[i:i + batch_size]), z[i:i + batch_size],
+                    got += model.complete(prompts[i:i + batch_size], z[i:i + batch_size],
                                           max_new_tokens=48)
-                row["decoder_sentence"] = sum(g.strip() == s for g, s in zip(got, texts)) / len(texts)
-                row["examples"] = [[s, g] for s, g in list(zip(texts, got))[:3]]
+                # the continuation must be the sentence's rest, up to where the decoder stops
+                full = [p + g for p, g in zip(prompts, got)]
+                row["decoder_sentence"] = sum(f.split("\n")[0].strip() == s
+                                              for f, s in zip(full, texts)) / len(texts)
+                row["examples"] = [[s, f] for s, f in list(zip(texts, full))[:3]]
             results["sentences"] = row
     finally:
         model.train(was_training)
