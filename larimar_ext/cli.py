@@ -111,7 +111,9 @@ def _bench_parser(p: argparse.ArgumentParser, task: str) -> None:
                    help="words of a segment's start that make its key")
     p.add_argument("--no-prefix", action="store_true",
                    help="ablation: keys from whole segments instead of prefixes")
-    p.add_argument("--max-tokens", type=int, default=64, help="largest segment, decoder tokens")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="largest segment, decoder tokens (default: the model's slots per "
+                        "segment, 32 for the default model; 64 for other models)")
     p.add_argument("--k", type=int, default=1,
                    help="keys read per question (> 1: Gaussian weights)")
     p.add_argument("--baseline", choices=("memory", "in-context"), default="memory",
@@ -134,7 +136,7 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         digits = (tasks.parse_list(args.digits, "digits", int, 1, 18)
                   if args.command == "passkey" else None)
         for name in ("trials", "prefix_words", "max_tokens", "k"):
-            if getattr(args, name) < 1:
+            if getattr(args, name) is not None and getattr(args, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')}: expected an integer >= 1, "
                                  f"got {getattr(args, name)}")
         if args.seed < 0:

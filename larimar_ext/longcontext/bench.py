@@ -83,7 +83,7 @@ def _score(ctx: tasks.Context, answer: str) -> Dict[str, Any]:
 
 
 class _MemorySystem:
-    def __init__(self, model: Any, prefix_keys: bool, prefix_words: int, max_tokens: int,
+    def __init__(self, model: Any, prefix_keys: bool, prefix_words: int, max_tokens: Optional[int],
                  k: int, progress: bool) -> None:
         from .memory import EncodingCache, LongContextMemory
         self.model, self.k = model, k
@@ -135,7 +135,7 @@ class _InContextSystem:
                 "ask_seconds": r["seconds"]}
 
 
-def _system(system: str, model: Any, baseline: Any, prefix_words: int, max_tokens: int,
+def _system(system: str, model: Any, baseline: Any, prefix_words: int, max_tokens: Optional[int],
             k: int, progress: bool):
     if system not in SYSTEMS:
         raise ValueError(f"system: expected one of {SYSTEMS}, got {system!r}")
@@ -315,7 +315,7 @@ def _json_default(o: Any) -> Any:
 
 
 def _common(contexts: Any, depths: Any, trials: int, seed: int, k: int,
-            prefix_words: int, max_tokens: int) -> Tuple[List[int], List[float]]:
+            prefix_words: int, max_tokens: Optional[int]) -> Tuple[List[int], List[float]]:
     if isinstance(contexts, (str, int)):
         contexts = str(contexts).split(",") if isinstance(contexts, str) else [contexts]
     ctx = [tasks.parse_context_size(c, "contexts") for c in contexts]
@@ -324,6 +324,8 @@ def _common(contexts: Any, depths: Any, trials: int, seed: int, k: int,
     dep = tasks.parse_list(depths, "depths", float, 0.0, 100.0)
     for name, v in (("trials", trials), ("k", k), ("prefix_words", prefix_words),
                     ("max_tokens", max_tokens)):
+        if v is None and name == "max_tokens":
+            continue                         # the model's slot count (LongContextMemory)
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name}: expected an integer >= 1, got {v!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -334,7 +336,7 @@ def _common(contexts: Any, depths: Any, trials: int, seed: int, k: int,
 def run_passkey(model: Any = None, contexts: Any = "4k", digits: Any = (5,),
                 depths: Any = (0, 25, 50, 75, 100), trials: int = 1, seed: int = 0, *,
                 system: str = "memory", baseline: Any = None, prefix_words: int = 4,
-                max_tokens: int = 64, k: int = 1, out: Optional[Union[str, Path]] = None,
+                max_tokens: Optional[int] = None, k: int = 1, out: Optional[Union[str, Path]] = None,
                 progress: bool = True, tokenizer: Any = None,
                 name: Optional[str] = None) -> Dict[str, Any]:
     """Passkey retrieval over contexts x digits x depths x trials (see the module doc).
@@ -368,7 +370,7 @@ def run_passkey(model: Any = None, contexts: Any = "4k", digits: Any = (5,),
 def run_needle(model: Any = None, haystack_dir: Union[str, Path, None] = None,
                contexts: Any = "4k", depths: Any = (0, 25, 50, 75, 100), trials: int = 1,
                seed: int = 0, *, system: str = "memory", baseline: Any = None,
-               prefix_words: int = 4, max_tokens: int = 64, k: int = 1,
+               prefix_words: int = 4, max_tokens: Optional[int] = None, k: int = 1,
                out: Optional[Union[str, Path]] = None, progress: bool = True,
                tokenizer: Any = None, name: Optional[str] = None,
                needle: str = tasks.SF_NEEDLE, question: str = tasks.SF_QUESTION,
