@@ -253,3 +253,19 @@ def test_search_many_keys(rng, metric):
     assert_topk_valid(idx, sc, Q, keys, 50, metric, atol=1e-5)
     ridx, _ = lx.topk(Q, keys, 50, metric=metric)
     assert np.array_equal(to_numpy(idx), to_numpy(ridx))
+
+
+def test_wide_rows_do_not_reserve_hundreds_of_mib(rng):
+    """Chunks are capped at 64 MiB: a store of a few 7,552-wide rows (the default model's
+    long-context key + value) reserves one capped chunk, not 16,384 rows (472 MiB)."""
+    kv = lx.KeyValueMemory(384, 7168, "cosine")
+    kv.add(rng.standard_normal((11, 384)).astype(np.float32),
+           rng.standard_normal((11, 7168)).astype(np.float32))
+    assert kv.nbytes <= 70 * 2**20, kv.nbytes
+    # growing past one chunk keeps every row readable
+    n = 64 * 2**20 // ((384 + 7168 + 1) * 4) + 5
+    keys = rng.standard_normal((n, 384)).astype(np.float32)
+    values = rng.standard_normal((n, 7168)).astype(np.float32)
+    kv.add(keys, values)
+    got = kv.read(keys[-3:], k=1)
+    assert np.array_equal(got, values[-3:])

@@ -14,16 +14,19 @@ KeyValueStore<T>::KeyValueStore(index_t key_dim, index_t value_dim, Metric metri
     : d_(key_dim), v_(value_dim), metric_(metric) {
   check_dim(key_dim, "key_dim", "key dimension");
   check_dim(value_dim, "value_dim", "value dimension");
+  const double row_bytes = double(sizeof(T)) * (double(key_dim) + double(value_dim) + 1.0);
+  chunk_rows_ = static_cast<index_t>(
+      std::max(64.0, std::min(double(kMaxChunkRows), kMaxChunkBytes / row_bytes)));
 }
 
 template <class T>
 const T* KeyValueStore<T>::key_row(index_t id) const {
-  return chunks_[id / kChunkRows].keys.get() + (id % kChunkRows) * d_;
+  return chunks_[id / chunk_rows_].keys.get() + (id % chunk_rows_) * d_;
 }
 
 template <class T>
 T* KeyValueStore<T>::value_row(index_t id) {
-  return chunks_[id / kChunkRows].values.get() + (id % kChunkRows) * v_;
+  return chunks_[id / chunk_rows_].values.get() + (id % chunk_rows_) * v_;
 }
 
 template <class T>
@@ -56,8 +59,8 @@ template <class T>
 std::vector<KeyBlock<T>> KeyValueStore<T>::blocks() const {
   std::vector<KeyBlock<T>> out;
   for (index_t c = 0; c < static_cast<index_t>(chunks_.size()); ++c) {
-    const index_t rows = std::min(kChunkRows, size_ - c * kChunkRows);
-    if (rows > 0) out.push_back({chunks_[c].keys.get(), chunks_[c].sq_norms.get(), rows, c * kChunkRows});
+    const index_t rows = std::min(chunk_rows_, size_ - c * chunk_rows_);
+    if (rows > 0) out.push_back({chunks_[c].keys.get(), chunks_[c].sq_norms.get(), rows, c * chunk_rows_});
   }
   return out;
 }
@@ -92,14 +95,14 @@ void KeyValueStore<T>::add(const T* keys, const T* values, index_t n, index_t* i
 
   // Allocate everything that can fail before the first change.
   const index_t new_size = size_ + fresh;
-  check_allocation(double(fresh + kChunkRows) * (sizeof(T) * double(d_ + v_ + 1) + 64.0), "keys",
+  check_allocation(double(fresh + chunk_rows_) * (sizeof(T) * double(d_ + v_ + 1) + 64.0), "keys",
                    "storing " + str(fresh) + " new keys");
   std::vector<Chunk> new_chunks;
-  for (index_t have = static_cast<index_t>(chunks_.size()) * kChunkRows; have < new_size; have += kChunkRows) {
+  for (index_t have = static_cast<index_t>(chunks_.size()) * chunk_rows_; have < new_size; have += chunk_rows_) {
     Chunk chunk;
-    chunk.keys.reset(new T[kChunkRows * d_]);
-    chunk.values.reset(new T[kChunkRows * v_]);
-    chunk.sq_norms.reset(new T[kChunkRows]);
+    chunk.keys.reset(new T[chunk_rows_ * d_]);
+    chunk.values.reset(new T[chunk_rows_ * v_]);
+    chunk.sq_norms.reset(new T[chunk_rows_]);
     new_chunks.push_back(std::move(chunk));
   }
   chunks_.reserve(chunks_.size() + new_chunks.size());
@@ -115,8 +118,8 @@ void KeyValueStore<T>::add(const T* keys, const T* values, index_t n, index_t* i
       const index_t first_row = -(id + 1);
       id = size_ + first_row;
       if (id == static_cast<index_t>(counts_.size())) {  // first row with this key
-        const index_t slot = id % kChunkRows;
-        Chunk& chunk = chunks_[id / kChunkRows];
+        const index_t slot = id % chunk_rows_;
+        Chunk& chunk = chunks_[id / chunk_rows_];
         std::memcpy(chunk.keys.get() + slot * d_, keys + i * d_, sizeof(T) * d_);
         std::memcpy(chunk.values.get() + slot * v_, value, sizeof(T) * v_);
         row_sq_norms(keys + i * d_, 1, d_, chunk.sq_norms.get() + slot);
@@ -154,7 +157,7 @@ void KeyValueStore<T>::gaussian_weights_from_scores(const T* queries, index_t nq
   std::vector<T> q_sq(nq);
   row_sq_norms(queries, nq, d_, q_sq.data());
   for (index_t i = 0; i < nq * k; ++i) {
-    const T k_sq = chunks_[ids[i] / kChunkRows].sq_norms[ids[i] % kChunkRows];
+    const T k_sq = chunks_[ids[i] / chunk_rows_].sq_norms[ids[i] % chunk_rows_];
     T& s = scores[i];
     if (metric_ == Metric::L2) s = -s;
     else if (metric_ == Metric::Cosine) s = std::max(T(0), T(2) - T(2) * s);
@@ -260,7 +263,7 @@ index_t KeyValueStore<T>::size() const {
 template <class T>
 std::size_t KeyValueStore<T>::nbytes() const {
   std::shared_lock<std::shared_mutex> lock(mutex_);
-  const std::size_t rows = chunks_.size() * static_cast<std::size_t>(kChunkRows);
+  const std::size_t rows = chunks_.size() * static_cast<std::size_t>(chunk_rows_);
   return rows * sizeof(T) * static_cast<std::size_t>(d_ + v_ + 1) + counts_.capacity() * sizeof(double) +
          by_hash_.size() * (sizeof(std::uint64_t) + sizeof(index_t) + 2 * sizeof(void*)) +
          by_hash_.bucket_count() * sizeof(void*);

@@ -48,7 +48,10 @@ class KeyValueStore {
   struct Chunk {
     std::unique_ptr<T[]> keys, values, sq_norms;
   };
-  static constexpr index_t kChunkRows = 16384;
+  // Rows per chunk: 16384, fewer for wide rows so that one chunk stays <= 64 MiB (a store
+  // of a few wide rows must not reserve hundreds of MiB up front).
+  static constexpr index_t kMaxChunkRows = 16384;
+  static constexpr double kMaxChunkBytes = 64.0 * 1024 * 1024;
 
   const T* key_row(index_t id) const;
   T* value_row(index_t id);
@@ -64,6 +67,7 @@ class KeyValueStore {
 
   index_t d_, v_;
   Metric metric_;
+  index_t chunk_rows_ = kMaxChunkRows;
   index_t size_ = 0;
   std::vector<Chunk> chunks_;
   std::vector<double> counts_;
