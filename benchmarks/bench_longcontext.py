@@ -39,6 +39,8 @@ def extra(p):
     p.add_argument("--part", choices=("ingest", "prefix", "all"), default="all")
     p.add_argument("--contexts", default=None,
                    help="essay context sizes for the ingest part (default 137k,1m; quick 10k)")
+    p.add_argument("--int8-values", action="store_true",
+                   help="encode values with the int8 encoder (LongContextMemory(int8_values=True))")
     p.add_argument("--model", default=None,
                    help="a saved LarimarModel folder, or 'default' (default: MiniLM stand-in)")
     p.add_argument("--haystack-dir", default=str(ESSAYS))
@@ -82,7 +84,7 @@ def part_ingest(args, model, result):
             ctx = tasks.needle_context(hay, n, 50)
         else:
             ctx = tasks.passkey_context(n, 50, seed=0, tokenizer=model.tokenizer)
-        mem = LongContextMemory(model, progress=True)
+        mem = LongContextMemory(model, progress=True, int8_values=args.int8_values)
         st = mem.ingest(ctx.text)
         runs.append({"workload": kind, "context": n, **st.as_dict(),
                      "rows_shared": mem.stats["rows_shared"]})
@@ -182,7 +184,7 @@ def run(args):
     info["load_before_start"] = args.load
     cm.print_machine(info)
     model, desc = load_model(args.model)
-    result = {"machine": info, "model": desc}
+    result = {"machine": info, "model": desc, "int8_values": bool(args.int8_values)}
     targets = []
     if args.part in ("ingest", "all"):
         targets += part_ingest(args, model, result)

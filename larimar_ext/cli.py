@@ -111,6 +111,9 @@ def _bench_parser(p: argparse.ArgumentParser, task: str) -> None:
                    help="words of a segment's start that make its key")
     p.add_argument("--no-prefix", action="store_true",
                    help="ablation: keys from whole segments instead of prefixes")
+    p.add_argument("--int8-values", action="store_true",
+                   help="encode values with an int8 copy of the encoder (faster ingest on the "
+                        "CPU; keys stay float)")
     p.add_argument("--max-tokens", type=int, default=None,
                    help="largest segment, decoder tokens (default: the model's slots per "
                         "segment, 32 for the default model; 64 for other models)")
@@ -163,6 +166,7 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             return 2
     common = dict(contexts=contexts, depths=depths, trials=args.trials, seed=args.seed,
                   system=system, prefix_words=args.prefix_words, max_tokens=args.max_tokens,
+                  int8_values=args.int8_values,
                   k=args.k, out=args.out, progress=not args.no_progress)
     if args.command == "passkey":
         result = bench.run_passkey(model, digits=digits, **common)

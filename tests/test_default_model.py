@@ -99,3 +99,20 @@ def test_train_command_trains_resumes_and_saves(tmp_path):
     model = LarimarModel.from_pretrained(out / "model")
     assert json.loads((out / "model" / "config.json").read_text())["training"]["steps"] == 3
     assert model.code_size == 32 * (32 + 192)   # slots x (context part + token code)
+
+
+def test_int8_values_read_back_the_same_tokens(model):
+    """Values from the int8 encoder (faster ingest) decode to the same tokens; keys are
+    untouched (encode_keys keeps the float encoder)."""
+    texts = [s for d in (3, 4, 5) for s, _ in number_sentences(d, 4, seed=11)] + [
+        "The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day."]
+    want = model.slot_tokens(model.encode(texts).detach())
+    keys = model.encode_keys(texts)
+    try:
+        model.int8_values(True)
+        z8 = model.encode(texts).detach()
+        assert model.slot_tokens(z8) == want
+        assert torch.equal(model.encode_keys(texts), keys)
+    finally:
+        model.int8_values(False)
+    assert "_int8_encoder" not in model.__dict__

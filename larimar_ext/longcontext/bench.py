@@ -84,11 +84,12 @@ def _score(ctx: tasks.Context, answer: str) -> Dict[str, Any]:
 
 class _MemorySystem:
     def __init__(self, model: Any, prefix_keys: bool, prefix_words: int, max_tokens: Optional[int],
-                 k: int, progress: bool) -> None:
+                 k: int, progress: bool, int8_values: bool = False) -> None:
         from .memory import EncodingCache, LongContextMemory
         self.model, self.k = model, k
         self.cache = EncodingCache(keep_values=True)
-        self.make = lambda: LongContextMemory(model, prefix_words=prefix_words,
+        self.make = lambda: LongContextMemory(model, int8_values=int8_values,
+                                              prefix_words=prefix_words,
                                               prefix_keys=prefix_keys, max_tokens=max_tokens,
                                               cache=self.cache)
         self.progress = progress
@@ -136,7 +137,7 @@ class _InContextSystem:
 
 
 def _system(system: str, model: Any, baseline: Any, prefix_words: int, max_tokens: Optional[int],
-            k: int, progress: bool):
+            k: int, progress: bool, int8_values: bool = False):
     if system not in SYSTEMS:
         raise ValueError(f"system: expected one of {SYSTEMS}, got {system!r}")
     if system == "in-context":
@@ -146,7 +147,8 @@ def _system(system: str, model: Any, baseline: Any, prefix_words: int, max_token
         return _InContextSystem(baseline)
     if model is None:
         raise ValueError("model: the memory systems need a LarimarModel")
-    return _MemorySystem(model, system == "memory", prefix_words, max_tokens, k, progress)
+    return _MemorySystem(model, system == "memory", prefix_words, max_tokens, k, progress,
+                         int8_values)
 
 
 def _tokenizer_for(sysobj: Any, tokenizer: Any) -> Any:
@@ -338,7 +340,7 @@ def run_passkey(model: Any = None, contexts: Any = "4k", digits: Any = (5,),
                 system: str = "memory", baseline: Any = None, prefix_words: int = 4,
                 max_tokens: Optional[int] = None, k: int = 1, out: Optional[Union[str, Path]] = None,
                 progress: bool = True, tokenizer: Any = None,
-                name: Optional[str] = None) -> Dict[str, Any]:
+                name: Optional[str] = None, int8_values: bool = False) -> Dict[str, Any]:
     """Passkey retrieval over contexts x digits x depths x trials (see the module doc).
 
     Args:
@@ -354,7 +356,7 @@ def run_passkey(model: Any = None, contexts: Any = "4k", digits: Any = (5,),
     """
     ctx, dep = _common(contexts, depths, trials, seed, k, prefix_words, max_tokens)
     dig = tasks.parse_list(digits, "digits", int, 1, 18)
-    sysobj = _system(system, model, baseline, prefix_words, max_tokens, k, progress)
+    sysobj = _system(system, model, baseline, prefix_words, max_tokens, k, progress, int8_values)
     counter = TokenCounter(_tokenizer_for(sysobj, tokenizer))
 
     def build(context: int, depth: float, d: Optional[int], rng: np.random.Generator):
@@ -362,7 +364,8 @@ def run_passkey(model: Any = None, contexts: Any = "4k", digits: Any = (5,),
 
     grid = [(c, d, x) for c in ctx for d in dig for x in dep]
     config = {"contexts": ctx, "digits": dig, "depths": dep, "trials": trials, "seed": seed,
-              "system": system, "prefix_words": prefix_words, "max_tokens": max_tokens, "k": k}
+              "system": system, "prefix_words": prefix_words, "max_tokens": max_tokens,
+              "int8_values": int8_values, "k": k}
     return _run("passkey", build, grid, trials, seed, system, sysobj, out, progress, config,
                 name)
 
@@ -375,7 +378,7 @@ def run_needle(model: Any = None, haystack_dir: Union[str, Path, None] = None,
                tokenizer: Any = None, name: Optional[str] = None,
                needle: str = tasks.SF_NEEDLE, question: str = tasks.SF_QUESTION,
                answer_prefix: str = tasks.SF_PREFIX,
-               answer: str = tasks.SF_ANSWER) -> Dict[str, Any]:
+               answer: str = tasks.SF_ANSWER, int8_values: bool = False) -> Dict[str, Any]:
     """Needle in a haystack over contexts x depths x trials; the haystack is the .txt files
     of ``haystack_dir`` (sorted by name, repeated to reach the context). Trials of one cell
     differ only where a system is random (none is: greedy decoding), so trials=1 is the
@@ -386,7 +389,7 @@ def run_needle(model: Any = None, haystack_dir: Union[str, Path, None] = None,
     hay_path = Path(haystack_dir)
     if not hay_path.is_dir():      # before any model is loaded
         raise ValueError(f"haystack_dir: not a folder: {str(haystack_dir)!r}")
-    sysobj = _system(system, model, baseline, prefix_words, max_tokens, k, progress)
+    sysobj = _system(system, model, baseline, prefix_words, max_tokens, k, progress, int8_values)
     counter = TokenCounter(_tokenizer_for(sysobj, tokenizer))
     hay = tasks.Haystack(haystack_dir, counter)
 
@@ -397,6 +400,7 @@ def run_needle(model: Any = None, haystack_dir: Union[str, Path, None] = None,
     grid = [(c, None, x) for c in ctx for x in dep]
     config = {"contexts": ctx, "depths": dep, "trials": trials, "seed": seed,
               "system": system, "prefix_words": prefix_words, "max_tokens": max_tokens,
+              "int8_values": int8_values,
               "k": k, "haystack_dir": str(haystack_dir), "haystack_files": len(hay.files),
               "haystack_tokens": hay.tokens, "needle": needle, "question": question,
               "answer_prefix": answer_prefix, "answer": answer}

@@ -193,6 +193,8 @@ class LongContextMemory:
         progress: show tqdm progress bars by default.
         pass_question: give ``ask``'s question to ``model.complete(questions=...)`` when
             the model takes one.
+        int8_values: encode values with the model's int8 encoder (``LarimarModel.int8_values``;
+            keys stay float): faster ingest on the CPU.
     """
 
     def __init__(self, model: Any, *, prefix_words: int = DEFAULT_PREFIX_WORDS,
@@ -200,7 +202,7 @@ class LongContextMemory:
                  batch_size: int = 256, batch_tokens: int = 2048, block: int = 2048,
                  metric: str = "cosine",
                  cache: Optional[EncodingCache] = None, progress: bool = False,
-                 pass_question: bool = True) -> None:
+                 pass_question: bool = True, int8_values: bool = False) -> None:
         for attr in ("encode", "encode_keys", "complete"):
             if not callable(getattr(model, attr, None)):
                 raise ValueError(f"model: expected a LarimarModel with {attr}(), got "
@@ -217,6 +219,10 @@ class LongContextMemory:
         self.model = model
         if hasattr(model, "eval"):
             model.eval()
+        if int8_values:
+            if not callable(getattr(model, "int8_values", None)):
+                raise ValueError("int8_values: the model has no int8_values()")
+            model.int8_values(True)
         self.prefix_words = _positive_int(prefix_words, "prefix_words")
         self.prefix_keys = prefix_keys
         slots = getattr(getattr(model, "aligner", None), "num_slots", None)

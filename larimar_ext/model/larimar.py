@@ -201,10 +201,30 @@ class LarimarModel(nn.Module):
                              "AlignedSegments, not token ids")
         segments = inputs if isinstance(inputs, AlignedSegments) else self.aligner(inputs)
         segments = segments.to(_device(self.encoder))
-        output = self.encoder(input_ids=segments.input_ids, attention_mask=segments.attention_mask)
+        encoder = self.encoder
+        if not self.training and self.__dict__.get("_int8_encoder") is not None:
+            encoder = self.__dict__["_int8_encoder"]
+        output = encoder(input_ids=segments.input_ids, attention_mask=segments.attention_mask)
         return self.pooler(output.last_hidden_state, segments.attention_mask, output,
                            segments=segments, piece_embeddings=self.encoder.get_input_embeddings(),
                            token_embeddings=self.decoder.get_input_embeddings())
+
+    def int8_values(self, enable: bool = True) -> None:
+        """Encode values (``encode``, at inference) with a dynamically int8-quantised copy of
+        the encoder's linear layers (CPU only; ``encode_keys`` keeps the float encoder, so
+        retrieval is unchanged). The decoder-aligned slots take their token code from the
+        decoder's embeddings and only their context part from the encoder, so readouts
+        stay exact where the encoder's states move a little (tests/test_default_model.py)."""
+        if not enable:
+            self.__dict__.pop("_int8_encoder", None)
+            return
+        if _device(self.encoder).type != "cpu":
+            raise ValueError("int8_values: dynamic int8 quantisation runs on the CPU only")
+        import copy
+        quantized = torch.ao.quantization.quantize_dynamic(
+            copy.deepcopy(self.encoder).float().eval(), {nn.Linear}, dtype=torch.qint8)
+        # kept out of the module tree: not a parameter, never saved, not moved by .to()
+        self.__dict__["_int8_encoder"] = quantized
 
     @torch.no_grad()
     def encode_keys(self, texts: Texts, batch_size: int = 64) -> Tensor:
