@@ -25,3 +25,8 @@ DEPTHS=0,25,50,75,100
       --baseline in-context --threads 1 --no-progress --out $OUT/passkey_in_context
 ) > $OUT.needle.log 2>&1 &
 wait
+# values from the int8 encoder (faster ingest): the same tasks, both cores
+larimar-ext needle --haystack-dir "$ESSAYS" --context 137k,1m --depths $DEPTHS --trials 4 \
+    --int8-values --threads 2 --no-progress --out $OUT/needle_int8
+larimar-ext passkey --context 137k,1m --digits 3,4,5 --depths $DEPTHS --trials 4 \
+    --int8-values --threads 2 --no-progress --out $OUT/passkey_int8
