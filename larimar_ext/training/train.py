@@ -131,7 +131,13 @@ def train(args: argparse.Namespace) -> Path:
     step = 0
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
-        model.load_state_dict(ckpt["model"], strict=False)
+        result = model.load_state_dict(ckpt["model"], strict=False)
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        missing = sorted(trainable & set(result.missing_keys))
+        if missing or result.unexpected_keys:
+            raise ValueError(f"{ckpt_path}: written by another model configuration (missing "
+                             f"{missing[:5]}, unexpected {result.unexpected_keys[:5]}); "
+                             f"use a new --out")
         opt.load_state_dict(ckpt["optimizer"])
         step = int(ckpt["step"])
         print(f"resumed from {ckpt_path} at step {step}", flush=True)
