@@ -523,13 +523,15 @@ def test_cli_passkey_with_a_model(model, tmp_path, monkeypatch, capsys):
         assert ei.value.code == 2
 
 
-def test_import_larimar_ext_stays_light():
+def test_import_larimar_ext_stays_light(tmp_path):
     code = ("import sys, larimar_ext; assert 'transformers' not in sys.modules; "
             "assert 'larimar_ext.longcontext.memory' not in sys.modules; "
             "from larimar_ext import LongContextMemory; "
             "assert LongContextMemory.__module__ == 'larimar_ext.longcontext.memory'; "
             "import larimar_ext.longcontext.tasks; assert 'transformers' not in sys.modules")
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120,
+    # run outside the checkout: from its root, `import larimar_ext` would find the source
+    # folder (no compiled _core) instead of the installed package
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=tmp_path,
                    env={**os.environ, "PYTHONWARNINGS": "ignore"})
 
 
