@@ -1,13 +1,15 @@
 """Decoder-aligned slots: a latent z that a frozen decoder can read token by token.
 
-A segment's z is ``num_slots`` slots of ``slot_size`` numbers, z = (P * c,). Slot p describes
+A segment's z is ``num_slots`` slots, z = (P * (c + c2),). Slot p describes
 the decoder's p-th token of the segment: the encoder tokenises the text with both tokenizers,
 finds the encoder word piece that covers each decoder token's characters, and reads that
 piece's contextual state, its input embedding and where the decoder token sits inside it
 (character offset, length, a leading space). Optionally (``token_size``) the slot also sees
 the decoder's own (frozen) input embedding of its token: measured on this CPU, slots from
 the encoder alone reached 0.65 token / 0.41 digit accuracy after 50 steps, with the token
-embedding 0.79 / 0.77, and the CPU budget decides. Unused slots are exactly zero.
+embedding 0.79 / 0.77, and the CPU budget decides. With ``token_code_size`` c2 the slot
+also carries a fixed linear code of that embedding (see ``AlignedPooler``): rare words then
+survive too (the default model, docs/MODEL.md). Unused slots are exactly zero.
 
 On the decoder side ``SlotPrefix`` maps every slot to one soft token (a vector in the
 decoder's embedding space) and the decoder reads the soft tokens as a prefix. Trained so

@@ -35,7 +35,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "decoder": "SmolLM2-135M-Instruct",
     "memory_size": 128,           # K of the episodic memory (>= the episode size of 16)
     "num_slots": 32,              # decoder tokens a segment may have
-    "slot_size": 32,              # numbers per slot: C = 32 * 32 = 1024
+    "slot_size": 32,              # context numbers per slot (C = 32 * (32 + 192) = 7168)
     "pooler_ffn": 1024,
     "prefix_ffn": 1024,
     "trainable_encoder_layers": 0,
