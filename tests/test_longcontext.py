@@ -33,41 +33,25 @@ from larimar_ext.longcontext.memory import EncodingCache, LongContextMemory  # n
 from larimar_ext.longcontext.segment import (Segmenter, TokenCounter, prefix_text,  # noqa: E402
                                              split_sentences, stream_sentences)
 from larimar_ext.model import LarimarModel  # noqa: E402
+from tiny_models import tiny_larimar, word_tokenizer  # noqa: E402
 
 ESSAYS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "paul_graham_essays"
 needs_essays = pytest.mark.skipif(not ESSAYS.is_dir(), reason="no ../shared/data essays")
 
-PAD, UNK, BOS, EOS = 0, 1, 2, 3
 EXTRA = ("Alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi "
          "rho sigma tau upsilon phi chi psi omega. Dolores Park is sunny! Is it? e.g. U.S.A.")
 
 
 def make_tokenizer(texts=(tasks.INTRO, tasks.FILLER, tasks.PASSKEY_NEEDLE,
                           tasks.PASSKEY_QUESTION, tasks.SF_NEEDLE, tasks.SF_QUESTION, EXTRA)):
-    words = sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]+", t)}
-                   | set("0123456789"))
-    vocab = {"[PAD]": PAD, "[UNK]": UNK, "[BOS]": BOS, "[EOS]": EOS,
-             **{w: i + 4 for i, w in enumerate(words)}}
-    tk = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
-    tk.pre_tokenizer = tokenizers.pre_tokenizers.Sequence([
+    words = {w for t in texts for w in re.findall(r"\w+|[^\w\s]+", t)} | set("0123456789")
+    return word_tokenizer(words, tokenizers.pre_tokenizers.Sequence([
         tokenizers.pre_tokenizers.Whitespace(),
-        tokenizers.pre_tokenizers.Digits(individual_digits=True)])
-    return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tk, pad_token="[PAD]", unk_token="[UNK]", bos_token="[BOS]",
-        eos_token="[EOS]")
+        tokenizers.pre_tokenizers.Digits(individual_digits=True)]))
 
 
 def make_model(tok, seed=0):
-    torch.manual_seed(seed)
-    V = len(tok)
-    enc = transformers.BertModel(transformers.BertConfig(
-        vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64), add_pooling_layer=False)
-    dec = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        vocab_size=V, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, intermediate_size=128, max_position_embeddings=128,
-        pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS))
-    return LarimarModel(enc, dec, 16, 32, tokenizer=tok)
+    return tiny_larimar(tok, 16, 32, seed=seed, max_positions=128)
 
 
 @pytest.fixture(scope="module")

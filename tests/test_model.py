@@ -1,9 +1,7 @@
 """LarimarModel (DESIGN.md sections 2 and 3) on tiny randomly initialised models.
 
-Nothing is downloaded: a BertModel (2 layers, hidden 32) encoder, a LlamaForCausalLM
-(2 layers, hidden 64, 4 query heads, 2 key/value heads: grouped-query attention, rotary
-embeddings) decoder and a word-level tokenizer built here from the training sentences,
-shared by both.
+Nothing is downloaded: the tiny encoder and decoder of tests/tiny_models.py and a
+word-level tokenizer built here from the training sentences, shared by both.
 """
 from __future__ import annotations
 
@@ -17,6 +15,7 @@ tokenizers = pytest.importorskip("tokenizers")
 
 from larimar_ext import torch_ops  # noqa: E402
 from larimar_ext.model import LarimarModel  # noqa: E402
+from tiny_models import BOS, EOS, PAD, UNK, tiny_larimar, word_tokenizer  # noqa: E402
 
 SENTENCES = [
     "the red cat sat on the mat", "a blue dog ran in the park", "my old car is very fast",
@@ -26,31 +25,15 @@ SENTENCES = [
     "the small boat sails at dawn", "our teacher likes hot tea", "an owl sleeps during the day",
     "the baker sells sweet cakes", "two birds fly over the hill", "my friend paints the blue door",
 ]
-PAD, UNK, BOS, EOS = 0, 1, 2, 3
 
 
 def make_tokenizer(sentences=SENTENCES):
-    words = sorted({w for s in sentences for w in s.split()})
-    vocab = {"[PAD]": PAD, "[UNK]": UNK, "[BOS]": BOS, "[EOS]": EOS,
-             **{w: i + 4 for i, w in enumerate(words)}}
-    tk = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
-    tk.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
-    return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tk, pad_token="[PAD]", unk_token="[UNK]", bos_token="[BOS]",
-        eos_token="[EOS]")
+    return word_tokenizer({w for s in sentences for w in s.split()},
+                          tokenizers.pre_tokenizers.WhitespaceSplit())
 
 
 def make_model(tok, memory_size=16, code_size=32, seed=0, **kw):
-    torch.manual_seed(seed)
-    V = len(tok)
-    enc = transformers.BertModel(transformers.BertConfig(
-        vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64), add_pooling_layer=False)
-    dec = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        vocab_size=V, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, intermediate_size=128, max_position_embeddings=64,
-        pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS))
-    return LarimarModel(enc, dec, memory_size, code_size, tokenizer=tok, **kw)
+    return tiny_larimar(tok, memory_size, code_size, seed=seed, **kw)
 
 
 def segments(tok, sentences=SENTENCES):
