@@ -36,6 +36,8 @@ import zlib
 from collections import Counter
 from typing import Callable, List, Sequence
 
+import numpy as np
+
 
 class Finding(AssertionError):
     """An outcome the API does not allow (wrong exception type, state changed, ...)."""
@@ -94,6 +96,21 @@ for _i in range(512):
 
 def feedback(key: str) -> None:
     _FEEDBACK[zlib.crc32(key.encode("utf-8", "replace")) % len(_FEEDBACK)]()
+
+
+def same_state(a: dict, b: dict) -> bool:
+    """Two state snapshots (name -> array or scalar) are identical: arrays by shape, dtype
+    and values (NaN equal to NaN), scalars by value (a NaN float equal to a NaN float)."""
+    if a.keys() != b.keys():
+        return False
+    for k in a:
+        x, y = a[k], b[k]
+        if isinstance(x, np.ndarray):
+            if x.shape != y.shape or x.dtype != y.dtype or not np.array_equal(x, y, equal_nan=True):
+                return False
+        elif x != y and not (isinstance(x, float) and x != x and y != y):
+            return False
+    return True
 
 
 class Stats:

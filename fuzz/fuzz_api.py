@@ -33,7 +33,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
-from _fuzzlib import STATS, Finding, Reader, feedback, instrument_modules, main  # noqa: E402
+from _fuzzlib import (STATS, Finding, Reader, feedback, instrument_modules, main,  # noqa: E402
+                      same_state)
 
 try:
     import torch  # noqa: E402
@@ -522,19 +523,6 @@ def _kv_state(mem):
             "counts": mem._core.counts().copy(), "metric": mem.metric}
 
 
-def _same(a, b) -> bool:
-    if a.keys() != b.keys():
-        return False
-    for k in a:
-        x, y = a[k], b[k]
-        if isinstance(x, np.ndarray):
-            if x.shape != y.shape or x.dtype != y.dtype or not np.array_equal(x, y, equal_nan=True):
-                return False
-        elif x != y:
-            return False
-    return True
-
-
 def _probe(fn):
     try:
         return ("ok", _np(fn()).copy())
@@ -598,7 +586,7 @@ def op_episodic(g: Gen) -> None:
                        expect=lambda x: _check_result("Episodic.memory", x, "numpy", mem.dtype,
                                                       (Kd, mem.code_size)))
         if isinstance(res, BaseException):
-            if not _same(before, _episodic_state(mem)):
+            if not same_state(before, _episodic_state(mem)):
                 raise Finding(f"EpisodicMemory state changed by a call that raised "
                               f"{type(res).__name__}: {res}")
             if not _same_probe(before_read, _probe(lambda: mem.read(probe_z))):
@@ -657,7 +645,7 @@ def op_kv(g: Gen) -> None:
             alpha = g.scalar("float", r.choice((1.0, 1e-3, 10.0)))
             res = call("KV.write", mem.write, Q, values, k, alpha)
         if isinstance(res, BaseException):
-            if not _same(before, _kv_state(mem)):
+            if not same_state(before, _kv_state(mem)):
                 raise Finding(f"KeyValueMemory state changed by a call that raised "
                               f"{type(res).__name__}: {res}")
             if not _same_probe(before_read, _probe(lambda: mem.search(probe_q, 1))):

@@ -41,7 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
-from _fuzzlib import STATS, Finding, feedback, instrument_modules, main  # noqa: E402
+from _fuzzlib import STATS, Finding, feedback, instrument_modules, main, same_state  # noqa: E402
 
 import larimar_ext as lx  # noqa: E402
 from larimar_ext import _persist  # noqa: E402
@@ -151,19 +151,6 @@ def _kv_state(m):
             "len": len(m)}
 
 
-def _same(a, b) -> bool:
-    if a.keys() != b.keys():
-        return False
-    for k in a:
-        x, y = a[k], b[k]
-        if isinstance(x, np.ndarray):
-            if x.shape != y.shape or x.dtype != y.dtype or not np.array_equal(x, y, equal_nan=True):
-                return False
-        elif x != y and not (isinstance(x, float) and x != x and y != y):
-            return False
-    return True
-
-
 def _check_loaded(kind: str, obj) -> None:
     """A loaded object must be usable and survive save -> load unchanged."""
     if kind == "EpisodicMemory":
@@ -189,7 +176,7 @@ def _check_loaded(kind: str, obj) -> None:
     except Exception as exc:  # noqa: BLE001
         raise Finding(f"{kind} loaded from a file does not survive save -> load: "
                       f"{type(exc).__name__}: {exc}") from exc
-    if not _same(before, state(again)):
+    if not same_state(before, state(again)):
         raise Finding(f"{kind}: save -> load of a loaded object changed its state")
     STATS.note(f"{kind}: loaded")
 
