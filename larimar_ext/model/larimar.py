@@ -27,7 +27,7 @@ from .. import torch_ops
 from ..episodic import EpisodicMemory
 from .aligned import AlignedPooler, AlignedSegments, SlotPrefix
 from .conditioning import DecoderGeometry, EmbeddingConditioner, MemorySlot
-from .pooling import make_pooler
+from .pooling import make_pooler, masked_mean
 
 __all__ = ["LarimarModel", "LarimarOutput"]
 
@@ -239,9 +239,7 @@ class LarimarModel(nn.Module):
             ids, mask = self._tokenize(texts[i:i + batch_size], self.encoder_tokenizer)
             ids, mask = ids.to(dev), mask.to(dev)
             hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-            m = mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
-            out.append(torch.nn.functional.normalize(pooled.float(), dim=-1))
+            out.append(torch.nn.functional.normalize(masked_mean(hidden, mask).float(), dim=-1))
         return torch.cat(out) if out else torch.empty(0, self.encoder.config.hidden_size)
 
     def _latents(self, x: Union[Texts, Tensor], attention_mask: Optional[Tensor] = None) -> Tensor:

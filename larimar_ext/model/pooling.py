@@ -11,7 +11,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MeanPooler", "ClsPooler", "AttentionPooler", "make_pooler"]
+__all__ = ["masked_mean", "MeanPooler", "ClsPooler", "AttentionPooler", "make_pooler"]
+
+
+def masked_mean(hidden: Tensor, mask: Tensor) -> Tensor:
+    """Mean of hidden (B, T, H) over the positions where mask (B, T) is 1 -> (B, H)."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
 class MeanPooler(nn.Module):
@@ -22,8 +28,7 @@ class MeanPooler(nn.Module):
         self.output_size = int(hidden_size)
 
     def forward(self, hidden: Tensor, mask: Tensor, encoder_output: Any = None) -> Tensor:
-        m = mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+        return masked_mean(hidden, mask)
 
 
 class ClsPooler(nn.Module):

@@ -97,7 +97,7 @@ def train(args: argparse.Namespace) -> Path:
     import torch
     from tqdm import tqdm
 
-    from ..model.pretrained import build_model
+    from ..model.pretrained import build_model, trained_state
     from .data import build_corpus, generated_sentences
 
     out = Path(args.out)
@@ -145,10 +145,8 @@ def train(args: argparse.Namespace) -> Path:
     eval_texts = corpus.eval_generated[:args.eval_size // 2] + corpus.eval_real[:args.eval_size // 2]
 
     def checkpoint():
-        trainable = {k: v for k, v in model.state_dict().items()
-                     if not k.startswith(("encoder.", "decoder.")) or
-                     any(k == n for n, p in model.named_parameters() if p.requires_grad)}
-        _atomic_save({"model": trainable, "optimizer": opt.state_dict(), "step": step}, ckpt_path)
+        _atomic_save({"model": trained_state(model), "optimizer": opt.state_dict(), "step": step},
+                      ckpt_path)
 
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else torch.autocast("cpu", enabled=False))
