@@ -240,7 +240,18 @@ class SlotPrefix(nn.Module):
         if self.up is not None:
             soft = soft + self.up(slots[..., self.slot_size:])
         if embeddings is not None:
-            table = torch.nn.functional.normalize(embeddings.float(), dim=-1)
-            ids = (torch.nn.functional.normalize(soft.float(), dim=-1) @ table.T).argmax(-1)
-            soft = embeddings[ids].to(soft.dtype)
+            soft = embeddings[self.nearest_ids(soft, embeddings)].to(soft.dtype)
         return soft, self.live(z)
+
+    @torch.no_grad()
+    def nearest_ids(self, soft: Tensor, embeddings: Tensor) -> Tensor:
+        """Ids (...,) of the rows of embeddings (V, H) nearest (cosine) to soft (..., H).
+
+        The unit-normalised table is cached while ``embeddings`` is unchanged (same storage
+        and version): it is V x H floats (113 MB for SmolLM2) and every question needs it."""
+        key = (embeddings.data_ptr(), embeddings._version, embeddings.device, embeddings.dtype)
+        cached = self.__dict__.get("_unit_table")
+        if cached is None or cached[0] != key:
+            cached = (key, torch.nn.functional.normalize(embeddings.float(), dim=-1))
+            self.__dict__["_unit_table"] = cached   # not a buffer: never saved or moved
+        return (torch.nn.functional.normalize(soft.float(), dim=-1) @ cached[1].T).argmax(-1)

@@ -492,9 +492,7 @@ class LarimarModel(nn.Module):
         """The decoder tokens the live slots of readouts (n, C) stand for (nearest input
         embedding by cosine): the segment text a readout holds, without running the decoder."""
         soft, live = self.prefix(readout.to(_device(self.decoder)))
-        table = torch.nn.functional.normalize(
-            self.decoder.get_input_embeddings().weight.float(), dim=-1)
-        ids = (torch.nn.functional.normalize(soft.float(), dim=-1) @ table.T).argmax(-1)
+        ids = self.prefix.nearest_ids(soft, self.decoder.get_input_embeddings().weight)
         return [row[m].tolist() for row, m in zip(ids, live)]
 
     def forward_aligned(self, segments: AlignedSegments, episode_size: int) -> LarimarOutput:
