@@ -25,10 +25,13 @@ class KeyValueMemory:
         key_dim, value_dim: sizes of keys and values.
         metric: "cosine" (default), "ip" or "l2", for search and addressing.
         dtype: float32 (default) or float64.
+        merge_identical: True (default) stores a bitwise identical key once (above); False
+            gives every added row a slot of its own, for keys computed from content that two
+            distinct items may share.
     """
 
     def __init__(self, key_dim: int, value_dim: int, metric: str = "cosine",
-                 dtype: Any = np.float32) -> None:
+                 dtype: Any = np.float32, merge_identical: bool = True) -> None:
         key_dim = integer(key_dim, "key_dim")
         value_dim = integer(value_dim, "value_dim")
         if not isinstance(metric, str):
@@ -36,8 +39,10 @@ class KeyValueMemory:
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise TypeError(f"dtype: expected float32 or float64, got {self.dtype}")
+        if not isinstance(merge_identical, (bool, np.bool_)):
+            raise TypeError(f"merge_identical: expected True or False, got {merge_identical!r}")
         core = _core.KeyValueStoreF32 if self.dtype == np.float32 else _core.KeyValueStoreF64
-        self._core = core(key_dim, value_dim, metric)
+        self._core = core(key_dim, value_dim, metric, bool(merge_identical))
 
     def _boundary(self) -> Boundary:
         return Boundary(self.dtype, "the memory's dtype")
@@ -53,6 +58,10 @@ class KeyValueMemory:
     @property
     def metric(self) -> str:
         return self._core.metric
+
+    @property
+    def merge_identical(self) -> bool:
+        return self._core.merge_identical
 
     @property
     def keys(self) -> np.ndarray:
@@ -91,6 +100,22 @@ class KeyValueMemory:
         b = self._boundary()
         return b.wrap(self._core.search(b.floats(Q, "Q"), integer(k, "k")))
 
+    def reconstruct(self, ids: Any) -> Any:
+        """The stored values (n, value_dim) of row ids (n,) (FAISS's reconstruct_n), in the
+        order given; an id outside [0, len) is a ValueError naming ``ids``."""
+        b = self._boundary()
+        a = b._to_numpy(ids, "ids")
+        if a.ndim != 1 or not (a.size == 0 or np.issubdtype(a.dtype, np.integer)):
+            raise ValueError(f"ids: expected a 1-D array of integer row ids, got "
+                             f"{a.ndim}-D {a.dtype}")
+        return b.wrap(self._core.reconstruct(np.ascontiguousarray(a, dtype=np.int64)))
+
+    def search_and_reconstruct(self, Q: Any, k: int) -> Any:
+        """(indices (nq, k), scores (nq, k), values (nq, k, value_dim)): ``search`` and the
+        values of its hits in one call (one lock: a concurrent ``add`` cannot come between)."""
+        b = self._boundary()
+        return b.wrap(self._core.search_and_reconstruct(b.floats(Q, "Q"), integer(k, "k")))
+
     def read(self, Q: Any, k: int = 1, alpha: Optional[float] = None) -> Any:
         """Readouts (nq, value_dim): the best key's value (k = 1), or with ``alpha`` the
         Gaussian-weighted values of the top k keys."""
@@ -107,7 +132,8 @@ class KeyValueMemory:
 
     def save(self, path: str | os.PathLike) -> None:
         config = {"key_dim": self.key_dim, "value_dim": self.value_dim, "metric": self.metric,
-                  "dtype": self.dtype.name, "size": len(self)}
+                  "dtype": self.dtype.name, "size": len(self),
+                  "merge_identical": self.merge_identical}
         arrays = {"keys": self.keys, "values": self.values, "counts": self._core.counts()}
         _persist.save(path, _KIND, config, arrays)
 
@@ -119,6 +145,9 @@ class KeyValueMemory:
         n = _persist.config_value(config, "size", int, path)
         metric = _persist.config_value(config, "metric", str, path)
         dtype = _persist.config_value(config, "dtype", str, path)
+        merge = config.get("merge_identical", True)   # files from before the option merge
+        if not isinstance(merge, bool):
+            raise ValueError(f"path: {os.fspath(path)!r} has an invalid config {config}")
         if dtype not in ("float32", "float64") or d <= 0 or v <= 0 or n < 0:
             raise ValueError(f"path: {os.fspath(path)!r} has an invalid config {config}")
         if set(arrays) != {"keys", "values", "counts"}:
@@ -127,12 +156,13 @@ class KeyValueMemory:
         values = _persist.expect(arrays, "values", (n, v), dtype, path)
         counts = _persist.expect(arrays, "counts", (n,), np.float64, path)
         def construct() -> "KeyValueMemory":
-            mem = cls(d, v, metric, dtype)
+            mem = cls(d, v, metric, dtype, merge_identical=merge)
             mem._core.assign(keys, values, counts)
             return mem
 
         return _persist.build(path, construct)
 
     def __repr__(self) -> str:
+        merge = "" if self.merge_identical else ", merge_identical=False"
         return (f"KeyValueMemory(key_dim={self.key_dim}, value_dim={self.value_dim}, "
-                f"metric={self.metric!r}, size={len(self)}, dtype={self.dtype.name})")
+                f"metric={self.metric!r}, size={len(self)}, dtype={self.dtype.name}{merge})")

@@ -426,10 +426,11 @@ template <class T>
 void bind_kv(py::module_& m, const char* name) {
   using Store = larimar::KeyValueStore<T>;
   py::class_<Store>(m, name)
-      .def(py::init([](index_t d, index_t v, const std::string& metric) {
-             return std::make_unique<Store>(d, v, larimar::parse_metric(metric));
+      .def(py::init([](index_t d, index_t v, const std::string& metric, bool merge) {
+             return std::make_unique<Store>(d, v, larimar::parse_metric(metric), merge);
            }),
-           py::arg("key_dim"), py::arg("value_dim"), py::arg("metric"))
+           py::arg("key_dim"), py::arg("value_dim"), py::arg("metric"),
+           py::arg("merge_identical") = true)
       .def("add", [](Store& self, py::handle k_obj, py::handle v_obj) {
         auto keys = typed<T>(k_obj, "keys", 2, 2);
         auto values = typed<T>(v_obj, "values", 2, 2);
@@ -475,6 +476,37 @@ void bind_kv(py::module_& m, const char* name) {
         }
         return py::make_tuple(ids, scores);
       })
+      .def("reconstruct", [](const Store& self, py::handle ids_obj) {
+        auto ids = typed<index_t>(ids_obj, "ids", 1, 1);
+        const index_t n = ids.shape(0);
+        auto out = output<T>({n, self.value_dim()}, "ids");
+        const index_t* pi = ids.data();
+        T* po = out.mutable_data();
+        {
+          py::gil_scoped_release release;
+          self.reconstruct(pi, n, po);
+        }
+        return out;
+      })
+      .def("search_and_reconstruct", [](const Store& self, py::handle q_obj, index_t k) {
+        auto q = typed<T>(q_obj, "Q", 2, 2);
+        same_dim(q.shape(1), self.key_dim(), "Q", "expected key_dim columns");
+        const index_t nq = q.shape(0), size = self.size();
+        if (k < 1 || k > size)
+          throw py::value_error("k: expected 1 <= k <= number of stored keys (" + std::to_string(size) +
+                                "), got " + std::to_string(k));
+        auto ids = output<index_t>({nq, k}, "k");
+        auto scores = output<T>({nq, k}, "k");
+        auto values = output<T>({nq, k, self.value_dim()}, "k");
+        const T* pq = q.data();
+        index_t* pi = ids.mutable_data();
+        T *ps = scores.mutable_data(), *pv = values.mutable_data();
+        {
+          py::gil_scoped_release release;
+          self.search_and_reconstruct(pq, nq, k, pi, ps, pv);
+        }
+        return py::make_tuple(ids, scores, values);
+      })
       .def("read", [](const Store& self, py::handle q_obj, index_t k, double alpha) {
         auto q = typed<T>(q_obj, "Q", 2, 2);
         same_dim(q.shape(1), self.key_dim(), "Q", "expected key_dim columns");
@@ -518,6 +550,7 @@ void bind_kv(py::module_& m, const char* name) {
         self.assign(pk, pv, pc, n);
       })
       .def("__len__", &Store::size)
+      .def_property_readonly("merge_identical", &Store::merge_identical)
       .def_property_readonly("nbytes", &Store::nbytes)
       .def_property_readonly("key_dim", &Store::key_dim)
       .def_property_readonly("value_dim", &Store::value_dim)

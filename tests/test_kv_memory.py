@@ -269,3 +269,53 @@ def test_wide_rows_do_not_reserve_hundreds_of_mib(rng):
     kv.add(keys, values)
     got = kv.read(keys[-3:], k=1)
     assert np.array_equal(got, values[-3:])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_reconstruct_returns_values_by_id(rng, dtype):
+    kv = new_kv(6, 5, dtype=dtype)
+    keys, vals = unit_rows(rng, 9, 6, dtype), randn(rng, 9, 5, dtype=dtype)
+    kv.add(keys, vals)
+    ids = np.array([8, 0, 3, 3], np.int64)
+    got = to_numpy(kv.reconstruct(ids))
+    assert_ndarray(got, dtype, (4, 5), "values")
+    assert np.array_equal(got, vals[ids])
+    assert to_numpy(kv.reconstruct(np.zeros(0, np.int64))).shape == (0, 5)
+    for bad in ([9], [-1], [[0, 1]]):
+        with pytest.raises(ValueError, match="ids"):
+            kv.reconstruct(np.array(bad))
+    with pytest.raises(ValueError, match="ids"):
+        kv.reconstruct(np.array([0.5]))
+    assert np.array_equal(to_numpy(kv.values), vals)      # a refused call changed nothing
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_search_and_reconstruct_equals_search_then_reconstruct(rng, metric):
+    kv = new_kv(8, 3, metric)
+    kv.add(unit_rows(rng, 40, 8, np.float32), randn(rng, 40, 3, dtype=np.float32))
+    Q = randn(rng, 5, 8, dtype=np.float32)
+    ids, scores, values = (to_numpy(x) for x in kv.search_and_reconstruct(Q, 4))
+    ids2, scores2 = (to_numpy(x) for x in kv.search(Q, 4))
+    assert np.array_equal(ids, ids2) and np.array_equal(scores, scores2)
+    assert values.shape == (5, 4, 3)
+    assert np.array_equal(values, to_numpy(kv.reconstruct(ids.ravel())).reshape(5, 4, 3))
+    with pytest.raises(ValueError, match="k"):
+        kv.search_and_reconstruct(Q, 41)
+
+
+def test_merge_identical_off_keeps_every_row(rng, tmp_path):
+    kv = lx.KeyValueMemory(4, 2, merge_identical=False)
+    key = unit_rows(rng, 1, 4, np.float32)
+    ids = to_numpy(kv.add(np.repeat(key, 3, 0), np.arange(6, dtype=np.float32).reshape(3, 2)))
+    assert np.array_equal(ids, [0, 1, 2]) and len(kv) == 3
+    assert np.array_equal(to_numpy(kv.reconstruct(ids)), np.arange(6).reshape(3, 2))
+    kv.save(tmp_path / "m.safetensors")
+    back = lx.KeyValueMemory.load(tmp_path / "m.safetensors")
+    assert not back.merge_identical and len(back) == 3
+    assert np.array_equal(to_numpy(back.values), to_numpy(kv.values))
+    merged = lx.KeyValueMemory(4, 2)
+    assert merged.merge_identical
+    merged.add(np.repeat(key, 3, 0), np.zeros((3, 2), np.float32))
+    assert len(merged) == 1
+    with pytest.raises(TypeError, match="merge_identical"):
+        lx.KeyValueMemory(4, 2, merge_identical="no")

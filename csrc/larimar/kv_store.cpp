@@ -10,8 +10,9 @@
 namespace larimar {
 
 template <class T>
-KeyValueStore<T>::KeyValueStore(index_t key_dim, index_t value_dim, Metric metric)
-    : d_(key_dim), v_(value_dim), metric_(metric) {
+KeyValueStore<T>::KeyValueStore(index_t key_dim, index_t value_dim, Metric metric,
+                                bool merge_identical)
+    : d_(key_dim), v_(value_dim), metric_(metric), merge_(merge_identical) {
   check_dim(key_dim, "key_dim", "key dimension");
   check_dim(value_dim, "value_dim", "value dimension");
   const double row_bytes = double(sizeof(T)) * (double(key_dim) + double(value_dim) + 1.0);
@@ -26,6 +27,11 @@ const T* KeyValueStore<T>::key_row(index_t id) const {
 
 template <class T>
 T* KeyValueStore<T>::value_row(index_t id) {
+  return chunks_[id / chunk_rows_].values.get() + (id % chunk_rows_) * v_;
+}
+
+template <class T>
+const T* KeyValueStore<T>::value_row(index_t id) const {
   return chunks_[id / chunk_rows_].values.get() + (id % chunk_rows_) * v_;
 }
 
@@ -73,12 +79,17 @@ void KeyValueStore<T>::add(const T* keys, const T* values, index_t n, index_t* i
   std::unique_lock<std::shared_mutex> lock(mutex_);
 
   // Plan without touching the store: which rows are new, which repeat a key.
-  std::vector<std::uint64_t> hashes(n);
-  for (index_t i = 0; i < n; ++i) hashes[i] = hash_key(keys + i * d_);
+  std::vector<std::uint64_t> hashes(merge_ ? n : 0);
+  for (index_t i = 0; i < static_cast<index_t>(hashes.size()); ++i)
+    hashes[i] = hash_key(keys + i * d_);
   std::unordered_multimap<std::uint64_t, index_t> batch_new;  // hash -> row in this call
   std::vector<index_t> target(n);  // >= 0 existing id, < 0: -(1 + new slot ordinal)
   index_t fresh = 0;
   for (index_t i = 0; i < n; ++i) {
+    if (!merge_) {  // every row is a slot of its own
+      target[i] = -(1 + fresh++);
+      continue;
+    }
     index_t id = find_key(keys + i * d_, hashes[i]);
     bool found = id >= 0;
     auto range = batch_new.equal_range(hashes[i]);
@@ -107,7 +118,7 @@ void KeyValueStore<T>::add(const T* keys, const T* values, index_t n, index_t* i
   }
   chunks_.reserve(chunks_.size() + new_chunks.size());
   counts_.reserve(new_size);
-  by_hash_.reserve(new_size);
+  if (merge_) by_hash_.reserve(new_size);
 
   // Commit.
   for (auto& chunk : new_chunks) chunks_.push_back(std::move(chunk));
@@ -124,7 +135,7 @@ void KeyValueStore<T>::add(const T* keys, const T* values, index_t n, index_t* i
         std::memcpy(chunk.values.get() + slot * v_, value, sizeof(T) * v_);
         row_sq_norms(keys + i * d_, 1, d_, chunk.sq_norms.get() + slot);
         counts_.push_back(1.0);
-        by_hash_.emplace(hashes[i], id);
+        if (merge_) by_hash_.emplace(hashes[i], id);
         ids_out[i] = id;
         continue;
       }
@@ -201,7 +212,7 @@ void KeyValueStore<T>::read_unlocked(const T* queries, index_t nq, index_t k, do
   search_checked(queries, nq, k, ids.data(), scores.data());
   if (!soft) {
     for (index_t i = 0; i < nq; ++i)
-      std::memcpy(out + i * v_, const_cast<KeyValueStore*>(this)->value_row(ids[i]), sizeof(T) * v_);
+      std::memcpy(out + i * v_, value_row(ids[i]), sizeof(T) * v_);
     return;
   }
   gaussian_weights_from_scores(queries, nq, k, ids.data(), scores.data(), alpha);
@@ -209,9 +220,31 @@ void KeyValueStore<T>::read_unlocked(const T* queries, index_t nq, index_t k, do
   for (index_t i = 0; i < nq; ++i)
     for (index_t j = 0; j < k; ++j) {
       const T w = scores[i * k + j];
-      const T* value = const_cast<KeyValueStore*>(this)->value_row(ids[i * k + j]);
+      const T* value = value_row(ids[i * k + j]);
       for (index_t t = 0; t < v_; ++t) out[i * v_ + t] += w * value[t];
     }
+}
+
+template <class T>
+void KeyValueStore<T>::reconstruct(const index_t* ids, index_t n, T* out) const {
+  require(n >= 0, "ids", "expected a non-negative number of ids");
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  for (index_t i = 0; i < n; ++i)
+    require(ids[i] >= 0 && ids[i] < size_, "ids",
+            "expected row ids in [0, " + str(size_) + "), got " + str(ids[i]));
+  for (index_t i = 0; i < n; ++i) std::memcpy(out + i * v_, value_row(ids[i]), sizeof(T) * v_);
+}
+
+template <class T>
+void KeyValueStore<T>::search_and_reconstruct(const T* queries, index_t nq, index_t k, index_t* ids,
+                                              T* scores, T* values_out) const {
+  check_queries(queries, nq, "Q");
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  require(k >= 1 && k <= size_, "k",
+          "expected 1 <= k <= number of stored keys (" + str(size_) + "), got " + str(k));
+  search_checked(queries, nq, k, ids, scores);
+  for (index_t i = 0; i < nq * k; ++i)
+    std::memcpy(values_out + i * v_, value_row(ids[i]), sizeof(T) * v_);
 }
 
 template <class T>
@@ -279,7 +312,7 @@ template <class T>
 void KeyValueStore<T>::copy_values(T* out) const {
   std::shared_lock<std::shared_mutex> lock(mutex_);
   for (index_t i = 0; i < size_; ++i)
-    std::memcpy(out + i * v_, const_cast<KeyValueStore*>(this)->value_row(i), sizeof(T) * v_);
+    std::memcpy(out + i * v_, value_row(i), sizeof(T) * v_);
 }
 
 template <class T>
@@ -297,10 +330,10 @@ void KeyValueStore<T>::assign(const T* keys, const T* values, const double* coun
     check_finite(counts, n, "counts");
     for (index_t i = 0; i < n; ++i) require(counts[i] > 0, "counts", "expected positive write counts");
   }
-  KeyValueStore fresh(d_, v_, metric_);
+  KeyValueStore fresh(d_, v_, metric_, merge_);
   std::vector<index_t> ids(n);
   if (n > 0) fresh.add(keys, values, n, ids.data());
-  require(fresh.size_ == n, "keys", "holds duplicate keys; a saved store never does");
+  require(fresh.size_ == n, "keys", "holds duplicate keys; a saved merging store never does");
   fresh.counts_.assign(counts, counts + n);
   std::unique_lock<std::shared_mutex> lock(mutex_);
   size_ = fresh.size_;

@@ -15,12 +15,16 @@ namespace larimar {
 template <class T>
 class KeyValueStore {
  public:
-  KeyValueStore(index_t key_dim, index_t value_dim, Metric metric);
+  // merge_identical: a key bitwise identical to a stored one shares its slot (the fixed-key
+  // memory of the paper); false keeps every row apart (rows keyed by content that may
+  // coincide for distinct texts, e.g. an uncased encoder's "Apple." and "apple.").
+  KeyValueStore(index_t key_dim, index_t value_dim, Metric metric, bool merge_identical = true);
 
-  // Appends rows. A key bitwise identical to a stored key (or to an earlier row of the same
-  // call) is not appended again: with one-hot addresses the least-squares value of a slot is
-  // the mean of the values written to it, so that slot's value becomes the running mean
-  // and its id is returned. All-or-nothing: on any error nothing changes.
+  // Appends rows. With merge_identical, a key bitwise identical to a stored key (or to an
+  // earlier row of the same call) is not appended again: with one-hot addresses the
+  // least-squares value of a slot is the mean of the values written to it, so that slot's
+  // value becomes the running mean and its id is returned. All-or-nothing: on any error
+  // nothing changes.
   void add(const T* keys, const T* values, index_t n, index_t* ids_out);
 
   // Soft write of existing slots: each row is addressed by its top_k keys nearest to query
@@ -33,7 +37,16 @@ class KeyValueStore {
   // alpha, Gaussian weights over the top k by squared distance.
   void read(const T* queries, index_t nq, index_t k, double alpha, T* out) const;
 
+  // Values by row id (FAISS's reconstruct_n): out (n x value_dim). Every id is checked
+  // before anything is copied.
+  void reconstruct(const index_t* ids, index_t n, T* out) const;
+  // search, then the values of the hits (FAISS's search_and_reconstruct) under one read
+  // lock, so a concurrent add cannot slip in between: values_out (nq x k x value_dim).
+  void search_and_reconstruct(const T* queries, index_t nq, index_t k, index_t* ids, T* scores,
+                              T* values_out) const;
+
   index_t size() const;
+  bool merge_identical() const { return merge_; }
   index_t key_dim() const { return d_; }
   index_t value_dim() const { return v_; }
   Metric metric() const { return metric_; }
@@ -55,6 +68,7 @@ class KeyValueStore {
 
   const T* key_row(index_t id) const;
   T* value_row(index_t id);
+  const T* value_row(index_t id) const;
   std::vector<KeyBlock<T>> blocks() const;
   std::uint64_t hash_key(const T* key) const;
   index_t find_key(const T* key, std::uint64_t hash) const;
@@ -67,6 +81,7 @@ class KeyValueStore {
 
   index_t d_, v_;
   Metric metric_;
+  bool merge_;
   index_t chunk_rows_ = kMaxChunkRows;
   index_t size_ = 0;
   std::vector<Chunk> chunks_;
