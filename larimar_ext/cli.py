@@ -72,6 +72,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                            ("needle", "needle in a haystack of .txt files through the host "
                                       "memory")):
         _bench_parser(sub.add_parser(name, help=helptext, description=helptext), name)
+    _ruler_parser(sub.add_parser(
+        "ruler", help="RULER's needle suite (its own output folders) through the memory",
+        description="Ingest each RULER sample's context, ask its question with its answer "
+                    "prefix, score with RULER's string_match_all; writes records.jsonl "
+                    "(resumable), ruler.json, ruler.md and ruler.png to --out."))
     from .training import evaluate as _evaluate, train as _train   # no torch import here
     _train.add_arguments(sub.add_parser("train", help="train a Larimar model (default recipe)",
                                         description=_train.__doc__.split("\n")[0]))
@@ -89,6 +94,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     if args.command in ("passkey", "needle"):
         return _bench(args, parser)
+    if args.command == "ruler":
+        return _ruler(args, parser)
     return _demo(args)
 
 
@@ -109,16 +116,20 @@ def _bench_parser(p: argparse.ArgumentParser, task: str) -> None:
                    help="a saved LarimarModel folder (default: the trained default model)")
     p.add_argument("--prefix-words", type=int, default=4,
                    help="words of a segment's start that make its key")
+    p.add_argument("--mode", choices=("recall", "paper"), default="recall",
+                   help="recall (default): dense + lexical keys, several readouts; paper: "
+                        "Nelson et al.'s prefix keys and one readout")
     p.add_argument("--no-prefix", action="store_true",
-                   help="ablation: keys from whole segments instead of prefixes")
+                   help="paper-mode ablation: keys from whole segments instead of prefixes")
     p.add_argument("--int8-values", action="store_true",
                    help="encode values with an int8 copy of the encoder (faster ingest on the "
                         "CPU; keys stay float)")
     p.add_argument("--max-tokens", type=int, default=None,
                    help="largest segment, decoder tokens (default: the model's slots per "
                         "segment, 32 for the default model; 64 for other models)")
-    p.add_argument("--k", type=int, default=1,
-                   help="keys read per question (> 1: Gaussian weights)")
+    p.add_argument("--k", type=int, default=None,
+                   help="rows read per question (recall: at most this many readouts, default "
+                        "6; paper: default 1, > 1 Gaussian weights)")
     p.add_argument("--baseline", choices=("memory", "in-context"), default="memory",
                    help="memory: the Larimar pipeline; in-context: SmolLM2-135M-Instruct with "
                         "the context in its prompt (truncated beyond 8192 tokens; slow)")
@@ -146,6 +157,9 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             raise ValueError(f"seed: expected an integer >= 0, got {args.seed}")
         if args.no_prefix and args.baseline != "memory":
             raise ValueError("no-prefix: only applies to --baseline memory")
+        if args.no_prefix and args.mode != "paper":
+            raise ValueError("no-prefix: the prefix-key ablation is a paper-mode option "
+                             "(--mode paper)")
         if args.command == "needle":
             from pathlib import Path
             if not Path(args.haystack_dir).is_dir():
@@ -156,7 +170,8 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         import torch
         torch.set_num_threads(args.threads)
     system = "in-context" if args.baseline == "in-context" else (
-        "memory-noprefix" if args.no_prefix else "memory")
+        "memory-noprefix" if args.no_prefix else
+        "memory-paper" if args.mode == "paper" else "memory")
     model = None
     if system != "in-context":
         try:
@@ -176,6 +191,66 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     for f in result.get("files", []):
         print(f"wrote {f}")
     return 0
+
+
+def _ruler_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True,
+                   help="RULER output folder: <length>/<task>/validation.jsonl "
+                        "(e.g. ../shared/data/ruler_niah)")
+    p.add_argument("--out", required=True, help="folder for records, table and heatmap")
+    p.add_argument("--lengths", default=None, help="comma list of lengths (default: all)")
+    p.add_argument("--tasks", default=None, help="comma list of task folders (default: all)")
+    p.add_argument("--limit", type=int, default=None, help="first N samples per length and task")
+    p.add_argument("--system", choices=("memory", "in-context"), default="memory",
+                   help="memory: the long-context memory; in-context: SmolLM2 with the whole "
+                        "input in its prompt (slow, cut beyond 8192 tokens)")
+    p.add_argument("--mode", choices=("recall", "paper"), default="recall",
+                   help="memory mode (recall: the default pipeline; paper: prefix keys, one "
+                        "readout)")
+    p.add_argument("--model", default=None, help="a saved LarimarModel folder")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="confidence below which the memory answers 'not found'")
+    p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _ruler(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .longcontext import ruler
+
+    try:
+        lengths = [int(x) for x in args.lengths.split(",")] if args.lengths else None
+    except ValueError:
+        parser.error(f"lengths: expected a comma list of integers, got {args.lengths!r}")
+    tasks = args.tasks.split(",") if args.tasks else None
+    if args.limit is not None and args.limit < 1:
+        parser.error(f"limit: expected an integer >= 1, got {args.limit}")
+    if args.threshold is not None and not 0 <= args.threshold <= 1:
+        parser.error(f"threshold: expected a number in [0, 1], got {args.threshold}")
+    try:
+        samples = ruler.load_samples(args.data, lengths, tasks, args.limit)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.threads is not None:
+        import torch
+        torch.set_num_threads(args.threads)
+    if args.system == "in-context":
+        system, name = ruler.InContextSystem(), "in-context"
+    else:
+        kw = {} if args.threshold is None else {"threshold": args.threshold}
+        system = ruler.MemorySystem(_load_model(args.model), args.mode, **kw)
+        name = f"memory-{args.mode}"
+    config = {k: getattr(args, k) for k in ("data", "lengths", "tasks", "limit", "system",
+                                            "mode", "model", "threshold")}
+    result = ruler.run_ruler(samples, system, name, args.out, not args.no_progress, config)
+    print(ruler.markdown_table(result["summary"], name))
+    for f in result["files"]:
+        print(f"wrote {f}")
+    return 0
+
+
+def _load_model(path: Optional[str]):
+    from .longcontext import bench
+    return bench.load_larimar(path)
 
 
 def _print_summary(result: dict) -> None:

@@ -29,9 +29,9 @@ tokenizers = pytest.importorskip("tokenizers")
 from conftest import raises_arg  # noqa: E402
 from larimar_ext.longcontext import bench, tasks  # noqa: E402
 from larimar_ext.longcontext.baseline import InContextBaseline  # noqa: E402
-from larimar_ext.longcontext.memory import EncodingCache, LongContextMemory  # noqa: E402
+from larimar_ext.longcontext.memory import NOT_FOUND, EncodingCache, LongContextMemory  # noqa: E402
 from larimar_ext.longcontext.segment import (Segmenter, TokenCounter, prefix_text,  # noqa: E402
-                                             split_sentences, stream_sentences)
+                                             span_tokens, split_sentences, stream_sentences)
 from larimar_ext.model import LarimarModel  # noqa: E402
 from tiny_models import tiny_larimar, word_tokenizer  # noqa: E402
 
@@ -98,6 +98,18 @@ def test_split_sentences_cover_the_essays():
         assert list(stream_sentences(pieces)) == sents, f.name
 
 
+def stitched(tok, segments):
+    """The text of segments with each later window's repeated tokens dropped."""
+    out = []
+    for s in segments:
+        offsets = tok(s.text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        if s.continues and s.overlap:
+            out.append(s.text[offsets[s.overlap][0]:] if s.overlap < len(offsets) else "")
+        else:
+            out.append(s.text)
+    return " ".join(out)
+
+
 def test_segmenter_never_exceeds_max_tokens_and_covers(tok):
     rng = np.random.default_rng(0)
     words = tasks.FILLER.replace(".", "").split() + ["1234567890123456789012345"]
@@ -106,18 +118,21 @@ def test_segmenter_never_exceeds_max_tokens_and_covers(tok):
         for _ in range(5):
             text = " ".join(rng.choice(words, size=int(rng.integers(1, 120))).tolist()) + ". " \
                 + tasks.FILLER
-            pieces = [s for s, _ in seg.segments([text])]
-            counts = [n for _, n in seg.segments([text])]
-            assert nonspace("".join(pieces)) == nonspace(text)
+            segs = list(seg.segments([text]))
+            pieces = [s.text for s in segs]
+            counts = [s.tokens for s in segs]
+            # windows overlap; with the overlap dropped they give the text back exactly
+            assert nonspace(stitched(tok, segs)) == nonspace(text)
             lens = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in pieces]
             assert lens == counts and max(lens) <= max_tokens
-            if max_tokens >= 2:
-                # chunks are cut on word boundaries ("green." is 2 tokens): every chunk's
-                # words are whole input words, except pieces of the 25-digit word
-                assert all(w.rstrip(".") in words or w.rstrip(".").isdigit()
-                           for p in pieces for w in p.split())
-            if max_tokens >= 25:
-                assert all(w.rstrip(".") in words for p in pieces for w in p.split())
+            # windows are cut on token boundaries, never inside a token: every run of
+            # letters in a window is a whole input word (this tokenizer's words are tokens)
+            assert all(w in words for p in pieces for w in re.findall(r"[A-Za-z]+", p))
+            if max_tokens == 64 and words[-1] in text:
+                # a span of up to span_tokens(64) = 30 tokens lies whole inside a window:
+                # the 25-digit word (25 tokens) is never only in pieces
+                assert any(words[-1] in p for p in pieces)
+                assert span_tokens(64) >= 25
 
 
 def test_segmenter_sentences_are_segments(tok):
@@ -126,8 +141,9 @@ def test_segmenter_sentences_are_segments(tok):
     assert seg.split(text) == list(split_sentences(text))
     assert seg.split_sentences == 0
     long = " ".join(["alpha beta gamma"] * 30) + "."
-    parts = Segmenter(tok, max_tokens=10).split(long)
-    assert len(parts) > 1 and " ".join(parts) == long
+    segs = list(Segmenter(tok, max_tokens=10).segments([long]))
+    assert len(segs) > 1 and nonspace(stitched(tok, segs)) == nonspace(long)
+    assert not segs[0].continues and all(s.continues and s.overlap > 0 for s in segs[1:])
 
 
 def test_token_counter_word_estimate():
@@ -280,7 +296,7 @@ def test_streaming_ingest_dedup_and_stats(model, tok):
 
 
 def test_shared_prefix_rows_merge(model):
-    mem = LongContextMemory(model, prefix_words=2)
+    mem = LongContextMemory(model, mode="paper", prefix_words=2)
     mem.ingest("Alpha beta gamma. Alpha beta delta. Epsilon zeta.")
     assert len(mem) == 2
     row = mem.row_of("Alpha beta gamma.")
@@ -293,17 +309,22 @@ def test_shared_prefix_rows_merge(model):
 
 def test_long_sentences_are_cut(model):
     mem = LongContextMemory(model, max_tokens=8)
-    text = " ".join(["alpha beta gamma delta"] * 10) + "."
+    text = " ".join(f"alpha beta gamma {w}" for w in EXTRA.split()[:10]) + "."
     st = mem.ingest(text)
-    assert st.split_sentences == 1 and st.segments == 6
+    # 41 tokens in overlapping windows of at most 8: more than 41 / 8 windows
+    assert st.split_sentences == 1 and st.segments > 6 and len(mem) == st.segments
     assert all(len(model.tokenizer(t, add_special_tokens=False)["input_ids"]) <= 8
                for row in range(len(mem)) for t in mem.segments_of(row))
+    # every row is its own window, and the passage of any window is the whole sentence
+    first = mem.segments_of(0)[0]
+    passage = mem._stitch(mem._widen(first))
+    assert nonspace(passage) == nonspace(text)          # 41 tokens < context_tokens
 
 
 def test_ablation_switch_changes_keys(model):
     text = tasks.PASSKEY_NEEDLE.format(key="48213") + " " + tasks.FILLER
-    pre = LongContextMemory(model, prefix_words=2)
-    whole = LongContextMemory(model, prefix_keys=False)
+    pre = LongContextMemory(model, mode="paper", prefix_words=2)
+    whole = LongContextMemory(model, mode="paper", prefix_keys=False)
     pre.ingest(text)
     whole.ingest(text)
     assert len(pre) == len(whole) == 8
@@ -321,7 +342,7 @@ def test_end_to_end_passkey_retrieval_and_answer_plumbing(model, tok):
     needle segment's own latent (model.encode of that text, computed here)."""
     for depth in (0, 25, 50, 75, 100):
         ctx = tasks.passkey_context(3000, depth, digits=5, seed=depth, tokenizer=tok)
-        mem = LongContextMemory(model)
+        mem = LongContextMemory(model, mode="paper")
         mem.ingest(ctx.text)
         trace = mem.ask_trace(ctx.answer_prefix, ctx.question, max_new_tokens=8)
         needle_segment = f"The pass key is {ctx.answer}."
@@ -334,9 +355,37 @@ def test_end_to_end_passkey_retrieval_and_answer_plumbing(model, tok):
         assert mem.ask(ctx.answer_prefix, max_new_tokens=8) == expected
 
 
+def test_recall_mode_rows_sources_and_not_found(model, tok):
+    """Recall mode: distinct texts never share a row (not even ones an uncased encoder or a
+    shared opening would merge), the lexical view finds a rare string, the answer object
+    carries its sources and confidence, and a threshold withholds an unsupported answer."""
+    text = ("Alpha beta gamma. Alpha beta delta. Alpha beta gamma! Epsilon zeta 48213. "
+            + tasks.FILLER)
+    mem = LongContextMemory(model)
+    mem.ingest(text)
+    assert len(mem) == 9 and mem.stats["rows_shared"] == 0
+    assert len({mem.row_of(t) for t in ("Alpha beta gamma.", "Alpha beta delta.",
+                                        "Alpha beta gamma!")}) == 3
+    a = mem.ask_trace("The pass key is", "Which is the zeta 48213?", max_new_tokens=4)
+    assert a.sources[0].text == "Epsilon zeta 48213."
+    assert a.sources[0].lexical == max(x.lexical for x in a.sources) > 0
+    assert a.found == (a.confidence >= mem.threshold) and a.guess
+    assert a.sources == sorted(a.sources, key=lambda x: -x.score)
+    assert all(x.score >= mem.margin * a.confidence for x in a.sources)
+    assert len(a.sources) <= mem.max_readouts and a.passages
+    assert mem.retrieve("The pass key is", 1, question="Which is the zeta 48213?")[0] \
+        == [a.sources[0].row]
+    strict = LongContextMemory(model, threshold=1.0)
+    strict.ingest(text)
+    b = strict.ask_trace("The pass key is", "Is it sunny in Dolores Park?", max_new_tokens=4)
+    assert not b.found and b.answer == NOT_FOUND and b.guess
+    np.testing.assert_array_equal(mem.readout_of("Alpha beta delta."),
+                                  mem.store.reconstruct(np.array([mem.row_of("Alpha beta delta.")]))[0])
+
+
 def test_soft_read_top_k(model, tok):
     ctx = tasks.passkey_context(2000, 50, seed=3, tokenizer=tok)
-    mem = LongContextMemory(model)
+    mem = LongContextMemory(model, mode="paper")
     mem.ingest(ctx.text)
     t = mem.ask_trace(ctx.answer_prefix, k=3, alpha=1e-3, max_new_tokens=4)
     assert len(t.rows) == 3 and t.scores[0] >= t.scores[1] >= t.scores[2]
@@ -346,7 +395,7 @@ def test_soft_read_top_k(model, tok):
 
 def test_save_load_round_trip(model, tok, tmp_path):
     ctx = tasks.passkey_context(3000, 30, seed=5, tokenizer=tok)
-    mem = LongContextMemory(model, prefix_words=3)
+    mem = LongContextMemory(model, mode="paper", prefix_words=3)
     mem.ingest(ctx.text)
     mem.save(tmp_path / "mem")
     back = LongContextMemory(model).load(tmp_path / "mem")
@@ -370,8 +419,28 @@ def test_save_load_round_trip(model, tok, tmp_path):
         LongContextMemory(model).load(tmp_path / "mem")
 
 
+def test_recall_save_load_keeps_rows_links_and_answers(model, tok, tmp_path):
+    ctx = tasks.passkey_context(2000, 40, seed=6, tokenizer=tok)
+    long = " ".join(f"alpha beta gamma {w}" for w in EXTRA.split()[:10]) + "."
+    mem = LongContextMemory(model, max_tokens=8)
+    mem.ingest(ctx.text + " " + long)
+    mem.save(tmp_path / "mem")
+    back = LongContextMemory(model).load(tmp_path / "mem")
+    assert back.mode == "recall" and len(back) == len(mem) and not back.store.merge_identical
+    assert back._place == mem._place and back._next == mem._next
+    assert len(back.lexical) == len(mem.lexical)
+    for q in ("What is the pass key?", "Which alpha beta gamma iota?"):
+        x, y = mem.ask_trace("The pass key is", q, max_new_tokens=4), \
+            back.ask_trace("The pass key is", q, max_new_tokens=4)
+        assert (x.answer, x.passages, [s.row for s in x.sources]) == \
+            (y.answer, y.passages, [s.row for s in y.sources])
+
+
 def test_bad_arguments_name_the_argument(model, tok):
     for kw, name in (({"prefix_words": 0}, "prefix_words"), ({"max_tokens": 0}, "max_tokens"),
+                     ({"mode": "rag"}, "mode"), ({"margin": 1.5}, "margin"),
+                     ({"threshold": -0.1}, "threshold"), ({"max_readouts": 0}, "max_readouts"),
+                     ({"context_tokens": 0}, "context_tokens"),
                      ({"batch_size": 0}, "batch_size"), ({"block": 0}, "block"),
                      ({"batch_tokens": 0}, "batch_tokens"),
                      ({"metric": "dot"}, "metric"), ({"prefix_keys": 1}, "prefix_keys"),
@@ -532,3 +601,77 @@ def test_trained_default_model_passkey_end_to_end():
     trace = mem.ask_trace(ctx.answer_prefix, ctx.question, max_new_tokens=9)
     assert trace.segments == [f"The pass key is {ctx.answer}."]
     assert tasks.score_passkey(trace.answer, ctx.answer), (trace.answer, ctx.answer)
+
+
+# ----------------------------------------------------------------------------- RULER
+
+
+def write_ruler(root, lengths=(1000, 2000), tasks_=("niah_single_1", "niah_multivalue")):
+    """A folder in RULER's output layout, samples built from the passkey texts."""
+    for L in lengths:
+        for t in tasks_:
+            d = root / str(L) / t
+            d.mkdir(parents=True)
+            lines = []
+            for i in range(2):
+                key = f"{48213 + 7 * i + L}"
+                ctx = tasks.FILLER + f" The pass key is {key}. " + tasks.FILLER
+                lines.append(json.dumps({
+                    "index": i, "input": f"{tasks.INTRO}\n{ctx}\n{tasks.PASSKEY_QUESTION}",
+                    "outputs": [key], "length": L, "answer_prefix": " " + tasks.PASSKEY_PREFIX}))
+            (d / "validation.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_ruler_loader_metric_and_resumable_run(model, tmp_path):
+    from larimar_ext.longcontext import ruler
+    data = write_ruler(tmp_path / "data")
+    samples = ruler.load_samples(data)
+    assert len(samples) == 8 and [s.length for s in samples] == [1000] * 4 + [2000] * 4
+    s = samples[0]
+    assert s.header == tasks.INTRO and s.question == tasks.PASSKEY_QUESTION
+    assert s.answer_prefix == tasks.PASSKEY_PREFIX and "pass key is" in s.context
+    assert len(ruler.load_samples(data, lengths=[2000], tasks=["niah_multivalue"], limit=1)) == 1
+    assert ruler.string_match_all("Keys: 12 and 34.", ["12", "34", "56"]) == pytest.approx(2 / 3)
+    assert ruler.string_match_all("ABC-d", ["abc-D"]) == 1.0
+    with raises_arg(ValueError, "data"):
+        ruler.load_samples(tmp_path / "none")
+    with raises_arg(ValueError, "data"):
+        ruler.load_samples(data, lengths=[4096])
+    calls = []
+
+    def system(sample):
+        calls.append(sample.index)
+        return {"answer": f"it is {sample.outputs[0]}", "guess": f"it is {sample.outputs[0]}",
+                "found": True}
+
+    out = tmp_path / "out"
+    first = ruler.run_ruler(samples[:3], system, "fake", out, progress=False)
+    assert len(calls) == 3 and first["summary"]["score"]["niah_multivalue"][1000] == 1.0
+    res = ruler.run_ruler(samples, system, "fake", out, progress=False)
+    assert len(calls) == 8                          # the first three were not run again
+    assert res["summary"]["mean"] == {1000: 1.0, 2000: 1.0}
+    for f in ("records.jsonl", "ruler.json", "ruler.md"):
+        assert (out / f).is_file()
+    assert "| niah_single_1 | 1.00 | 1.00 |" in (out / "ruler.md").read_text()
+    # the memory system end to end on the tiny model (a random decoder: only the plumbing)
+    mem_res = ruler.run_ruler(samples[:2], ruler.MemorySystem(model), "memory", tmp_path / "m",
+                              progress=False)
+    rec = mem_res["records"][0]
+    assert 0.0 <= rec["score"] <= 1.0 and rec["sources"] and rec["passages"]
+    assert rec["ingest"]["segments"] > 0 and "confidence" in rec
+
+
+def test_cli_ruler_errors_name_the_argument(model, tmp_path, monkeypatch, capsys):
+    from larimar_ext import cli
+    data = write_ruler(tmp_path / "data", lengths=(1000,), tasks_=("niah_single_1",))
+    monkeypatch.setattr(bench, "load_larimar", lambda path=None: model)
+    rc = cli.main(["ruler", "--data", str(data), "--out", str(tmp_path / "o"), "--no-progress"])
+    assert rc == 0 and "niah_single_1" in capsys.readouterr().out
+    for bad, name in ((["--data", str(tmp_path / "nope")], "data"),
+                      (["--data", str(data), "--lengths", "4k"], "lengths"),
+                      (["--data", str(data), "--limit", "0"], "limit"),
+                      (["--data", str(data), "--threshold", "2"], "threshold")):
+        with pytest.raises(SystemExit) as ei:
+            cli.main(["ruler", "--out", str(tmp_path / "o2"), *bad])
+        assert ei.value.code == 2 and name in capsys.readouterr().err

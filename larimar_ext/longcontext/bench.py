@@ -4,8 +4,10 @@ benchmarks/bench_longcontext.py.
 One run = a grid of context lengths x needle depths (x passkey digits) x trials, every trial
 a fresh context (seeded), answered by one of three systems in the same harness:
 
-- "memory": ``LongContextMemory`` with prefix keys (the Larimar pipeline);
-- "memory-noprefix": the same with keys from whole segments (the paper's ablation row);
+- "memory": ``LongContextMemory`` in its default recall mode (dense + lexical keys, fused,
+  several readouts);
+- "memory-paper": the paper's configuration (prefix keys, one row, one readout);
+- "memory-noprefix": paper mode with keys from whole segments (the paper's ablation row);
 - "in-context": the decoder alone with the context in its prompt (``InContextBaseline``,
   SmolLM2-135M-Instruct by default; truncated beyond its window).
 
@@ -43,7 +45,7 @@ from .segment import TokenCounter
 __all__ = ["run_passkey", "run_needle", "summarize", "plot_heatmap", "format_size",
            "load_larimar", "SYSTEMS"]
 
-SYSTEMS = ("memory", "memory-noprefix", "in-context")
+SYSTEMS = ("memory", "memory-paper", "memory-noprefix", "in-context")
 
 
 def format_size(n: int) -> str:
@@ -83,12 +85,13 @@ def _score(ctx: tasks.Context, answer: str) -> Dict[str, Any]:
 
 
 class _MemorySystem:
-    def __init__(self, model: Any, prefix_keys: bool, prefix_words: int, max_tokens: Optional[int],
-                 k: int, progress: bool, int8_values: bool = False) -> None:
+    def __init__(self, model: Any, mode: str, prefix_keys: bool, prefix_words: int,
+                 max_tokens: Optional[int], k: Optional[int], progress: bool,
+                 int8_values: bool = False) -> None:
         from .memory import EncodingCache, LongContextMemory
         self.model, self.k = model, k
         self.cache = EncodingCache(keep_values=True)
-        self.make = lambda: LongContextMemory(model, int8_values=int8_values,
+        self.make = lambda: LongContextMemory(model, mode=mode, int8_values=int8_values,
                                               prefix_words=prefix_words,
                                               prefix_keys=prefix_keys, max_tokens=max_tokens,
                                               cache=self.cache)
@@ -109,7 +112,7 @@ class _MemorySystem:
         # decoding given the right segment: the needle segment's stored value; the same
         # readout as end to end when retrieval read exactly that row (one-hot, k = 1)
         target = targets[0]
-        if pure and self.k == 1 and target in trace.segments:
+        if pure and mem.mode == "paper" and (self.k or 1) == 1 and target in trace.segments:
             given = trace.answer
         else:
             given = mem.decode(ctx.answer_prefix, mem.readout_of(target), mnt, ctx.question)
@@ -119,6 +122,7 @@ class _MemorySystem:
                "needle_segment": target,
                "decoding_given_segment": _score(ctx, given)["correct"],
                "answer_given_segment": given, "truncated": False,
+               "confidence": trace.confidence, "found": trace.found, "guess": trace.guess,
                "ingest": st.as_dict(), "memory": mem.stats, "ask_seconds": ask_s}
         return out
 
@@ -137,7 +141,7 @@ class _InContextSystem:
 
 
 def _system(system: str, model: Any, baseline: Any, prefix_words: int, max_tokens: Optional[int],
-            k: int, progress: bool, int8_values: bool = False):
+            k: Optional[int], progress: bool, int8_values: bool = False):
     if system not in SYSTEMS:
         raise ValueError(f"system: expected one of {SYSTEMS}, got {system!r}")
     if system == "in-context":
@@ -147,8 +151,9 @@ def _system(system: str, model: Any, baseline: Any, prefix_words: int, max_token
         return _InContextSystem(baseline)
     if model is None:
         raise ValueError("model: the memory systems need a LarimarModel")
-    return _MemorySystem(model, system == "memory", prefix_words, max_tokens, k, progress,
-                         int8_values)
+    mode = "recall" if system == "memory" else "paper"
+    return _MemorySystem(model, mode, system != "memory-noprefix", prefix_words, max_tokens, k,
+                         progress, int8_values)
 
 
 def _tokenizer_for(sysobj: Any, tokenizer: Any) -> Any:
@@ -326,8 +331,8 @@ def _common(contexts: Any, depths: Any, trials: int, seed: int, k: int,
     dep = tasks.parse_list(depths, "depths", float, 0.0, 100.0)
     for name, v in (("trials", trials), ("k", k), ("prefix_words", prefix_words),
                     ("max_tokens", max_tokens)):
-        if v is None and name == "max_tokens":
-            continue                         # the model's slot count (LongContextMemory)
+        if v is None and name in ("max_tokens", "k"):
+            continue                         # the memory's defaults (LongContextMemory)
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name}: expected an integer >= 1, got {v!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -338,7 +343,7 @@ def _common(contexts: Any, depths: Any, trials: int, seed: int, k: int,
 def run_passkey(model: Any = None, contexts: Any = "4k", digits: Any = (5,),
                 depths: Any = (0, 25, 50, 75, 100), trials: int = 1, seed: int = 0, *,
                 system: str = "memory", baseline: Any = None, prefix_words: int = 4,
-                max_tokens: Optional[int] = None, k: int = 1, out: Optional[Union[str, Path]] = None,
+                max_tokens: Optional[int] = None, k: Optional[int] = None, out: Optional[Union[str, Path]] = None,
                 progress: bool = True, tokenizer: Any = None,
                 name: Optional[str] = None, int8_values: bool = False) -> Dict[str, Any]:
     """Passkey retrieval over contexts x digits x depths x trials (see the module doc).
@@ -373,7 +378,7 @@ def run_passkey(model: Any = None, contexts: Any = "4k", digits: Any = (5,),
 def run_needle(model: Any = None, haystack_dir: Union[str, Path, None] = None,
                contexts: Any = "4k", depths: Any = (0, 25, 50, 75, 100), trials: int = 1,
                seed: int = 0, *, system: str = "memory", baseline: Any = None,
-               prefix_words: int = 4, max_tokens: Optional[int] = None, k: int = 1,
+               prefix_words: int = 4, max_tokens: Optional[int] = None, k: Optional[int] = None,
                out: Optional[Union[str, Path]] = None, progress: bool = True,
                tokenizer: Any = None, name: Optional[str] = None,
                needle: str = tasks.SF_NEEDLE, question: str = tasks.SF_QUESTION,

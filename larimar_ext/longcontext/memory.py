@@ -1,38 +1,42 @@
 """LongContextMemory: a context far longer than the decoder's window, held in host memory.
 
-The context is split into segments (one sentence each, at most ``max_tokens`` decoder
-tokens, ``Segmenter``); segment i is stored in a fixed-key ``KeyValueMemory`` on the host
-with key r_i = ``model.encode_keys(first prefix_words words of segment i)`` (H_enc,
-L2-normalised, compared by cosine) and value z_i = ``model.encode(segment i)`` (C). A
-question is answered from one readout: q = encode_keys(the answer prefix cut the same way),
-exact top-k search, z_read = the stored value (k = 1) or the Gaussian-weighted values of the
-top k, moved to the decoder's device, and ``model.complete([answer_prefix], z_read)``.
+The context is split into segments (``Segmenter``: one sentence each, long sentences as
+overlapping windows of at most ``max_tokens`` decoder tokens); segment i's value z_i =
+``model.encode(segment i)`` (C) is a row of a host ``KeyValueMemory``. Two modes:
+
+- ``mode="recall"`` (default): every distinct segment has a row of its own (only identical
+  texts share one), keyed by its whole-segment encoding (the masked mean of the encoder
+  states its latent came from: no second pass) and indexed lexically (``LexicalIndex``:
+  IDF-weighted coverage of rare terms, names, codes, numbers, uuids). A question is
+  retrieved by the question and its answer prefix together: the dense top candidates and
+  the lexical ones are fused (mean of cosine and coverage), the rows within ``margin`` of
+  the best (at most ``max_readouts``) are read back by id, each widened to its sentence
+  (neighbouring windows, stitched without their overlap, up to ``context_tokens``), and
+  go to the decoder together in document order, each as its own readout
+  (``model.complete_passages``). The fused score of the best row is the answer's
+  confidence; below ``threshold`` the answer says the context does not hold it.
+- ``mode="paper"``: Nelson et al.'s configuration: key r_i = ``model.encode_keys(first
+  prefix_words words of segment i)``; segments sharing a key text share a row (the mean of
+  their values); the question is the answer prefix cut the same way; one readout (k = 1) or
+  the Gaussian-weighted values of the top k.
 
 Only the encoder runs on the model's device, in batches; each finished batch of keys and
 values is copied to the host and written by a background thread while the next batch
-encodes, so the full context never sits on the device.
+encodes, so the full context never sits on the device. Only readouts cross to the
+decoder's device.
 
 Ingest cost is kept down three ways:
 - identical segments are encoded once (a segment seen before only raises its count; the
   passkey filler is five sentences, so a 1M-token passkey context encodes a handful);
-- identical key texts are encoded once, and every segment with that key text is written
-  with the very same key vector, which ``KeyValueMemory`` merges into one row;
+- (paper mode) identical key texts are encoded once, and every segment with that key text
+  is written with the very same key vector, which ``KeyValueMemory`` merges into one row;
 - new segments are sorted by encoder-token length and batched by a padded-token budget
   (6% padding on the essays, 28% for batches of 64 sorted by characters).
 
-Collisions (documented behaviour). ``KeyValueMemory`` stores a bitwise identical key once,
-with the mean of the values written to it:
-- identical segments: identical key and value; writing them once loses nothing. This is
-  what a 1M-token needle context of repeated essays is made of.
-- distinct segments with the same first ``prefix_words`` words (prefix keys only; with an
-  uncased encoder such as MiniLM, the same words up to case): one row holding the mean of
-  their values (each distinct segment counted once, not by its repetitions). Retrieval
-  finds the row, but the decoder gets a blend; ``rows_shared`` in the stats counts such
-  rows (2.5% of the essays' rows at 4 prefix words, 0.7% at 5; docs/LONGCONTEXT.md).
-- keys from whole segments (``prefix_keys=False``, the paper's "no prefix" ablation):
-  identical keys only come from segments identical to the encoder, so there is no harmful
-  merge; what fails there is the query (a short answer prefix) against keys of whole
-  sentences.
+Collisions in paper mode (documented behaviour): distinct segments with the same first
+``prefix_words`` words (with an uncased encoder such as MiniLM, the same words up to case)
+share one row holding the mean of their values; ``rows_shared`` in the stats counts such
+rows. In recall mode no two distinct segments ever share a row.
 """
 
 from __future__ import annotations
@@ -51,19 +55,40 @@ import torch
 
 from .. import _persist
 from ..kv_memory import KeyValueMemory
-from .segment import Segmenter, prefix_text
+from .lexical import LexicalIndex
+from .segment import Segment, Segmenter, prefix_text
 
-__all__ = ["LongContextMemory", "IngestStats", "Answer", "EncodingCache"]
+__all__ = ["LongContextMemory", "IngestStats", "Answer", "Source", "EncodingCache", "MODES",
+           "NOT_FOUND"]
 
 _KIND = "larimar_ext.LongContextMemory"
+MODES = ("recall", "paper")
 DEFAULT_PREFIX_WORDS = 4
 DEFAULT_MAX_TOKENS = 64
+# What ``ask`` answers when the best source's confidence is below the threshold.
+NOT_FOUND = "The context does not contain the answer."
+# Fused-score threshold of "found": calibrated on questions built for it (answer present vs
+# absent, generated needles in the essays; benchmarks/RESULTS.md section 7), not on RULER.
+DEFAULT_THRESHOLD = 0.45
 
 
 def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def _fraction(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
+            or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name}: expected a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def _clean(answer: str) -> str:
+    """A decoded answer without surrounding space, and without the replacement characters
+    of a multi-byte character the token limit cut in two."""
+    return answer.strip().rstrip("\ufffd").rstrip()
 
 
 def _device(module: torch.nn.Module) -> torch.device:
@@ -117,11 +142,29 @@ class IngestStats:
 
 
 @dataclass
+class Source:
+    """One stored segment an answer was read from: its memory ``row``, ``text``, fused
+    ``score`` and the two views' scores (``dense`` cosine, ``lexical`` coverage), and
+    ``position``: the segment's first place in the context (segments in document order)."""
+    row: int
+    text: str
+    score: float
+    dense: float
+    lexical: float
+    position: int
+
+
+@dataclass
 class Answer:
     """One question: the answer text and how it was found.
 
-    ``rows``/``scores``: the top-k memory rows (k,) and their cosine scores; ``segments``: the
-    distinct segment texts stored in the top-1 row; ``readout``: z_read (C,) on the host."""
+    ``answer``: the decoder's answer, or ``NOT_FOUND`` when ``found`` is False (then
+    ``guess`` still holds what the decoder said); ``confidence``: the best source's fused
+    score (paper mode: its cosine), ``found`` = confidence >= the memory's threshold.
+    ``sources``: the retrieved rows that were read, best first; ``passages``: the texts the
+    decoder got, in document order. ``rows``/``scores``: the top-k memory rows (k,) and their
+    scores; ``segments``: the distinct segment texts stored in the top-1 row; ``readout``:
+    z_read (C,) of the top row on the host."""
     answer: str
     answer_prefix: str
     question: Optional[str]
@@ -129,6 +172,14 @@ class Answer:
     scores: List[float]
     segments: List[str]
     readout: np.ndarray = field(repr=False)
+    confidence: float = 0.0
+    found: bool = True
+    guess: str = ""
+    sources: List[Source] = field(default_factory=list)
+    passages: List[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return self.answer
 
 
 class _Writer:
@@ -174,15 +225,23 @@ class LongContextMemory:
     Args:
         model: a ``LarimarModel`` (or anything with ``encode(texts) -> (n, C)``,
             ``encode_keys(texts) -> (n, H)``, ``complete(prompts, readouts, max_new_tokens)``,
-            ``tokenizer`` (the decoder's) and ``code_size``). It is put in eval mode.
-        prefix_words: words of a segment's start that make its key (default 4: every answer
-            prefix of 4 or more words matches its segment's key text exactly; see
-            docs/LONGCONTEXT.md for the sweep on the essays).
-        prefix_keys: False keys each segment by its whole text (the paper's "no prefix"
-            ablation); the query is then the whole answer prefix.
-        max_tokens: the largest segment in decoder tokens (longer sentences are cut on
-            word boundaries); default: the model's slot count for a model with
+            ``tokenizer`` (the decoder's) and ``code_size``; ``encode_with_keys`` and
+            ``complete_passages`` are used when present). It is put in eval mode.
+        mode: "recall" (default) or "paper" (module docstring).
+        prefix_words: (paper mode) words of a segment's start that make its key (default 4:
+            every answer prefix of 4 or more words matches its segment's key text exactly).
+        prefix_keys: (paper mode) False keys each segment by its whole text (the paper's
+            "no prefix" ablation); the query is then the whole answer prefix.
+        max_tokens: the largest segment in decoder tokens (longer sentences become
+            overlapping windows); default: the model's slot count for a model with
             decoder-aligned slots (a longer segment would not fit its latent), else 64.
+        max_readouts: (recall) the most retrieved rows read per question.
+        margin: (recall) rows whose fused score is at least ``margin`` times the best one's
+            are read (a four-value or four-key question has four near-equal rows).
+        context_tokens: (recall) a row that is a window of a longer sentence brings the
+            sentence's neighbouring windows, up to this many decoder tokens in all.
+        threshold: (recall) confidence below which ``ask`` answers ``NOT_FOUND``; 0 never
+            withholds.
         batch_size: the most segments in one encoder batch.
         batch_tokens: padded encoder tokens per batch (segments are sorted by their encoder
             token count, so a batch of short segments holds more of them).
@@ -191,14 +250,18 @@ class LongContextMemory:
             the same).
         cache: an ``EncodingCache`` to share between memories (benchmark trials).
         progress: show tqdm progress bars by default.
-        pass_question: give ``ask``'s question to ``model.complete(questions=...)`` when
-            the model takes one.
-        int8_values: encode values with the model's int8 encoder (``LarimarModel.int8_values``;
-            keys stay float): faster ingest on the CPU.
+        pass_question: give ``ask``'s question to the decoder's prompt when the model takes
+            one.
+        int8_values: encode values with the model's int8 encoder (``LarimarModel.int8_values``)
+            : faster ingest on the CPU (paper mode keys stay float; recall mode keys come
+            from the same int8 pass).
     """
 
-    def __init__(self, model: Any, *, prefix_words: int = DEFAULT_PREFIX_WORDS,
+    def __init__(self, model: Any, *, mode: str = "recall",
+                 prefix_words: int = DEFAULT_PREFIX_WORDS,
                  prefix_keys: bool = True, max_tokens: Optional[int] = None,
+                 max_readouts: int = 6, margin: float = 0.8, context_tokens: int = 128,
+                 threshold: float = DEFAULT_THRESHOLD,
                  batch_size: int = 256, batch_tokens: int = 2048, block: int = 2048,
                  metric: str = "cosine",
                  cache: Optional[EncodingCache] = None, progress: bool = False,
@@ -210,6 +273,8 @@ class LongContextMemory:
         if getattr(model, "tokenizer", None) is None:
             raise ValueError("model: needs its decoder tokenizer (LarimarModel(tokenizer=...)); "
                              "segment sizes and token counts are in decoder tokens")
+        if mode not in MODES:
+            raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
         if not isinstance(prefix_keys, bool):
             raise ValueError(f"prefix_keys: expected True or False, got {prefix_keys!r}")
         if metric not in ("cosine", "ip", "l2"):
@@ -223,6 +288,7 @@ class LongContextMemory:
             if not callable(getattr(model, "int8_values", None)):
                 raise ValueError("int8_values: the model has no int8_values()")
             model.int8_values(True)
+        self.mode = mode
         self.prefix_words = _positive_int(prefix_words, "prefix_words")
         self.prefix_keys = prefix_keys
         slots = getattr(getattr(model, "aligner", None), "num_slots", None)
@@ -232,6 +298,10 @@ class LongContextMemory:
         if slots is not None and self.max_tokens > slots:
             raise ValueError(f"max_tokens: {self.max_tokens} is more than the model's "
                              f"{slots} slots per segment")
+        self.max_readouts = _positive_int(max_readouts, "max_readouts")
+        self.margin = _fraction(margin, "margin")
+        self.context_tokens = _positive_int(context_tokens, "context_tokens")
+        self.threshold = _fraction(threshold, "threshold")
         self.batch_size = _positive_int(batch_size, "batch_size")
         self.batch_tokens = _positive_int(batch_tokens, "batch_tokens")
         self.block = _positive_int(block, "block")
@@ -250,24 +320,40 @@ class LongContextMemory:
         self.cache = cache if cache is not None else EncodingCache()
         self.cache.model_id = id(model)
         self.segmenter = Segmenter(model.tokenizer, self.max_tokens, block=self.block)
+        self._reset()
+
+    def _reset(self) -> None:
         self.store: Optional[KeyValueMemory] = None
+        self.lexical = LexicalIndex()
         self._count: Dict[str, int] = {}          # segment text -> occurrences
         self._row_of: Dict[str, int] = {}         # segment text -> memory row
         self._rows: List[List[str]] = []          # row -> distinct segment texts in it
+        # where each distinct segment first occurs: (position, previous text, overlap with
+        # it in tokens, continues the same sentence); next text at that place
+        self._place: Dict[str, Tuple[int, Optional[str], int, bool]] = {}
+        self._next: Dict[str, str] = {}
+        self._prev_text: Optional[str] = None
         self._lock = threading.Lock()
         self.totals = IngestStats()
         self.last: Optional[IngestStats] = None
 
+    @property
+    def recall(self) -> bool:
+        return self.mode == "recall"
+
     # ------------------------------------------------------------------ helpers
 
     def key_text(self, text: str) -> str:
-        """The text a segment (or an answer prefix) is keyed by: its first
-        ``prefix_words`` words, or all of it without prefix keys."""
+        """The text a segment (or an answer prefix) is keyed by: in paper mode its first
+        ``prefix_words`` words, or all of it without prefix keys; in recall mode all of it."""
+        if self.recall:
+            return text
         return prefix_text(text, self.prefix_words if self.prefix_keys else None)
 
     def _store_for(self, key_dim: int, value_dim: int) -> KeyValueMemory:
         if self.store is None:
-            self.store = KeyValueMemory(key_dim, value_dim, metric=self.metric)
+            self.store = KeyValueMemory(key_dim, value_dim, metric=self.metric,
+                                        merge_identical=not self.recall)
         return self.store
 
     def _record(self, rows: np.ndarray, texts: List[str]) -> None:
@@ -277,6 +363,8 @@ class LongContextMemory:
                     self._rows.append([])
                 self._rows[r].append(t)
                 self._row_of[t] = r
+                if self.recall:
+                    self.lexical.add(r, t)
 
     def _lengths(self, texts: List[str]) -> List[int]:
         """Encoder tokens of each text (one batched tokenizer call, no padding); character
@@ -316,6 +404,16 @@ class LongContextMemory:
     def _encode_values(self, texts: List[str]) -> np.ndarray:
         return _host(self.model.encode(list(texts)))
 
+    @torch.no_grad()
+    def _encode_values_and_keys(self, texts: List[str]) -> Tuple[np.ndarray, np.ndarray]:
+        """(z (n, C), whole-segment keys (n, H)), from one encoder pass when the model can."""
+        both = getattr(self.model, "encode_with_keys", None)
+        if callable(both):
+            z, keys = both(list(texts))
+            return _host(z), _host(keys)
+        return (self._encode_values(texts),
+                _host(self.model.encode_keys(list(texts), batch_size=len(texts))))
+
     # ------------------------------------------------------------------ ingest
 
     def ingest(self, texts: Union[str, Iterable[str]], progress: Optional[bool] = None,
@@ -354,10 +452,12 @@ class LongContextMemory:
         pending: List[str] = []
         pending_tokens = 0
         try:
-            for seg, ntok in self.segmenter.segments(counted(texts), separator):
+            for piece in self.segmenter.segments(counted(texts), separator):
+                seg = piece.text
                 st.segments += 1
-                st.tokens += ntok
-                pending_tokens += ntok
+                st.tokens += piece.tokens
+                pending_tokens += piece.tokens
+                self._place_segment(piece, self.totals.segments + st.segments - 1)
                 if seg in self._count:
                     self._count[seg] += 1
                     continue
@@ -396,10 +496,37 @@ class LongContextMemory:
         self.last = st
         return st
 
+    def _place_segment(self, piece: Segment, position: int) -> None:
+        """Remember where a segment first occurs and what comes before and after it."""
+        text, prev = piece.text, self._prev_text
+        if text not in self._place:
+            self._place[text] = (position, prev, piece.overlap, piece.continues)
+        if prev is not None and prev not in self._next and prev != text:
+            self._next[prev] = text
+        self._prev_text = text
+
     def _flush(self, segs: List[str], writer: _Writer, st: IngestStats) -> None:
         """Encode a block of distinct new segments and hand its batches to the writer."""
         st.new_segments += len(segs)
         cache = self.cache
+        if self.recall:
+            for batch in self._batches(segs):
+                todo = [s for s in batch if s not in cache.values]
+                if todo:
+                    z, k = self._encode_values_and_keys(todo)
+                    st.encoded_values += len(todo)
+                    st.encoded_keys += len(todo)
+                    if cache.keep_values:
+                        cache.values.update(zip(todo, z))
+                        cache.keys.update(zip(todo, k))
+                    fresh = {s: (zi, ki) for s, zi, ki in zip(todo, z, k)}
+                else:
+                    fresh = {}
+                pairs = [fresh[s] if s in fresh else (cache.values[s], cache.keys[s])
+                         for s in batch]
+                writer.put(np.stack([p[1] for p in pairs]), np.stack([p[0] for p in pairs]),
+                           batch)
+            return
         key_texts = {s: self.key_text(s) for s in segs}
         need = [kt for kt in dict.fromkeys(key_texts.values()) if kt not in cache.keys]
         block_keys = self._encode_keys(need)
@@ -429,22 +556,109 @@ class LongContextMemory:
 
     # ------------------------------------------------------------------ read
 
-    def _query(self, answer_prefix: str) -> np.ndarray:
+    def _check_ready(self, answer_prefix: str) -> None:
         if not isinstance(answer_prefix, str) or not answer_prefix.strip():
             raise ValueError(f"answer_prefix: expected a non-empty string, got {answer_prefix!r}")
         if self.store is None or len(self.store) == 0:
             raise RuntimeError("nothing ingested: call ingest() first")
-        with torch.no_grad():
-            return _host(self.model.encode_keys([self.key_text(" ".join(answer_prefix.split()))]))
 
-    def retrieve(self, answer_prefix: str, k: int = 1) -> Tuple[List[int], List[float]]:
-        """The top-k memory rows for an answer prefix and their scores (best first)."""
-        q = self._query(answer_prefix)
+    def _query_text(self, answer_prefix: str, question: Optional[str]) -> str:
+        """Recall mode retrieves by the question and the answer prefix together; paper mode
+        by the answer prefix's key text."""
+        prefix = " ".join(answer_prefix.split())
+        if not self.recall:
+            return self.key_text(prefix)
+        return f"{' '.join(question.split())} {prefix}" if question else prefix
+
+    def _query(self, answer_prefix: str, question: Optional[str] = None) -> np.ndarray:
+        self._check_ready(answer_prefix)
+        with torch.no_grad():
+            return _host(self.model.encode_keys([self._query_text(answer_prefix, question)]))
+
+    def retrieve(self, answer_prefix: str, k: int = 1,
+                 question: Optional[str] = None) -> Tuple[List[int], List[float]]:
+        """The top-k memory rows for a question and their scores (best first): in recall
+        mode by the fused dense + lexical score, in paper mode by the key's cosine."""
         k = _positive_int(k, "k")
+        self._check_ready(answer_prefix)
         if k > len(self.store):
             raise ValueError(f"k: expected at most the {len(self.store)} stored rows, got {k}")
-        rows, scores = self.store.search(q, k)
+        if self.recall:
+            ranked = self._ranked(answer_prefix, question, max(k, 64))
+            return [s.row for s in ranked[:k]], [s.score for s in ranked[:k]]
+        rows, scores = self.store.search(self._query(answer_prefix), k)
         return rows[0].tolist(), scores[0].tolist()
+
+    def _ranked(self, answer_prefix: str, question: Optional[str], depth: int = 64
+                ) -> List[Source]:
+        """Candidates of both views, fused: score = (dense cosine + lexical coverage) / 2.
+        A lexical candidate outside the dense top ``depth`` gets the depth-th cosine (an
+        upper bound of its own)."""
+        text = self._query_text(answer_prefix, question)
+        q = self._query(answer_prefix, question)
+        depth = min(depth, len(self.store))
+        ids, cos = self.store.search(q, depth)
+        dense = dict(zip(ids[0].tolist(), cos[0].tolist()))
+        floor = float(cos[0, -1])
+        lex_rows, lex_cov = self.lexical.search(text, depth)
+        lexical = dict(zip(lex_rows.tolist(), lex_cov.tolist()))
+        out = []
+        for r in dict.fromkeys([*dense, *lexical]):
+            d, lx = dense.get(r, floor), lexical.get(r, 0.0)
+            text_r = self._rows[r][0]
+            out.append(Source(row=r, text=text_r, score=0.5 * (d + lx), dense=d, lexical=lx,
+                              position=self._place.get(text_r, (0,))[0]))
+        out.sort(key=lambda s: (-s.score, s.row))
+        return out
+
+    def _widen(self, text: str) -> List[str]:
+        """A segment and the neighbouring windows of its sentence (a long sentence is
+        several windows), up to ``context_tokens`` decoder tokens, in document order."""
+        count = self.segmenter.counter.count
+        budget = self.context_tokens - count(text)
+        before: List[str] = []
+        after: List[str] = []
+        cur_back, cur_fwd = text, text
+        while budget > 0:
+            grew = False
+            place = self._place.get(cur_back)
+            if place is not None and place[3] and place[1] is not None and place[1] in self._row_of:
+                cur_back = place[1]
+                before.append(cur_back)
+                budget -= count(cur_back) - place[2]
+                grew = True
+            nxt = self._next.get(cur_fwd)
+            if budget > 0 and nxt is not None and nxt in self._row_of \
+                    and self._place.get(nxt, (0, None, 0, False))[3]:
+                cur_fwd = nxt
+                after.append(cur_fwd)
+                budget -= count(cur_fwd) - self._place[nxt][2]
+                grew = True
+            if not grew:
+                break
+        return [*reversed(before), text, *after]
+
+    def _passages(self, chosen: List[Source]) -> List[List[str]]:
+        """The chosen segments widened to their sentences, merged where they meet, in
+        document order: a list of passages, each a list of consecutive windows."""
+        groups: List[List[str]] = []
+        seen: Dict[str, int] = {}
+        for s in chosen:
+            group = [t for t in self._widen(s.text) if t not in seen]
+            if not group:
+                continue
+            for t in group:
+                seen[t] = len(groups)
+            groups.append(group)
+        groups.sort(key=lambda g: self._place.get(g[0], (0,))[0])
+        merged: List[List[str]] = []
+        for g in groups:
+            place = self._place.get(g[0])
+            if merged and place is not None and place[3] and place[1] == merged[-1][-1]:
+                merged[-1].extend(g)          # continues the passage before it
+            else:
+                merged.append(list(g))
+        return merged
 
     def segments_of(self, row: int) -> List[str]:
         """The distinct segment texts stored in a memory row."""
@@ -460,13 +674,13 @@ class LongContextMemory:
         row = self._row_of.get(segment)
         if row is None:
             raise ValueError(f"segment: not in the memory: {segment[:80]!r}")
-        kt = self.key_text(segment)
-        key = self.cache.keys.get(kt)
-        if key is None:
-            with torch.no_grad():
-                key = _host(self.model.encode_keys([kt]))[0]
-        # the row's own key is its nearest neighbour (cosine 1; identical keys are one row)
-        return self.store.read(key[None], 1)[0]
+        return self.store.reconstruct(np.array([row]))[0]
+
+    def _to_decoder(self, readout: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
+        r = torch.as_tensor(np.asarray(readout, dtype=np.float32))
+        if isinstance(self.model, torch.nn.Module) and hasattr(self.model, "decoder"):
+            r = r.to(_device(self.model.decoder))       # only z_read crosses to the device
+        return r
 
     def decode(self, answer_prefix: str, readout: Union[np.ndarray, torch.Tensor],
                max_new_tokens: int = 16, question: Optional[str] = None) -> str:
@@ -474,50 +688,113 @@ class LongContextMemory:
         ``question`` goes to ``model.complete(questions=...)`` when the model takes one (a
         prompt template with a question slot) and ``pass_question`` is on."""
         max_new_tokens = _positive_int(max_new_tokens, "max_new_tokens")
-        r = torch.as_tensor(np.asarray(readout, dtype=np.float32)).reshape(1, -1)
-        if isinstance(self.model, torch.nn.Module) and hasattr(self.model, "decoder"):
-            r = r.to(_device(self.model.decoder))       # only z_read crosses to the device
+        r = self._to_decoder(readout).reshape(1, -1)
         kw: Dict[str, Any] = {}
         if question is not None and self.pass_question and self._complete_takes_questions:
             kw["questions"] = [question]
         out = self.model.complete([answer_prefix], r, max_new_tokens=max_new_tokens, **kw)
-        return out[0].strip()
+        return _clean(out[0])
 
-    def ask_trace(self, answer_prefix: str, question: Optional[str] = None, *, k: int = 1,
-                  alpha: Optional[float] = None, max_new_tokens: int = 16) -> Answer:
-        """``ask`` with the rows, scores and segments it read.
+    def decode_passages(self, answer_prefix: str, passages: List[List[str]],
+                        max_new_tokens: int = 16, question: Optional[str] = None) -> str:
+        """The decoder's continuation of ``answer_prefix`` conditioned on the stored values
+        of the passages' segments (read by row id), each passage after a line break, the
+        windows of one passage stitched without their overlap. A model without
+        ``complete_passages`` gets the first segment's readout alone."""
+        max_new_tokens = _positive_int(max_new_tokens, "max_new_tokens")
+        texts = [t for p in passages for t in p]
+        rows = np.array([self._row_of[t] for t in texts], np.int64)
+        values = self.store.reconstruct(rows)
+        if not callable(getattr(self.model, "complete_passages", None)) \
+                or getattr(self.model, "prefix", None) is None:
+            return self.decode(answer_prefix, values[0], max_new_tokens, question)
+        skip, joined = [], []
+        for p in passages:
+            for j, t in enumerate(p):
+                skip.append(self._place[t][2] if j else 0)
+                joined.append(j > 0)
+        q = question if self.pass_question else None
+        return _clean(self.model.complete_passages(answer_prefix, self._to_decoder(values),
+                                                   skip, joined, q, max_new_tokens))
 
-        k = 1 reads the best row's value; k > 1 the Gaussian-weighted values of the top k
-        (``alpha``, default 1e-3 as in Larimar; alpha -> 0 is the one-hot limit)."""
+    def ask_trace(self, answer_prefix: str, question: Optional[str] = None, *,
+                  k: Optional[int] = None, alpha: Optional[float] = None,
+                  max_new_tokens: int = 16) -> Answer:
+        """``ask`` with its sources, confidence, passages and the rows and scores it read.
+
+        Recall mode: ``k`` caps the rows read (default ``max_readouts``). Paper mode: k = 1
+        (default) reads the best row's value; k > 1 the Gaussian-weighted values of the top
+        k (``alpha``, default 1e-3 as in Larimar; alpha -> 0 is the one-hot limit)."""
         if question is not None and not isinstance(question, str):
             raise ValueError(f"question: expected a string or None, got {type(question).__name__}")
-        q = self._query(answer_prefix)
+        self._check_ready(answer_prefix)
+        if k is None:
+            k = min(self.max_readouts, len(self)) if self.recall else 1
         k = _positive_int(k, "k")
         if k > len(self.store):
             raise ValueError(f"k: expected at most the {len(self.store)} stored rows, got {k}")
         if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))
                                   or not np.isfinite(alpha) or alpha <= 0):
             raise ValueError(f"alpha: expected a finite number > 0, got {alpha!r}")
-        rows, scores = self.store.search(q, k)
+        max_new_tokens = _positive_int(max_new_tokens, "max_new_tokens")
+        if self.recall:
+            return self._ask_recall(answer_prefix, question, k, max_new_tokens)
+        q = self._query(answer_prefix)
         if k == 1:
-            readout = self.store.read(q, 1)[0]
+            rows, scores, values = self.store.search_and_reconstruct(q, 1)
+            readout = values[0, 0]
         else:
+            rows, scores = self.store.search(q, k)
             readout = self.store.read(q, k, 1e-3 if alpha is None else float(alpha))[0]
         answer = self.decode(answer_prefix, readout, max_new_tokens, question)
         top = int(rows[0, 0])
+        segs = self.segments_of(top)
+        src = Source(row=top, text=segs[0], score=float(scores[0, 0]),
+                     dense=float(scores[0, 0]), lexical=0.0,
+                     position=self._place.get(segs[0], (0,))[0])
         return Answer(answer=answer, answer_prefix=answer_prefix, question=question,
-                      rows=rows[0].tolist(), scores=scores[0].tolist(),
-                      segments=self.segments_of(top), readout=readout)
+                      rows=rows[0].tolist(), scores=scores[0].tolist(), segments=segs,
+                      readout=readout, confidence=src.score, found=True, guess=answer,
+                      sources=[src], passages=[" ".join(segs)])
 
-    def ask(self, answer_prefix: str, question: Optional[str] = None, *, k: int = 1,
-            alpha: Optional[float] = None, max_new_tokens: int = 16) -> str:
+    def _ask_recall(self, answer_prefix: str, question: Optional[str], k: int,
+                    max_new_tokens: int) -> Answer:
+        ranked = self._ranked(answer_prefix, question)
+        best = ranked[0].score
+        chosen = [s for s in ranked[:k] if s.score >= self.margin * best]
+        passages = self._passages(chosen)
+        guess = self.decode_passages(answer_prefix, passages, max_new_tokens, question)
+        found = best >= self.threshold
+        top = ranked[0].row
+        return Answer(answer=guess if found else NOT_FOUND, answer_prefix=answer_prefix,
+                      question=question, rows=[s.row for s in ranked[:max(k, len(chosen))]],
+                      scores=[s.score for s in ranked[:max(k, len(chosen))]],
+                      segments=self.segments_of(top),
+                      readout=self.store.reconstruct(np.array([top]))[0],
+                      confidence=best, found=found, guess=guess, sources=chosen,
+                      passages=[self._stitch(p) for p in passages])
+
+    def _stitch(self, passage: List[str]) -> str:
+        """A passage's text, each window after the first without the tokens it repeats."""
+        offsets = self.segmenter.counter.offsets(passage[1:])
+        parts = [passage[0]]
+        for t, offs in zip(passage[1:], offsets):
+            skip = self._place[t][2]
+            if skip < len(offs):
+                at = offs[skip][0]
+                parts.append((" " if at and t[at - 1].isspace() else "") + t[at:])
+        return "".join(parts)
+
+    def ask(self, answer_prefix: str, question: Optional[str] = None, *,
+            k: Optional[int] = None, alpha: Optional[float] = None,
+            max_new_tokens: int = 16) -> str:
         """Answer from memory: the decoder's greedy continuation of ``answer_prefix`` (e.g.
-        "The pass key is") conditioned on the readout for that prefix.
+        "The pass key is") conditioned on what the question retrieves (``ask_trace`` gives
+        the sources and confidence; below the threshold this is ``NOT_FOUND``).
 
-        Retrieval keys on the answer prefix only; ``question`` (e.g. "What is the pass
-        key?") is handed to the decoder when its ``complete`` takes ``questions`` (a prompt
-        template with a question slot) and ``pass_question`` is on, else only kept in the
-        trace."""
+        Recall mode retrieves by the question and the answer prefix together; paper mode
+        keys on the answer prefix only. ``question`` is handed to the decoder's prompt when
+        the model takes one and ``pass_question`` is on."""
         return self.ask_trace(answer_prefix, question, k=k, alpha=alpha,
                               max_new_tokens=max_new_tokens).answer
 
@@ -526,7 +803,7 @@ class LongContextMemory:
     @property
     def stats(self) -> Dict[str, Any]:
         """Running totals: segments, distinct segments, rows, rows shared by distinct
-        segments, decoder tokens, host bytes, ingest seconds and tokens/s."""
+        segments (paper mode only), decoder tokens, host bytes, ingest seconds and tokens/s."""
         t = self.totals
         return {"segments": t.segments, "unique_segments": len(self._count),
                 "rows": len(self.store) if self.store is not None else 0,
@@ -536,8 +813,9 @@ class LongContextMemory:
                 "ingest_seconds": t.seconds, "ingest_tokens_per_s": t.tokens_per_s,
                 "encoded_keys": t.encoded_keys, "encoded_values": t.encoded_values,
                 "split_sentences": self.segmenter.split_sentences,
-                "prefix_words": self.prefix_words if self.prefix_keys else None,
-                "max_tokens": self.max_tokens}
+                "prefix_words": (self.prefix_words if self.prefix_keys and not self.recall
+                                 else None),
+                "max_tokens": self.max_tokens, "mode": self.mode}
 
     def __len__(self) -> int:
         return len(self.store) if self.store is not None else 0
@@ -545,7 +823,8 @@ class LongContextMemory:
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Write the ingested memory to the folder ``path``: ``memory.safetensors`` (the
         KeyValueMemory) and ``segments.safetensors`` (the segment texts of every row, their
-        counts and this memory's configuration). Each file is written atomically."""
+        counts, where each first occurs and what precedes it, and this memory's
+        configuration). Each file is written atomically."""
         if self.store is None:
             raise ValueError("path: nothing to save, call ingest() first")
         folder = Path(path)
@@ -559,20 +838,29 @@ class LongContextMemory:
         offsets = np.zeros(len(encoded) + 1, np.int64)
         np.cumsum([len(b) for b in encoded], out=offsets[1:])
         blob = np.frombuffer(b"".join(encoded), np.uint8) if encoded else np.zeros(0, np.uint8)
-        config = {"prefix_words": self.prefix_words, "prefix_keys": self.prefix_keys,
+        index = {t: i for i, t in enumerate(texts)}
+        places = [self._place.get(t, (0, None, 0, False)) for t in texts]
+        config = {"mode": self.mode, "prefix_words": self.prefix_words,
+                  "prefix_keys": self.prefix_keys,
                   "max_tokens": self.max_tokens, "metric": self.metric,
                   "rows": len(self.store), "texts": len(texts),
                   "totals": self.totals.as_dict()}
         arrays = {"text_bytes": blob.copy(), "text_offsets": offsets,
                   "text_rows": np.asarray(rows, np.int64),
-                  "text_counts": np.asarray([self._count.get(t, 1) for t in texts], np.int64)}
+                  "text_counts": np.asarray([self._count.get(t, 1) for t in texts], np.int64),
+                  "text_positions": np.asarray([p[0] for p in places], np.int64),
+                  "text_prev": np.asarray([index.get(p[1], -1) for p in places], np.int64),
+                  "text_next": np.asarray([index.get(self._next.get(t), -1) for t in texts],
+                                          np.int64),
+                  "text_overlap": np.asarray([p[2] for p in places], np.int64),
+                  "text_continues": np.asarray([p[3] for p in places], np.int64)}
         self.store.save(folder / "memory.safetensors")
         _persist.save(folder / "segments.safetensors", _KIND, config, arrays)
 
     def load(self, path: Union[str, os.PathLike]) -> "LongContextMemory":
         """Replace this memory's contents by a folder written by ``save``; its
-        configuration (prefix words, prefix keys, max tokens, metric) is adopted. Returns
-        self, so ``LongContextMemory(model).load(path)`` works."""
+        configuration (mode, prefix words, prefix keys, max tokens, metric) is adopted.
+        Returns self, so ``LongContextMemory(model).load(path)`` works."""
         folder = Path(path)
         if not folder.is_dir():
             raise ValueError(f"path: not a folder written by LongContextMemory.save: {str(path)!r}")
@@ -588,6 +876,14 @@ class LongContextMemory:
                   and (n_texts == 0 or (rows.min() >= 0 and rows.max() < n_rows)))
             prefix_words = _positive_int(config["prefix_words"], "prefix_words")
             max_tokens = _positive_int(config["max_tokens"], "max_tokens")
+            mode = config.get("mode", "paper")      # files from before the recall mode
+            if mode not in MODES:
+                raise ValueError(f"mode {mode!r}")
+            links = [arrays.get(k, np.zeros(n_texts, np.int64) - (k in ("text_prev", "text_next")))
+                     for k in ("text_positions", "text_prev", "text_next", "text_overlap",
+                               "text_continues")]
+            ok = ok and all(x.shape == (n_texts,) for x in links) and all(
+                np.all((x >= -1) & (x < n_texts)) for x in links[1:3])
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"path: {str(path)!r} has an invalid segments file ({exc})") from exc
         if not ok:
@@ -597,21 +893,29 @@ class LongContextMemory:
                              f"the model's code size is {self.model.code_size}")
         data = blob.tobytes()
         texts = [data[offsets[i]:offsets[i + 1]].decode("utf-8") for i in range(n_texts)]
+        self._reset()
+        self.mode = mode
         self.prefix_words, self.prefix_keys = prefix_words, bool(config["prefix_keys"])
         self.max_tokens, self.metric = max_tokens, store.metric
         self.segmenter = Segmenter(self.model.tokenizer, self.max_tokens, block=self.block)
         self.store = store
         self._rows = [[] for _ in range(n_rows)]
-        self._row_of, self._count = {}, {}
-        for t, r, c in zip(texts, rows.tolist(), counts.tolist()):
+        pos, prev, nxt, overlap, cont = (x.tolist() for x in links)
+        for i, (t, r, c) in enumerate(zip(texts, rows.tolist(), counts.tolist())):
             self._rows[r].append(t)
             self._row_of[t] = r
             self._count[t] = int(c)
+            self._place[t] = (pos[i], texts[prev[i]] if prev[i] >= 0 else None, overlap[i],
+                              bool(cont[i]))
+            if nxt[i] >= 0:
+                self._next[t] = texts[nxt[i]]
+            if self.recall:
+                self.lexical.add(r, t)
         # the keys of the stored prefixes, bitwise as stored: a new segment with a known
         # prefix must land in the same row
         self.cache = EncodingCache(self.cache.keep_values)
         self.cache.model_id = id(self.model)
-        if n_rows:
+        if n_rows and not self.recall:
             keys = store.keys
             for r, row in enumerate(self._rows):
                 for t in row:
@@ -623,6 +927,8 @@ class LongContextMemory:
         return self
 
     def __repr__(self) -> str:
-        mode = f"prefix_words={self.prefix_words}" if self.prefix_keys else "prefix_keys=False"
+        mode = "mode='recall'" if self.recall else (
+            f"mode='paper', prefix_words={self.prefix_words}" if self.prefix_keys
+            else "mode='paper', prefix_keys=False")
         return (f"LongContextMemory({mode}, max_tokens={self.max_tokens}, rows={len(self)}, "
                 f"segments={self.totals.segments}, tokens={self.totals.tokens})")

@@ -1,15 +1,23 @@
-"""Sentence-aware segmentation of arbitrary text for the fixed-key memory.
+"""Sentence-aware segmentation of arbitrary text for the fixed-key memory, in linear time.
 
 One sentence is one segment (Nelson et al. store a context segment by segment; a sentence
 is the unit a question's answer prefix lines up with: the passkey needle "The pass key is
 {KEY}. Remember it. {KEY} is the pass key." yields the segment "The pass key is {KEY}."
-whose first words are the question's answer prefix). A sentence longer than ``max_tokens``
-decoder tokens is cut into chunks on word boundaries (inside a word only when one word alone
-is too long), so no segment exceeds ``max_tokens`` (the one exception: a single character
-that alone takes more tokens, e.g. an emoji of several byte tokens with max_tokens = 1).
+whose first words are the question's answer prefix). Sentence ends are those of the Latin,
+CJK (。！？), Devanagari (।), Arabic (؟ ۔) and other scripts, and blank lines.
+
+A sentence longer than ``max_tokens`` decoder tokens (or text with no sentence punctuation
+at all) becomes overlapping token windows: the sentence is tokenized once, windows of at
+most ``max_tokens`` tokens start every ``max_tokens // 2`` tokens or so, and every cut falls
+on a decoder-token boundary that is also a character boundary (preferably a word start), so
+no window breaks a character or a token. Any span of at most ``span_tokens(max_tokens)``
+tokens (14 for 32-token windows) lies whole inside at least one window, and consecutive
+windows of a sentence are linked (``Segment.overlap``) so that a reader can stitch the
+sentence back together without repeating the overlap.
 
 Whitespace inside a segment is normalised to single spaces; every non-space character of
-the text lands in exactly one segment, in order (the covering property the tests check).
+the text lands in at least one segment, in order, and in exactly one when overlapping
+windows are counted once (the covering property the tests check).
 
 Nothing here needs torch: the token counts come from any Hugging Face tokenizer (its
 ``__call__`` returning ``input_ids``), cached per distinct sentence, because long contexts
@@ -18,16 +26,23 @@ repeat sentences (the passkey filler is five sentences repeated to a million tok
 
 from __future__ import annotations
 
+import bisect
 import re
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
-__all__ = ["Segmenter", "split_sentences", "stream_sentences", "prefix_text", "TokenCounter",
-           "WORD_TOKEN_RATIO"]
+__all__ = ["Segmenter", "Segment", "split_sentences", "stream_sentences", "prefix_text",
+           "TokenCounter", "WORD_TOKEN_RATIO", "span_tokens"]
 
-# Candidate sentence ends: terminal punctuation with any closing quotes or brackets, before
-# whitespace, the end of the text or an upper-case letter (the essays glue paragraphs as
-# "accelerating.We"); and blank lines (headings, list items without a full stop).
-_END = re.compile(r"[.!?]+[\"'\u201d\u2019)\]]*(?=\s|$|[A-Z])|\n[ \t]*\n")
+_CLOSE = "\"'\u201d\u2019)\\]\u300d\u300f\uff09\u3011"
+# Candidate sentence ends: Latin terminal punctuation with any closing quotes or brackets,
+# before whitespace, the end of the text or an upper-case letter (the essays glue paragraphs
+# as "accelerating.We"); full stops of scripts that need no space after them (CJK 。！？,
+# Devanagari danda, Arabic and Urdu question mark and full stop, Armenian, Ethiopic); and
+# blank lines (headings, list items without a full stop).
+_END = re.compile(r"[.!?]+[" + _CLOSE + r"]*(?=\s|$|[A-Z])"
+                  r"|[\u3002\uff01\uff1f\uff61\u0964\u0965\u061f\u06d4\u0589\u1362]+[" + _CLOSE
+                  + r"]*|\n[ \t]*\n")
+_LATIN_END = frozenset(".!?")
 _WS = re.compile(r"\s+")
 
 # SmolLM2 tokens per whitespace word, measured once on the 49 Paul Graham essays
@@ -49,6 +64,9 @@ def _sentence_ends(text: str, final: bool) -> Iterator[int]:
         end = m.end()
         if m.group().startswith("\n"):          # blank line: break before it
             yield m.start()
+            continue
+        if m.group()[0] not in _LATIN_END:      # a script whose full stop always ends
+            yield end
             continue
         j = end
         while j < n and text[j].isspace():
@@ -96,12 +114,17 @@ def split_sentences(text: str) -> Iterator[str]:
 
 
 def stream_sentences(texts: Iterable[str], separator: str = "",
-                     max_carry: int = 100_000) -> Iterator[str]:
+                     max_carry: int = 8192) -> Iterator[str]:
     """The sentences of the concatenation ``separator.join(texts)``, read lazily: a
     sentence may run from one text into the next (a file read in pieces is segmented as
     the whole file). ``separator="\n\n"`` keeps texts apart (a blank line ends a
-    sentence). A partial sentence longer than ``max_carry`` characters is let through as it
-    is (no full stop for that long: it is cut by tokens later)."""
+    sentence). A partial sentence longer than ``max_carry`` characters (text without
+    sentence punctuation) is let through up to its last whitespace or clause mark in its
+    second half (else at ``max_carry`` characters, never inside a character) and cut into
+    token windows later; the next piece starts ``max_carry // 32`` characters before that
+    cut, so a span of up to that many characters crossing the cut is still whole in one
+    piece. Each character is scanned a bounded number of times: linear time (tokenizers
+    are also far slower on one unbroken run of a million characters than on pieces)."""
     carry: Optional[str] = None
     for text in texts:
         if not isinstance(text, str):
@@ -109,11 +132,41 @@ def stream_sentences(texts: Iterable[str], separator: str = "",
         buf = text if carry is None else carry + separator + text
         sentences, carry = _split(buf, False)
         yield from sentences
-        if len(carry) > max_carry:
-            yield from _split(carry, True)[0]
-            carry = ""
+        pos = 0                               # walk the carry without re-slicing it
+        while len(carry) - pos > max_carry:
+            cut = _last_break(carry, pos + max_carry // 2, pos + max_carry)
+            yield from _split(carry[pos:cut], True)[0]
+            pos = max(cut - max_carry // 32, pos + 1)
+        if pos:
+            carry = carry[pos:]
     if carry is not None:
         yield from _split(carry, True)[0]
+
+
+_CLAUSE = frozenset(",;:\u3001\uff0c\uff1b\uff1a\u060c")
+
+
+def _last_break(text: str, lowest: int, highest: int) -> int:
+    """The offset after the last whitespace (else clause mark: , ; : 、 ，) in
+    text[lowest:highest], else ``highest``."""
+    clause = -1
+    for i in range(min(highest, len(text)) - 1, lowest - 1, -1):
+        if text[i].isspace():
+            return i + 1
+        if clause < 0 and text[i] in _CLAUSE:
+            clause = i + 1
+    return clause if clause > 0 else highest
+
+
+def span_tokens(max_tokens: int) -> int:
+    """The longest span of decoder tokens guaranteed to lie whole inside one window of a
+    long sentence cut by ``Segmenter(max_tokens=...)`` (windows start at most
+    ``max_tokens // 2`` tokens apart, less a token for the first word's lost leading space)."""
+    return max(1, max_tokens - _stride(max_tokens) - 2)
+
+
+def _stride(max_tokens: int) -> int:
+    return max(1, max_tokens // 2)
 
 
 def prefix_text(segment: str, words: Optional[int]) -> str:
@@ -137,10 +190,32 @@ class TokenCounter:
         self.tokenizer = tokenizer
         self.cache_limit = int(cache_limit)
         self._cache: Dict[str, int] = {}
+        # a fast tokenizer's Rust backend, called directly: the Python wrapper's per-text
+        # conversion cost more than the tokenization itself on long unpunctuated texts
+        self._backend = getattr(tokenizer, "backend_tokenizer", None)
+
+    def _encode(self, texts: List[str]) -> list:
+        # the wrapper leaves its last call's padding/truncation set on the shared backend
+        # (a padded encoder batch would pad these too): clear both before every call
+        self._backend.no_padding()
+        self._backend.no_truncation()
+        return self._backend.encode_batch(texts, add_special_tokens=False)
+
+    def offsets(self, texts: List[str]) -> List[List[Tuple[int, int]]]:
+        """The (start, end) character spans of each text's decoder tokens (no special
+        tokens); without a tokenizer, its whitespace words."""
+        if self.tokenizer is None:
+            return [[m.span() for m in re.finditer(r"\S+", t)] for t in texts]
+        if self._backend is not None:
+            return [e.offsets for e in self._encode(texts)]
+        enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        return [[tuple(o) for o in offs] for offs in enc["offset_mapping"]]
 
     def _raw(self, texts: List[str]) -> List[int]:
         if self.tokenizer is None:
             return [-(-int(WORD_TOKEN_RATIO * 1000 * len(t.split())) // 1000) for t in texts]
+        if self._backend is not None:
+            return [len(e.ids) for e in self._encode(texts)]
         ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         return [len(x) for x in ids]
 
@@ -157,36 +232,56 @@ class TokenCounter:
         return self.counts([text])[0]
 
 
+    def spans(self, text: str) -> List[Tuple[int, int]]:
+        """``offsets`` of one text."""
+        return self.offsets([text])[0]
+
+
+class Segment(NamedTuple):
+    """One segment: ``text``, its decoder ``tokens``, and how it follows the segment before it:
+    ``overlap`` = the number of its own leading tokens that repeat the end of the previous
+    window of the same sentence (0 for the first window and for a whole sentence), and
+    ``continues`` = it is a later window of the sentence before."""
+    text: str
+    tokens: int
+    overlap: int = 0
+    continues: bool = False
+
+
 class Segmenter:
-    """Splits text into segments of at most ``max_tokens`` decoder tokens, one sentence each.
+    """Splits text into segments of at most ``max_tokens`` decoder tokens, one sentence each,
+    long sentences as overlapping windows (module docstring).
 
     Args:
         tokenizer: the decoder's tokenizer (segment sizes are in the tokens the decoder
             will produce), or None for the calibrated word estimate.
         max_tokens: the largest segment, in decoder tokens (>= 1).
         block: sentences tokenized per batched tokenizer call when streaming.
+        overlap: False cuts long sentences into windows that do not overlap.
     """
 
-    def __init__(self, tokenizer: Any = None, max_tokens: int = 64, block: int = 2048) -> None:
+    def __init__(self, tokenizer: Any = None, max_tokens: int = 64, block: int = 2048,
+                 overlap: bool = True) -> None:
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
             raise ValueError(f"max_tokens: expected an integer >= 1, got {max_tokens!r}")
         if isinstance(block, bool) or not isinstance(block, int) or block < 1:
             raise ValueError(f"block: expected an integer >= 1, got {block!r}")
         self.max_tokens = max_tokens
         self.block = block
+        self.overlap = bool(overlap)
         self.counter = TokenCounter(tokenizer)
-        # sentence -> its segments with their token counts (long contexts repeat sentences)
-        self._chunks: Dict[str, Tuple[Tuple[str, int], ...]] = {}
-        self.split_sentences = 0   # sentences that had to be cut into several chunks
+        # sentence -> its segments (long contexts repeat sentences)
+        self._chunks: Dict[str, Tuple[Segment, ...]] = {}
+        self.split_sentences = 0   # sentences that had to be cut into several windows
 
     def split(self, text: str) -> List[str]:
         """The segments of one text, in order."""
-        return [s for s, _ in self.segments([text])]
+        return [s.text for s in self.segments([text])]
 
-    def segments(self, texts: Iterable[str], separator: str = "") -> Iterator[Tuple[str, int]]:
-        """Stream (segment, decoder tokens) over ``separator.join(texts)`` (see
-        ``stream_sentences``), in order. Sentences are tokenized in blocks (one tokenizer
-        call per ``block`` new sentences)."""
+    def segments(self, texts: Iterable[str], separator: str = "") -> Iterator[Segment]:
+        """Stream the ``Segment``s of ``separator.join(texts)`` (see ``stream_sentences``),
+        in order. Sentences are tokenized in blocks (one tokenizer call per ``block`` new
+        sentences)."""
         buf: List[str] = []
         for sentence in stream_sentences(texts, separator):
             buf.append(sentence)
@@ -196,57 +291,89 @@ class Segmenter:
         if buf:
             yield from self._resolve(buf)
 
-    def _resolve(self, sentences: List[str]) -> Iterator[Tuple[str, int]]:
+    def _resolve(self, sentences: List[str]) -> Iterator[Segment]:
         new = list(dict.fromkeys(s for s in sentences if s not in self._chunks))
         if new:
             if len(self._chunks) + len(new) > 1_000_000:   # bound the cache on endless streams
                 self._chunks.clear()
             for s, n in zip(new, self.counter.counts(new)):
                 if n <= self.max_tokens:
-                    self._chunks[s] = ((s, n),)
+                    self._chunks[s] = (Segment(s, n),)
                 else:
                     self.split_sentences += 1
-                    self._chunks[s] = tuple(self._cut(s))
+                    self._chunks[s] = tuple(self._windows(s))
         for s in sentences:
             yield from self._chunks[s]
 
-    def _fits(self, text: str) -> Tuple[bool, int]:
-        n = self.counter.count(text)
-        return n <= self.max_tokens, n
+    def _windows(self, sentence: str) -> List[Segment]:
+        """Overlapping token windows of one long sentence: one tokenization of the sentence,
+        cuts at token starts that are character boundaries (a word start when one leaves
+        the window at least half full), then one batched tokenization of all windows for
+        their own counts and overlaps (a window's first word loses its leading space, so
+        a window is shortened in the rare case its own tokenization is longer). Linear in
+        the sentence."""
+        spans = self.counter.spans(sentence)
+        n = len(spans)
+        per_unit = WORD_TOKEN_RATIO if self.counter.tokenizer is None else 1.0
+        size = max(1, int((self.max_tokens - (1 if self.max_tokens > 4 else 0)) / per_unit))
+        stride = max(1, int(_stride(self.max_tokens) / per_unit)) if self.overlap else size
+        # legal cuts: token i starts a new character (byte tokens of one character share it)
+        legal = [0] + [i for i in range(1, n) if spans[i][0] >= spans[i - 1][1]]
+        word = [i for i in legal
+                if i == 0 or sentence[spans[i][0] - 1].isspace() or sentence[spans[i][0]].isspace()]
 
-    def _longest(self, pieces: List[str], i: int, sep: str) -> Tuple[int, int]:
-        """The largest j > i with sep.join(pieces[i:j]) within max_tokens (binary search:
-        token counts grow with the number of words), and its token count; j == i when even
-        pieces[i] alone is too long."""
-        lo, hi, best = i, len(pieces), (i, 0)
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            ok, n = self._fits(sep.join(pieces[i:mid]))
-            if ok:
-                lo, best = mid, (mid, n)
-            else:
-                hi = mid - 1
-        return best
+        def cut(limit: int, lowest: int, word_lowest: int) -> int:
+            """The largest cut in (lowest, limit]: a word start above word_lowest if any."""
+            for pool, low in ((word, max(lowest, word_lowest)), (legal, lowest)):
+                j = bisect.bisect_right(pool, limit) - 1
+                if j >= 0 and pool[j] > low:
+                    return pool[j]
+            return -1
 
-    def _cut(self, sentence: str) -> Iterator[Tuple[str, int]]:
-        words = sentence.split(" ")
-        i = 0
-        while i < len(words):
-            j, n = self._longest(words, i, " ")
-            if j > i:
-                yield " ".join(words[i:j]), n
-                i = j
+        def char(i: int) -> int:
+            return spans[i][0] if i < n else len(sentence)
+
+        plan: List[Tuple[int, int]] = []          # (first token, end token) per window
+        start = 0
+        while start < n:
+            end = n if start + size >= n else cut(start + size, start, start + size // 2)
+            if end < 0:        # one character longer than the window: it goes whole
+                end = next((c for c in legal if c > start), n)
+            plan.append((start, end))
+            if end >= n:
+                break
+            target = end - (size - stride)
+            nxt = cut(target, start, target - stride // 2) if stride < size else -1
+            start = nxt if nxt > start else end
+        return self._measured(sentence, plan, char, cut)
+
+    def _measured(self, sentence: str, plan: List[Tuple[int, int]], char, cut) -> List[Segment]:
+        """Segments of planned windows, each counted and its overlap with the window before
+        measured in its own tokens (one batched tokenizer call)."""
+        out: List[Segment] = []
+        prev_end_char: Optional[int] = None
+        raw = [(char(a), sentence[char(a):char(b)]) for a, b in plan]
+        texts = [t.strip() for _, t in raw]
+        own = self._own_spans(texts)
+        for w, ((a, b), (c0, rawtext)) in enumerate(zip(plan, raw)):
+            text, spans = texts[w], own[w]
+            while len(spans) > self.max_tokens and b - a > 1:     # rare: shorten and recount
+                shorter = cut(b - 1, a, b)
+                if shorter < 0:
+                    break
+                b = shorter
+                text = sentence[char(a):char(b)].strip()
+                spans = self._own_spans([text])[0]
+            if not text:
                 continue
-            # one word alone is longer than max_tokens (a URL, a long number): cut it by
-            # characters, each piece as long as fits
-            chars = list(words[i])
-            k = 0
-            while k < len(chars):
-                m, n = self._longest(chars, k, "")
-                m = max(m, k + 1)       # a single character always goes (one token or more)
-                if n == 0:
-                    n = self.counter.count("".join(chars[k:m]))
-                yield "".join(chars[k:m]), n
-                k = m
-            i += 1
+            lead = len(rawtext) - len(rawtext.lstrip())
+            overlap = 0
+            if prev_end_char is not None and char(a) < prev_end_char:
+                shared = prev_end_char - c0 - lead           # characters of text already read
+                overlap = sum(1 for s0, _ in spans if s0 < shared)
+            out.append(Segment(text, len(spans), overlap, bool(out)))
+            prev_end_char = char(b)
+        return out
 
+    def _own_spans(self, texts: List[str]) -> List[List[Tuple[int, int]]]:
+        return self.counter.offsets(texts)

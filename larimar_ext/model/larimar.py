@@ -195,7 +195,7 @@ class LarimarModel(nn.Module):
         z = self.encoder_proj(pooled.to(self.encoder_proj.weight.dtype))
         return z.reshape(*lead, self.code_size)
 
-    def _encode_aligned(self, inputs: Union[Texts, AlignedSegments]) -> Tensor:
+    def _encode_aligned(self, inputs: Union[Texts, AlignedSegments], with_keys: bool = False):
         if isinstance(inputs, Tensor):
             raise ValueError("inputs: a model with decoder-aligned slots encodes texts or "
                              "AlignedSegments, not token ids")
@@ -205,9 +205,32 @@ class LarimarModel(nn.Module):
         if not self.training and self.__dict__.get("_int8_encoder") is not None:
             encoder = self.__dict__["_int8_encoder"]
         output = encoder(input_ids=segments.input_ids, attention_mask=segments.attention_mask)
-        return self.pooler(output.last_hidden_state, segments.attention_mask, output,
-                           segments=segments, piece_embeddings=self.encoder.get_input_embeddings(),
-                           token_embeddings=self.decoder.get_input_embeddings())
+        z = self.pooler(output.last_hidden_state, segments.attention_mask, output,
+                        segments=segments, piece_embeddings=self.encoder.get_input_embeddings(),
+                        token_embeddings=self.decoder.get_input_embeddings())
+        if not with_keys:
+            return z
+        keys = masked_mean(output.last_hidden_state, segments.attention_mask).float()
+        return z, torch.nn.functional.normalize(keys, dim=-1)
+
+    @torch.no_grad()
+    def encode_with_keys(self, texts: Texts) -> tuple[Tensor, Tensor]:
+        """(z (n, C), keys (n, H_enc)) from one encoder pass: the latents of ``encode`` and
+        the retrieval keys of ``encode_keys`` for the same texts (the key is the masked
+        mean of the states the latent was pooled from, so a whole-segment key costs no
+        second pass; with ``int8_values`` both come from the int8 encoder)."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if self.aligned:
+            return self._encode_aligned(texts, with_keys=True)
+        ids, mask = self._tokenize(texts, self.encoder_tokenizer)
+        dev = _device(self.encoder)
+        ids, mask = ids.to(dev), mask.to(dev)
+        output = self.encoder(input_ids=ids, attention_mask=mask)
+        pooled = self.pooler(output.last_hidden_state, mask, output)
+        z = self.encoder_proj(pooled.to(self.encoder_proj.weight.dtype))
+        keys = torch.nn.functional.normalize(masked_mean(output.last_hidden_state, mask).float(),
+                                             dim=-1)
+        return z, keys
 
     def int8_values(self, enable: bool = True) -> None:
         """Encode values (``encode``, at inference) with a dynamically int8-quantised copy of
@@ -450,6 +473,52 @@ class LarimarModel(nn.Module):
                             max_new_tokens=max_new_tokens, do_sample=False)
         new = out[:, batch["input_ids"].shape[1]:]
         return tok.batch_decode(new, skip_special_tokens=True)
+
+    @torch.no_grad()
+    def complete_passages(self, prompt: str, readouts: Tensor, skip: Sequence[int] = (),
+                          joined: Sequence[bool] = (), question: Optional[str] = None,
+                          max_new_tokens: int = 16, separator: str = "\n") -> str:
+        """Greedy continuation of one prompt conditioned on several readouts (r, C) at once
+        (prefix path only): their soft tokens go to the decoder in the order given, readout i
+        without its first ``skip[i]`` live slots (the overlap with the window before it) and,
+        unless ``joined[i]`` (a later window of the same sentence), after ``separator``.
+        The decoder's input grows with r, never with the context."""
+        if self.prefix is None:
+            raise ValueError("readouts: several readouts at once need the prefix path")
+        if readouts.dim() != 2 or readouts.shape[1] != self.code_size or readouts.shape[0] < 1:
+            raise ValueError(f"readouts: expected (r >= 1, {self.code_size}), "
+                             f"got {tuple(readouts.shape)}")
+        r = readouts.shape[0]
+        skip = list(skip) or [0] * r
+        joined = list(joined) or [False] * r
+        if len(skip) != r or len(joined) != r:
+            raise ValueError(f"skip, joined: expected {r} entries each")
+        dev = _device(self.decoder)
+        embed = self.decoder.get_input_embeddings()
+        table = embed.weight if self.prefix_snap else None
+        soft, live = self.prefix(readouts.to(dev), table)
+        tok = self.tokenizer
+
+        def ids(text: str) -> Tensor:
+            return torch.tensor(tok(text, add_special_tokens=False)["input_ids"] if text else [],
+                                dtype=torch.long, device=dev)
+
+        template = self.prompt_template or ("", "")
+        sep = embed(ids(separator))
+        parts = [embed(ids(template[0]))]
+        for i in range(r):
+            if i and not joined[i]:
+                parts.append(sep)
+            parts.append(soft[i][live[i]][int(skip[i]):].to(embed.weight.dtype))
+        after = template[1].format(question=question or "Repeat the text.") \
+            if "{question}" in template[1] else template[1]
+        parts.append(embed(ids(after + prompt)))
+        embeds = torch.cat(parts, 0).unsqueeze(0)
+        mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=dev)
+        new = self.decoder.generate(inputs_embeds=embeds, attention_mask=mask, do_sample=False,
+                                    max_new_tokens=max_new_tokens,
+                                    pad_token_id=self.dummy_token_id)
+        return tok.decode(new[0], skip_special_tokens=True)
 
     # ------------------------------------------------------------------ training loss
 
