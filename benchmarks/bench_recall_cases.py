@@ -42,12 +42,9 @@ ABSENT = [("What is the pass key for the orange door?", "The pass key for the or
            "The special magic number for quiet-harbor mentioned in the provided text is")]
 
 
-def haystack(directory: str, tokens: int, tokenizer, strip_punct: bool = False) -> list[str]:
+def haystack(directory: str, tokens: int, tokenizer) -> list[str]:
     from larimar_ext.longcontext import tasks
-    hay = tasks.Haystack(directory, tokenizer)
-    sents, _ = hay.take(tokens)
-    if strip_punct:
-        sents = [re.sub(r"[.!?]", "", s) for s in sents]
+    sents, _ = tasks.Haystack(directory, tokenizer).take(tokens)
     return list(sents)
 
 
@@ -67,7 +64,7 @@ def run(args) -> dict:
     model = LarimarModel.from_pretrained()
     tok = model.tokenizer
     base = haystack(args.haystack_dir, args.tokens, tok)
-    bare = haystack(args.haystack_dir, args.tokens, tok, strip_punct=True)
+    bare = [re.sub(r"[.!?]", "", s) for s in base]
     cache = EncodingCache(keep_values=True)
     rng = np.random.default_rng(args.seed)
     results: dict = {}

@@ -80,6 +80,14 @@ class Boundary:
             raise ValueError(f"{name}: expected a 2-D array, got {a.ndim}-D with shape {a.shape}")
         return np.ascontiguousarray(a, dtype=np.int64)
 
+    def row_ids(self, x: Any, name: str) -> np.ndarray:
+        """A 1-D int64 array of row ids (an empty array of any dtype is no ids)."""
+        a = self._to_numpy(x, name)
+        if a.ndim != 1 or not (a.size == 0 or np.issubdtype(a.dtype, np.integer)):
+            raise ValueError(f"{name}: expected a 1-D array of integer row ids, got "
+                             f"{a.ndim}-D {a.dtype}")
+        return np.ascontiguousarray(a, dtype=np.int64)
+
     def wrap(self, result: Any) -> Any:
         """numpy results as given, or tensors on the first tensor argument's device."""
         if self.device is None:

@@ -174,10 +174,8 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         "memory-paper" if args.mode == "paper" else "memory")
     model = None
     if system != "in-context":
-        try:
-            model = bench.load_larimar(args.model)
-        except (RuntimeError, OSError) as exc:     # no trained model (yet), a bad folder
-            print(f"larimar-ext {args.command}: model: {exc}", file=sys.stderr)
+        model = _load_model(args)
+        if model is None:
             return 2
     common = dict(contexts=contexts, depths=depths, trials=args.trials, seed=args.seed,
                   system=system, prefix_words=args.prefix_words, max_tokens=args.max_tokens,
@@ -236,8 +234,11 @@ def _ruler(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.system == "in-context":
         system, name = ruler.InContextSystem(), "in-context"
     else:
+        model = _load_model(args)
+        if model is None:
+            return 2
         kw = {} if args.threshold is None else {"threshold": args.threshold}
-        system = ruler.MemorySystem(_load_model(args.model), args.mode, **kw)
+        system = ruler.MemorySystem(model, args.mode, **kw)
         name = f"memory-{args.mode}"
     config = {k: getattr(args, k) for k in ("data", "lengths", "tasks", "limit", "system",
                                             "mode", "model", "threshold")}
@@ -248,9 +249,15 @@ def _ruler(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
-def _load_model(path: Optional[str]):
+def _load_model(args: argparse.Namespace):
+    """The LarimarModel of ``--model`` (default: the trained one), or None after a one-line
+    error (no trained model, a bad folder)."""
     from .longcontext import bench
-    return bench.load_larimar(path)
+    try:
+        return bench.load_larimar(args.model)
+    except (RuntimeError, OSError) as exc:
+        print(f"larimar-ext {args.command}: model: {exc}", file=sys.stderr)
+        return None
 
 
 def _print_summary(result: dict) -> None:

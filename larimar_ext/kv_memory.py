@@ -104,11 +104,7 @@ class KeyValueMemory:
         """The stored values (n, value_dim) of row ids (n,) (FAISS's reconstruct_n), in the
         order given; an id outside [0, len) is a ValueError naming ``ids``."""
         b = self._boundary()
-        a = b._to_numpy(ids, "ids")
-        if a.ndim != 1 or not (a.size == 0 or np.issubdtype(a.dtype, np.integer)):
-            raise ValueError(f"ids: expected a 1-D array of integer row ids, got "
-                             f"{a.ndim}-D {a.dtype}")
-        return b.wrap(self._core.reconstruct(np.ascontiguousarray(a, dtype=np.int64)))
+        return b.wrap(self._core.reconstruct(b.row_ids(ids, "ids")))
 
     def search_and_reconstruct(self, Q: Any, k: int) -> Any:
         """(indices (nq, k), scores (nq, k), values (nq, k, value_dim)): ``search`` and the

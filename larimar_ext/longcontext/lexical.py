@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Dict, Iterable, List, Set, Tuple
+from typing import Dict, List, Set, Tuple
 
 import numpy as np
 
@@ -95,10 +95,6 @@ class LexicalIndex:
             p.append(row)
         self._rows += 1
         self._max_row = max(self._max_row, int(row))
-
-    def add_many(self, rows: Iterable[int], texts: Iterable[str]) -> None:
-        for r, t in zip(rows, texts):
-            self.add(r, t)
 
     def weights(self, query: str) -> List[Tuple[str, float]]:
         """The query's informative terms and their idf (terms in at most half the rows;

@@ -48,7 +48,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -67,8 +67,8 @@ DEFAULT_PREFIX_WORDS = 4
 DEFAULT_MAX_TOKENS = 64
 # What ``ask`` answers when the best source's confidence is below the threshold.
 NOT_FOUND = "The context does not contain the answer."
-# Fused-score threshold of "found": calibrated on questions built for it (answer present vs
-# absent, generated needles in the essays; benchmarks/RESULTS.md section 7), not on RULER.
+# Fused-score threshold of "found". Set before any measurement, not calibrated yet: what it
+# withholds on RULER and on questions without an answer is in benchmarks/RESULTS.md section 7.
 DEFAULT_THRESHOLD = 0.45
 
 
@@ -139,6 +139,18 @@ class IngestStats:
 
     def as_dict(self) -> Dict[str, Any]:
         return asdict(self)
+
+
+class _Place(NamedTuple):
+    """Where a distinct segment first occurs: its ordinal in the stream, the segment before
+    it, how many of its own tokens repeat that one, and whether it continues its sentence."""
+    position: int = 0
+    prev: Optional[str] = None
+    overlap: int = 0
+    continues: bool = False
+
+
+_NOWHERE = _Place()
 
 
 @dataclass
@@ -252,9 +264,9 @@ class LongContextMemory:
         progress: show tqdm progress bars by default.
         pass_question: give ``ask``'s question to the decoder's prompt when the model takes
             one.
-        int8_values: encode values with the model's int8 encoder (``LarimarModel.int8_values``)
-            : faster ingest on the CPU (paper mode keys stay float; recall mode keys come
-            from the same int8 pass).
+        int8_values: encode values with the model's int8 encoder (``LarimarModel.int8_values``):
+            faster ingest on the CPU (paper mode keys stay float; recall mode keys come from
+            the same int8 pass).
     """
 
     def __init__(self, model: Any, *, mode: str = "recall",
@@ -328,9 +340,8 @@ class LongContextMemory:
         self._count: Dict[str, int] = {}          # segment text -> occurrences
         self._row_of: Dict[str, int] = {}         # segment text -> memory row
         self._rows: List[List[str]] = []          # row -> distinct segment texts in it
-        # where each distinct segment first occurs: (position, previous text, overlap with
-        # it in tokens, continues the same sentence); next text at that place
-        self._place: Dict[str, Tuple[int, Optional[str], int, bool]] = {}
+        # where each distinct segment first occurs, and the text after it there
+        self._place: Dict[str, _Place] = {}
         self._next: Dict[str, str] = {}
         self._prev_text: Optional[str] = None
         self._lock = threading.Lock()
@@ -500,7 +511,7 @@ class LongContextMemory:
         """Remember where a segment first occurs and what comes before and after it."""
         text, prev = piece.text, self._prev_text
         if text not in self._place:
-            self._place[text] = (position, prev, piece.overlap, piece.continues)
+            self._place[text] = _Place(position, prev, piece.overlap, piece.continues)
         if prev is not None and prev not in self._next and prev != text:
             self._next[prev] = text
         self._prev_text = text
@@ -509,49 +520,37 @@ class LongContextMemory:
         """Encode a block of distinct new segments and hand its batches to the writer."""
         st.new_segments += len(segs)
         cache = self.cache
-        if self.recall:
-            for batch in self._batches(segs):
-                todo = [s for s in batch if s not in cache.values]
-                if todo:
-                    z, k = self._encode_values_and_keys(todo)
-                    st.encoded_values += len(todo)
-                    st.encoded_keys += len(todo)
-                    if cache.keep_values:
-                        cache.values.update(zip(todo, z))
-                        cache.keys.update(zip(todo, k))
-                    fresh = {s: (zi, ki) for s, zi, ki in zip(todo, z, k)}
-                else:
-                    fresh = {}
-                pairs = [fresh[s] if s in fresh else (cache.values[s], cache.keys[s])
-                         for s in batch]
-                writer.put(np.stack([p[1] for p in pairs]), np.stack([p[0] for p in pairs]),
-                           batch)
-            return
+        # recall mode: a segment's key comes out of its value's encoder pass; paper mode:
+        # the keys of the block's distinct key texts are encoded first, apart
         key_texts = {s: self.key_text(s) for s in segs}
-        need = [kt for kt in dict.fromkeys(key_texts.values()) if kt not in cache.keys]
-        block_keys = self._encode_keys(need)
-        if self.prefix_keys or cache.keep_values:
-            # whole-segment keys repeat only with their segment, which is never encoded
-            # twice, so a memory of its own keeps only prefix keys
-            cache.keys.update(block_keys)
-        st.encoded_keys += len(need)
-
-        def key(kt: str) -> np.ndarray:
-            v = block_keys.get(kt)
-            return v if v is not None else cache.keys[kt]
-
+        block_keys: Dict[str, np.ndarray] = {}
+        if not self.recall:
+            need = [kt for kt in dict.fromkeys(key_texts.values()) if kt not in cache.keys]
+            block_keys = self._encode_keys(need)
+            if self.prefix_keys or cache.keep_values:
+                # whole-segment keys repeat only with their segment, which is never encoded
+                # twice, so a memory of its own keeps only prefix keys
+                cache.keys.update(block_keys)
+            st.encoded_keys += len(need)
         for batch in self._batches(segs):
             todo = [s for s in batch if s not in cache.values]
+            fresh: Dict[str, np.ndarray] = {}
             if todo:
-                z = self._encode_values(todo)
+                if self.recall:
+                    z, k = self._encode_values_and_keys(todo)
+                    block_keys.update(zip(todo, k))
+                    st.encoded_keys += len(todo)
+                    if cache.keep_values:
+                        cache.keys.update(zip(todo, k))
+                else:
+                    z = self._encode_values(todo)
                 st.encoded_values += len(todo)
                 fresh = dict(zip(todo, z))
                 if cache.keep_values:
                     cache.values.update(fresh)
-            else:
-                fresh = {}
             values = np.stack([fresh[s] if s in fresh else cache.values[s] for s in batch])
-            keys = np.stack([key(key_texts[s]) for s in batch])
+            keys = np.stack([block_keys[kt] if kt in block_keys else cache.keys[kt]
+                             for kt in (key_texts[s] for s in batch)])
             writer.put(keys, values, batch)
 
     # ------------------------------------------------------------------ read
@@ -570,10 +569,10 @@ class LongContextMemory:
             return self.key_text(prefix)
         return f"{' '.join(question.split())} {prefix}" if question else prefix
 
-    def _query(self, answer_prefix: str, question: Optional[str] = None) -> np.ndarray:
-        self._check_ready(answer_prefix)
+    def _query(self, text: str) -> np.ndarray:
+        """The retrieval key (1, H) of a query text (``_query_text``)."""
         with torch.no_grad():
-            return _host(self.model.encode_keys([self._query_text(answer_prefix, question)]))
+            return _host(self.model.encode_keys([text]))
 
     def retrieve(self, answer_prefix: str, k: int = 1,
                  question: Optional[str] = None) -> Tuple[List[int], List[float]]:
@@ -586,7 +585,7 @@ class LongContextMemory:
         if self.recall:
             ranked = self._ranked(answer_prefix, question, max(k, 64))
             return [s.row for s in ranked[:k]], [s.score for s in ranked[:k]]
-        rows, scores = self.store.search(self._query(answer_prefix), k)
+        rows, scores = self.store.search(self._query(self._query_text(answer_prefix, None)), k)
         return rows[0].tolist(), scores[0].tolist()
 
     def _ranked(self, answer_prefix: str, question: Optional[str], depth: int = 64
@@ -595,7 +594,7 @@ class LongContextMemory:
         A lexical candidate outside the dense top ``depth`` gets the depth-th cosine (an
         upper bound of its own)."""
         text = self._query_text(answer_prefix, question)
-        q = self._query(answer_prefix, question)
+        q = self._query(text)
         depth = min(depth, len(self.store))
         ids, cos = self.store.search(q, depth)
         dense = dict(zip(ids[0].tolist(), cos[0].tolist()))
@@ -607,7 +606,7 @@ class LongContextMemory:
             d, lx = dense.get(r, floor), lexical.get(r, 0.0)
             text_r = self._rows[r][0]
             out.append(Source(row=r, text=text_r, score=0.5 * (d + lx), dense=d, lexical=lx,
-                              position=self._place.get(text_r, (0,))[0]))
+                              position=self._place.get(text_r, _NOWHERE).position))
         out.sort(key=lambda s: (-s.score, s.row))
         return out
 
@@ -621,18 +620,19 @@ class LongContextMemory:
         cur_back, cur_fwd = text, text
         while budget > 0:
             grew = False
-            place = self._place.get(cur_back)
-            if place is not None and place[3] and place[1] is not None and place[1] in self._row_of:
-                cur_back = place[1]
+            place = self._place.get(cur_back, _NOWHERE)
+            if place.continues and place.prev in self._row_of:
+                # cur_back repeats the end of place.prev: the new tokens are the rest
+                budget -= count(place.prev) - place.overlap
+                cur_back = place.prev
                 before.append(cur_back)
-                budget -= count(cur_back) - place[2]
                 grew = True
             nxt = self._next.get(cur_fwd)
-            if budget > 0 and nxt is not None and nxt in self._row_of \
-                    and self._place.get(nxt, (0, None, 0, False))[3]:
+            nxt_place = self._place.get(nxt, _NOWHERE) if nxt is not None else _NOWHERE
+            if budget > 0 and nxt_place.continues and nxt in self._row_of:
                 cur_fwd = nxt
                 after.append(cur_fwd)
-                budget -= count(cur_fwd) - self._place[nxt][2]
+                budget -= count(cur_fwd) - nxt_place.overlap
                 grew = True
             if not grew:
                 break
@@ -650,11 +650,11 @@ class LongContextMemory:
             for t in group:
                 seen[t] = len(groups)
             groups.append(group)
-        groups.sort(key=lambda g: self._place.get(g[0], (0,))[0])
+        groups.sort(key=lambda g: self._place.get(g[0], _NOWHERE).position)
         merged: List[List[str]] = []
         for g in groups:
-            place = self._place.get(g[0])
-            if merged and place is not None and place[3] and place[1] == merged[-1][-1]:
+            place = self._place.get(g[0], _NOWHERE)
+            if merged and place.continues and place.prev == merged[-1][-1]:
                 merged[-1].extend(g)          # continues the passage before it
             else:
                 merged.append(list(g))
@@ -711,7 +711,7 @@ class LongContextMemory:
         skip, joined = [], []
         for p in passages:
             for j, t in enumerate(p):
-                skip.append(self._place[t][2] if j else 0)
+                skip.append(self._place[t].overlap if j else 0)
                 joined.append(j > 0)
         q = question if self.pass_question else None
         return _clean(self.model.complete_passages(answer_prefix, self._to_decoder(values),
@@ -739,7 +739,7 @@ class LongContextMemory:
         max_new_tokens = _positive_int(max_new_tokens, "max_new_tokens")
         if self.recall:
             return self._ask_recall(answer_prefix, question, k, max_new_tokens)
-        q = self._query(answer_prefix)
+        q = self._query(self._query_text(answer_prefix, question))
         if k == 1:
             rows, scores, values = self.store.search_and_reconstruct(q, 1)
             readout = values[0, 0]
@@ -751,7 +751,7 @@ class LongContextMemory:
         segs = self.segments_of(top)
         src = Source(row=top, text=segs[0], score=float(scores[0, 0]),
                      dense=float(scores[0, 0]), lexical=0.0,
-                     position=self._place.get(segs[0], (0,))[0])
+                     position=self._place.get(segs[0], _NOWHERE).position)
         return Answer(answer=answer, answer_prefix=answer_prefix, question=question,
                       rows=rows[0].tolist(), scores=scores[0].tolist(), segments=segs,
                       readout=readout, confidence=src.score, found=True, guess=answer,
@@ -767,8 +767,8 @@ class LongContextMemory:
         found = best >= self.threshold
         top = ranked[0].row
         return Answer(answer=guess if found else NOT_FOUND, answer_prefix=answer_prefix,
-                      question=question, rows=[s.row for s in ranked[:max(k, len(chosen))]],
-                      scores=[s.score for s in ranked[:max(k, len(chosen))]],
+                      question=question, rows=[s.row for s in ranked[:k]],
+                      scores=[s.score for s in ranked[:k]],
                       segments=self.segments_of(top),
                       readout=self.store.reconstruct(np.array([top]))[0],
                       confidence=best, found=found, guess=guess, sources=chosen,
@@ -779,7 +779,7 @@ class LongContextMemory:
         offsets = self.segmenter.counter.offsets(passage[1:])
         parts = [passage[0]]
         for t, offs in zip(passage[1:], offsets):
-            skip = self._place[t][2]
+            skip = self._place[t].overlap
             if skip < len(offs):
                 at = offs[skip][0]
                 parts.append((" " if at and t[at - 1].isspace() else "") + t[at:])
@@ -839,7 +839,7 @@ class LongContextMemory:
         np.cumsum([len(b) for b in encoded], out=offsets[1:])
         blob = np.frombuffer(b"".join(encoded), np.uint8) if encoded else np.zeros(0, np.uint8)
         index = {t: i for i, t in enumerate(texts)}
-        places = [self._place.get(t, (0, None, 0, False)) for t in texts]
+        places = [self._place.get(t, _NOWHERE) for t in texts]
         config = {"mode": self.mode, "prefix_words": self.prefix_words,
                   "prefix_keys": self.prefix_keys,
                   "max_tokens": self.max_tokens, "metric": self.metric,
@@ -848,12 +848,12 @@ class LongContextMemory:
         arrays = {"text_bytes": blob.copy(), "text_offsets": offsets,
                   "text_rows": np.asarray(rows, np.int64),
                   "text_counts": np.asarray([self._count.get(t, 1) for t in texts], np.int64),
-                  "text_positions": np.asarray([p[0] for p in places], np.int64),
-                  "text_prev": np.asarray([index.get(p[1], -1) for p in places], np.int64),
+                  "text_positions": np.asarray([p.position for p in places], np.int64),
+                  "text_prev": np.asarray([index.get(p.prev, -1) for p in places], np.int64),
                   "text_next": np.asarray([index.get(self._next.get(t), -1) for t in texts],
                                           np.int64),
-                  "text_overlap": np.asarray([p[2] for p in places], np.int64),
-                  "text_continues": np.asarray([p[3] for p in places], np.int64)}
+                  "text_overlap": np.asarray([p.overlap for p in places], np.int64),
+                  "text_continues": np.asarray([p.continues for p in places], np.int64)}
         self.store.save(folder / "memory.safetensors")
         _persist.save(folder / "segments.safetensors", _KIND, config, arrays)
 
@@ -905,8 +905,8 @@ class LongContextMemory:
             self._rows[r].append(t)
             self._row_of[t] = r
             self._count[t] = int(c)
-            self._place[t] = (pos[i], texts[prev[i]] if prev[i] >= 0 else None, overlap[i],
-                              bool(cont[i]))
+            self._place[t] = _Place(pos[i], texts[prev[i]] if prev[i] >= 0 else None,
+                                    overlap[i], bool(cont[i]))
             if nxt[i] >= 0:
                 self._next[t] = texts[nxt[i]]
             if self.recall:

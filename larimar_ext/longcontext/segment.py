@@ -354,7 +354,7 @@ class Segmenter:
         prev_end_char: Optional[int] = None
         raw = [(char(a), sentence[char(a):char(b)]) for a, b in plan]
         texts = [t.strip() for _, t in raw]
-        own = self._own_spans(texts)
+        own = self.counter.offsets(texts)
         for w, ((a, b), (c0, rawtext)) in enumerate(zip(plan, raw)):
             text, spans = texts[w], own[w]
             while len(spans) > self.max_tokens and b - a > 1:     # rare: shorten and recount
@@ -363,7 +363,7 @@ class Segmenter:
                     break
                 b = shorter
                 text = sentence[char(a):char(b)].strip()
-                spans = self._own_spans([text])[0]
+                spans = self.counter.spans(text)
             if not text:
                 continue
             lead = len(rawtext) - len(rawtext.lstrip())
@@ -374,6 +374,3 @@ class Segmenter:
             out.append(Segment(text, len(spans), overlap, bool(out)))
             prev_end_char = char(b)
         return out
-
-    def _own_spans(self, texts: List[str]) -> List[List[Tuple[int, int]]]:
-        return self.counter.offsets(texts)

@@ -46,6 +46,11 @@ def _device(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
+def _retrieval_keys(hidden: Tensor, mask: Tensor) -> Tensor:
+    """(n, H) float32 unit keys: the masked mean of token states (n, T, H)."""
+    return torch.nn.functional.normalize(masked_mean(hidden, mask).float(), dim=-1)
+
+
 class LarimarModel(nn.Module):
     """Larimar with any Hugging Face encoder and causal LM decoder.
 
@@ -183,6 +188,10 @@ class LarimarModel(nn.Module):
         model takes texts or ``AlignedSegments`` (B, ...) and gives (B, C))."""
         if self.aligned:
             return self._encode_aligned(inputs)
+        return self._encode_plain(inputs, attention_mask)
+
+    def _encode_plain(self, inputs: Union[Texts, Tensor], attention_mask: Optional[Tensor] = None,
+                      with_keys: bool = False):
         if isinstance(inputs, (str, list, tuple)):
             inputs, attention_mask = self._tokenize(inputs, self.encoder_tokenizer)
         dev = _device(self.encoder)
@@ -193,7 +202,10 @@ class LarimarModel(nn.Module):
         output = self.encoder(input_ids=ids, attention_mask=mask)
         pooled = self.pooler(output.last_hidden_state, mask, output)
         z = self.encoder_proj(pooled.to(self.encoder_proj.weight.dtype))
-        return z.reshape(*lead, self.code_size)
+        z = z.reshape(*lead, self.code_size)
+        if not with_keys:
+            return z
+        return z, _retrieval_keys(output.last_hidden_state, mask)
 
     def _encode_aligned(self, inputs: Union[Texts, AlignedSegments], with_keys: bool = False):
         if isinstance(inputs, Tensor):
@@ -210,8 +222,7 @@ class LarimarModel(nn.Module):
                         token_embeddings=self.decoder.get_input_embeddings())
         if not with_keys:
             return z
-        keys = masked_mean(output.last_hidden_state, segments.attention_mask).float()
-        return z, torch.nn.functional.normalize(keys, dim=-1)
+        return z, _retrieval_keys(output.last_hidden_state, segments.attention_mask)
 
     @torch.no_grad()
     def encode_with_keys(self, texts: Texts) -> tuple[Tensor, Tensor]:
@@ -222,15 +233,7 @@ class LarimarModel(nn.Module):
         texts = [texts] if isinstance(texts, str) else list(texts)
         if self.aligned:
             return self._encode_aligned(texts, with_keys=True)
-        ids, mask = self._tokenize(texts, self.encoder_tokenizer)
-        dev = _device(self.encoder)
-        ids, mask = ids.to(dev), mask.to(dev)
-        output = self.encoder(input_ids=ids, attention_mask=mask)
-        pooled = self.pooler(output.last_hidden_state, mask, output)
-        z = self.encoder_proj(pooled.to(self.encoder_proj.weight.dtype))
-        keys = torch.nn.functional.normalize(masked_mean(output.last_hidden_state, mask).float(),
-                                             dim=-1)
-        return z, keys
+        return self._encode_plain(texts, with_keys=True)
 
     def int8_values(self, enable: bool = True) -> None:
         """Encode values (``encode``, at inference) with a dynamically int8-quantised copy of
@@ -262,7 +265,7 @@ class LarimarModel(nn.Module):
             ids, mask = self._tokenize(texts[i:i + batch_size], self.encoder_tokenizer)
             ids, mask = ids.to(dev), mask.to(dev)
             hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-            out.append(torch.nn.functional.normalize(masked_mean(hidden, mask).float(), dim=-1))
+            out.append(_retrieval_keys(hidden, mask))
         return torch.cat(out) if out else torch.empty(0, self.encoder.config.hidden_size)
 
     def _latents(self, x: Union[Texts, Tensor], attention_mask: Optional[Tensor] = None) -> Tensor:
@@ -359,6 +362,10 @@ class LarimarModel(nn.Module):
         pos = (full.cumsum(-1) - 1)[:, 1:]
         return full, pos
 
+    def _question_turn(self, question: Optional[str]) -> str:
+        """The template's text after the soft tokens, its ``{question}`` filled in."""
+        return self.prompt_template[1].format(question=question or "Repeat the text.")
+
     def _template_ids(self, part: int, **fmt) -> list[int]:
         template = self.prompt_template or ("", "")
         text = template[part].format(**fmt) if fmt else template[part]
@@ -452,9 +459,7 @@ class LarimarModel(nn.Module):
                   else list(questions))
             if len(qs) != len(prompts):
                 raise ValueError(f"questions: expected {len(prompts)}, got {len(qs)}")
-            after = self.prompt_template[1]
-            prompts = [after.format(question=q or "Repeat the text.") + p
-                       for q, p in zip(qs, prompts)]
+            prompts = [self._question_turn(q) + p for q, p in zip(qs, prompts)]
         if readouts.dim() == 1:
             readouts = readouts.unsqueeze(0)
         if readouts.shape != (len(prompts), self.code_size):
@@ -499,20 +504,20 @@ class LarimarModel(nn.Module):
         soft, live = self.prefix(readouts.to(dev), table)
         tok = self.tokenizer
 
-        def ids(text: str) -> Tensor:
-            return torch.tensor(tok(text, add_special_tokens=False)["input_ids"] if text else [],
-                                dtype=torch.long, device=dev)
+        def embedded(ids: list[int]) -> Tensor:
+            return embed(torch.tensor(ids, dtype=torch.long, device=dev))
 
-        template = self.prompt_template or ("", "")
-        sep = embed(ids(separator))
-        parts = [embed(ids(template[0]))]
+        def text_ids(text: str) -> list[int]:
+            return tok(text, add_special_tokens=False)["input_ids"] if text else []
+
+        sep = embedded(text_ids(separator))
+        parts = [embedded(self._template_ids(0))]
         for i in range(r):
             if i and not joined[i]:
                 parts.append(sep)
             parts.append(soft[i][live[i]][int(skip[i]):].to(embed.weight.dtype))
-        after = template[1].format(question=question or "Repeat the text.") \
-            if "{question}" in template[1] else template[1]
-        parts.append(embed(ids(after + prompt)))
+        after = self._question_turn(question) if self.prompt_template is not None else ""
+        parts.append(embedded(text_ids(after + prompt)))
         embeds = torch.cat(parts, 0).unsqueeze(0)
         mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=dev)
         new = self.decoder.generate(inputs_embeds=embeds, attention_mask=mask, do_sample=False,
