@@ -662,6 +662,28 @@ def test_ruler_loader_metric_and_resumable_run(model, tmp_path):
     assert rec["ingest"]["segments"] > 0 and "confidence" in rec
 
 
+def test_ruler_samples_are_told_apart_by_line_not_index(tmp_path):
+    """RULER repeats its ``index`` within a task (the 4K multikey_3 development set has two
+    samples with index 3623): a resumed run must neither skip nor merge such samples."""
+    from larimar_ext.longcontext import ruler
+    data = write_ruler(tmp_path / "data", lengths=(1000,), tasks_=("niah_single_1",))
+    f = data / "1000" / "niah_single_1" / "validation.jsonl"
+    f.write_text("".join(json.dumps({**json.loads(l), "index": 7}) + "\n"
+                         for l in f.read_text().splitlines()))
+    samples = ruler.load_samples(data)
+    assert [s.index for s in samples] == [7, 7] and [s.line for s in samples] == [0, 1]
+    calls = []
+
+    def system(sample):
+        calls.append(sample.line)
+        return {"answer": sample.outputs[0], "guess": sample.outputs[0], "found": True}
+
+    ruler.run_ruler(samples[:1], system, "fake", tmp_path / "out", progress=False)
+    res = ruler.run_ruler(samples, system, "fake", tmp_path / "out", progress=False)
+    assert calls == [0, 1] and len(res["records"]) == 2
+    assert res["summary"]["n"]["niah_single_1"][1000] == 2
+
+
 def test_cli_ruler_errors_name_the_argument(model, tmp_path, monkeypatch, capsys):
     from larimar_ext import cli
     data = write_ruler(tmp_path / "data", lengths=(1000,), tasks_=("niah_single_1",))

@@ -10,7 +10,7 @@ prediction, case-insensitive; a task's score is its samples' mean.
 
 Every sample's record is appended to ``<out>/records.jsonl`` as soon as it is scored, so an
 interrupted run resumes where it stopped (records of the same system, length, task and
-index are not run again). At the end ``<out>/ruler.json`` (records and the task x length
+line of its file are not run again: RULER's own ``index`` repeats within a task). At the end ``<out>/ruler.json`` (records and the task x length
 table), ``<out>/ruler.md`` (the table) and ``<out>/ruler.png`` (heatmap) are written.
 
 Nothing here needs torch until a system runs.
@@ -38,6 +38,7 @@ class RulerSample:
     length: int
     task: str
     index: int
+    line: int              # 0-based line in its validation.jsonl: what identifies it
     header: str
     context: str
     question: str
@@ -66,7 +67,7 @@ def load_samples(data: Union[str, Path], lengths: Optional[Iterable[int]] = None
                  tasks: Optional[Iterable[str]] = None,
                  limit: Optional[int] = None) -> List[RulerSample]:
     """The samples under ``data`` (``<length>/<task>/validation.jsonl``), sorted by length,
-    task and index; ``lengths``/``tasks`` select, ``limit`` keeps the first samples of each
+    task and line; ``lengths``/``tasks`` select, ``limit`` keeps the first samples of each
     (length, task). Raises ValueError naming ``data`` when nothing is found or a line is
     not a RULER sample."""
     root = Path(data)
@@ -98,8 +99,8 @@ def load_samples(data: Union[str, Path], lengths: Optional[Iterable[int]] = None
                     except (KeyError, TypeError, json.JSONDecodeError) as exc:
                         raise ValueError(f"data: {where}: not a RULER sample ({exc})") from exc
                     out.append(RulerSample(int(length_dir.name), task_dir.name,
-                                           int(row.get("index", line_no)), head, context,
-                                           question, prefix, outputs))
+                                           int(row.get("index", line_no)), line_no, head,
+                                           context, question, prefix, outputs))
     if not out:
         raise ValueError(f"data: no <length>/<task>/validation.jsonl under {str(data)!r}"
                          + (" for the lengths/tasks asked" if want_len or want_task else ""))
@@ -150,7 +151,7 @@ class InContextSystem:
 
 
 def _key(rec: Dict[str, Any]) -> Tuple:
-    return (rec["system"], rec["length"], rec["task"], rec["index"])
+    return (rec["system"], rec["length"], rec["task"], rec["line"])
 
 
 def run_ruler(samples: Sequence[RulerSample], system: Callable[[RulerSample], Dict[str, Any]],
@@ -170,7 +171,7 @@ def run_ruler(samples: Sequence[RulerSample], system: Callable[[RulerSample], Di
                 except json.JSONDecodeError:      # a line cut by a kill: run it again
                     continue
     done = {_key(r) for r in records}
-    todo = [s for s in samples if (system_name, s.length, s.task, s.index) not in done]
+    todo = [s for s in samples if (system_name, s.length, s.task, s.line) not in done]
     bar = None
     if progress and todo:
         from tqdm.auto import tqdm
@@ -182,7 +183,7 @@ def run_ruler(samples: Sequence[RulerSample], system: Callable[[RulerSample], Di
                 t0 = time.perf_counter()
                 res = system(s)
                 rec = {"system": system_name, "length": s.length, "task": s.task,
-                       "index": s.index, "outputs": s.outputs,
+                       "index": s.index, "line": s.line, "outputs": s.outputs,
                        "score": string_match_all(res["answer"], s.outputs),
                        "score_guess": string_match_all(res["guess"], s.outputs),
                        **res, "seconds": time.perf_counter() - t0}
@@ -196,7 +197,7 @@ def run_ruler(samples: Sequence[RulerSample], system: Callable[[RulerSample], Di
     finally:
         if bar is not None:
             bar.close()
-    wanted = {(system_name, s.length, s.task, s.index) for s in samples}
+    wanted = {(system_name, s.length, s.task, s.line) for s in samples}
     mine = [r for r in records if _key(r) in wanted]
     summary = summarize(mine)
     result = {"system": system_name, "config": config or {}, "summary": summary,
