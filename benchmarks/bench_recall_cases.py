@@ -6,6 +6,7 @@ Cases (each a needle written here, at depths 10..90%, asked with its own questio
 - shared_openings: four needles "The pass key for the {colour} door is N." asked per door;
 - long_needle: a 50+-word sentence whose answer is at its end;
 - chinese / korean: needles in those scripts inside the English essays;
+- chinese_haystack: a short haystack written in Chinese with a Chinese needle;
 - unpunctuated: the essays with . ! ? removed, SF needle and a passkey inside;
 - absent: questions whose answer is not in the context (should come back "not found").
 A trial scores 1 when the expected string is in the answer (absent: when ``found`` is False).
@@ -38,8 +39,25 @@ KOREAN = ("서울에서 가장 좋은 일은 한강 공원에서 치킨을 먹�
           "서울에서 가장 좋은 일은", "치킨")
 ABSENT = [("What is the pass key for the orange door?", "The pass key for the orange door is"),
           ("What is the best thing to do in Lisbon?", "The best thing to do in Lisbon is"),
+          ("What is the best thing to do in Tokyo?", "The best thing to do in Tokyo is"),
           ("What is the special magic number for quiet-harbor mentioned in the provided text?",
-           "The special magic number for quiet-harbor mentioned in the provided text is")]
+           "The special magic number for quiet-harbor mentioned in the provided text is"),
+          ("What is the name of the captain's dog?", "The name of the captain's dog is")]
+# needles of the absent trials: each answers a question like one of ABSENT, not the same
+ABSENT_NEEDLES = ["The pass key for the red door is {key}.", SF,
+                  "One of the special magic numbers for faint-water is: {key}."]
+# a short haystack in Chinese, written for this benchmark (no English in it)
+CHINESE_HAYSTACK = [
+    "早上的火车站总是很热闹。", "他每天骑自行车去上班，路上要花二十分钟。", "这家小店的包子很有名。",
+    "图书馆周末开到晚上九点。", "她在大学里学习了四年的化学。", "冬天的时候，湖面会结一层薄冰。",
+    "我们计划下个月去海边旅行。", "老师在黑板上写了一道很难的数学题。", "公园里有很多人在放风筝。",
+    "这座城市的地铁有十二条线路。", "奶奶喜欢在阳台上种花。", "会议推迟到了下午三点。",
+    "他的新手机是蓝色的。", "山上的空气比城里清新得多。", "孩子们在操场上踢足球。",
+    "这本小说讲的是一个渔夫的故事。", "晚饭后我们一起去散步。", "博物馆里展出了很多古代的瓷器。",
+    "昨天下了一整天的雨。", "超市的苹果今天打折。", "他学会了用毛笔写字。", "河边新开了一家咖啡馆。",
+    "工程师们修好了那座旧桥。", "音乐会的门票一个小时就卖完了。",
+]
+CHINESE_NEEDLE = ("仓库的密码是{key}。", "仓库的密码是什么？", "仓库的密码是")
 
 
 def haystack(directory: str, tokens: int, tokenizer) -> list[str]:
@@ -80,7 +98,8 @@ def run(args) -> dict:
             results.setdefault(case, []).append(
                 {"question": question, "answer_prefix": prefix, "expected": want,
                  "answer": a.answer, "guess": a.guess, "confidence": a.confidence,
-                 "found": a.found, "correct": bool(ok), "ingest_s": ingest_s,
+                 "found": a.found, "extracted": a.extracted, "swapped": a.swapped,
+                 "correct": bool(ok), "ingest_s": ingest_s,
                  "tokens": st.tokens, "passages": a.passages[:3]})
             print(f"{case:16s} {int(ok)} conf={a.confidence:.2f} {a.guess[:70]!r}", flush=True)
 
@@ -104,7 +123,10 @@ def run(args) -> dict:
               [("What is the best thing to do in San Francisco?",
                 "The best thing to do in San Francisco is", "sandwich"),
                ("What is the pass key?", "The pass key is", key)])
-        trial("absent", insert(base, [f"The pass key for the red door is {key}."], rng),
+        trial("chinese_haystack",
+              insert(list(rng.permutation(CHINESE_HAYSTACK)), [CHINESE_NEEDLE[0].format(key=key)],
+                     rng), [(CHINESE_NEEDLE[1], CHINESE_NEEDLE[2], key)])
+        trial("absent", insert(base, [n.format(key=key) for n in ABSENT_NEEDLES], rng),
               [(q, p, None) for q, p in ABSENT])
     summary = {c: {"n": len(v), "accuracy": float(np.mean([r["correct"] for r in v]))}
                for c, v in results.items()}

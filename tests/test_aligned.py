@@ -239,3 +239,18 @@ def test_snap_feeds_exact_embedding_rows_at_inference_only(toks):
     embeds, _, _ = model._prefix_inputs(prompt["input_ids"], z, None)
     soft = embeds[:, lead - P:lead]
     assert not (soft.unsqueeze(2) == table.unsqueeze(0).unsqueeze(0)).all(-1).any(-1).all()
+
+
+def test_each_passage_batch_matches_each_passage_alone(toks):
+    """complete_each_passage left-pads passages of different lengths into one batch; each
+    continuation is the one that passage gets on its own (complete_passages with it alone)."""
+    model = make_aligned_model(toks).eval()
+    z = model.encode(SENTENCES[:3]).detach()
+    # passages: [0], [1 + 2 joined, 2's first slot skipped] -> two inputs of unequal length
+    skip, joined = [0, 0, 1], [False, False, True]
+    both = model.complete_each_passage("order", z, skip, joined, max_new_tokens=4)
+    alone = [model.complete_passages("order", z[:1], max_new_tokens=4),
+             model.complete_passages("order", z[1:], [0, 1], [False, True], max_new_tokens=4)]
+    assert both == alone and len(both) == 2
+    with pytest.raises(ValueError, match="skip, joined"):
+        model.complete_each_passage("order", z, [0], [False])

@@ -116,3 +116,33 @@ def test_int8_values_read_back_the_same_tokens(model):
     finally:
         model.int8_values(False)
     assert "_int8_encoder" not in model.__dict__
+
+
+def test_recall_answers_every_value_withholds_another_entity_and_reads_korean(model):
+    """The recall pipeline end to end with the trained model, on the passkey filler: a key
+    with three values gets all three (one passage each); the door whose key is not in the
+    context is "not found" although the red door's sentence matches it word for word but
+    one; a Korean needle the decoder cannot continue is answered from its passage."""
+    from larimar_ext.longcontext import tasks
+    from larimar_ext.longcontext.memory import NOT_FOUND, LongContextMemory
+    values = ["4821", "77310", "905"]
+    filler = [tasks.FILLER] * 6
+    needles = [f"One of the special magic numbers for amber-lake is: {v}." for v in values]
+    needles += ["The pass key for the red door is 61524.",
+                "서울에서 가장 좋은 일은 한강 공원에서 치킨을 먹는 것입니다."]
+    text = " ".join(x for pair in zip(filler, needles) for x in pair)
+    mem = LongContextMemory(model)
+    mem.ingest(text)
+    a = mem.ask_trace("The special magic numbers for amber-lake mentioned in the provided "
+                      "text are", "What are all the special magic numbers for amber-lake?",
+                      max_new_tokens=40)
+    assert a.found and len(a.passages) == 3 and all(v in a.answer for v in values), a
+    red = mem.ask_trace("The pass key for the red door is", "What is the pass key for the "
+                        "red door?")
+    assert red.found and "61524" in red.answer and red.swapped is None
+    orange = mem.ask_trace("The pass key for the orange door is", "What is the pass key for "
+                           "the orange door?")
+    assert not orange.found and orange.answer == NOT_FOUND
+    assert orange.swapped == ("orange", "red")
+    kr = mem.ask_trace("서울에서 가장 좋은 일은", "서울에서 가장 좋은 일은 무엇입니까?")
+    assert kr.found and "치킨" in kr.answer, kr

@@ -29,7 +29,8 @@ tokenizers = pytest.importorskip("tokenizers")
 from conftest import raises_arg  # noqa: E402
 from larimar_ext.longcontext import bench, tasks  # noqa: E402
 from larimar_ext.longcontext.baseline import InContextBaseline  # noqa: E402
-from larimar_ext.longcontext.memory import NOT_FOUND, EncodingCache, LongContextMemory  # noqa: E402
+from larimar_ext.longcontext.memory import (NOT_FOUND, EncodingCache,  # noqa: E402
+                                            LongContextMemory, Source)
 from larimar_ext.longcontext.segment import (Segmenter, TokenCounter, prefix_text,  # noqa: E402
                                              span_tokens, split_sentences, stream_sentences)
 from larimar_ext.model import LarimarModel  # noqa: E402
@@ -371,7 +372,7 @@ def test_recall_mode_rows_sources_and_not_found(model, tok):
     assert a.sources[0].lexical == max(x.lexical for x in a.sources) > 0
     assert a.found == (a.confidence >= mem.threshold) and a.guess
     assert a.sources == sorted(a.sources, key=lambda x: -x.score)
-    assert all(x.score >= mem.margin * a.confidence for x in a.sources)
+    assert all(x.score >= mem.margin * a.sources[0].score for x in a.sources)
     assert len(a.sources) <= mem.max_readouts and a.passages
     assert mem.retrieve("The pass key is", 1, question="Which is the zeta 48213?")[0] \
         == [a.sources[0].row]
@@ -381,6 +382,42 @@ def test_recall_mode_rows_sources_and_not_found(model, tok):
     assert not b.found and b.answer == NOT_FOUND and b.guess
     np.testing.assert_array_equal(mem.readout_of("Alpha beta delta."),
                                   mem.store.reconstruct(np.array([mem.row_of("Alpha beta delta.")]))[0])
+
+
+def test_recall_reads_a_keys_other_values_and_other_keys_not_its_rivals(model):
+    """_select on a ranking whose scores are set here (so that only the lexical rules and
+    the margin decide): a second value of the asked key and the row of a second asked key
+    are read; a needle of another key, ranked above them, is not; a best row with no query
+    term is read alone."""
+    needles = {"ab1": "One of the special magic numbers for alpha-beta is: 1111.",
+               "ab2": "One of the special magic numbers for alpha-beta is: 2222.",
+               "gd": "One of the special magic numbers for gamma-delta is: 3333.",
+               "ez": "One of the special magic numbers for epsilon-zeta is: 4444."}
+    text = " ".join(needles.values()) + " " + tasks.FILLER
+    loose, strict = LongContextMemory(model, margin=0.0), LongContextMemory(model, margin=0.95)
+    loose.ingest(text)
+    strict.ingest(text)
+
+    def ranking(mem, *names):        # scores 1.0, 0.9, 0.8, ...
+        return [Source(row=mem.row_of(needles[n]), text=needles[n], score=1.0 - 0.1 * i,
+                       dense=0.5, lexical=0.5, position=i) for i, n in enumerate(names)]
+
+    def chosen(mem, q, *names, k=6):
+        return [s.text for s in mem._select(ranking(mem, *names), q, k)[0]]
+
+    one_key = "What are all the special magic numbers for alpha-beta? The numbers are"
+    assert chosen(loose, one_key, "ab1", "ez", "ab2", "gd") == [needles["ab1"], needles["ab2"]]
+    two_keys = "What are the special magic numbers for alpha-beta and gamma-delta?"
+    assert chosen(loose, two_keys, "ab1", "ez", "gd") == [needles["ab1"], needles["gd"]]
+    # k caps the rows read, the margin cuts rows far below the best
+    assert chosen(loose, two_keys, "ab1", "gd", k=1) == [needles["ab1"]]
+    assert chosen(strict, two_keys, "ab1", "gd") == [needles["ab1"]]
+    # no query term in the best row: read alone
+    assert chosen(loose, "Zzz qqq?", "ab1", "ab2") == [needles["ab1"]]
+    # coverage of the rows read together: both keys' rows cover more than either
+    both = loose._select(ranking(loose, "ab1", "gd"), two_keys, 6)[1]
+    alone = loose._select(ranking(loose, "ab1", "gd"), two_keys, 1)[1]
+    assert 0 < alone < both <= 1
 
 
 def test_soft_read_top_k(model, tok):

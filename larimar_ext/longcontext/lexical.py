@@ -96,6 +96,10 @@ class LexicalIndex:
         self._rows += 1
         self._max_row = max(self._max_row, int(row))
 
+    def holds(self, term: str) -> bool:
+        """Whether any indexed row has this term (``terms`` form: lower-cased)."""
+        return term in self._postings
+
     def weights(self, query: str) -> List[Tuple[str, float]]:
         """The query's informative terms and their idf (terms in at most half the rows;
         a term no row holds has the largest idf)."""

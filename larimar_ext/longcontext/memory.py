@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import queue
 import threading
 import time
@@ -55,7 +56,8 @@ import torch
 
 from .. import _persist
 from ..kv_memory import KeyValueMemory
-from .lexical import LexicalIndex
+from .grounding import continuation, snap_codes, support, swapped_term
+from .lexical import LexicalIndex, terms
 from .segment import Segment, Segmenter, prefix_text
 
 __all__ = ["LongContextMemory", "IngestStats", "Answer", "Source", "EncodingCache", "MODES",
@@ -89,6 +91,19 @@ def _clean(answer: str) -> str:
     """A decoded answer without surrounding space, and without the replacement characters
     of a multi-byte character the token limit cut in two."""
     return answer.strip().rstrip("\ufffd").rstrip()
+
+
+_BULLET = re.compile(r"^(?:[-*\u2022]|\d{1,2}[.)])\s+")
+
+
+def _first_item(answer: str) -> str:
+    """The first line of an answer, without a list bullet ("- ", "1. "): what one passage
+    of several answers (the decoder, asked for "all the numbers", lists on past it)."""
+    for line in answer.lstrip(" :").splitlines():
+        line = _BULLET.sub("", line.strip())
+        if line:
+            return line
+    return answer.strip()
 
 
 def _device(module: torch.nn.Module) -> torch.device:
@@ -171,12 +186,18 @@ class Answer:
     """One question: the answer text and how it was found.
 
     ``answer``: the decoder's answer, or ``NOT_FOUND`` when ``found`` is False (then
-    ``guess`` still holds what the decoder said); ``confidence``: the best source's fused
-    score (paper mode: its cosine), ``found`` = confidence >= the memory's threshold.
+    ``guess`` still holds what the decoder said); ``confidence``: recall mode: the mean of
+    the best source's cosine and the share of the query's IDF mass the sources cover
+    together; paper mode: the best key's cosine. ``found`` = confidence >= the memory's
+    threshold (and, in recall mode, no ``swapped`` term).
     ``sources``: the retrieved rows that were read, best first; ``passages``: the texts the
     decoder got, in document order. ``rows``/``scores``: the top-k memory rows (k,) and their
     scores; ``segments``: the distinct segment texts stored in the top-1 row; ``readout``:
-    z_read (C,) of the top row on the host."""
+    z_read (C,) of the top row on the host. Recall mode: ``answers``: the distinct answers,
+    one per passage when several were read (``answer`` joins them); ``extracted``: True when
+    the decoder's answer was not supported by its passage and the passage's own words were
+    given instead (``grounding``); ``swapped``: (asked, found) when the best passage states
+    the asked fact about something the memory never mentions (then ``found`` is False)."""
     answer: str
     answer_prefix: str
     question: Optional[str]
@@ -189,6 +210,9 @@ class Answer:
     guess: str = ""
     sources: List[Source] = field(default_factory=list)
     passages: List[str] = field(default_factory=list)
+    answers: List[str] = field(default_factory=list)
+    extracted: bool = False
+    swapped: Optional[Tuple[str, str]] = None
 
     def __str__(self) -> str:
         return self.answer
@@ -248,8 +272,9 @@ class LongContextMemory:
             overlapping windows); default: the model's slot count for a model with
             decoder-aligned slots (a longer segment would not fit its latent), else 64.
         max_readouts: (recall) the most retrieved rows read per question.
-        margin: (recall) rows whose fused score is at least ``margin`` times the best one's
-            are read (a four-value or four-key question has four near-equal rows).
+        margin: (recall) only rows whose fused score is at least ``margin`` times the best
+            one's are read (``_select`` picks among them: a four-value or four-key question
+            has four rows of comparable score).
         context_tokens: (recall) a row that is a window of a longer sentence brings the
             sentence's neighbouring windows, up to this many decoder tokens in all.
         threshold: (recall) confidence below which ``ask`` answers ``NOT_FOUND``; 0 never
@@ -272,7 +297,7 @@ class LongContextMemory:
     def __init__(self, model: Any, *, mode: str = "recall",
                  prefix_words: int = DEFAULT_PREFIX_WORDS,
                  prefix_keys: bool = True, max_tokens: Optional[int] = None,
-                 max_readouts: int = 6, margin: float = 0.8, context_tokens: int = 128,
+                 max_readouts: int = 6, margin: float = 0.7, context_tokens: int = 128,
                  threshold: float = DEFAULT_THRESHOLD,
                  batch_size: int = 256, batch_tokens: int = 2048, block: int = 2048,
                  metric: str = "cosine",
@@ -702,20 +727,42 @@ class LongContextMemory:
         windows of one passage stitched without their overlap. A model without
         ``complete_passages`` gets the first segment's readout alone."""
         max_new_tokens = _positive_int(max_new_tokens, "max_new_tokens")
-        texts = [t for p in passages for t in p]
-        rows = np.array([self._row_of[t] for t in texts], np.int64)
-        values = self.store.reconstruct(rows)
+        values, skip, joined = self._readouts_of(passages)
         if not callable(getattr(self.model, "complete_passages", None)) \
                 or getattr(self.model, "prefix", None) is None:
             return self.decode(answer_prefix, values[0], max_new_tokens, question)
+        q = question if self.pass_question else None
+        return _clean(self.model.complete_passages(answer_prefix, self._to_decoder(values),
+                                                   skip, joined, q, max_new_tokens))
+
+    def _readouts_of(self, passages: List[List[str]]
+                     ) -> Tuple[np.ndarray, List[int], List[bool]]:
+        """The stored values (r, C) of the passages' segments (read by row id), each
+        window's overlap with the one before it, and whether it continues a passage."""
+        texts = [t for p in passages for t in p]
+        values = self.store.reconstruct(np.array([self._row_of[t] for t in texts], np.int64))
         skip, joined = [], []
         for p in passages:
             for j, t in enumerate(p):
                 skip.append(self._place[t].overlap if j else 0)
                 joined.append(j > 0)
+        return values, skip, joined
+
+    def decode_each_passage(self, answer_prefix: str, passages: List[List[str]],
+                            max_new_tokens: int = 16, question: Optional[str] = None
+                            ) -> List[str]:
+        """``decode_passages`` with each passage decoded on its own (one batch): one
+        continuation per passage, in the order given. A model without
+        ``complete_each_passage`` decodes them one by one."""
+        if not callable(getattr(self.model, "complete_each_passage", None)) \
+                or getattr(self.model, "prefix", None) is None:
+            return [self.decode_passages(answer_prefix, [p], max_new_tokens, question)
+                    for p in passages]
+        max_new_tokens = _positive_int(max_new_tokens, "max_new_tokens")
+        values, skip, joined = self._readouts_of(passages)
         q = question if self.pass_question else None
-        return _clean(self.model.complete_passages(answer_prefix, self._to_decoder(values),
-                                                   skip, joined, q, max_new_tokens))
+        return [_clean(a) for a in self.model.complete_each_passage(
+            answer_prefix, self._to_decoder(values), skip, joined, q, max_new_tokens)]
 
     def ask_trace(self, answer_prefix: str, question: Optional[str] = None, *,
                   k: Optional[int] = None, alpha: Optional[float] = None,
@@ -755,24 +802,86 @@ class LongContextMemory:
         return Answer(answer=answer, answer_prefix=answer_prefix, question=question,
                       rows=rows[0].tolist(), scores=scores[0].tolist(), segments=segs,
                       readout=readout, confidence=src.score, found=True, guess=answer,
-                      sources=[src], passages=[" ".join(segs)])
+                      sources=[src], passages=[" ".join(segs)], answers=[answer])
+
+    def _select(self, ranked: List[Source], query: str, k: int
+                ) -> Tuple[List[Source], float]:
+        """(rows to read, the share of the query's IDF mass they cover together). The rows:
+        the best one, then (in rank order, within ``margin`` of its
+        score, at most k) each row that covers every informative query term the best one
+        covers (another passage on the same thing: a key's second value), or covers terms
+        no chosen row does, weighing at least half of what sets the best row apart from it
+        (another part of the question: a second key). A row that only repeats part of what
+        the chosen ones cover (a needle of another key) is left out. A best row that holds
+        no informative query term is read alone: nothing tells its rivals apart."""
+        best = ranked[0]
+        idf = dict(self.lexical.weights(query))
+
+        def covers(s: Source) -> set:
+            return {t for t in terms(s.text) if t in idf}
+
+        first = covers(best)
+        have = set(first)
+        chosen = [best]
+        for s in ranked[1:k] if first else ():
+            if s.score < self.margin * best.score:
+                break
+            c = covers(s)
+            gain = sum(idf[t] for t in c - have)
+            if c >= first or gain >= 0.5 * sum(idf[t] for t in first - c):
+                chosen.append(s)
+                have |= c
+        total = sum(idf.values())
+        return chosen, (sum(idf[t] for t in have) / total if total else 0.0)
+
+    def _grounded(self, answer: str, passages: List[str], asked: str, answer_prefix: str
+                  ) -> Tuple[str, bool]:
+        """(answer, extracted): the decoder's answer with its codes snapped to the passages'
+        (``grounding.snap_codes``) when at least half its terms come from them and not from
+        the question; else the first passage's words after the answer prefix, or that
+        passage itself (extracted=True)."""
+        snapped = snap_codes(_clean(answer), passages)
+        if support(snapped, passages, asked) >= 0.5:
+            return snapped, False
+        return continuation(answer_prefix, passages[0]) or passages[0], True
 
     def _ask_recall(self, answer_prefix: str, question: Optional[str], k: int,
                     max_new_tokens: int) -> Answer:
+        query = self._query_text(answer_prefix, question)
         ranked = self._ranked(answer_prefix, question)
-        best = ranked[0].score
-        chosen = [s for s in ranked[:k] if s.score >= self.margin * best]
+        chosen, coverage = self._select(ranked, query, k)
+        # the fused score of what is read: a four-key question's rows each cover a quarter
+        # of its rare terms, together all of them
+        confidence = 0.5 * (ranked[0].dense + coverage)
         passages = self._passages(chosen)
-        guess = self.decode_passages(answer_prefix, passages, max_new_tokens, question)
-        found = best >= self.threshold
+        texts = [self._stitch(p) for p in passages]
+        if len(passages) == 1:
+            raw = [self.decode_passages(answer_prefix, passages, max_new_tokens, question)]
+        else:
+            # the answer's token budget shared by its passages: each holds one part of it
+            each = max(16, -(-max_new_tokens // len(passages)))
+            raw = [_first_item(a) for a in
+                   self.decode_each_passage(answer_prefix, passages, each, question)]
+        # each passage's answer checked against that passage; one answer per distinct value
+        answers, extracted = [], False
+        for a, t in zip(raw, texts):
+            a, ex = self._grounded(a, [t], query, answer_prefix)
+            extracted |= ex
+            if a not in answers:
+                answers.append(a)
+        guess = answers[0] if len(answers) == 1 else ", ".join(
+            a.strip(" \n:;,.") for a in answers)
+        best_text = next(t for p, t in zip(passages, texts) if ranked[0].text in p)
+        swap = swapped_term(answer_prefix, best_text, self.lexical.holds)
+        found = confidence >= self.threshold and swap is None
         top = ranked[0].row
         return Answer(answer=guess if found else NOT_FOUND, answer_prefix=answer_prefix,
                       question=question, rows=[s.row for s in ranked[:k]],
                       scores=[s.score for s in ranked[:k]],
                       segments=self.segments_of(top),
                       readout=self.store.reconstruct(np.array([top]))[0],
-                      confidence=best, found=found, guess=guess, sources=chosen,
-                      passages=[self._stitch(p) for p in passages])
+                      confidence=confidence, found=found, guess=guess, sources=chosen,
+                      passages=texts, answers=answers, extracted=extracted, swapped=swap)
 
     def _stitch(self, passage: List[str]) -> str:
         """A passage's text, each window after the first without the tokens it repeats."""

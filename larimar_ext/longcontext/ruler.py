@@ -131,7 +131,7 @@ class MemorySystem:
         return {"answer": a.answer, "guess": a.guess, "found": a.found,
                 "confidence": a.confidence, "ask_seconds": time.perf_counter() - t0,
                 "ingest": st.as_dict(), "sources": [asdict(s) for s in a.sources],
-                "passages": a.passages}
+                "passages": a.passages, "answers": a.answers, "extracted": a.extracted}
 
 
 class InContextSystem:

@@ -479,15 +479,18 @@ class LarimarModel(nn.Module):
         new = out[:, batch["input_ids"].shape[1]:]
         return tok.batch_decode(new, skip_special_tokens=True)
 
-    @torch.no_grad()
-    def complete_passages(self, prompt: str, readouts: Tensor, skip: Sequence[int] = (),
-                          joined: Sequence[bool] = (), question: Optional[str] = None,
-                          max_new_tokens: int = 16, separator: str = "\n") -> str:
-        """Greedy continuation of one prompt conditioned on several readouts (r, C) at once
-        (prefix path only): their soft tokens go to the decoder in the order given, readout i
-        without its first ``skip[i]`` live slots (the overlap with the window before it) and,
-        unless ``joined[i]`` (a later window of the same sentence), after ``separator``.
-        The decoder's input grows with r, never with the context."""
+    def _embed_text(self, text: str) -> Tensor:
+        """The decoder's input embeddings (L, D) of a text (no special tokens)."""
+        embed = self.decoder.get_input_embeddings()
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+        return embed(torch.tensor(ids, dtype=torch.long, device=embed.weight.device))
+
+    def _passage_parts(self, prompt: str, readouts: Tensor, skip: Sequence[int],
+                       joined: Sequence[bool], question: Optional[str]
+                       ) -> tuple[Tensor, list[Tensor], Tensor]:
+        """(template head, one (n_j, D) soft-token block per passage, question turn +
+        prompt) as decoder input embeddings. Readout i loses its first ``skip[i]`` live slots
+        (the overlap with the window before it); ``joined[i]`` False starts a new passage."""
         if self.prefix is None:
             raise ValueError("readouts: several readouts at once need the prefix path")
         if readouts.dim() != 2 or readouts.shape[1] != self.code_size or readouts.shape[0] < 1:
@@ -498,32 +501,62 @@ class LarimarModel(nn.Module):
         joined = list(joined) or [False] * r
         if len(skip) != r or len(joined) != r:
             raise ValueError(f"skip, joined: expected {r} entries each")
-        dev = _device(self.decoder)
         embed = self.decoder.get_input_embeddings()
         table = embed.weight if self.prefix_snap else None
-        soft, live = self.prefix(readouts.to(dev), table)
-        tok = self.tokenizer
-
-        def embedded(ids: list[int]) -> Tensor:
-            return embed(torch.tensor(ids, dtype=torch.long, device=dev))
-
-        def text_ids(text: str) -> list[int]:
-            return tok(text, add_special_tokens=False)["input_ids"] if text else []
-
-        sep = embedded(text_ids(separator))
-        parts = [embedded(self._template_ids(0))]
+        soft, live = self.prefix(readouts.to(embed.weight.device), table)
+        blocks: list[list[Tensor]] = []
         for i in range(r):
-            if i and not joined[i]:
-                parts.append(sep)
-            parts.append(soft[i][live[i]][int(skip[i]):].to(embed.weight.dtype))
+            if i == 0 or not joined[i]:
+                blocks.append([])
+            blocks[-1].append(soft[i][live[i]][int(skip[i]):].to(embed.weight.dtype))
+        head = embed(torch.tensor(self._template_ids(0), dtype=torch.long,
+                                  device=embed.weight.device))
         after = self._question_turn(question) if self.prompt_template is not None else ""
-        parts.append(embedded(text_ids(after + prompt)))
-        embeds = torch.cat(parts, 0).unsqueeze(0)
-        mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=dev)
-        new = self.decoder.generate(inputs_embeds=embeds, attention_mask=mask, do_sample=False,
-                                    max_new_tokens=max_new_tokens,
+        return head, [torch.cat(b, 0) for b in blocks], self._embed_text(after + prompt)
+
+    @torch.no_grad()
+    def complete_passages(self, prompt: str, readouts: Tensor, skip: Sequence[int] = (),
+                          joined: Sequence[bool] = (), question: Optional[str] = None,
+                          max_new_tokens: int = 16, separator: str = "\n") -> str:
+        """Greedy continuation of one prompt conditioned on several readouts (r, C) at once
+        (prefix path only): their soft tokens go to the decoder in the order given, readout i
+        without its first ``skip[i]`` live slots (the overlap with the window before it) and,
+        unless ``joined[i]`` (a later window of the same sentence), after ``separator``.
+        The decoder's input grows with r, never with the context."""
+        head, blocks, tail = self._passage_parts(prompt, readouts, skip, joined, question)
+        sep = self._embed_text(separator)
+        parts = [head]
+        for j, b in enumerate(blocks):
+            parts.extend([sep, b] if j else [b])
+        return self._generate_embeds([torch.cat([*parts, tail], 0)], max_new_tokens)[0]
+
+    @torch.no_grad()
+    def complete_each_passage(self, prompt: str, readouts: Tensor, skip: Sequence[int] = (),
+                              joined: Sequence[bool] = (), question: Optional[str] = None,
+                              max_new_tokens: int = 16) -> list[str]:
+        """``complete_passages`` with each passage (a readout and the ``joined`` ones after
+        it) decoded on its own, all in one left-padded batch: one continuation per passage,
+        in order. A question with several answers (several keys, or one key with several
+        values) gets each from the passage that holds it."""
+        head, blocks, tail = self._passage_parts(prompt, readouts, skip, joined, question)
+        return self._generate_embeds([torch.cat([head, b, tail], 0) for b in blocks],
+                                     max_new_tokens)
+
+    def _generate_embeds(self, inputs: Sequence[Tensor], max_new_tokens: int) -> list[str]:
+        """Greedy continuations of (L_j, D) input embeddings, left-padded into one batch."""
+        width = max(e.shape[0] for e in inputs)
+        embed = self.decoder.get_input_embeddings()
+        pad = embed.weight[self.dummy_token_id]
+        rows, masks = [], []
+        for e in inputs:
+            n = width - e.shape[0]
+            rows.append(torch.cat([pad.expand(n, -1), e], 0))
+            masks.append(torch.cat([torch.zeros(n, dtype=torch.long, device=e.device),
+                                    torch.ones(e.shape[0], dtype=torch.long, device=e.device)]))
+        new = self.decoder.generate(inputs_embeds=torch.stack(rows),
+                                    attention_mask=torch.stack(masks), do_sample=False, max_new_tokens=max_new_tokens,
                                     pad_token_id=self.dummy_token_id)
-        return tok.decode(new[0], skip_special_tokens=True)
+        return self.tokenizer.batch_decode(new, skip_special_tokens=True)
 
     # ------------------------------------------------------------------ training loss
 
