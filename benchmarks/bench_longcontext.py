@@ -13,6 +13,13 @@ ingest  ``LongContextMemory.ingest`` end to end (segmenting with the decoder tok
         tokenizer, with a tiny random decoder (ingest never runs the decoder).
         Target (full size): >= 4,000 tokens/s on the 137K essays context.
 
+modes   The cost of the recall pipeline against the paper's (``mode="paper"``: prefix keys, one
+        readout) on one essays context with the SF needle (``--contexts``, default 128k):
+        cold ingest (a fresh encoding cache each time) in decoder tokens/s and the latency
+        of the SF question, both modes interleaved over ``--rounds`` rounds in one run, with
+        the trained model (``--model``, default "default"). Target: recall ingest >= half
+        the paper mode's.
+
 prefix  Retrieval@1 on the essays by the number of prefix words that make a key
         (3, 4, 5, 6, 8, 10, whole sentence) and the number of words the question's answer
         prefix has (4, 6, 8, 10): every distinct essay sentence is keyed by its first p words
@@ -21,7 +28,7 @@ prefix  Retrieval@1 on the essays by the number of prefix words that make a key
         "hit" = the top-1 row holds the sentence; "pure" = and no other sentence.
         Only keys are encoded (``model.encode_keys``), so it runs in minutes.
 
-    python benchmarks/bench_longcontext.py [--quick] [--part ingest|prefix] [--no-save]
+    python benchmarks/bench_longcontext.py [--quick] [--part ingest|modes|prefix] [--no-save]
 """
 from __future__ import annotations
 
@@ -36,7 +43,9 @@ ESSAYS = cm.REPO_DIR.parent / "shared" / "data" / "paul_graham_essays"
 
 
 def extra(p):
-    p.add_argument("--part", choices=("ingest", "prefix", "all"), default="all")
+    p.add_argument("--part", choices=("ingest", "modes", "prefix", "all"), default="all")
+    p.add_argument("--rounds", type=int, default=2, help="modes part: rounds per mode")
+    p.add_argument("--questions", type=int, default=5, help="modes part: asks per round")
     p.add_argument("--contexts", default=None,
                    help="essay context sizes for the ingest part (default 137k,1m; quick 10k)")
     p.add_argument("--int8-values", action="store_true",
@@ -99,6 +108,44 @@ def part_ingest(args, model, result):
     return [{"name": "ingest tokens/s, essays 137k", "op": ">=", "threshold": 4000.0,
              "value": essays137[0]["tokens_per_s"] if essays137 else None,
              "fmt": lambda x: f"{x:,.0f}"}]
+
+
+def part_modes(args, model, result):
+    import statistics
+
+    from larimar_ext.longcontext import EncodingCache, LongContextMemory, tasks
+
+    size = tasks.parse_context_size(args.contexts or ("10k" if args.quick else "128k"))
+    ctx = tasks.needle_context(tasks.Haystack(args.haystack_dir, model.tokenizer), size, 50)
+    runs = {"paper": [], "recall": []}
+    for rnd in range(args.rounds):
+        for mode in runs:
+            mem = LongContextMemory(model, mode=mode, cache=EncodingCache())
+            st = mem.ingest(ctx.text)
+            asks, right = [], 0
+            for _ in range(args.questions):
+                t0 = time.perf_counter()
+                a = mem.ask_trace(ctx.answer_prefix, ctx.question, max_new_tokens=24)
+                asks.append(time.perf_counter() - t0)
+                right += tasks.score_needle(a.answer, ctx.answer)["exact"]
+            runs[mode].append({"round": rnd, **st.as_dict(), "ask_seconds": asks,
+                               "correct": right / args.questions})
+            print(f"{mode:6s} round {rnd}: {st.tokens_per_s:,.0f} tokens/s, "
+                  f"ask {statistics.median(asks):.2f} s", flush=True)
+    med = {m: {"tokens_per_s": statistics.median(r["tokens_per_s"] for r in rs),
+               "ask_seconds": statistics.median(x for r in rs for x in r["ask_seconds"]),
+               "correct": statistics.mean(r["correct"] for r in rs)} for m, rs in runs.items()}
+    ratio = med["recall"]["tokens_per_s"] / med["paper"]["tokens_per_s"]
+    print(f"\n## Recall vs paper mode, {ctx.tokens:,} tokens (medians of {args.rounds} rounds)\n")
+    print(cm.md_table(["mode", "ingest tokens/s", "ask (median)", "SF answered"], [
+        [m, f"{v['tokens_per_s']:,.0f}", f"{v['ask_seconds']:.2f} s", f"{v['correct']:.2f}"]
+        for m, v in med.items()]))
+    print(f"\nrecall / paper ingest: {ratio:.2f}x, ask: "
+          f"{med['recall']['ask_seconds'] / med['paper']['ask_seconds']:.2f}x")
+    result["modes"] = {"tokens": ctx.tokens, "runs": runs, "medians": med,
+                       "ingest_ratio": ratio}
+    return [{"name": "recall / paper ingest tokens/s", "op": ">=", "threshold": 0.5,
+             "value": ratio, "fmt": lambda x: f"{x:.2f}x"}]
 
 
 def part_prefix(args, model, result):
@@ -183,11 +230,13 @@ def run(args):
     info = cm.machine_info(lx=lx, torch=torch)
     info["load_before_start"] = args.load
     cm.print_machine(info)
-    model, desc = load_model(args.model)
+    model, desc = load_model(args.model or ("default" if args.part == "modes" else None))
     result = {"machine": info, "model": desc, "int8_values": bool(args.int8_values)}
     targets = []
     if args.part in ("ingest", "all"):
         targets += part_ingest(args, model, result)
+    if args.part == "modes":
+        targets += part_modes(args, model, result)
     if args.part in ("prefix", "all"):
         targets += part_prefix(args, model, result)
     cm.report_foreign_load(result, args)

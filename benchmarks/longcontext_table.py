@@ -34,7 +34,8 @@ def main(root: str = "benchmarks/results/longcontext") -> None:
     root = Path(root)
     runs = {name: _load(root, name) for name in
             ("passkey", "passkey_no_prefix", "needle", "needle_no_prefix", "passkey_short",
-             "passkey_in_context") if (root / name).is_dir()}
+             "passkey_in_context", "passkey_recall", "needle_recall", "passkey_paper",
+             "needle_paper") if (root / name).is_dir()}
 
     print("| system | context | 3 digits | 4 digits | 5 digits | SF needle |")
     print("|---|---|---|---|---|---|")
@@ -42,7 +43,10 @@ def main(root: str = "benchmarks/results/longcontext") -> None:
         print("| " + " | ".join(row) + " |")
     for label, pk, nd in (("larimar-ext (prefix keys)", "passkey", "needle"),
                           ("larimar-ext, keys without prefix", "passkey_no_prefix",
-                           "needle_no_prefix")):
+                           "needle_no_prefix"),
+                          ("larimar-ext, recall mode (default)", "passkey_recall",
+                           "needle_recall"),
+                          ("larimar-ext, paper mode, rerun", "passkey_paper", "needle_paper")):
         contexts = sorted({t["context"] for t in runs.get(pk, []) + runs.get(nd, [])})
         for c in contexts:
             cells = []
@@ -57,7 +61,8 @@ def main(root: str = "benchmarks/results/longcontext") -> None:
     print("| run | context | trials | retrieval@1 | decoding given the segment | end to end "
           "| ask latency median (s) | ingest tokens/s (first, cold) | rows | host MiB |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for name in ("passkey", "passkey_no_prefix", "needle", "needle_no_prefix", "passkey_short"):
+    for name in ("passkey", "passkey_no_prefix", "needle", "needle_no_prefix", "passkey_short",
+                 "passkey_recall", "needle_recall", "passkey_paper", "needle_paper"):
         by = defaultdict(list)
         for t in runs.get(name, []):
             by[t["context"]].append(t)

@@ -30,3 +30,11 @@ larimar-ext needle --haystack-dir "$ESSAYS" --context 137k,1m --depths $DEPTHS -
     --int8-values --threads 2 --no-progress --out $OUT/needle_int8
 larimar-ext passkey --context 137k,1m --digits 3,4,5 --depths $DEPTHS --trials 4 \
     --int8-values --threads 2 --no-progress --out $OUT/passkey_int8
+# the recall mode (the default since the recall issue) and a paper-mode rerun beside it:
+# 4 passkey trials and 2 needle trials per cell, one torch thread each
+for MODE in recall paper; do
+  larimar-ext passkey --context 137k,1m --digits 3,4,5 --depths $DEPTHS --trials 4 --mode $MODE \
+      --threads 1 --no-progress --out $OUT/passkey_$MODE
+  larimar-ext needle --haystack-dir "$ESSAYS" --context 137k,1m --depths $DEPTHS --trials 2 \
+      --mode $MODE --threads 1 --no-progress --out $OUT/needle_$MODE
+done

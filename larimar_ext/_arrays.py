@@ -13,19 +13,18 @@ Rules (the documented copies):
 from __future__ import annotations
 
 import numbers
+import sys
 from typing import Any, Optional
 
 import numpy as np
-
-try:  # torch is optional
-    import torch
-except ImportError:  # pragma: no cover - exercised only without torch
-    torch = None
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def is_tensor(x: Any) -> bool:
+    # torch is optional and never imported here (it costs seconds): a tensor can only
+    # exist once its caller has imported torch
+    torch = sys.modules.get("torch")
     return torch is not None and isinstance(x, torch.Tensor)
 
 
@@ -95,7 +94,7 @@ class Boundary:
         if isinstance(result, tuple):
             return tuple(self.wrap(r) for r in result)
         if isinstance(result, np.ndarray):
-            t = torch.from_numpy(result)
+            t = sys.modules["torch"].from_numpy(result)     # a tensor came in: torch is loaded
             return t if self.device.type == "cpu" else t.to(self.device)
         return result
 

@@ -435,7 +435,7 @@ def test_save_load_round_trip(model, tok, tmp_path):
     mem = LongContextMemory(model, mode="paper", prefix_words=3)
     mem.ingest(ctx.text)
     mem.save(tmp_path / "mem")
-    back = LongContextMemory(model).load(tmp_path / "mem")
+    back = LongContextMemory.load(tmp_path / "mem", model)
     assert back.prefix_words == 3 and len(back) == len(mem)
     np.testing.assert_array_equal(back.store.keys, mem.store.keys)
     np.testing.assert_array_equal(back.store.values, mem.store.values)
@@ -448,12 +448,12 @@ def test_save_load_round_trip(model, tok, tmp_path):
     assert st.new_segments == 1 and len(back) == len(mem)
     assert back.row_of("The pass key is 11111.") == back.row_of(f"The pass key is {ctx.answer}.")
     with raises_arg(ValueError, "path"):
-        LongContextMemory(model).load(tmp_path / "nothing")
+        LongContextMemory.load(tmp_path / "nothing", model)
     with raises_arg(ValueError, "path"):
         LongContextMemory(model).save(tmp_path / "empty")
     (tmp_path / "mem" / "segments.safetensors").write_bytes(b"garbage")
     with raises_arg(ValueError, "path"):
-        LongContextMemory(model).load(tmp_path / "mem")
+        LongContextMemory.load(tmp_path / "mem", model)
 
 
 def test_recall_save_load_keeps_rows_links_and_answers(model, tok, tmp_path):
@@ -462,7 +462,7 @@ def test_recall_save_load_keeps_rows_links_and_answers(model, tok, tmp_path):
     mem = LongContextMemory(model, max_tokens=8)
     mem.ingest(ctx.text + " " + long)
     mem.save(tmp_path / "mem")
-    back = LongContextMemory(model).load(tmp_path / "mem")
+    back = LongContextMemory.load(tmp_path / "mem", model)
     assert back.mode == "recall" and len(back) == len(mem) and not back.store.merge_identical
     assert back._place == mem._place and back._next == mem._next
     assert len(back.lexical) == len(mem.lexical)

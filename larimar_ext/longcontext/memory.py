@@ -69,8 +69,10 @@ DEFAULT_PREFIX_WORDS = 4
 DEFAULT_MAX_TOKENS = 64
 # What ``ask`` answers when the best source's confidence is below the threshold.
 NOT_FOUND = "The context does not contain the answer."
-# Fused-score threshold of "found". Set before any measurement, not calibrated yet: what it
-# withholds on RULER and on questions without an answer is in benchmarks/RESULTS.md section 7.
+# Confidence threshold of "found", set between what was measured (benchmarks/RESULTS.md
+# section 7): answers present, RULER development set and the recall cases, 0.54-0.93;
+# questions without an answer that no swapped term gives away, 0.31-0.42. Questions whose
+# passage states the fact about another name are withheld by the swap check, not by this.
 DEFAULT_THRESHOLD = 0.45
 
 
@@ -966,10 +968,17 @@ class LongContextMemory:
         self.store.save(folder / "memory.safetensors")
         _persist.save(folder / "segments.safetensors", _KIND, config, arrays)
 
-    def load(self, path: Union[str, os.PathLike]) -> "LongContextMemory":
-        """Replace this memory's contents by a folder written by ``save``; its
-        configuration (mode, prefix words, prefix keys, max tokens, metric) is adopted.
-        Returns self, so ``LongContextMemory(model).load(path)`` works."""
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike], model: Any, **options: Any
+             ) -> "LongContextMemory":
+        """A memory read from a folder written by ``save``, answered by ``model`` (the
+        model that encoded it, or one with the same code size), as ``KeyValueMemory.load``
+        and ``EpisodicMemory.load`` are classmethods. The saved configuration (mode,
+        prefix words, prefix keys, max tokens, metric) is adopted; ``options`` are the
+        constructor's other keywords (threshold, max_readouts, ...)."""
+        return cls(model, **options)._restore(path)
+
+    def _restore(self, path: Union[str, os.PathLike]) -> "LongContextMemory":
         folder = Path(path)
         if not folder.is_dir():
             raise ValueError(f"path: not a folder written by LongContextMemory.save: {str(path)!r}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import re
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Union
 
@@ -40,6 +41,21 @@ class LarimarOutput:
     logits: Tensor          # (B, N, T, V) decoder logits of every segment
     z: Tensor               # (B, N, C) encoder latents
     z_read: Tensor          # (B, N, C) readouts the decoder was conditioned on
+
+
+class _FirstLine:
+    """A generate stopping criterion: a row is done once its new text holds a line of text
+    (after any leading space, colon or blank lines) and the line break after it."""
+
+    _DONE = re.compile(r"^[\s:]*[^\s:][^\n]*\n")
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, input_ids: Tensor, scores: Any, **kwargs: Any) -> Tensor:
+        texts = self.tokenizer.batch_decode(input_ids, skip_special_tokens=True)
+        return torch.tensor([bool(self._DONE.match(t)) for t in texts],
+                            device=input_ids.device)
 
 
 def _device(module: nn.Module) -> torch.device:
@@ -537,13 +553,17 @@ class LarimarModel(nn.Module):
         """``complete_passages`` with each passage (a readout and the ``joined`` ones after
         it) decoded on its own, all in one left-padded batch: one continuation per passage,
         in order. A question with several answers (several keys, or one key with several
-        values) gets each from the passage that holds it."""
+        values) gets each from the passage that holds it. Each continuation stops after its
+        first line of text (a passage holds one answer; the decoder, asked for "all the
+        numbers", would list on)."""
         head, blocks, tail = self._passage_parts(prompt, readouts, skip, joined, question)
         return self._generate_embeds([torch.cat([head, b, tail], 0) for b in blocks],
-                                     max_new_tokens)
+                                     max_new_tokens, first_line=True)
 
-    def _generate_embeds(self, inputs: Sequence[Tensor], max_new_tokens: int) -> list[str]:
-        """Greedy continuations of (L_j, D) input embeddings, left-padded into one batch."""
+    def _generate_embeds(self, inputs: Sequence[Tensor], max_new_tokens: int,
+                         first_line: bool = False) -> list[str]:
+        """Greedy continuations of (L_j, D) input embeddings, left-padded into one batch;
+        with ``first_line`` each row stops once it has a line of text and its line break."""
         width = max(e.shape[0] for e in inputs)
         embed = self.decoder.get_input_embeddings()
         pad = embed.weight[self.dummy_token_id]
@@ -553,8 +573,10 @@ class LarimarModel(nn.Module):
             rows.append(torch.cat([pad.expand(n, -1), e], 0))
             masks.append(torch.cat([torch.zeros(n, dtype=torch.long, device=e.device),
                                     torch.ones(e.shape[0], dtype=torch.long, device=e.device)]))
+        stop = [_FirstLine(self.tokenizer)] if first_line else None
         new = self.decoder.generate(inputs_embeds=torch.stack(rows),
-                                    attention_mask=torch.stack(masks), do_sample=False, max_new_tokens=max_new_tokens,
+                                    attention_mask=torch.stack(masks), do_sample=False,
+                                    max_new_tokens=max_new_tokens, stopping_criteria=stop,
                                     pad_token_id=self.dummy_token_id)
         return self.tokenizer.batch_decode(new, skip_special_tokens=True)
 
