@@ -21,12 +21,17 @@ def test_every_load_is_a_classmethod():
 
 def test_import_and_numpy_ops_and_cli_help_never_load_torch(tmp_path):
     """torch costs seconds to import: ``import larimar_ext``, numpy calls and the CLI's
-    ``--help`` must not load it (their timing is benchmarks/bench_startup.py's)."""
+    ``--help`` must not load it (their timing is benchmarks/bench_startup.py's); the model
+    stack (transformers) loads only with LongContextMemory, on first use."""
     code = ("import sys, numpy as np, larimar_ext as lx; "
             "W = lx.lstsq_write(np.eye(3, dtype=np.float32)[None], "
             "np.ones((1, 3, 2), np.float32)); assert W.shape == (1, 3, 2); "
             "from larimar_ext import cli; "
-            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)")
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m); "
+            "import larimar_ext.longcontext.tasks; assert 'transformers' not in sys.modules; "
+            "assert 'larimar_ext.longcontext.memory' not in sys.modules; "
+            "from larimar_ext import LongContextMemory; "
+            "assert LongContextMemory.__module__ == 'larimar_ext.longcontext.memory'")
     # outside the checkout: from its root `import larimar_ext` finds the source folder
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=tmp_path,
                    env={**os.environ, "PYTHONWARNINGS": "ignore"})
