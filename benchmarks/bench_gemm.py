@@ -4,7 +4,7 @@ Every op is float32 on both cores. GFLOP/s = nominal flops / median time. The fl
 of each op is written out explicitly (one multiply-add = 2 flops; lower-order terms such
 as diagonal shifts, scaling and the final top-1 selection are not counted):
 
-  lstsq_write, N >= K  (Cholesky of the K x K Gram, DESIGN.md section 2):
+  lstsq_write, N >= K  (Cholesky of the K x K Gram, docs/DESIGN.md section 2.2):
       Gram W^T W (syrk, symmetric half)        N*K^2
       W^T Z                                    2*N*K*C
       Cholesky of K x K                        K^3/3

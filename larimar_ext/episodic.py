@@ -14,7 +14,7 @@ _KIND = "larimar_ext.EpisodicMemory"
 
 
 class EpisodicMemory:
-    """A K x C memory M written from episodes of latents (DESIGN.md section 2).
+    """A K x C memory M written from episodes of latents (docs/DESIGN.md section 2.5).
 
     M = argmin_M |W M - Z|^2 + ridge |M - prior|^2 over the rows currently stored (prior
     zero when none). With a small ridge this is Larimar's least-squares write M = W^+ Z;

@@ -1,4 +1,4 @@
-"""Differentiable memory ops for PyTorch models (DESIGN.md section 2).
+"""Differentiable memory ops for PyTorch models (docs/DESIGN.md section 2.10).
 
 ``lstsq_write``, ``pinv_address`` and ``read`` as ``torch.library`` custom ops with
 analytic backward passes, so models train through the memory and ``torch.compile`` sees

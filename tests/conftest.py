@@ -1,6 +1,6 @@
 """Shared fixtures, float64 numpy references and assertion helpers for the larimar_ext tests.
 
-Notation follows DESIGN.md section 2: episode latents Z (N x C), addresses W (N x K),
+Notation follows docs/DESIGN.md section 2.1: episode latents Z (N x C), addresses W (N x K),
 memory M (K x C), batch of episodes B, keys R (K x C).
 
 Every reference below is computed in float64 from the (possibly float32) inputs, so the
@@ -185,7 +185,7 @@ def distinct_rows(rng, n, d, dtype=np.float64, min_gap=0.3):
 
 
 # --------------------------------------------------------------------------------------
-# float64 references (DESIGN.md section 2 / api_spec)
+# float64 references (docs/DESIGN.md section 2 / api_spec)
 # --------------------------------------------------------------------------------------
 def default_rcond(n, k, dtype):
     return max(n, k) * float(np.finfo(np.dtype(dtype)).eps)

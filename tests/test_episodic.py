@@ -1,6 +1,6 @@
 """EpisodicMemory: batch write, sequential write/forget (Woodbury), address/read, save/load.
 
-Invariant (DESIGN.md section 2): after any sequence of writes and forgets, M equals the batch
+Invariant (docs/DESIGN.md section 2.5): after any sequence of writes and forgets, M equals the batch
 ridge solution  argmin ||W M - Z||^2 + ridge ||M - prior||^2  over the rows still stored.
 Bounds for the sequential path: 1e-4 (float64) and 1e-3 (float32, with at least 2K+2 rows
 kept stored so that P = (W^T W + ridge I)^-1 stays well conditioned; forgetting down to a

@@ -1,4 +1,4 @@
-"""lstsq_write(W, Z, ridge=0.0, rcond=None) -> M = pinv(W) @ Z  (DESIGN.md section 2)."""
+"""lstsq_write(W, Z, ridge=0.0, rcond=None) -> M = pinv(W) @ Z  (docs/DESIGN.md section 2.2)."""
 import numpy as np
 import pytest
 from hypothesis import given
@@ -60,7 +60,7 @@ def test_lstsq_min_norm_when_underdetermined(rng):
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_lstsq_tiny_ridge_underdetermined(rng, dtype):
     """N < K with ridge 1e-6: the K x K system is ill-conditioned (~1e7), the N x N
-    push-through form (DESIGN: 'N < K: M = W^T (W W^T + lam I)^-1 Z') is not."""
+    push-through form (docs/DESIGN.md section 2.2: 'M = W^T (W W^T + ridge I)^-1 Z') is not."""
     W = well_conditioned(rng, 3, 9, dtype=dtype)
     Z = randn(rng, 3, 4, dtype=dtype)
     M = lx.lstsq_write(W, Z, ridge=1e-6)

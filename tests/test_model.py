@@ -1,4 +1,4 @@
-"""LarimarModel (DESIGN.md sections 2 and 3) on tiny randomly initialised models.
+"""LarimarModel (docs/DESIGN.md sections 2 and 3) on tiny randomly initialised models.
 
 Nothing is downloaded: the tiny encoder and decoder of tests/tiny_models.py and a
 word-level tokenizer built here from the training sentences, shared by both.

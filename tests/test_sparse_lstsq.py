@@ -2,7 +2,7 @@
 
 argmin ||W M - Z||^2 + ridge ||M - prior||^2 with W given row-wise by (indices, weights);
 untouched slots keep prior (or 0).  Reference: dense numpy solve of the same problem over the
-touched slots only.  The kernel may use conjugate gradients (DESIGN.md section 2), so the
+touched slots only.  The kernel may use conjugate gradients (docs/DESIGN.md section 2.8), so the
 float64 bound is 1e-8 (not 1e-9); float32 keeps 1e-4 on these well-conditioned problems.
 """
 import numpy as np
@@ -80,7 +80,7 @@ def test_sparse_lstsq_one_hot_is_per_slot_mean(rng, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_sparse_lstsq_one_hot_distinct_is_row_copy(rng, dtype):
-    """Distinct one-hot keys: M[slot] = Z row, bit for bit (DESIGN: 'M = Z (a row copy)')."""
+    """Distinct one-hot keys: M[slot] = Z row, bit for bit (docs/DESIGN.md section 2.8)."""
     K, C = 12, 5
     slots = rng.permutation(K)[:7].astype(np.int64)
     Z = randn(rng, 7, C, dtype=dtype)

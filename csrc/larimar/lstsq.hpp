@@ -1,4 +1,4 @@
-// Dense least-squares write M = W^+ Z (DESIGN.md section 2).
+// Dense least-squares write M = W^+ Z (docs/DESIGN.md section 2.2).
 #pragma once
 
 #include "larimar/common.hpp"

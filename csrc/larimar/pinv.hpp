@@ -1,5 +1,5 @@
 // Pseudo-inverse of a memory or prior R (K x C) in factored form, for addressing
-// W = Z R^+ (DESIGN.md section 2).
+// W = Z R^+ (docs/DESIGN.md section 2.3).
 #pragma once
 
 #include <vector>

@@ -1,4 +1,4 @@
-// Larimar's memory state with sequential write and forget (DESIGN.md section 2, eqs. 2-4).
+// Larimar's memory state with sequential write and forget (docs/DESIGN.md section 2.5, Larimar eqs. 2-4).
 #pragma once
 
 #include <memory>

@@ -1,4 +1,4 @@
-// Least-squares write through sparse (top-k) addresses (DESIGN.md section 2, fixed-key
+// Least-squares write through sparse (top-k) addresses (docs/DESIGN.md section 2.8, fixed-key
 // memory): conjugate gradients on the normal equations over the touched slots only.
 #pragma once
 

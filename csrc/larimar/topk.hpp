@@ -1,4 +1,4 @@
-// Exact top-k key search (DESIGN.md section 2, fixed-key memory): blocked GEMM of queries
+// Exact top-k key search (docs/DESIGN.md section 2.6, fixed-key memory): blocked GEMM of queries
 // against key tiles with the per-query top-k selection fused into each tile.
 #pragma once
 

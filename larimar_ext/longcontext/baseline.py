@@ -1,8 +1,8 @@
 """The in-context baseline: the decoder alone with the whole context in its prompt.
 
 SmolLM2-135M-Instruct (``load_smollm2()``) by default, with its chat template: the context
-and the question in the user turn, the assistant turn opened with the answer prefix (DESIGN.md
-section 7 measured this to beat a plain prompt), greedy. A context longer than the window
+and the question in the user turn, the assistant turn opened with the answer prefix (docs/DESIGN.md
+section 7: it beat a plain prompt), greedy. A context longer than the window
 (8192 positions for SmolLM2) is cut: its first tokens are kept, as many as fit with the
 template, the question and the new tokens; the trial reports ``truncated: true`` and whether
 the needle is still inside (``needle_in_window``) and is scored as it is.

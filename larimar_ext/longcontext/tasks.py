@@ -1,4 +1,4 @@
-"""The long-context tasks of DESIGN.md section 4: context builders and scoring.
+"""The long-context tasks of docs/DESIGN.md section 4: context builders and scoring.
 
 Both builders work sentence by sentence (the segmenter's unit) and count decoder tokens per
 distinct sentence (``TokenCounter``), so "137k" means a context of about 137,000 tokens of

@@ -1,5 +1,5 @@
 """Larimar model: any Hugging Face encoder and causal LM around the episodic memory
-(DESIGN.md sections 2 and 3). Needs ``transformers`` (the ``models`` extra)."""
+(docs/DESIGN.md sections 2 and 3). Needs ``transformers`` (the ``models`` extra)."""
 
 from .conditioning import DecoderGeometry, EmbeddingConditioner, MemorySlot
 from .ibm_checkpoint import load_ibm_checkpoint

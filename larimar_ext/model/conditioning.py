@@ -1,4 +1,4 @@
-"""Decoder conditioning on a readout z (DESIGN.md section 3), for any Hugging Face causal LM.
+"""Decoder conditioning on a readout z (docs/DESIGN.md section 3), for any Hugging Face causal LM.
 
 Two paths, both linear in z and without bias:
 

@@ -1,4 +1,4 @@
-"""LarimarModel: an encoder, an episodic memory and a conditioned decoder (DESIGN.md 2, 3).
+"""LarimarModel: an encoder, an episodic memory and a conditioned decoder (docs/DESIGN.md 2, 3).
 
 encoder (any HF encoder) -> pooling (masked mean by default) -> Linear(H_pool -> C) -> z
 episode of N latents Z -> W = Z_xi M0^+ (M0 the learned prior memory, Z_xi = Z + sigma noise)

