@@ -21,10 +21,11 @@ rank stores only its shard. See docs/DISTRIBUTED.md for the design; in short:
   calls another operation makes the others raise ``ShardedMemoryError`` within the timeout,
   and the memory refuses any later call (its shards may disagree).
 
-The values of a shard live here, in numpy chunks, and the shard's ``KeyValueMemory`` holds
-the keys (with a one-column placeholder value): the core store has no way to fetch rows by
-id, which reads need for the winners of the merge. The duplicate-key mean is computed here
-exactly as the core computes it (float64 running mean, rounded to the dtype).
+A shard is a ``KeyValueMemory`` (the kernel holds its keys and values and merges duplicate
+keys) plus the map from its local slots to global ids. Candidates' values come from the
+kernel with the search (``search_and_reconstruct``), and the Gaussian weights of the merged
+top k are the kernel's too (``ops.gaussian_read_scored``, the routine the store's ``read``
+uses), so no memory math is done here.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import torch.distributed as dist
 
 from ._arrays import Boundary, integer, scalar
 from .kv_memory import KeyValueMemory
+from .ops import gaussian_read_scored
 
 __all__ = ["ShardedKeyValueMemory", "ShardedMemoryError", "init_from_env", "DEFAULT_TIMEOUT"]
 
@@ -104,61 +106,6 @@ def init_from_env(timeout: Any = DEFAULT_TIMEOUT, backend: str = "gloo") -> tupl
     return dist.get_rank(), dist.get_world_size()
 
 
-class _Rows:
-    """Rows appended in chunks (no reallocation of what is stored), gathered by id."""
-
-    CHUNK = 16384
-
-    def __init__(self, width: Optional[int], dtype: Any) -> None:
-        self.width, self.dtype = width, np.dtype(dtype)
-        self.chunks: list[np.ndarray] = []
-        self.n = 0
-
-    def _shape(self, rows: int) -> tuple[int, ...]:
-        return (rows,) if self.width is None else (rows, self.width)
-
-    def append(self, rows: np.ndarray) -> None:
-        done = 0
-        while done < len(rows):
-            if self.n == len(self.chunks) * self.CHUNK:
-                self.chunks.append(np.empty(self._shape(self.CHUNK), self.dtype))
-            at = self.n % self.CHUNK
-            take = min(self.CHUNK - at, len(rows) - done)
-            self.chunks[-1][at:at + take] = rows[done:done + take]
-            self.n += take
-            done += take
-
-    def gather(self, ids: np.ndarray) -> np.ndarray:
-        ids = np.asarray(ids, np.int64)
-        out = np.empty(self._shape(len(ids)), self.dtype)
-        if len(ids) == 0:
-            return out
-        c, o = np.divmod(ids, self.CHUNK)
-        if len(self.chunks) == 1:
-            out[...] = self.chunks[0][o]
-        else:
-            for chunk in np.unique(c):
-                sel = c == chunk
-                out[sel] = self.chunks[chunk][o[sel]]
-        return out
-
-    def scatter(self, ids: np.ndarray, rows: np.ndarray) -> None:
-        """Assign rows to ids (the ids must be distinct)."""
-        c, o = np.divmod(np.asarray(ids, np.int64), self.CHUNK)
-        for chunk in np.unique(c):
-            sel = c == chunk
-            self.chunks[chunk][o[sel]] = rows[sel]
-
-    def all(self) -> np.ndarray:
-        if self.n == 0:
-            return np.empty(self._shape(0), self.dtype)
-        return np.concatenate(self.chunks)[:self.n]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(c.nbytes for c in self.chunks)
-
-
 def _route(keys: np.ndarray, world: int) -> np.ndarray:
     """Owner rank of each key row: a hash of the key's raw bytes (bitwise-identical keys, and
     only they, are guaranteed the same owner; +0.0 and -0.0 differ, as in the store).
@@ -216,10 +163,8 @@ class ShardedKeyValueMemory:
         self._broken: Optional[str] = None
         self.timeout = _seconds(timeout)
         # Validate locally first, so that a bad argument fails before any communication.
-        self._shard = KeyValueMemory(key_dim, 1, metric, dtype)
-        self.key_dim, self.value_dim = self._shard.key_dim, integer(value_dim, "value_dim")
-        if self.value_dim <= 0:
-            raise ValueError(f"value_dim: expected a positive value dimension, got {value_dim}")
+        self._shard = KeyValueMemory(key_dim, value_dim, metric, dtype)
+        self.key_dim, self.value_dim = self._shard.key_dim, self._shard.value_dim
         self.metric, self.dtype = self._shard.metric, self._shard.dtype
         self._owns_group = group is None
         if group is None:
@@ -236,10 +181,9 @@ class ShardedKeyValueMemory:
         self.rank = dist.get_rank(group)
         self.world_size = dist.get_world_size(group)
         self._size = 0  # global number of slots, the same on every rank
-        self._values = _Rows(self.value_dim, self.dtype)
-        self._counts = _Rows(None, np.float64)
-        self._gids = _Rows(None, np.int64)  # local slot -> global id (increasing)
-        self._key_sq = _Rows(None, self.dtype) if self.metric == "ip" else None
+        # Local slot -> global id (increasing); the first len(self._shard) entries are in use,
+        # the rest is capacity, grown by doubling so that many small adds stay linear.
+        self._gids = np.empty(0, np.int64)
         # Every rank must agree on the configuration.
         mine = torch.tensor([self.key_dim, self.value_dim, _METRICS.index(self.metric),
                              self.dtype.itemsize], dtype=torch.int64)
@@ -262,23 +206,31 @@ class ShardedKeyValueMemory:
 
     @property
     def local_ids(self) -> np.ndarray:
-        """Global ids of this rank's slots, increasing."""
-        return self._gids.all()
+        """Global ids (local_size,) of this rank's slots, increasing (a copy)."""
+        return self._gids[:len(self._shard)].copy()
 
     @property
     def local_keys(self) -> np.ndarray:
+        """Keys (local_size, key_dim) of this rank's slots, in local_ids order."""
         return self._shard.keys
 
     @property
     def local_values(self) -> np.ndarray:
-        return self._values.all()
+        """Values (local_size, value_dim) of this rank's slots, in local_ids order."""
+        return self._shard.values
 
     @property
     def nbytes(self) -> int:
-        """Host bytes held by this rank's shard (keys in the core store, values, counts, ids)."""
-        extra = self._key_sq.nbytes if self._key_sq is not None else 0
-        return (self._shard.nbytes + self._values.nbytes + self._counts.nbytes
-                + self._gids.nbytes + extra)
+        """Host bytes held by this rank's shard (its KeyValueMemory and the global-id map)."""
+        return self._shard.nbytes + self._gids.nbytes
+
+    def _reserve_ids(self, extra: int) -> None:
+        """Room in the global-id map for ``extra`` more slots (amortised doubling)."""
+        need = len(self._shard) + extra
+        if need > len(self._gids):
+            grown = np.empty(max(need, 2 * len(self._gids), 1024), np.int64)
+            grown[:len(self._shard)] = self._gids[:len(self._shard)]
+            self._gids = grown
 
     def close(self) -> None:
         """Drop this rank's shard and the memory's own group (local; call it on every rank)."""
@@ -290,7 +242,7 @@ class ShardedKeyValueMemory:
         self.group = None
         self._broken = self._broken or "closed"
         self._shard = KeyValueMemory(1, 1)
-        self._values = _Rows(self.value_dim, self.dtype)
+        self._gids = np.empty(0, np.int64)
 
     def __repr__(self) -> str:
         return (f"ShardedKeyValueMemory(key_dim={self.key_dim}, value_dim={self.value_dim}, "
@@ -416,7 +368,7 @@ class ShardedKeyValueMemory:
 
     def _add_rest(self, hdr: np.ndarray, k: np.ndarray, v: np.ndarray,
                   owner: np.ndarray) -> np.ndarray:
-        W, me, T = self.world_size, self.rank, self.dtype
+        W, me = self.world_size, self.rank
         n_all = hdr[:, 2]
         N = int(n_all.sum())
         if N == 0:
@@ -440,7 +392,12 @@ class ShardedKeyValueMemory:
         flags = np.zeros(N + 1, np.int32)
         try:
             if M:
-                local = np.asarray(self._shard.add(r_keys, np.zeros((M, 1), T)), np.int64)
+                # The id map first: a MemoryError there is reported like one in the store,
+                # before the store has changed.
+                self._reserve_ids(M)
+                # The kernel appends new keys and merges a repeated key into its slot
+                # (running mean), in batch order as one KeyValueMemory would.
+                local = np.asarray(self._shard.add(r_keys, r_values), np.int64)
                 fresh = local - old_len
                 is_new = fresh >= 0
                 _, first = np.unique(np.where(is_new, fresh, -1), return_index=True)
@@ -463,37 +420,9 @@ class ShardedKeyValueMemory:
             first_gid = base + new_rank[r_pos[first]]
             gid_rows[is_new] = first_gid[fresh[is_new]]
             if (~is_new).any():
-                gid_rows[~is_new] = self._gids.gather(local[~is_new])
-            # Commit: new slots copy their first row; every other row updates a mean, row by
-            # row in batch order, as the core does (float64 running mean, rounded).
-            vals = r_values
-            all_new = len(first) == M  # then first == arange(M): no fancy-index copies
-            self._gids.append(first_gid)
-            self._values.append(vals if all_new else vals[first])
-            self._counts.append(np.ones(len(first)))
-            if self._key_sq is not None:
-                kf = (r_keys if all_new else r_keys[first]).astype(np.float64)
-                self._key_sq.append(np.einsum("ij,ij->i", kf, kf).astype(T))
-            repeat = np.ones(M, bool)
-            repeat[first] = False
-            rep = np.nonzero(repeat)[0]
-            if len(rep):
-                slots = local[rep]
-                by_slot = np.argsort(slots, kind="stable")
-                sorted_slots = slots[by_slot]
-                starts = np.r_[0, np.nonzero(np.diff(sorted_slots))[0] + 1]
-                run_lengths = np.diff(np.r_[starts, len(rep)])
-                occurrence = np.arange(len(rep)) - np.repeat(starts, run_lengths)
-                occ = np.empty(len(rep), np.int64)
-                occ[by_slot] = occurrence
-                for j in range(int(occ.max()) + 1):
-                    sel = rep[occ == j]
-                    ids = local[sel]
-                    c = self._counts.gather(ids)
-                    cur = self._values.gather(ids).astype(np.float64)
-                    new = (c[:, None] * cur + vals[sel].astype(np.float64)) / (c[:, None] + 1.0)
-                    self._values.scatter(ids, new.astype(T))
-                    self._counts.scatter(ids, c + 1.0)
+                gid_rows[~is_new] = self._gids[local[~is_new]]
+            # Commit: the new slots' global ids (the store already holds their rows).
+            self._gids[old_len:old_len + len(first)] = first_gid
         self._size = base + total_new
         # Ids back to the rows' sources (reverse all-to-all).
         back = self._alltoall("add", "ids", gid_rows, recv_counts, send_counts)
@@ -627,61 +556,45 @@ class ShardedKeyValueMemory:
         return ids, scores, vals, ksq
 
     def _candidates(self, qs: np.ndarray, k: int, flags: int) -> list:
-        """This shard's top k for queries qs, as the byte blocks sent back to their rank:
-        scores, global ids, [values], [key squared norms]; padded with (-inf, max id)."""
+        """This shard's top k for queries qs (nq, key_dim), as the byte blocks sent back to
+        their rank: scores (nq, k), global ids (nq, k), [values (nq, k, value_dim)], [key
+        squared norms (nq, k)]; padded with (-inf, max id, 0, 0) past the shard's size."""
         T, v, nq = self.dtype, self.value_dim, len(qs)
         kl = min(k, len(self._shard))
         scores = np.full((nq, k), -np.inf, T)
         gids = np.full((nq, k), _BIG_ID, np.int64)
-        local = np.zeros((nq, kl), np.int64)
+        vals = np.zeros((nq, k, v), T) if flags & _WANT_VALUES else None
+        ksq = np.zeros((nq, k), T) if flags & _WANT_KEY_SQ else None
         if kl:
-            li, ls = self._shard.search(qs, kl)
-            local[...] = li
+            if vals is not None:  # the hits' values from the kernel, with the search
+                local, ls, lv = self._shard.search_and_reconstruct(qs, kl)
+                vals[:, :kl] = lv
+            else:
+                local, ls = self._shard.search(qs, kl)
             scores[:, :kl] = ls
-            gids[:, :kl] = self._gids.gather(local.reshape(-1)).reshape(nq, kl)
+            gids[:, :kl] = self._gids[local]
+            if ksq is not None:  # for the asker's 'ip' distances |q|^2 + |key|^2 - 2 q.key
+                ksq[:, :kl] = self._shard.key_sq_norms(local.reshape(-1)).reshape(nq, kl)
         blob = [_bytes(scores), _bytes(gids)]
-        if flags & _WANT_VALUES:
-            vals = np.zeros((nq, k, v), T)
-            vals[:, :kl] = self._values.gather(local.reshape(-1)).reshape(nq, kl, v)
+        if vals is not None:
             blob.append(_bytes(vals))
-        if flags & _WANT_KEY_SQ:
-            ksq = np.zeros((nq, k), T)
-            ksq[:, :kl] = self._key_sq.gather(local.reshape(-1)).reshape(nq, kl)
+        if ksq is not None:
             blob.append(_bytes(ksq))
         return blob
 
     def _readout(self, q: np.ndarray, scores: np.ndarray, vals: Optional[np.ndarray],
                  key_sq: Optional[np.ndarray], soft: bool, alpha: float) -> np.ndarray:
-        T = self.dtype
-        nq = len(q)
-        if nq == 0 or vals is None:
-            return np.empty((0, self.value_dim), T)
+        """Readouts (nq, value_dim) from the merged top k: scores (nq, k), values
+        (nq, k, value_dim), key squared norms (nq, k) for 'ip'; the best value, or soft."""
+        if len(q) == 0 or vals is None:
+            return np.empty((0, self.value_dim), self.dtype)
         if not soft:
             return np.ascontiguousarray(vals[:, 0])
-        # Gaussian weights on squared distances of the top k, as KeyValueMemory.read does.
-        if self.metric == "l2":
-            d2 = -scores
-        elif self.metric == "cosine":
-            d2 = np.maximum(T.type(0), T.type(2) - T.type(2) * scores)
-        else:
-            qf = q.astype(np.float64)
-            q_sq = np.einsum("ij,ij->i", qf, qf).astype(T)
-            d2 = np.maximum(T.type(0), q_sq[:, None] + key_sq - T.type(2) * scores)
-        d2 = d2.astype(np.float64)
-        s2 = d2.min(axis=1, keepdims=True)
-        exact = (s2 <= 0)[:, 0]
-        w = np.empty(d2.shape, T)
-        w[exact] = (d2[exact] <= 0).astype(T)
-        far = ~exact
-        if far.any():
-            scale = 1.0 / (2.0 * alpha * s2[far])
-            w[far] = np.exp(-(d2[far] - s2[far]) * scale).astype(T)
-        total = w.astype(np.float64).sum(axis=1, keepdims=True)
-        w = w * (1.0 / total).astype(T)
-        out = np.zeros((nq, self.value_dim), T)
-        for j in range(w.shape[1]):
-            out += w[:, j, None] * vals[:, j]
-        return out
+        # The kernel's soft read over these candidates: the weights and the weighted sum of
+        # KeyValueMemory.read, so the sharded readout is the single store's formula.
+        ip = self.metric == "ip"
+        return gaussian_read_scored(scores, vals, self.metric, alpha, q if ip else None,
+                                    key_sq if ip else None)
 
     # ------------------------------------------------------------------ gather, serve
     def gather(self) -> tuple:

@@ -106,6 +106,13 @@ class KeyValueMemory:
         b = self._boundary()
         return b.wrap(self._core.reconstruct(b.row_ids(ids, "ids")))
 
+    def key_sq_norms(self, ids: Any) -> Any:
+        """Squared norms |key|^2 (n,) of row ids (n,), as the store keeps them for search:
+        with ``ops.gaussian_read_scored`` they give the 'ip' soft read of hits gathered from
+        several stores. An id outside [0, len) is a ValueError naming ``ids``."""
+        b = self._boundary()
+        return b.wrap(self._core.key_sq_norms(b.row_ids(ids, "ids")))
+
     def search_and_reconstruct(self, Q: Any, k: int) -> Any:
         """(indices (nq, k), scores (nq, k), values (nq, k, value_dim)): ``search`` and the
         values of its hits in one call (one lock: a concurrent ``add`` cannot come between)."""

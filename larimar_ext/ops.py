@@ -1,4 +1,4 @@
-"""Functional memory ops (DESIGN.md section 2). Shapes: N rows, K slots/keys, C code size,
+"""Functional memory ops (docs/DESIGN.md section 2). Shapes: N rows, K slots/keys, C code size,
 B episodes. Every op accepts numpy arrays or torch tensors (see ``_arrays``)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from ._arrays import Boundary, integer, optional_scalar, scalar
 SparseAddress = Tuple[Any, Any]
 
 __all__ = ["lstsq_write", "pinv_address", "pinv_read", "gaussian_address", "onehot_address", "read", "topk",
-           "sparse_lstsq_write"]
+           "sparse_lstsq_write", "gaussian_read_scored"]
 
 
 def lstsq_write(W: Any, Z: Any, ridge: float = 0.0, rcond: Optional[float] = None) -> Any:
@@ -84,6 +84,32 @@ def read(W: Union[Any, SparseAddress], M: Any) -> Any:
         return b.wrap(_core.read_sparse(ids, weights, b.floats(M, "M")))
     w = b.floats(W, "W", (2, 3))
     return b.wrap(_core.read_dense(w, b.floats(M, "M", (2, 3))))
+
+
+def gaussian_read_scored(scores: Any, values: Any, metric: str, alpha: float, Q: Any = None,
+                         key_sq: Any = None) -> Any:
+    """The soft read of ``KeyValueMemory.read(Q, k, alpha)`` over given candidates (e.g. the
+    top-k hits of several stores, merged): scores (nq, k) by ``metric``, best first as
+    ``topk`` returns them, and their values (nq, k, C) give readouts (nq, C).
+
+    The scores become squared distances (l2: -s; cosine, of unit vectors: 2 - 2s; ip:
+    |q|^2 + |key|^2 - 2s, which needs the queries Q (nq, d) and the candidates' squared key
+    norms key_sq (nq, k), e.g. ``KeyValueMemory.key_sq_norms``), then Gaussian weights
+    exp(-(d^2 - s^2) / (2 alpha s^2)) over each row, s^2 its smallest, summing to 1.
+    """
+    b = Boundary()
+    s = b.floats(scores, "scores")
+    v = b.floats(values, "values", (3,))
+    if not isinstance(metric, str):
+        raise TypeError(f"metric: expected a string, got {type(metric).__name__}")
+    if metric != "ip":  # a stray Q would be silently ignored: say so instead
+        for name, given in (("Q", Q), ("key_sq", key_sq)):
+            if given is not None:
+                raise ValueError(f"{name}: only the 'ip' metric uses it (the {metric!r} "
+                                 f"scores give the distances); pass None")
+    q = None if Q is None else b.floats(Q, "Q")
+    ksq = None if key_sq is None else b.floats(key_sq, "key_sq")
+    return b.wrap(_core.gaussian_read_scored(s, v, metric, scalar(alpha, "alpha"), q, ksq))
 
 
 def topk(Q: Any, keys: Any, k: int, metric: str = "ip") -> Any:

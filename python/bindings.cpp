@@ -246,6 +246,41 @@ py::array read_sparse(py::handle ids_obj, py::handle w_obj, py::handle m_obj) {
 }
 
 template <class T>
+py::array gaussian_read_scored(py::handle s_obj, py::handle v_obj, const std::string& metric_name,
+                               double alpha, py::object q_obj, py::object ksq_obj) {
+  const larimar::Metric metric = larimar::parse_metric(metric_name);
+  auto scores = typed<T>(s_obj, "scores", 2, 2);
+  auto values = typed<T>(v_obj, "values", 3, 3);
+  const index_t n = scores.shape(0), k = scores.shape(1), c = values.shape(2);
+  same_dim(values.shape(0), n, "values", "expected one row of candidates per row of scores");
+  same_dim(values.shape(1), k, "values", "expected one value per score");
+  // Q and key_sq: None is a null pointer; the kernel says which metric needs them.
+  py::array_t<T> q, key_sq;
+  const T *pq = nullptr, *pks = nullptr;
+  index_t d = 0;
+  if (!q_obj.is_none()) {
+    q = typed<T>(q_obj, "Q", 2, 2);
+    same_dim(q.shape(0), n, "Q", "expected one query per row of scores");
+    d = q.shape(1);
+    pq = q.data();
+  }
+  if (!ksq_obj.is_none()) {
+    key_sq = typed<T>(ksq_obj, "key_sq", 2, 2);
+    same_dim(key_sq.shape(0), n, "key_sq", "expected the shape of scores");
+    same_dim(key_sq.shape(1), k, "key_sq", "expected the shape of scores");
+    pks = key_sq.data();
+  }
+  auto out = output<T>({n, c}, "values");
+  const T *ps = scores.data(), *pv = values.data();
+  T* po = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    larimar::gaussian_read_scored(ps, pv, n, k, c, metric, pq, d, pks, alpha, po);
+  }
+  return out;
+}
+
+template <class T>
 py::tuple topk(py::handle q_obj, py::handle keys_obj, index_t k, const std::string& metric_name) {
   const larimar::Metric metric = larimar::parse_metric(metric_name);
   auto q = typed<T>(q_obj, "Q", 2, 2);
@@ -488,6 +523,18 @@ void bind_kv(py::module_& m, const char* name) {
         }
         return out;
       })
+      .def("key_sq_norms", [](const Store& self, py::handle ids_obj) {
+        auto ids = typed<index_t>(ids_obj, "ids", 1, 1);
+        const index_t n = ids.shape(0);
+        auto out = output<T>({n}, "ids");
+        const index_t* pi = ids.data();
+        T* po = out.mutable_data();
+        {
+          py::gil_scoped_release release;
+          self.key_sq_norms(pi, n, po);
+        }
+        return out;
+      })
       .def("search_and_reconstruct", [](const Store& self, py::handle q_obj, index_t k) {
         auto q = typed<T>(q_obj, "Q", 2, 2);
         same_dim(q.shape(1), self.key_dim(), "Q", "expected key_dim columns");
@@ -611,6 +658,13 @@ PYBIND11_MODULE(_core, m) {
   m.def("read_sparse", [](py::handle ids, py::handle w, py::handle mm) {
     return dispatch(w, "W", [&](auto t) { return read_sparse<decltype(t)>(ids, w, mm); });
   }, py::arg("indices"), py::arg("weights"), py::arg("M"));
+  m.def("gaussian_read_scored", [](py::handle scores, py::handle values, const std::string& metric,
+                                   double alpha, py::object q, py::object key_sq) {
+    return dispatch(scores, "scores", [&](auto t) {
+      return gaussian_read_scored<decltype(t)>(scores, values, metric, alpha, q, key_sq);
+    });
+  }, py::arg("scores"), py::arg("values"), py::arg("metric"), py::arg("alpha"), py::arg("Q"),
+     py::arg("key_sq"));
   m.def("topk", [](py::handle q, py::handle keys, index_t k, const std::string& metric) {
     return dispatch(q, "Q", [&](auto t) { return topk<decltype(t)>(q, keys, k, metric); });
   }, py::arg("Q"), py::arg("keys"), py::arg("k"), py::arg("metric"));

@@ -125,6 +125,38 @@ case("read-weights-nan", lambda: lx.read((IDX, poke(WTS)), M), VE, "weights", "W
 case("read-weights-int", lambda: lx.read((IDX, IDX), M), TE, "weights", "W")
 case("read-tuple-len", lambda: lx.read((IDX, WTS, WTS), M), EITHER, "W")
 
+# ------------------------------------ gaussian_read_scored(scores, values, metric, alpha, Q, key_sq)
+SC, VALS, KSQ = -_R.random((2, 5)), a64(2, 5, 3), _R.random((2, 5))  # nq=2, k=5, C=3; Q (2, 3)
+
+
+def gread(scores=SC, values=VALS, metric="l2", alpha=0.5, Q=None, key_sq=None):
+    return lx.gaussian_read_scored(scores, values, metric, alpha, Q, key_sq)
+
+
+case("gread-metric", lambda: gread(metric="dot"), VE, "metric")
+case("gread-metric-type", lambda: gread(metric=2), TE, "metric")
+case("gread-scores-1d", lambda: gread(scores=SC[0]), VE, "scores")
+case("gread-values-2d", lambda: gread(values=VALS[:, :, 0]), VE, "values")
+case("gread-values-k", lambda: gread(values=VALS[:, :4]), VE, "values")
+case("gread-values-rows", lambda: gread(values=VALS[:1]), VE, "values")
+case("gread-scores-nan", lambda: gread(scores=poke(SC)), VE, "scores")
+case("gread-values-inf", lambda: gread(values=poke(VALS, np.inf)), VE, "values")
+case("gread-l2-positive", lambda: gread(scores=-SC), VE, "scores")
+case("gread-empty", lambda: gread(scores=SC[:0], values=VALS[:0]), VE, "scores")
+for v in (0.0, -1.0, np.nan, np.inf):
+    case(f"gread-alpha-{v}", lambda v=v: gread(alpha=v), VE, "alpha")
+case("gread-alpha-str", lambda: gread(alpha="0.5"), TE, "alpha")
+case("gread-ip-no-Q", lambda: gread(metric="ip", key_sq=KSQ), VE, "Q")
+case("gread-ip-no-key_sq", lambda: gread(metric="ip", Q=Q), VE, "key_sq")
+case("gread-ip-Q-rows", lambda: gread(metric="ip", Q=a64(3, 3), key_sq=KSQ), VE, "Q")
+case("gread-ip-Q-nan", lambda: gread(metric="ip", Q=poke(Q), key_sq=KSQ), VE, "Q")
+case("gread-ip-key_sq-shape", lambda: gread(metric="ip", Q=Q, key_sq=KSQ[:, :4]), VE, "key_sq")
+case("gread-ip-key_sq-negative", lambda: gread(metric="ip", Q=Q, key_sq=-KSQ), VE, "key_sq")
+case("gread-cosine-Q", lambda: gread(metric="cosine", Q=Q), VE, "Q")
+case("gread-l2-key_sq", lambda: gread(key_sq=KSQ), VE, "key_sq")
+case("gread-scores-int32", lambda: gread(scores=SC.astype(np.int32)), TE, "scores")
+case("gread-mixed", lambda: gread(values=VALS.astype(np.float32)), EITHER, "scores", "values")
+
 # --------------------------------------------------------------------- topk(Q, keys, k, metric)
 for v in (0, -2, 6):  # 5 keys
     case(f"topk-k-{v}", lambda v=v: lx.topk(Q, KEYS, v), VE, "k")

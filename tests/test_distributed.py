@@ -8,7 +8,7 @@ file finishes in bounded time even when the code under test hangs.
 
 Scenarios: ``main`` (4 ranks, rank 3 joins 2 s late): random and crafted-tie equality with
 the single store, duplicates, float64, torch tensors, tiny stores, bad input, mismatched
-calls, serve(). ``die`` (3 ranks, one exits), ``hang`` (2 ranks, one never calls) and
+calls, serve(), a rank's local views of its shard. ``die`` (3 ranks, one exits), ``hang`` (2 ranks, one never calls) and
 ``nojoin`` (rank 1 never starts): the survivors must raise ShardedMemoryError within the
 timeout. ``single`` (1 process): the equality checks through the world-size-1 shortcuts.
 """
@@ -355,6 +355,29 @@ def _main_scenario(rank, world, out, only=None):  # noqa: C901 - one scenario, m
         m.close()
     C.run("serve_mode", serve)
 
+    # -- this rank's own views of its shard, across adds that outgrow the global-id map ------
+    def local_views():
+        m = ShardedKeyValueMemory(8, 3, "l2", timeout=30)
+        ref = lx.KeyValueMemory(8, 3, "l2")
+        lrng = np.random.default_rng(21)  # the same draws on every rank
+        for _ in range(12):  # ~2100 slots per rank: past the map's first 1024
+            K = lrng.integers(-2, 3, (700, 8)).astype(np.float32)  # some repeats: merged
+            V = lrng.standard_normal((700, 3)).astype(np.float32)
+            cut = _split(len(K), world, lrng)
+            m.add(K[cut[rank]:cut[rank + 1]], V[cut[rank]:cut[rank + 1]])
+            ref.add(K, V)
+        assert len(ref) < 12 * 700, "no duplicate keys: the merge is not exercised"
+        ids = m.local_ids
+        assert ids.dtype == np.int64 and ids.shape == (m.local_size,)
+        assert (np.diff(ids) > 0).all() and m.local_size > 1024
+        eq(m.local_keys, ref.keys[ids], "local keys")
+        eq(m.local_values, ref.values[ids], "local values (duplicate means bitwise)")
+        assert sum_local(m) == len(ref) == len(m)
+        # at least the shard's keys, values and global ids
+        assert m.nbytes >= m.local_size * ((8 + 3) * 4 + 8), m.nbytes
+        m.close()
+    C.run("local_views", local_views)
+
     C.info["total_s"] = time.monotonic() - t0
     return C
 
@@ -545,7 +568,7 @@ MAIN_CHECKS = (
     + [f"ties_{m}" for m in ("cosine", "ip", "l2")]
     + ["torch_tensors", "tiny_store_empty_shards", "empty_memory",
        "bad_input_everywhere_same_error", "overflow_on_one_shard", "mismatched_operations",
-       "serve_mode"])
+       "serve_mode", "local_views"])
 
 
 @pytest.mark.parametrize("check", MAIN_CHECKS)
@@ -619,27 +642,3 @@ def test_route_is_stable_and_balanced():
     grid = rng.integers(-1, 2, (4000, 5)).astype(np.float32)  # few distinct keys
     uniq = np.unique(grid, axis=0)
     assert np.bincount(_route(uniq, 3), minlength=3).min() > len(uniq) // 6
-
-
-def test_rows_store_across_chunks(monkeypatch):
-    """The chunked row store of a shard: appends that span chunks, gathers and scatters."""
-    from larimar_ext.distributed import _Rows
-    monkeypatch.setattr(_Rows, "CHUNK", 7)
-    rng = np.random.default_rng(1)
-    r, ref = _Rows(3, np.float32), np.empty((0, 3), np.float32)
-    flat = _Rows(None, np.int64)
-    for n in (5, 1, 0, 9, 14, 3):
-        x = rng.standard_normal((n, 3)).astype(np.float32)
-        r.append(x)
-        flat.append(np.arange(len(ref), len(ref) + n))
-        ref = np.concatenate([ref, x])
-    assert r.n == len(ref) == 32 and len(r.chunks) == 5
-    assert np.array_equal(r.all(), ref) and np.array_equal(flat.all(), np.arange(32))
-    ids = rng.permutation(32)[:20]
-    assert np.array_equal(r.gather(ids), ref[ids]) and np.array_equal(flat.gather(ids), ids)
-    new = rng.standard_normal((20, 3)).astype(np.float32)
-    r.scatter(ids, new)
-    ref[ids] = new
-    assert np.array_equal(r.all(), ref)
-    assert r.gather(np.empty(0, np.int64)).shape == (0, 3)
-    assert r.nbytes == 5 * 7 * 3 * 4

@@ -319,3 +319,18 @@ def test_merge_identical_off_keeps_every_row(rng, tmp_path):
     assert len(merged) == 1
     with pytest.raises(TypeError, match="merge_identical"):
         lx.KeyValueMemory(4, 2, merge_identical="no")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_key_sq_norms_by_id(rng, dtype):
+    kv = new_kv(6, 2, "ip", dtype)
+    keys = randn(rng, 9, 6, dtype=dtype)
+    kv.add(keys, randn(rng, 9, 2, dtype=dtype))
+    ids = np.array([8, 0, 3, 3], np.int64)
+    got = to_numpy(kv.key_sq_norms(ids))
+    assert_ndarray(got, dtype, (4,), "key_sq_norms")
+    assert_rel(got, (f64(keys[ids]) ** 2).sum(1), tol(dtype, 1e-6, 1e-14))
+    assert to_numpy(kv.key_sq_norms(np.zeros(0, np.int64))).shape == (0,)
+    for bad in ([9], [-1], [[0, 1]]):
+        with pytest.raises(ValueError, match="ids"):
+            kv.key_sq_norms(np.array(bad))

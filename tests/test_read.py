@@ -1,11 +1,12 @@
-"""read(W, M): dense (N,K)@(K,C), batched (B,N,K)@(B,K,C), sparse (indices, weights)."""
+"""read(W, M): dense (N,K)@(K,C), batched (B,N,K)@(B,K,C), sparse (indices, weights); the soft
+read of scored candidates, gaussian_read_scored."""
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 import larimar_ext as lx
-from conftest import (DTYPE_IDS, DTYPES, assert_ndarray, assert_rel, dtypes, randint, randn,
+from conftest import (DTYPE_IDS, DTYPES, assert_ndarray, assert_rel, dtypes, f64, randint, randn,
                       ref_read, seeds, to_numpy, tol)
 
 READ_SHAPES = [(4, 7, 3), (6, 6, 6), (9, 3, 5), (1, 1, 1), (5, 1, 4), (3, 5, 1), (33, 17, 9)]
@@ -110,3 +111,63 @@ def test_read_non_contiguous(rng, dtype):
     W = randn(rng, 6, 8, dtype=dtype)[:, ::2]
     M = np.asfortranarray(randn(rng, 4, 5, dtype=dtype))
     assert_rel(lx.read(W, M), ref_read(W, M), tol(dtype, 1e-5, 1e-12))
+
+
+# ------------------------------------------------------- gaussian_read_scored(scores, values, ...)
+def _scored_candidates(rng, metric, dtype, nq=6, k=5, d=7, c=4):
+    """Queries, candidate keys (nq, k, d), their scores by ``metric`` and values (nq, k, c);
+    row 0's candidate 2 is the query itself (the exact-match limit of the weights)."""
+    Q = rng.standard_normal((nq, d))
+    keys = rng.standard_normal((nq, k, d))
+    if metric == "cosine":  # the soft read's 2 - 2 cos is |q - key|^2 for unit vectors
+        Q /= np.linalg.norm(Q, axis=1, keepdims=True)
+        keys /= np.linalg.norm(keys, axis=2, keepdims=True)
+    keys[0, 2] = Q[0]
+    Q, keys = Q.astype(dtype), keys.astype(dtype)
+    if metric == "l2":
+        scores = -((Q[:, None, :] - keys) ** 2).sum(-1)
+    else:
+        scores = np.einsum("nd,nkd->nk", Q, keys)
+    return Q, keys, scores.astype(dtype), randn(rng, nq, k, c, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("metric", ["ip", "cosine", "l2"])
+def test_gaussian_read_scored_matches_reference(rng, metric, dtype):
+    """Weights exp(-(d^2 - s^2) / (2 alpha s^2)) over each row's candidates, d^2 = |q - key|^2
+    (what each metric's score gives), s^2 the smallest; a row with d = 0 reads that value."""
+    Q, keys, scores, values = _scored_candidates(rng, metric, dtype)
+    ksq = (keys.astype(np.float64) ** 2).sum(-1).astype(dtype)
+    ip = metric == "ip"
+    d2 = ((f64(Q)[:, None, :] - f64(keys)) ** 2).sum(-1)
+    for alpha in (0.05, 1.0):
+        out = lx.gaussian_read_scored(scores, values, metric, alpha, Q if ip else None,
+                                      ksq if ip else None)
+        assert_ndarray(out, dtype, (6, 4), "readout")
+        s2 = d2.min(axis=1, keepdims=True)
+        w = np.exp(-(d2 - s2) / (2.0 * alpha * np.maximum(s2, 1e-300)))
+        w /= w.sum(axis=1, keepdims=True)
+        ref = np.einsum("nk,nkc->nc", w, f64(values))
+        assert_rel(out[1:], ref[1:], tol(dtype, 1e-4, 1e-9), f"{metric} alpha={alpha}")
+        # row 0 holds the query itself among its candidates: its value, up to the rounding
+        # of its distance (cosine: 2 - 2 cos of a unit vector with itself is an ulp or so)
+        assert_rel(out[0], values[0, 2], tol(dtype, 1e-4, 1e-9), f"{metric} exact match")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("metric", ["ip", "cosine", "l2"])
+def test_gaussian_read_scored_is_the_store_soft_read(rng, metric, dtype):
+    """Fed a store's own hits, the op returns bitwise what KeyValueMemory.read returns: both
+    run the kernel's one routine (weights and weighted sum)."""
+    kv = lx.KeyValueMemory(6, 3, metric, dtype)
+    keys = randn(rng, 40, 6, dtype=dtype)
+    kv.add(keys, randn(rng, 40, 3, dtype=dtype))
+    Q = randn(rng, 9, 6, dtype=dtype)
+    Q[0] = keys[5]
+    ip = metric == "ip"
+    for k, alpha in ((1, 0.5), (4, 0.05), (12, 1.0)):
+        ids, scores, values = kv.search_and_reconstruct(Q, k)
+        ksq = kv.key_sq_norms(ids.ravel()).reshape(ids.shape)
+        out = lx.gaussian_read_scored(scores, values, metric, alpha, Q if ip else None,
+                                      ksq if ip else None)
+        assert np.array_equal(out, kv.read(Q, k, alpha=alpha)), (metric, k, alpha)

@@ -69,6 +69,67 @@ void gaussian_weights_from_sq_distances(T* d2, index_t n, index_t k, double alph
 }
 
 template <class T>
+void gaussian_weights_from_scores(T* scores, index_t n, index_t k, Metric metric, const T* q_sq,
+                                  const T* key_sq, double alpha) {
+  for (index_t i = 0; i < n * k; ++i) {
+    T& s = scores[i];
+    if (metric == Metric::L2) s = -s;
+    else if (metric == Metric::Cosine) s = std::max(T(0), T(2) - T(2) * s);
+    else s = std::max(T(0), q_sq[i / k] + key_sq[i] - T(2) * s);
+  }
+  gaussian_weights_from_sq_distances(scores, n, k, alpha);
+}
+
+template <class T>
+void weighted_sum_of_rows(const T* w, const T* const* rows, index_t n, index_t k, index_t c,
+                          T* out) {
+  std::fill(out, out + n * c, T(0));
+  for (index_t i = 0; i < n; ++i)
+    for (index_t j = 0; j < k; ++j) {
+      const T wij = w[i * k + j];
+      const T* row = rows[i * k + j];
+      T* o = out + i * c;
+      for (index_t t = 0; t < c; ++t) o[t] += wij * row[t];
+    }
+}
+
+template <class T>
+void gaussian_read_scored(const T* scores, const T* values, index_t n, index_t k, index_t c,
+                          Metric metric, const T* queries, index_t d, const T* key_sq,
+                          double alpha, T* out) {
+  check_dim(n, "scores", "number of rows");
+  check_dim(k, "scores", "number of candidates per row");
+  check_dim(c, "values", "value dimension");
+  check_alpha(alpha);
+  check_finite(scores, n * k, "scores");
+  check_finite(values, n * k * c, "values");
+  if (metric == Metric::L2)  // a positive "distance score" would read as an exact match
+    for (index_t i = 0; i < n * k; ++i)
+      require(scores[i] <= 0, "scores",
+              "an 'l2' score is -|q - key|^2 <= 0, got " + std::to_string(scores[i]));
+  std::vector<T> q_sq;
+  if (metric == Metric::InnerProduct) {
+    require(queries != nullptr, "Q", "the 'ip' metric needs the queries (|q|^2 enters the distances)");
+    require(key_sq != nullptr, "key_sq", "the 'ip' metric needs the candidates' squared key norms");
+    check_dim(d, "Q", "key dimension");
+    check_finite(queries, n * d, "Q");
+    check_finite(key_sq, n * k, "key_sq");
+    for (index_t i = 0; i < n * k; ++i)
+      require(key_sq[i] >= 0, "key_sq",
+              "expected squared norms >= 0, got " + std::to_string(key_sq[i]));
+    q_sq.resize(n);
+    row_sq_norms(queries, n, d, q_sq.data());  // as the store computes |q|^2
+  }
+  std::vector<T> w(scores, scores + n * k);
+  gaussian_weights_from_scores(w.data(), n, k, metric, q_sq.data(), key_sq, alpha);
+  std::vector<const T*> rows(n * k);
+  for (index_t i = 0; i < n * k; ++i) rows[i] = values + i * c;
+  weighted_sum_of_rows(w.data(), rows.data(), n, k, c, out);
+  // The weights sum to 1, but values near the dtype's maximum can still round past it.
+  check_result(out, n * c, "values");
+}
+
+template <class T>
 void gaussian_address_topk(const T* z, const T* r, index_t n, index_t k, index_t c,
                            double alpha, index_t top_k, index_t* ids, T* w) {
   check_alpha(alpha);
@@ -140,6 +201,12 @@ void read_sparse(const index_t* ids, const T* weights, index_t n, index_t top_k,
   template void gaussian_address_topk<T>(const T*, const T*, index_t, index_t, index_t, double, \
                                          index_t, index_t*, T*);                               \
   template void gaussian_weights_from_sq_distances<T>(T*, index_t, index_t, double);           \
+  template void gaussian_weights_from_scores<T>(T*, index_t, index_t, Metric, const T*,        \
+                                                const T*, double);                            \
+  template void weighted_sum_of_rows<T>(const T*, const T* const*, index_t, index_t, index_t,  \
+                                        T*);                                                  \
+  template void gaussian_read_scored<T>(const T*, const T*, index_t, index_t, index_t, Metric, \
+                                        const T*, index_t, const T*, double, T*);             \
   template void onehot_address<T>(const T*, const T*, index_t, index_t, index_t, index_t*, T*); \
   template void read_dense<T>(const T*, const T*, T*, index_t, index_t, index_t, index_t);     \
   template void read_sparse<T>(const index_t*, const T*, index_t, index_t, const T*, index_t,  \

@@ -1,8 +1,9 @@
 // Soft and one-hot addressing by distance to keys, and reading a memory through addresses
-// (DESIGN.md section 2: Gaussian soft keys, read z = w M).
+// (docs/DESIGN.md section 2.4: Gaussian soft keys, read z = w M).
 #pragma once
 
 #include "larimar/common.hpp"
+#include "larimar/topk.hpp"
 
 namespace larimar {
 
@@ -27,6 +28,31 @@ void onehot_address(const T* z, const T* r, index_t n, index_t k, index_t c, ind
 // Turns the top-k squared distances of each row (ascending) into Gaussian weights in place.
 template <class T>
 void gaussian_weights_from_sq_distances(T* d2, index_t n, index_t k, double alpha);
+
+// The soft read's weights of search hits (KeyValueStore::read and write use it): scores
+// (n x k, by `metric`, in place) become squared distances, -s for L2, 2 - 2s for cosine
+// (unit vectors), |q|^2 + |key|^2 - 2s for inner products (q_sq (n) and key_sq (n x k) are
+// read for InnerProduct only; may be null otherwise), rounding below 0 clamped; then the
+// Gaussian weights of gaussian_weights_from_sq_distances. Unchecked: callers validate.
+template <class T>
+void gaussian_weights_from_scores(T* scores, index_t n, index_t k, Metric metric, const T* q_sq,
+                                  const T* key_sq, double alpha);
+
+// out (n x c) = sum_j w[i, j] rows[i * k + j], summed in j order (each rows[] entry points to
+// c values): the accumulation of the soft read, shared by every caller so that two readouts
+// of the same hits agree bitwise. Unchecked.
+template <class T>
+void weighted_sum_of_rows(const T* w, const T* const* rows, index_t n, index_t k, index_t c,
+                          T* out);
+
+// The soft read over given candidates, e.g. the top-k hits of several stores merged: scores
+// (n x k) by `metric`, their values (n x k x c), and for InnerProduct the queries (n x d) and
+// the candidates' squared key norms key_sq (n x k) (null otherwise). out (n x c) is what
+// KeyValueStore::read returns when these are its hits. Every argument is checked.
+template <class T>
+void gaussian_read_scored(const T* scores, const T* values, index_t n, index_t k, index_t c,
+                          Metric metric, const T* queries, index_t d, const T* key_sq,
+                          double alpha, T* out);
 
 // out (B x N x C) = W (B x N x K) M (B x K x C).
 template <class T>

@@ -36,6 +36,11 @@ const T* KeyValueStore<T>::value_row(index_t id) const {
 }
 
 template <class T>
+T KeyValueStore<T>::key_sq_norm(index_t id) const {
+  return chunks_[id / chunk_rows_].sq_norms[id % chunk_rows_];
+}
+
+template <class T>
 std::uint64_t KeyValueStore<T>::hash_key(const T* key) const {
   // Bitwise identity is what counts (+0.0 and -0.0 differ): hash the raw bytes, eight at a
   // time, with a multiply-xorshift mix; equal hashes are confirmed by memcmp.
@@ -160,21 +165,18 @@ void KeyValueStore<T>::search_checked(const T* queries, index_t nq, index_t k, i
 }
 
 template <class T>
-void KeyValueStore<T>::gaussian_weights_from_scores(const T* queries, index_t nq, index_t k,
-                                                    const index_t* ids, T* scores,
-                                                    double alpha) const {
-  // Squared distances of the top k: from the L2 score, 2 - 2 cos between unit vectors, or
-  // |q|^2 + |k|^2 - 2 q.k; then the Gaussian weights over them.
-  std::vector<T> q_sq(nq);
-  row_sq_norms(queries, nq, d_, q_sq.data());
-  for (index_t i = 0; i < nq * k; ++i) {
-    const T k_sq = chunks_[ids[i] / chunk_rows_].sq_norms[ids[i] % chunk_rows_];
-    T& s = scores[i];
-    if (metric_ == Metric::L2) s = -s;
-    else if (metric_ == Metric::Cosine) s = std::max(T(0), T(2) - T(2) * s);
-    else s = std::max(T(0), q_sq[i / k] + k_sq - T(2) * s);
+void KeyValueStore<T>::hit_weights(const T* queries, index_t nq, index_t k, const index_t* ids,
+                                   T* scores, double alpha) const {
+  // |q|^2 and the hits' stored |key|^2 enter the distances of the inner-product metric only;
+  // the formula itself is the kernel's one (address.hpp), shared with gaussian_read_scored.
+  std::vector<T> q_sq, k_sq;
+  if (metric_ == Metric::InnerProduct) {
+    q_sq.resize(nq);
+    row_sq_norms(queries, nq, d_, q_sq.data());
+    k_sq.resize(nq * k);
+    for (index_t i = 0; i < nq * k; ++i) k_sq[i] = key_sq_norm(ids[i]);
   }
-  gaussian_weights_from_sq_distances(scores, nq, k, alpha);
+  gaussian_weights_from_scores(scores, nq, k, metric_, q_sq.data(), k_sq.data(), alpha);
 }
 
 template <class T>
@@ -215,24 +217,33 @@ void KeyValueStore<T>::read_unlocked(const T* queries, index_t nq, index_t k, do
       std::memcpy(out + i * v_, value_row(ids[i]), sizeof(T) * v_);
     return;
   }
-  gaussian_weights_from_scores(queries, nq, k, ids.data(), scores.data(), alpha);
-  std::fill(out, out + nq * v_, T(0));
-  for (index_t i = 0; i < nq; ++i)
-    for (index_t j = 0; j < k; ++j) {
-      const T w = scores[i * k + j];
-      const T* value = value_row(ids[i * k + j]);
-      for (index_t t = 0; t < v_; ++t) out[i * v_ + t] += w * value[t];
-    }
+  hit_weights(queries, nq, k, ids.data(), scores.data(), alpha);
+  std::vector<const T*> rows(nq * k);
+  for (index_t i = 0; i < nq * k; ++i) rows[i] = value_row(ids[i]);
+  weighted_sum_of_rows(scores.data(), rows.data(), nq, k, v_, out);
+}
+
+template <class T>
+void KeyValueStore<T>::check_ids(const index_t* ids, index_t n) const {
+  for (index_t i = 0; i < n; ++i)
+    require(ids[i] >= 0 && ids[i] < size_, "ids",
+            "expected row ids in [0, " + str(size_) + "), got " + str(ids[i]));
 }
 
 template <class T>
 void KeyValueStore<T>::reconstruct(const index_t* ids, index_t n, T* out) const {
   require(n >= 0, "ids", "expected a non-negative number of ids");
   std::shared_lock<std::shared_mutex> lock(mutex_);
-  for (index_t i = 0; i < n; ++i)
-    require(ids[i] >= 0 && ids[i] < size_, "ids",
-            "expected row ids in [0, " + str(size_) + "), got " + str(ids[i]));
+  check_ids(ids, n);
   for (index_t i = 0; i < n; ++i) std::memcpy(out + i * v_, value_row(ids[i]), sizeof(T) * v_);
+}
+
+template <class T>
+void KeyValueStore<T>::key_sq_norms(const index_t* ids, index_t n, T* out) const {
+  require(n >= 0, "ids", "expected a non-negative number of ids");
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  check_ids(ids, n);
+  for (index_t i = 0; i < n; ++i) out[i] = key_sq_norm(ids[i]);
 }
 
 template <class T>
@@ -260,7 +271,7 @@ void KeyValueStore<T>::write(const T* queries, const T* values, index_t n, index
   std::vector<T> weights(n * top_k);
   // Address by the store's metric, weigh by squared distance (as read does).
   search_checked(queries, n, top_k, ids.data(), weights.data());
-  gaussian_weights_from_scores(queries, n, top_k, ids.data(), weights.data(), alpha);
+  hit_weights(queries, n, top_k, ids.data(), weights.data(), alpha);
   // Solve on the touched slots only: gather them into a compact problem.
   std::unordered_map<index_t, index_t> local;
   std::vector<index_t> slots, local_ids(n * top_k);

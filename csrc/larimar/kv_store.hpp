@@ -1,4 +1,4 @@
-// The fixed-key memory of Nelson et al. (DESIGN.md section 2): keys R grow with the
+// The fixed-key memory of Nelson et al. (docs/DESIGN.md section 2.7): keys R grow with the
 // context, values M hold the least-squares write of what each key addressed.
 #pragma once
 
@@ -40,6 +40,10 @@ class KeyValueStore {
   // Values by row id (FAISS's reconstruct_n): out (n x value_dim). Every id is checked
   // before anything is copied.
   void reconstruct(const index_t* ids, index_t n, T* out) const;
+  // Squared norms |key|^2 of row ids, as stored for search (out (n)): what a soft read over
+  // hits gathered from several stores needs for the inner-product distances. Ids checked
+  // first, as in reconstruct.
+  void key_sq_norms(const index_t* ids, index_t n, T* out) const;
   // search, then the values of the hits (FAISS's search_and_reconstruct) under one read
   // lock, so a concurrent add cannot slip in between: values_out (nq x k x value_dim).
   void search_and_reconstruct(const T* queries, index_t nq, index_t k, index_t* ids, T* scores,
@@ -73,9 +77,11 @@ class KeyValueStore {
   std::uint64_t hash_key(const T* key) const;
   index_t find_key(const T* key, std::uint64_t hash) const;
   void check_queries(const T* queries, index_t nq, const char* arg) const;
+  T key_sq_norm(index_t id) const;
+  void check_ids(const index_t* ids, index_t n) const;
   // Turns the top-k scores of each query (nq x k, in place) into Gaussian weights.
-  void gaussian_weights_from_scores(const T* queries, index_t nq, index_t k, const index_t* ids,
-                                    T* scores, double alpha) const;
+  void hit_weights(const T* queries, index_t nq, index_t k, const index_t* ids, T* scores,
+                   double alpha) const;
   void search_checked(const T* queries, index_t nq, index_t k, index_t* ids, T* scores) const;
   void read_unlocked(const T* queries, index_t nq, index_t k, double alpha, T* out) const;
 
