@@ -12,13 +12,15 @@ from .episodic import EpisodicMemory
 from .kv_memory import KeyValueMemory
 from .ops import (gaussian_address, gaussian_read_scored, lstsq_write, onehot_address,
                   pinv_address, pinv_read, read, sparse_lstsq_write, topk)
+from .results import SearchAndReconstructResult, SearchResult
 
 __all__ = ["EpisodicMemory", "KeyValueMemory", "LongContextMemory", "gaussian_address",
            "gaussian_read_scored",
            "get_memory_limit",
            "get_num_threads", "info", "set_memory_limit",
            "lstsq_write", "onehot_address", "pinv_address", "pinv_read", "read", "set_num_threads",
-           "sparse_lstsq_write", "topk", "__version__"]
+           "SearchAndReconstructResult", "SearchResult", "sparse_lstsq_write", "topk",
+           "__version__"]
 
 
 def info() -> dict:

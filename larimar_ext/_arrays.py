@@ -19,6 +19,8 @@ from typing import Any, Optional
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# functional ops with a differentiable twin in larimar_ext.torch_ops
+DIFFERENTIABLE = ("lstsq_write", "pinv_address", "read")
 
 
 def is_tensor(x: Any) -> bool:
@@ -31,15 +33,23 @@ def is_tensor(x: Any) -> bool:
 class Boundary:
     """Converts the arguments of one call and wraps its results the same way."""
 
-    def __init__(self, dtype: Optional[np.dtype] = None, dtype_source: str = "") -> None:
+    def __init__(self, dtype: Optional[np.dtype] = None, dtype_source: str = "",
+                 op: Optional[str] = None) -> None:
         self.dtype = np.dtype(dtype) if dtype is not None else None
         self.dtype_source = dtype_source
+        self.op = op            # a functional op: its tensors must not silently lose grad
         self.device = None  # torch device of the first tensor argument
 
     def _to_numpy(self, x: Any, name: str) -> np.ndarray:
         if is_tensor(x):
             if x.device.type == "meta":
                 raise TypeError(f"{name}: expected a tensor with data, got one on the 'meta' device")
+            if self.op is not None and x.requires_grad and sys.modules["torch"].is_grad_enabled():
+                twin = (f"larimar_ext.torch_ops.{self.op}" if self.op in DIFFERENTIABLE
+                        else f"larimar_ext.torch_ops ({', '.join(DIFFERENTIABLE)})")
+                raise ValueError(f"{name}: requires grad, and larimar_ext.{self.op} returns a "
+                                 f"result without one: use {twin} for gradients, or pass "
+                                 f"{name}.detach()")
             if self.device is None:
                 self.device = x.device
             # Lazy negation/conjugation bits have no numpy view: materialise them.

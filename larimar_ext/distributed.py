@@ -42,6 +42,7 @@ import torch.distributed as dist
 from ._arrays import Boundary, integer, scalar
 from .kv_memory import KeyValueMemory
 from .ops import gaussian_read_scored
+from .results import SearchResult
 
 __all__ = ["ShardedKeyValueMemory", "ShardedMemoryError", "init_from_env", "DEFAULT_TIMEOUT"]
 
@@ -433,11 +434,12 @@ class ShardedKeyValueMemory:
     # ------------------------------------------------------------------ search / read
     def search(self, Q: Any = None, k: int = 1) -> Any:
         """Collective: exact top ``k`` of this rank's queries Q (nq, key_dim) over the whole
-        memory, as (global ids int64 (nq, k), scores (nq, k)), best first, ties by lower id:
+        memory, as ``SearchResult(global ids int64 (nq, k), scores (nq, k))``, best first,
+        ties by lower id:
         what one ``KeyValueMemory`` holding every row returns. Q None: serve the other ranks'
         queries only (returns (0, k) arrays)."""
         ids, scores, _ = self._query(Q, k, None, want_values=False)
-        return ids, scores
+        return SearchResult(ids, scores)
 
     def read(self, Q: Any = None, k: int = 1, alpha: Optional[float] = None) -> Any:
         """Collective: readouts (nq, value_dim) as ``KeyValueMemory.read``: the value of the

@@ -9,6 +9,7 @@ import numpy as np
 
 from . import _core, _persist
 from ._arrays import Boundary, integer, scalar
+from .results import SearchAndReconstructResult, SearchResult
 
 _KIND = "larimar_ext.KeyValueMemory"
 
@@ -95,10 +96,11 @@ class KeyValueMemory:
         v = b.floats(values, "values")
         self._core.write(q, v, integer(k, "k"), scalar(alpha, "alpha"))
 
-    def search(self, Q: Any, k: int) -> Any:
-        """(indices int64 (nq, k), scores (nq, k)): exact top-k by the memory's metric."""
+    def search(self, Q: Any, k: int) -> SearchResult:
+        """``SearchResult(ids int64 (nq, k), scores (nq, k))``: exact top-k by the memory's
+        metric, best first."""
         b = self._boundary()
-        return b.wrap(self._core.search(b.floats(Q, "Q"), integer(k, "k")))
+        return SearchResult(*b.wrap(self._core.search(b.floats(Q, "Q"), integer(k, "k"))))
 
     def reconstruct(self, ids: Any) -> Any:
         """The stored values (n, value_dim) of row ids (n,) (FAISS's reconstruct_n), in the
@@ -113,11 +115,13 @@ class KeyValueMemory:
         b = self._boundary()
         return b.wrap(self._core.key_sq_norms(b.row_ids(ids, "ids")))
 
-    def search_and_reconstruct(self, Q: Any, k: int) -> Any:
-        """(indices (nq, k), scores (nq, k), values (nq, k, value_dim)): ``search`` and the
-        values of its hits in one call (one lock: a concurrent ``add`` cannot come between)."""
+    def search_and_reconstruct(self, Q: Any, k: int) -> SearchAndReconstructResult:
+        """``SearchAndReconstructResult(ids (nq, k), scores (nq, k), values (nq, k,
+        value_dim))``: ``search`` and the values of its hits in one call (one lock: a
+        concurrent ``add`` cannot come between)."""
         b = self._boundary()
-        return b.wrap(self._core.search_and_reconstruct(b.floats(Q, "Q"), integer(k, "k")))
+        return SearchAndReconstructResult(*b.wrap(self._core.search_and_reconstruct(
+            b.floats(Q, "Q"), integer(k, "k"))))
 
     def read(self, Q: Any, k: int = 1, alpha: Optional[float] = None) -> Any:
         """Readouts (nq, value_dim): the best key's value (k = 1), or with ``alpha`` the

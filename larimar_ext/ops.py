@@ -7,6 +7,7 @@ from typing import Any, Optional, Tuple, Union
 
 from . import _core
 from ._arrays import Boundary, integer, optional_scalar, scalar
+from .results import SearchResult
 
 SparseAddress = Tuple[Any, Any]
 
@@ -21,7 +22,7 @@ def lstsq_write(W: Any, Z: Any, ridge: float = 0.0, rcond: Optional[float] = Non
     ``ridge`` > 0 solves (W^T W + ridge I) M = W^T Z. ``rcond`` is the relative singular
     value cutoff of the pseudo-inverse (default max(N, K) * eps of the dtype).
     """
-    b = Boundary()
+    b = Boundary(op="lstsq_write")
     w = b.floats(W, "W", (2, 3))
     z = b.floats(Z, "Z", (2, 3))
     return b.wrap(_core.lstsq_write(w, z, scalar(ridge, "ridge"), optional_scalar(rcond, "rcond")))
@@ -31,7 +32,7 @@ def pinv_address(Z: Any, R: Any, rcond: Optional[float] = None) -> Any:
     """Pseudo-inverse addresses W = Z R^+: (N, C), (K, C) -> (N, K), or batched
     (B, N, C), (B, K, C) -> (B, N, K). R^+ comes from a rank-revealing factorisation, so
     a memory of rank r < K costs O(r K C)."""
-    b = Boundary()
+    b = Boundary(op="pinv_address")
     z = b.floats(Z, "Z", (2, 3))
     r = b.floats(R, "R", (2, 3))
     return b.wrap(_core.pinv_address(z, r, optional_scalar(rcond, "rcond")))
@@ -45,7 +46,7 @@ def pinv_read(Zq: Any, M: Any, rcond: Optional[float] = None) -> Any:
     basis of that space: the same answer as ``read(pinv_address(Zq, M), M)`` (to the rank
     cutoff ``rcond``) without forming the (N, K) addresses or a second pass over M.
     """
-    b = Boundary()
+    b = Boundary(op="pinv_read")
     z = b.floats(Zq, "Zq", (2, 3))
     m = b.floats(M, "M", (2, 3))
     return b.wrap(_core.pinv_read(z, m, optional_scalar(rcond, "rcond")))
@@ -57,7 +58,7 @@ def gaussian_address(Z: Any, R: Any, alpha: float, top_k: Optional[int] = None) 
     Z (N, C), R (K, C). Returns dense W (N, K) with rows summing to 1, or with ``top_k``
     the sparse address (indices int64 (N, top_k), weights (N, top_k)) over the nearest keys.
     """
-    b = Boundary()
+    b = Boundary(op="gaussian_address")
     z = b.floats(Z, "Z")
     r = b.floats(R, "R")
     k = None if top_k is None else integer(top_k, "top_k")
@@ -66,7 +67,7 @@ def gaussian_address(Z: Any, R: Any, alpha: float, top_k: Optional[int] = None) 
 
 def onehot_address(Z: Any, R: Any) -> Any:
     """Nearest key by L2 distance as a sparse address: (indices (N, 1), weights (N, 1) = 1)."""
-    b = Boundary()
+    b = Boundary(op="onehot_address")
     z = b.floats(Z, "Z")
     r = b.floats(R, "R")
     return b.wrap(_core.onehot_address(z, r))
@@ -75,7 +76,7 @@ def onehot_address(Z: Any, R: Any) -> Any:
 def read(W: Union[Any, SparseAddress], M: Any) -> Any:
     """Readout z = W M. Dense W (N, K) with M (K, C), batched (B, N, K) with (B, K, C), or
     a sparse address (indices (N, k), weights (N, k)) with M (K, C)."""
-    b = Boundary()
+    b = Boundary(op="read")
     if isinstance(W, tuple):
         if len(W) != 2:
             raise ValueError("W: expected a dense array or an (indices, weights) pair")
@@ -97,7 +98,7 @@ def gaussian_read_scored(scores: Any, values: Any, metric: str, alpha: float, Q:
     norms key_sq (nq, k), e.g. ``KeyValueMemory.key_sq_norms``), then Gaussian weights
     exp(-(d^2 - s^2) / (2 alpha s^2)) over each row, s^2 its smallest, summing to 1.
     """
-    b = Boundary()
+    b = Boundary(op="gaussian_read_scored")
     s = b.floats(scores, "scores")
     v = b.floats(values, "values", (3,))
     if not isinstance(metric, str):
@@ -112,15 +113,15 @@ def gaussian_read_scored(scores: Any, values: Any, metric: str, alpha: float, Q:
     return b.wrap(_core.gaussian_read_scored(s, v, metric, scalar(alpha, "alpha"), q, ksq))
 
 
-def topk(Q: Any, keys: Any, k: int, metric: str = "ip") -> Any:
-    """Exact top-k search: (indices int64 (nq, k), scores (nq, k)), best first, equal scores
-    in ascending index order. metric: "ip" (q.k), "cosine", or "l2" (score -|q - k|^2)."""
-    b = Boundary()
+def topk(Q: Any, keys: Any, k: int, metric: str = "ip") -> SearchResult:
+    """Exact top-k search: ``SearchResult(ids int64 (nq, k), scores (nq, k))``, best first,
+    equal scores in ascending index order. metric: "ip" (q.k), "cosine", or "l2" (score -|q - k|^2)."""
+    b = Boundary(op="topk")
     q = b.floats(Q, "Q")
     kk = b.floats(keys, "keys")
     if not isinstance(metric, str):
         raise TypeError(f"metric: expected a string, got {type(metric).__name__}")
-    return b.wrap(_core.topk(q, kk, integer(k, "k"), metric))
+    return SearchResult(*b.wrap(_core.topk(q, kk, integer(k, "k"), metric)))
 
 
 def sparse_lstsq_write(indices: Any, weights: Any, Z: Any, memory_size: int,
@@ -134,7 +135,7 @@ def sparse_lstsq_write(indices: Any, weights: Any, Z: Any, memory_size: int,
     mean of the values per slot); otherwise conjugate gradients on the normal equations
     over the touched slots. ``return_info`` adds a dict (touched, iterations, residual).
     """
-    b = Boundary()
+    b = Boundary(op="sparse_lstsq_write")
     ids = b.indices(indices, "indices")
     w = b.floats(weights, "weights")
     z = b.floats(Z, "Z")

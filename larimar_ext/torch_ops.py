@@ -33,7 +33,7 @@ def _pinv(a: Tensor) -> Tensor:
         # I_m (A^T)^+ = (A^+)^T: the identity is m x m (m = K rows, small), never n x n
         # (n = C, the code size, can be thousands)
         eye = torch.eye(a.shape[-2], dtype=a.dtype).expand(*a.shape[:-2], -1, -1).contiguous()
-        return _t(ops.pinv_address(eye, _t(a).contiguous()))
+        return _t(ops.pinv_address(eye, _t(a).detach().contiguous()))
     return torch.linalg.pinv(a)
 
 
@@ -54,7 +54,7 @@ def _pinv_backward(a: Tensor, p: Tensor, x: Tensor) -> Tensor:
 @torch.library.custom_op("larimar_ext::lstsq_write", mutates_args=())
 def _lstsq_write(W: Tensor, Z: Tensor, ridge: float) -> Tensor:
     if W.device.type == "cpu" and W.dim() in (2, 3):
-        return ops.lstsq_write(W.contiguous(), Z.contiguous(), ridge=ridge)
+        return ops.lstsq_write(W.detach().contiguous(), Z.detach().contiguous(), ridge=ridge)
     if ridge > 0:
         gram = _t(W) @ W + ridge * torch.eye(W.shape[-1], dtype=W.dtype, device=W.device)
         return torch.linalg.solve(gram, _t(W) @ Z)
@@ -99,7 +99,7 @@ def lstsq_write(W: Tensor, Z: Tensor, ridge: float = 0.0) -> Tensor:
 @torch.library.custom_op("larimar_ext::pinv_address", mutates_args=())
 def _pinv_address(Z: Tensor, R: Tensor) -> Tensor:
     if Z.device.type == "cpu" and Z.dim() in (2, 3):
-        return ops.pinv_address(Z.contiguous(), R.contiguous())
+        return ops.pinv_address(Z.detach().contiguous(), R.detach().contiguous())
     return Z @ torch.linalg.pinv(R)
 
 
@@ -133,7 +133,7 @@ def pinv_address(Z: Tensor, R: Tensor) -> Tensor:
 @torch.library.custom_op("larimar_ext::read", mutates_args=())
 def _read(W: Tensor, M: Tensor) -> Tensor:
     if W.device.type == "cpu" and W.dim() in (2, 3):
-        return ops.read(W.contiguous(), M.contiguous())
+        return ops.read(W.detach().contiguous(), M.detach().contiguous())
     return W @ M
 
 

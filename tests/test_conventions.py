@@ -42,3 +42,39 @@ def test_import_and_numpy_ops_and_cli_help_never_load_torch(tmp_path):
     out = subprocess.run([sys.executable, "-c", helps], check=True, timeout=120, cwd=tmp_path,
                          capture_output=True, text=True)
     assert "usage" in out.stdout
+
+
+def test_search_results_are_read_by_name():
+    """search, search_and_reconstruct and topk return named tuples (FAISS returns (D, I),
+    torch.topk (values, indices): a user reads ids and scores by name)."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    keys = rng.standard_normal((20, 8)).astype(np.float32)
+    mem = lx.KeyValueMemory(8, 3)
+    mem.add(keys, rng.standard_normal((20, 3)).astype(np.float32))
+    r = mem.search(keys[:2], 3)
+    assert isinstance(r, lx.SearchResult) and r.ids.dtype == np.int64
+    ids, scores = r                                   # still a tuple
+    assert ids[0, 0] == 0 and ids[1, 0] == 1 and np.all(np.diff(r.scores, axis=1) <= 0)
+    s = mem.search_and_reconstruct(keys[:2], 3)
+    assert isinstance(s, lx.SearchAndReconstructResult)
+    np.testing.assert_array_equal(s.ids, r.ids)
+    np.testing.assert_array_equal(s.values, mem.reconstruct(s.ids.ravel()).reshape(2, 3, 3))
+    t = lx.topk(keys[:2], keys, 3, metric="cosine")
+    assert isinstance(t, lx.SearchResult) and t.ids[0, 0] == 0
+
+
+def test_a_tensor_that_requires_grad_is_refused_with_the_differentiable_op_named():
+    torch = pytest.importorskip("torch")
+    W = torch.rand(1, 4, 3, requires_grad=True)
+    Z = torch.rand(1, 4, 2)
+    with pytest.raises(ValueError, match=r"W: requires grad.*larimar_ext\.torch_ops\.lstsq_write"):
+        lx.lstsq_write(W, Z)
+    with pytest.raises(ValueError, match=r"Q: requires grad.*larimar_ext\.torch_ops \("):
+        lx.topk(torch.rand(2, 3, requires_grad=True), torch.rand(5, 3), 1)
+    # detached, or under no_grad: the kernel result, as before
+    assert lx.lstsq_write(W.detach(), Z).shape == (1, 3, 2)
+    with torch.no_grad():
+        assert lx.lstsq_write(W, Z).shape == (1, 3, 2)
+    from larimar_ext import torch_ops
+    assert torch_ops.lstsq_write(W, Z).grad_fn is not None
