@@ -72,3 +72,13 @@ def test_set_num_threads_rejects_non_integers(restore_threads, bad):
     with pytest.raises((TypeError, ValueError)):
         lx.set_num_threads(bad)
     assert lx.get_num_threads() == restore_threads
+
+
+def test_demo_runs_and_says_what_it_times(capsys):
+    """``larimar-ext demo`` checks its own results (exit 0) and names the path its write +
+    read figure times, the first call apart from the warm median."""
+    from larimar_ext.cli import main
+    assert main(["demo", "--keys", "2000"]) == 0
+    out = capsys.readouterr().out
+    assert "first call" in out and "median of the next 5" in out
+    assert "benchmarks/bench_episode.py" in out and "not part of write + read" in out
