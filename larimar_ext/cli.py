@@ -1,5 +1,6 @@
-"""Command line: ``larimar-ext info``, ``demo``, and the long-context benchmarks
-``passkey`` and ``needle`` (see larimar_ext/longcontext/bench.py)."""
+"""Command line: ``larimar-ext info``, ``demo``, ``bench`` (op throughput, see
+larimar_ext/throughput.py), and the long-context benchmarks ``passkey``, ``needle`` and
+``ruler`` (see larimar_ext/longcontext/bench.py)."""
 
 from __future__ import annotations
 
@@ -79,6 +80,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="larimar-ext", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="print version, BLAS and threading")
+    bench = sub.add_parser("bench", help="write/address/read/search/update throughput beside "
+                                         "numpy and this machine's ceilings",
+                           description=_throughput_doc())
+    _bench_throughput_parser(bench)
     demo = sub.add_parser("demo", help="run the memory ops end to end on random data")
     demo.add_argument("--keys", type=int, default=100_000)
     demo.add_argument("--seed", type=int, default=0)
@@ -107,11 +112,69 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "info":
         print(json.dumps(info(), indent=2))
         return 0
+    if args.command == "bench":
+        return _bench_throughput(args, bench)
     if args.command in ("passkey", "needle"):
         return _bench(args, parser)
     if args.command == "ruler":
         return _ruler(args, parser)
     return _demo(args)
+
+
+def _throughput_doc() -> str:
+    from . import throughput
+    return throughput.__doc__.split("\n\n")[0].replace("\n", " ")
+
+
+def _ints(text: str, count: Optional[int], name: str) -> Optional[list]:
+    """A comma list of positive integers ("32,16,512,768"); "0" or "none": skip (None)."""
+    if text.strip().lower() in ("0", "none", "off"):
+        return None
+    try:
+        out = [int(x) for x in text.split(",")]
+    except ValueError:
+        out = []
+    if not out or any(x < 1 for x in out) or (count is not None and len(out) != count):
+        raise ValueError(f"{name}: expected {count or 'some'} positive integers separated by "
+                         f"commas, or 0 to skip, got {text!r}")
+    return out
+
+
+def _bench_throughput_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--episode", default="32,16,512,768", help="B,N,K,C of the episode ops (0: skip)")
+    p.add_argument("--keys", type=int, default=1_000_000, help="keys searched (0: skip)")
+    p.add_argument("--key-dim", type=int, default=384, help="key width")
+    p.add_argument("--batches", default="1,256", help="query batch sizes, comma list")
+    p.add_argument("--k", type=int, default=1, help="neighbours per query")
+    p.add_argument("--sequential", default="1000,768,1000,1",
+                   help="K,C,rows,rows per update of the sequential writes (0: skip)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--threads", type=int, default=None, help="kernel threads (default: all)")
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per op after warm-up")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+
+
+def _bench_throughput(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from . import set_num_threads, throughput
+    try:
+        episode = _ints(args.episode, 4, "--episode")
+        sequential = _ints(args.sequential, 4, "--sequential")
+        batches = _ints(args.batches, None, "--batches") or []
+        for name, v in (("--keys", args.keys), ("--key-dim", args.key_dim), ("--k", args.k),
+                        ("--repeats", args.repeats)):
+            if v < (0 if name == "--keys" else 1):
+                raise ValueError(f"{name}: expected a positive integer, got {v}")
+        if args.keys and args.k > args.keys:
+            raise ValueError(f"--k: expected at most --keys ({args.keys}), got {args.k}")
+        if args.threads is not None:
+            set_num_threads(args.threads)
+    except (ValueError, TypeError) as exc:
+        parser.error(str(exc))
+    result = throughput.run(episode, args.keys, args.key_dim, batches, args.k, sequential,
+                            args.dtype, repeats=args.repeats)
+    result["machine"] = info()
+    print(json.dumps(result, indent=2) if args.json else throughput.format_table(result))
+    return 0
 
 
 def _bench_parser(p: argparse.ArgumentParser, task: str) -> None:
