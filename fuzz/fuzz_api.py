@@ -29,12 +29,16 @@ import re
 import sys
 import warnings
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# the harness's own helpers, and the table of functional ops of the tests (op_cases.py)
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.join(os.path.dirname(HERE), "tests")]
 
 import numpy as np  # noqa: E402
 
-from _fuzzlib import (STATS, Finding, Reader, feedback, instrument_modules, main,  # noqa: E402
-                      same_state)
+import op_cases  # noqa: E402
+from _fuzzlib import (STATS, Finding, Reader, feedback, instrument_modules,  # noqa: E402
+                      known_finding, main, same_state)
+from op_cases import S  # noqa: E402
 
 try:
     import torch  # noqa: E402
@@ -62,16 +66,6 @@ KNOWN_FINDINGS = [
     # tests/test_fuzz.py): tensor-neg-conj-bit (A1, A2), tensor-meta (A3),
     # top_k-int64-overflow (A4), episodic-write-not-pd (A5).
 ]
-_STRICT = os.environ.get("LARIMAR_FUZZ_STRICT") == "1"
-
-
-def _known(exc: BaseException):
-    if _STRICT:
-        return None
-    for fid, typ, pattern in KNOWN_FINDINGS:
-        if type(exc) is typ and re.search(pattern, str(exc)):
-            return fid
-    return None
 
 # Cap on the elements of one generated array: keeps every exec well under a second.
 MAX_ELEMS = 40_000
@@ -368,13 +362,6 @@ def _np(x):
     return np.asarray(x)
 
 
-def S(x) -> tuple:
-    """The shape of an array argument as the call saw it."""
-    if torch is not None and isinstance(x, torch.Tensor):
-        return tuple(x.shape)
-    return np.shape(x)
-
-
 def _float_dtype(*args):
     """The float dtype all float arrays share, as the call should see it (None if unclear)."""
     for a in args:
@@ -395,9 +382,7 @@ def call(op: str, fn, *args, expect=None, **kwargs):
         return exc
     except Exception as exc:  # noqa: BLE001
         STATS.outcome(op, type(exc).__name__)
-        fid = _known(exc)
-        if fid is not None:
-            STATS.note(f"known:{fid}")
+        if known_finding(exc, KNOWN_FINDINGS):
             return exc
         raise Finding(f"{op} raised {type(exc).__name__}: {exc}") from exc
     STATS.outcome(op, "ok")
@@ -408,107 +393,41 @@ def call(op: str, fn, *args, expect=None, **kwargs):
 
 
 # ------------------------------------------------------------------------ functional ops
-def op_lstsq_write(g: Gen) -> None:
-    b = g.r.chance(60)
-    W, Z = g.array("BNK" if b else "NK"), g.array("BNC" if b else "NC")
-    ridge, rcond = g.scalar("float", g.r.choice((0.0, 1e-3))), g.scalar("float", None)
-    call("lstsq_write", lx.lstsq_write, W, Z, ridge=ridge, rcond=rcond,
-         expect=lambda res: _check_result("lstsq_write", res, _kind_of((W, Z)),
-                                          _float_dtype(W, Z),
-                                          S(W)[:-2] + (S(W)[-1], S(Z)[-1])))
-
-
-def op_pinv_address(g: Gen) -> None:
-    b = g.r.chance(60)
-    Z, R = g.array("BNC" if b else "NC"), g.array("BKC" if b else "KC")
-    rcond = g.scalar("float", None)
-    call("pinv_address", lx.pinv_address, Z, R, rcond=rcond,
-         expect=lambda res: _check_result("pinv_address", res, _kind_of((Z, R)),
-                                          _float_dtype(Z, R),
-                                          S(Z)[:-1] + (S(R)[-2],)))
-
-
-def op_pinv_read(g: Gen) -> None:
-    b = g.r.chance(60)
-    Z, M = g.array("BNC" if b else "NC"), g.array("BKC" if b else "KC")
-    rcond = g.scalar("float", None)
-    call("pinv_read", lx.pinv_read, Z, M, rcond=rcond,
-         expect=lambda res: _check_result("pinv_read", res, _kind_of((Z, M)),
-                                          _float_dtype(Z, M), S(Z)))
-
-
-def op_gaussian_address(g: Gen) -> None:
-    Z, R = g.array("NC"), g.array("KC")
-    alpha = g.scalar("float", g.r.choice((1.0, 0.1, 1e-3, 10.0)))
-    top_k = g.scalar("int", g.r.choice((None, 1, g.dims["k"])))
-    dt = _float_dtype(Z, R)
-    if top_k is None:
-        expect = lambda res: _check_result("gaussian_address", res, _kind_of((Z, R)), dt,  # noqa: E731
-                                           (S(Z)[0], S(R)[0]))
+def _check_layout(op: str, res, kind: str, dtype, layout) -> None:
+    """res against the table's expected results (op_cases.Res, or a tuple of them)."""
+    if not isinstance(layout, op_cases.Res):  # a tuple of results (Res is a tuple too)
+        if not isinstance(res, tuple) or len(res) != len(layout):
+            raise Finding(f"{op}: expected a tuple of {len(layout)} results, got "
+                          f"{type(res).__name__}")
+        for r, item in zip(res, layout):
+            _check_layout(op, r, kind, dtype, item)
+    elif layout.kind == "dict":
+        if not isinstance(res, dict):
+            raise Finding(f"{op}: expected a dict result, got {type(res).__name__}")
     else:
-        expect = lambda res: _check_result(  # noqa: E731
-            "gaussian_address", res, _kind_of((Z, R)), None,
-            [(np.int64, (S(Z)[0], top_k)), (dt, (S(Z)[0], top_k))])
-    call("gaussian_address", lx.gaussian_address, Z, R, alpha, top_k=top_k, expect=expect)
+        _check_result(op, res, kind, dtype if layout.kind == "f" else np.int64, layout.shape)
 
 
-def op_onehot_address(g: Gen) -> None:
-    Z, R = g.array("NC"), g.array("KC")
-    dt = _float_dtype(Z, R)
-    call("onehot_address", lx.onehot_address, Z, R,
-         expect=lambda res: _check_result("onehot_address", res, _kind_of((Z, R)), None,
-                                          [(np.int64, (S(Z)[0], 1)), (dt, (S(Z)[0], 1))]))
+def _dtype_sources(case, a: dict):
+    """The float arguments in order; of a sparse address (indices, weights), the weights."""
+    for name in case.floats:
+        v = a[name]
+        if isinstance(v, tuple):
+            v = v[1] if len(v) > 1 else None
+        yield v
 
 
-def op_read(g: Gen) -> None:
-    d = g.dims
-    if g.r.chance(100):  # sparse address
-        W = (g.indices("Nk", d["K"]), g.array("Nk"))
-        if g.p(3):
-            W = W + (W[1],) if g.r.chance(128) else W[:1]
-        M = g.array("KC")
-        shp = lambda: (S(W[0])[0], S(M)[-1])  # noqa: E731
-        dt = _float_dtype(W[1] if len(W) > 1 else None, M)
-    else:
-        b = g.r.chance(60)
-        W, M = g.array("BNK" if b else "NK"), g.array("BKC" if b else "KC")
-        shp = lambda: S(W)[:-1] + (S(M)[-1],)  # noqa: E731
-        dt = _float_dtype(W, M)
-    call("read", lx.read, W, M,
-         expect=lambda res: _check_result("read", res, _kind_of((W, M)), dt, shp()))
-
-
-def op_topk(g: Gen) -> None:
-    Q, keys = g.array("nd"), g.array("Kd")
-    k = g.scalar("int", g.r.choice((1, g.dims["k"], g.dims["K"])))
-    metric = g.r.choice(("ip", "cosine", "l2")) if not g.p(8) else \
-        g.r.choice(("IP", "dot", "", None, 3, "cosine\0", "l2 "))
-    dt = _float_dtype(Q, keys)
-    call("topk", lx.topk, Q, keys, k, metric=metric,
-         expect=lambda res: _check_result("topk", res, _kind_of((Q, keys)), None,
-                                          [(np.int64, (S(Q)[0], k)), (dt, (S(Q)[0], k))]))
-
-
-def op_sparse_lstsq_write(g: Gen) -> None:
-    d = g.dims
-    K = d["K"]
-    idx, w, Z = g.indices("Nk", K), g.array("Nk"), g.array("NC")
-    memory_size = g.scalar("int", K)
-    ridge = g.scalar("float", g.r.choice((0.0, 1e-3, 1.0)))
-    prior = g.array("KC") if g.r.chance(80) else None
-    tol = g.scalar("float", 1e-10)
-    max_iter = g.scalar("int", g.r.choice((None, 1, 5, 100)))
-    ret = g.r.chance(40)
-    dt = _float_dtype(w, Z)
-
-    def expect(res):
-        m = res[0] if ret else res
-        if ret and not isinstance(res[1], dict):
-            raise Finding("sparse_lstsq_write: return_info did not give a dict")
-        _check_result("sparse_lstsq_write", m, _kind_of((idx, w, Z, prior)), dt, (memory_size, S(Z)[1]))
-
-    call("sparse_lstsq_write", lx.sparse_lstsq_write, idx, w, Z, memory_size, ridge=ridge,
-         prior=prior, tol=tol, max_iter=max_iter, return_info=ret, expect=expect)
+def _functional_op(case):
+    """The harness op of one entry of the table (tests/op_cases.py): draw the arguments,
+    call, and check a result against the entry's expected results."""
+    def op(g: Gen) -> None:
+        a = case.fuzz(g)
+        kind = _kind_of([a[n] for n in case.arrays])
+        dtype = _float_dtype(*_dtype_sources(case, a))
+        call(case.name, case.fn, **a,
+             expect=lambda res: _check_layout(case.name, res, kind, dtype, case.out(a)))
+    op.__name__ = op.__qualname__ = f"op_{case.name}"
+    return op
 
 
 # --------------------------------------------------------------------- stateful memories
@@ -654,8 +573,10 @@ def op_kv(g: Gen) -> None:
         _check_inputs_unchanged(g, "KeyValueMemory")
 
 
-OPS = (op_lstsq_write, op_pinv_address, op_pinv_read, op_gaussian_address, op_onehot_address,
-       op_read, op_topk, op_sparse_lstsq_write, op_episodic, op_kv)
+# Memory objects first, then the functional ops in the table's order: an input's first byte
+# picks one, so a new op (appended to op_cases.CASES) leaves every saved input (first byte
+# below the number of ops, fuzz/README.md) meaning the same calls.
+OPS = (op_episodic, op_kv) + tuple(_functional_op(case) for case in op_cases.CASES)
 
 
 _CURRENT = [None]  # the Gen of the input being run (for notes on its results)
@@ -677,8 +598,9 @@ def TestOneInput(data: bytes) -> None:
 
 
 def _instrument() -> None:
-    n = instrument_modules(["larimar_ext", "__main__", "_fuzzlib"])
-    print(f"INFO: instrumented {n} Python functions (larimar_ext and this harness)", flush=True)
+    n = instrument_modules(["larimar_ext", "__main__", "_fuzzlib", "op_cases"])
+    print(f"INFO: instrumented {n} Python functions (larimar_ext, this harness and the op "
+          f"table's argument draws)", flush=True)
 
 
 if __name__ == "__main__":

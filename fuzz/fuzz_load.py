@@ -41,7 +41,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
-from _fuzzlib import STATS, Finding, feedback, instrument_modules, main, same_state  # noqa: E402
+from _fuzzlib import (STATS, Finding, feedback, instrument_modules,  # noqa: E402
+                      known_finding, main, same_state)
 
 import larimar_ext as lx  # noqa: E402
 from larimar_ext import _persist  # noqa: E402
@@ -61,7 +62,7 @@ KNOWN_FINDINGS = [
     # (id, exception type, message regex)
     # none open; fixed so far: load-error-without-path (P2), exotic-dtype (P4)
 ]
-_STRICT = os.environ.get("LARIMAR_FUZZ_STRICT") == "1"
+
 
 def _scratch_dir() -> str:
     """A per-process scratch directory (in /dev/shm when there is one). libFuzzer ends the
@@ -82,15 +83,6 @@ _TMPDIR = _scratch_dir()
 atexit.register(shutil.rmtree, _TMPDIR, True)  # --replay / --random exit normally
 PATH = os.path.join(_TMPDIR, "input.safetensors")
 ROUND = os.path.join(_TMPDIR, "roundtrip.safetensors")
-
-
-def _known(exc: BaseException):
-    if _STRICT:
-        return None
-    for fid, typ, pattern in KNOWN_FINDINGS:
-        if isinstance(exc, typ) and re.search(pattern, str(exc)):
-            return fid
-    return None
 
 
 def resign(blob: bytes) -> bytes:
@@ -188,9 +180,7 @@ def load_one(kind: str, path: str) -> int:
         obj = cls.load(path)
     except ValueError as exc:
         if path not in str(exc):
-            fid = _known(exc)
-            if fid is not None:
-                STATS.note(f"known:{fid}")
+            if known_finding(exc, KNOWN_FINDINGS):
                 return 0
             raise Finding(f"{kind}.load: ValueError not naming the path: {exc}") from exc
         STATS.outcome(kind, "ValueError")
@@ -201,9 +191,7 @@ def load_one(kind: str, path: str) -> int:
         return 0
     except Exception as exc:  # noqa: BLE001
         STATS.outcome(kind, type(exc).__name__)
-        fid = _known(exc)
-        if fid is not None:
-            STATS.note(f"known:{fid}")
+        if known_finding(exc, KNOWN_FINDINGS):
             return 0
         raise Finding(f"{kind}.load raised {type(exc).__name__}: {exc}") from exc
     STATS.outcome(kind, "ok")

@@ -6,21 +6,17 @@ exact key search, in a C++/OpenMP/BLAS kernel, called with numpy arrays or torch
 
 import scipy_openblas32 as _openblas  # noqa: F401  loads libscipy_openblas before _core
 
-from . import _core
+from . import _core, ops
 from ._version import __version__
 from .episodic import EpisodicMemory
 from .kv_memory import KeyValueMemory
-from .ops import (gaussian_address, gaussian_read_scored, lstsq_write, onehot_address,
-                  pinv_address, pinv_read, read, sparse_lstsq_write, topk)
+from .ops import *  # noqa: F403  the functional ops: ops.__all__ is their one list
 from .results import SearchAndReconstructResult, SearchResult
 
-__all__ = ["EpisodicMemory", "KeyValueMemory", "LongContextMemory", "gaussian_address",
-           "gaussian_read_scored",
-           "get_memory_limit",
-           "get_num_threads", "info", "set_memory_limit",
-           "lstsq_write", "onehot_address", "pinv_address", "pinv_read", "read", "set_num_threads",
-           "SearchAndReconstructResult", "SearchResult", "sparse_lstsq_write", "topk",
-           "__version__"]
+__all__ = ["EpisodicMemory", "KeyValueMemory", "LongContextMemory", "get_memory_limit",
+           "get_num_threads", "info", "set_memory_limit", "set_num_threads",
+           "SearchAndReconstructResult", "SearchResult", "__version__"]
+__all__ += ops.__all__
 
 
 def info() -> dict:

@@ -8,15 +8,28 @@ Rules (the documented copies):
 - Index arrays of any integer dtype are converted to int64 (a copy unless already int64).
 - Results are numpy arrays, or torch tensors (sharing the result's memory, on the device of
   the first tensor argument) when any argument was a tensor.
+
+This is the one layer that checks an array argument's dtype and rank (``floats``,
+``indices``, ``row_ids``), so its errors can name the argument and the one it took its
+dtype from; the binding (python/bindings.cpp) then only checks how the shapes fit together.
 """
 
 from __future__ import annotations
 
 import numbers
 import sys
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
+
+from . import _core
+
+if TYPE_CHECKING:  # for the annotations only: importing torch costs seconds
+    import torch
+
+# An array argument of the public API: a numpy array or a torch tensor (any device). Nested
+# sequences of numbers are converted too, but typed code should pass arrays.
+ArrayLike = Union[np.ndarray, "torch.Tensor"]
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # functional ops with a differentiable twin in larimar_ext.torch_ops
@@ -130,4 +143,12 @@ def integer(value: Any, name: str) -> int:
 
 def optional_scalar(value: Any, name: str) -> Optional[float]:
     return None if value is None else scalar(value, name)
+
+
+def gaussian_alpha(value: Any) -> float:
+    """A Gaussian temperature ``alpha``, checked up front by the kernel's own rule (finite,
+    > 0; one error text, ``alpha: expected a finite number > 0, got ...``), for callers that
+    must refuse it before any work (a collective call, a decode). Ops that hand alpha to the
+    kernel need not call this: the kernel checks it there."""
+    return _core.check_alpha(scalar(value, "alpha"))
 

@@ -26,6 +26,10 @@ keys) plus the map from its local slots to global ids. Candidates' values come f
 kernel with the search (``search_and_reconstruct``), and the Gaussian weights of the merged
 top k are the kernel's too (``ops.gaussian_read_scored``, the routine the store's ``read``
 uses), so no memory math is done here.
+
+This module is the memory and its collectives; what the ranks send each other (headers,
+status codes, byte blocks) is ``_shard_protocol.py``, and which rank owns a key is
+``_shard_routing.py``.
 """
 
 from __future__ import annotations
@@ -39,7 +43,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ._arrays import Boundary, integer, scalar
+from . import _shard_protocol as wire
+from ._arrays import Boundary, gaussian_alpha, integer, scalar
+from ._shard_routing import route as _route  # also importable here by that name (tests)
 from .kv_memory import KeyValueMemory
 from .ops import gaussian_read_scored
 from .results import SearchResult
@@ -50,18 +56,6 @@ __all__ = ["ShardedKeyValueMemory", "ShardedMemoryError", "init_from_env", "DEFA
 DEFAULT_TIMEOUT = 60.0
 
 _METRICS = ("ip", "cosine", "l2")
-_BIG_ID = np.iinfo(np.int64).max
-
-# Operation codes of the header every rank sends at the start of an operation.
-_ADD, _QUERY, _GATHER, _PING, _STOP, _FOLLOW = 1, 2, 3, 4, 5, 6
-_OP_NAMES = {_ADD: "add", _QUERY: "search/read", _GATHER: "gather", _PING: "ping",
-             _STOP: "stop_serving", _FOLLOW: "serve"}
-# Status of a rank's own arguments.
-_OK, _BAD_VALUE, _BAD_TYPE = 0, 1, 2
-# Query flags.
-_WANT_VALUES, _WANT_KEY_SQ = 1, 2
-_SEARCH_ERRORS = {ValueError: 1, MemoryError: 2}  # a shard's failure, sent to the asker
-_HEADER = 6  # op, status, n, k, flags, local size; then world_size per-owner row counts
 
 
 class ShardedMemoryError(RuntimeError):
@@ -105,40 +99,6 @@ def init_from_env(timeout: Any = DEFAULT_TIMEOUT, backend: str = "gloo") -> tupl
                 f"after {time.monotonic() - start:.1f} s (timeout {seconds:g} s): some rank did "
                 f"not join in time or cannot be reached. Cause: {exc}") from exc
     return dist.get_rank(), dist.get_world_size()
-
-
-def _route(keys: np.ndarray, world: int) -> np.ndarray:
-    """Owner rank of each key row: a hash of the key's raw bytes (bitwise-identical keys, and
-    only they, are guaranteed the same owner; +0.0 and -0.0 differ, as in the store).
-    The same on every host (little-endian, same dtype: the constructor checks the dtype)."""
-    n = len(keys)
-    if world == 1 or n == 0:
-        return np.zeros(n, np.int64)
-    raw = keys.view(np.uint8).reshape(n, -1)
-    pad = (-raw.shape[1]) % 8
-    if pad:
-        raw = np.concatenate([raw, np.zeros((n, pad), np.uint8)], axis=1)
-    words = np.ascontiguousarray(raw).view(np.uint64)
-    # Fixed odd multipliers (a linear hash of the 64-bit words), then the splitmix64
-    # finaliser so that every bit of the sum reaches the low bits taken by % world.
-    mult = np.random.default_rng(0x1A81AA).integers(0, 2**63, words.shape[1], dtype=np.uint64)
-    mult = mult * np.uint64(2) + np.uint64(1)
-    with np.errstate(over="ignore"):
-        h = np.zeros(n, np.uint64)
-        step = 8192
-        for i in range(0, n, step):
-            w = words[i:i + step]
-            h[i:i + step] = (w * mult).sum(axis=1, dtype=np.uint64)
-        h ^= h >> np.uint64(30)
-        h *= np.uint64(0xBF58476D1CE4E5B9)
-        h ^= h >> np.uint64(27)
-        h *= np.uint64(0x94D049BB133111EB)
-        h ^= h >> np.uint64(31)
-    return (h % np.uint64(world)).astype(np.int64)
-
-
-def _bytes(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a).reshape(-1).view(np.uint8)
 
 
 class ShardedKeyValueMemory:
@@ -271,22 +231,21 @@ class ShardedKeyValueMemory:
     def _header(self, op: int, status: int, n: int = 0, k: int = 0, flags: int = 0,
                 counts: Optional[np.ndarray] = None) -> np.ndarray:
         """All-gather of every rank's (op, status, n, k, flags, local size, per-owner counts)."""
-        row = np.zeros(_HEADER + self.world_size, np.int64)
-        row[:_HEADER] = (op, status, n, k, flags, len(self._shard))
-        if counts is not None:
-            row[_HEADER:] = counts
+        row = wire.header_row(op, status, n, k, flags, len(self._shard), self.world_size, counts)
         mine = torch.from_numpy(row)
         got = [torch.empty_like(mine) for _ in range(self.world_size)]
-        self._comm(_OP_NAMES[op], "header", lambda: dist.all_gather(got, mine, group=self.group))
+        self._comm(wire.OP_NAMES[op], "header",
+                   lambda: dist.all_gather(got, mine, group=self.group))
         return torch.stack(got).numpy()
 
     def _agree(self, hdr: np.ndarray, error: Optional[Exception]) -> int:
         """The operation all ranks called; raises on disagreement or on a rank's bad input
         (everywhere, before anything changed)."""
-        ops = hdr[:, 0]
-        real = sorted(set(int(o) for o in ops if o != _FOLLOW))
+        ops = hdr[:, wire.H_OP]
+        real = sorted(set(int(o) for o in ops if o != wire.FOLLOW))
         if len(real) > 1:
-            calls = ", ".join(f"rank {r}: {_OP_NAMES.get(int(o), o)}" for r, o in enumerate(ops))
+            calls = ", ".join(f"rank {r}: {wire.OP_NAMES.get(int(o), o)}"
+                              for r, o in enumerate(ops))
             raise ShardedMemoryError(
                 f"rank {self.rank}: ranks called different operations ({calls}); nothing was "
                 f"changed. Collective calls must be made by every rank in the same order.")
@@ -295,11 +254,12 @@ class ShardedKeyValueMemory:
                 f"rank {self.rank}: every rank is in serve(); some rank must issue operations")
         if error is not None:
             raise error
-        bad = np.nonzero(hdr[:, 1] != _OK)[0]
+        bad = np.nonzero(hdr[:, wire.H_STATUS] != wire.OK)[0]
         if len(bad):
-            kind = TypeError if (hdr[bad, 1] == _BAD_TYPE).all() else ValueError
+            kind = TypeError if (hdr[bad, wire.H_STATUS] == wire.BAD_TYPE).all() else ValueError
             raise kind(f"rank(s) {bad.tolist()} passed invalid arguments to "
-                       f"{_OP_NAMES[real[0]]} (their own error says which); nothing was changed")
+                       f"{wire.OP_NAMES[real[0]]} (their own error says which); nothing was "
+                       f"changed")
         return real[0]
 
     def _alltoall(self, op: str, step: str, send: np.ndarray, send_counts: np.ndarray,
@@ -348,7 +308,7 @@ class ShardedKeyValueMemory:
         id and its slot becomes the mean of all its values."""
         self._check_usable()
         b = Boundary(self.dtype, "the memory's dtype")
-        error, status = None, _OK
+        error, status = None, wire.OK
         k = np.empty((0, self.key_dim), self.dtype)
         v = np.empty((0, self.value_dim), self.dtype)
         try:
@@ -359,23 +319,23 @@ class ShardedKeyValueMemory:
                                  f"{len(k)} and {len(v)}")
             owner = _route(k, self.world_size)
         except (TypeError, ValueError) as exc:
-            error, status = exc, _BAD_TYPE if isinstance(exc, TypeError) else _BAD_VALUE
+            error, status = exc, wire.arg_status(exc)
             k, v = k[:0], v[:0]
             owner = np.zeros(0, np.int64)
         counts = np.bincount(owner, minlength=self.world_size)
-        hdr = self._header(_ADD, status, len(k), 0, 0, counts)
+        hdr = self._header(wire.ADD, status, len(k), 0, 0, counts)
         self._agree(hdr, error)
         return b.wrap(self._add_rest(hdr, k, v, owner))
 
     def _add_rest(self, hdr: np.ndarray, k: np.ndarray, v: np.ndarray,
                   owner: np.ndarray) -> np.ndarray:
         W, me = self.world_size, self.rank
-        n_all = hdr[:, 2]
+        n_all = hdr[:, wire.H_N]
         N = int(n_all.sum())
         if N == 0:
             return np.empty(0, np.int64)
         offset = int(n_all[:me].sum())
-        count_matrix = hdr[:, _HEADER:]  # [source, owner]
+        count_matrix = hdr[:, wire.HEADER:]  # [source, owner]
         send_counts, recv_counts = count_matrix[me], count_matrix[:, me]
         # Rows to their owners: keys, values, and their positions in the batch. What arrives
         # is in source-rank order, i.e. in increasing batch position.
@@ -451,7 +411,7 @@ class ShardedKeyValueMemory:
     def _query(self, Q: Any, k: Any, alpha: Any, want_values: bool) -> tuple:
         self._check_usable()
         b = Boundary(self.dtype, "the memory's dtype")
-        error, status, kk, a, flags = None, _OK, 0, 0.0, 0
+        error, status, kk, a, flags = None, wire.OK, 0, 0.0, 0
         q = np.empty((0, self.key_dim), self.dtype)
         try:
             q = self._floats(b, Q, "Q", self.key_dim)
@@ -461,22 +421,20 @@ class ShardedKeyValueMemory:
                     raise ValueError(f"k: expected 1 <= k <= number of stored keys "
                                      f"({self._size}), got {kk}")
             if want_values:
-                flags |= _WANT_VALUES
+                flags |= wire.WANT_VALUES
                 if alpha is not None:
-                    a = scalar(alpha, "alpha")
-                    if not (np.isfinite(a) and a > 0):
-                        raise ValueError(f"alpha: expected a finite number > 0, got {a}")
+                    a = gaussian_alpha(alpha)  # the kernel's one check
                     if self.metric == "ip":
-                        flags |= _WANT_KEY_SQ
+                        flags |= wire.WANT_KEY_SQ
                 elif kk != 1 and len(q):
                     raise ValueError("alpha: a read over k > 1 keys needs Gaussian weights: "
                                      "give alpha > 0")
         except (TypeError, ValueError) as exc:
-            error, status = exc, _BAD_TYPE if isinstance(exc, TypeError) else _BAD_VALUE
+            error, status = exc, wire.arg_status(exc)
             q = q[:0]
         if not len(q):
             kk = max(kk, 0) if error is None else 0
-        hdr = self._header(_QUERY, status, len(q), kk, flags)
+        hdr = self._header(wire.QUERY, status, len(q), kk, flags)
         self._agree(hdr, error)
         ids, scores, cand_values, cand_key_sq = self._query_rest(hdr, q)
         out = None
@@ -487,7 +445,7 @@ class ShardedKeyValueMemory:
     def _query_rest(self, hdr: np.ndarray, q: np.ndarray) -> tuple:
         W, me, T = self.world_size, self.rank, self.dtype
         isz = T.itemsize
-        nqs, ks, flags = hdr[:, 2], hdr[:, 3], hdr[:, 4]
+        nqs, ks, flags = hdr[:, wire.H_N], hdr[:, wire.H_K], hdr[:, wire.H_FLAGS]
         my_k = int(ks[me])
         if int(nqs.sum()) == 0:
             return (np.empty((0, my_k), np.int64), np.empty((0, my_k), T), None, None)
@@ -497,9 +455,6 @@ class ShardedKeyValueMemory:
                               np.full(W, len(q), np.int64), nqs).reshape(-1)
         # 2. Each shard's top k for each source's queries (searched per source, so that a
         #    source's batch takes the code path the single store would take for it).
-        def record(s: int) -> int:  # bytes per (query, candidate) sent back to source s
-            return (isz + 8 + (v * isz if flags[s] & _WANT_VALUES else 0)
-                    + (isz if flags[s] & _WANT_KEY_SQ else 0))
         parts, sizes = [], np.zeros(W, np.int64)
         at = 0
         for s in range(W):
@@ -508,48 +463,30 @@ class ShardedKeyValueMemory:
             at += nq_s * d
             if nq_s == 0:
                 continue
-            sizes[s] = 8 + nq_s * k_s * record(s)
+            sizes[s] = wire.block_bytes(nq_s, k_s, int(flags[s]), v, isz)
             try:
                 blob = self._candidates(qs, k_s, int(flags[s]))
-                status = np.zeros(1, np.int64)
+                status = wire.pack_status(0)
             except Exception as exc:  # e.g. scores overflow on this shard: tell the asker
-                status = np.array([_SEARCH_ERRORS.get(type(exc), 3)], np.int64)
-                blob = [np.zeros(sizes[s] - 8, np.uint8)]
-            parts.extend([status.view(np.uint8)] + blob)
+                status = wire.pack_status(wire.search_error_code(exc))
+                blob = [np.zeros(sizes[s] - len(status), np.uint8)]
+            parts.extend([status] + blob)
         send = np.concatenate(parts) if parts else np.empty(0, np.uint8)
         nq, k = int(nqs[me]), my_k
+        block = wire.block_bytes(nq, k, int(flags[me]), v, isz)
         got = self._alltoall("search/read", "candidates", send, sizes,
-                             np.full(W, (8 + nq * k * record(me)) if nq else 0, np.int64))
+                             np.full(W, block if nq else 0, np.int64))
         if nq == 0:
             return (np.empty((0, k), np.int64), np.empty((0, k), T), None, None)
-        block = 8 + nq * k * record(me)
-        failed = {r: int(got[r * block:r * block + 8].view(np.int64)[0]) for r in range(W)}
-        failed = {r: code for r, code in failed.items() if code}
+        failed = wire.block_failures(got, W, block)
         if failed:
-            kind = {1: ValueError, 2: MemoryError}.get(min(failed.values()), RuntimeError)
+            kind = wire.search_error_type(min(failed.values()))
             raise kind(f"Q: the search failed on the shard(s) of rank(s) {sorted(failed)} "
                        f"({kind.__name__}; for a ValueError: scores overflow the range of the "
                        f"dtype, values too large to compare); nothing was changed")
         # 3. Merge: (score desc, global id asc), as the single store orders.
-        c_scores = np.empty((nq, W * k), T)
-        c_gids = np.empty((nq, W * k), np.int64)
-        c_vals = np.empty((nq, W * k, v), T) if flags[me] & _WANT_VALUES else None
-        c_ksq = np.empty((nq, W * k), T) if flags[me] & _WANT_KEY_SQ else None
-        at = 0
-        for s in range(W):
-            cols = slice(s * k, (s + 1) * k)
-            m = nq * k
-            at += 8  # status
-            c_scores[:, cols] = got[at:at + m * isz].view(T).reshape(nq, k)
-            at += m * isz
-            c_gids[:, cols] = got[at:at + m * 8].view(np.int64).reshape(nq, k)
-            at += m * 8
-            if c_vals is not None:
-                c_vals[:, cols] = got[at:at + m * v * isz].view(T).reshape(nq, k, v)
-                at += m * v * isz
-            if c_ksq is not None:
-                c_ksq[:, cols] = got[at:at + m * isz].view(T).reshape(nq, k)
-                at += m * isz
+        c_scores, c_gids, c_vals, c_ksq = wire.unpack_candidates(got, W, nq, k, v, T,
+                                                                  int(flags[me]))
         best = np.lexsort((c_gids, -c_scores), axis=-1)[:, :k]
         rows = np.arange(nq)[:, None]
         ids, scores = c_gids[rows, best], c_scores[rows, best]
@@ -560,13 +497,14 @@ class ShardedKeyValueMemory:
     def _candidates(self, qs: np.ndarray, k: int, flags: int) -> list:
         """This shard's top k for queries qs (nq, key_dim), as the byte blocks sent back to
         their rank: scores (nq, k), global ids (nq, k), [values (nq, k, value_dim)], [key
-        squared norms (nq, k)]; padded with (-inf, max id, 0, 0) past the shard's size."""
+        squared norms (nq, k)]; padded with (-inf, max id, 0, 0) past the shard's size
+        (the layout is ``_shard_protocol``'s)."""
         T, v, nq = self.dtype, self.value_dim, len(qs)
         kl = min(k, len(self._shard))
         scores = np.full((nq, k), -np.inf, T)
-        gids = np.full((nq, k), _BIG_ID, np.int64)
-        vals = np.zeros((nq, k, v), T) if flags & _WANT_VALUES else None
-        ksq = np.zeros((nq, k), T) if flags & _WANT_KEY_SQ else None
+        gids = np.full((nq, k), wire.PAD_ID, np.int64)
+        vals = np.zeros((nq, k, v), T) if flags & wire.WANT_VALUES else None
+        ksq = np.zeros((nq, k), T) if flags & wire.WANT_KEY_SQ else None
         if kl:
             if vals is not None:  # the hits' values from the kernel, with the search
                 local, ls, lv = self._shard.search_and_reconstruct(qs, kl)
@@ -577,12 +515,7 @@ class ShardedKeyValueMemory:
             gids[:, :kl] = self._gids[local]
             if ksq is not None:  # for the asker's 'ip' distances |q|^2 + |key|^2 - 2 q.key
                 ksq[:, :kl] = self._shard.key_sq_norms(local.reshape(-1)).reshape(nq, kl)
-        blob = [_bytes(scores), _bytes(gids)]
-        if vals is not None:
-            blob.append(_bytes(vals))
-        if ksq is not None:
-            blob.append(_bytes(ksq))
-        return blob
+        return wire.pack_candidates(scores, gids, vals, ksq)
 
     def _readout(self, q: np.ndarray, scores: np.ndarray, vals: Optional[np.ndarray],
                  key_sq: Optional[np.ndarray], soft: bool, alpha: float) -> np.ndarray:
@@ -604,28 +537,27 @@ class ShardedKeyValueMemory:
         global id order, on every rank (what ``KeyValueMemory.keys``/``.values`` return;
         every rank then holds a full copy, so keep it for small memories and tests)."""
         self._check_usable()
-        hdr = self._header(_GATHER, _OK)
+        hdr = self._header(wire.GATHER, wire.OK)
         self._agree(hdr, None)
         return self._gather_rest(hdr)
 
     def _gather_rest(self, hdr: np.ndarray) -> tuple:
         W, T = self.world_size, self.dtype
-        rec = np.dtype([("gid", np.int64), ("key", T, (self.key_dim,)),
-                        ("value", T, (self.value_dim,))])
+        rec = wire.row_record(T, self.key_dim, self.value_dim)
         mine = np.empty(len(self._shard), rec)
         if len(mine):
             mine["gid"], mine["key"] = self.local_ids, self.local_keys
             mine["value"] = self.local_values
         raw = mine.view(np.uint8).reshape(len(mine), rec.itemsize)
         got = self._alltoall("gather", "rows", np.tile(raw, (W, 1)), np.full(W, len(mine)),
-                             hdr[:, 5]).reshape(-1).view(rec)
+                             hdr[:, wire.H_SIZE]).reshape(-1).view(rec)
         got = got[np.argsort(got["gid"])]
         return np.ascontiguousarray(got["key"]), np.ascontiguousarray(got["value"])
 
     def ping(self) -> None:
         """Collective no-op: keeps ranks waiting in ``serve()`` within their timeout."""
         self._check_usable()
-        self._agree(self._header(_PING, _OK), None)
+        self._agree(self._header(wire.PING, wire.OK), None)
 
     def serve(self) -> int:
         """Take part, with no rows or queries of this rank, in the operations the other ranks
@@ -635,23 +567,23 @@ class ShardedKeyValueMemory:
         served = 0
         while True:
             self._check_usable()
-            hdr = self._header(_FOLLOW, _OK)
+            hdr = self._header(wire.FOLLOW, wire.OK)
             try:
                 op = self._agree(hdr, None)
             except (TypeError, ValueError):
                 continue  # the issuing rank passed bad arguments: nothing happened
-            if op == _STOP:
+            if op == wire.STOP:
                 return served
-            if op == _ADD:
+            if op == wire.ADD:
                 self._add_rest(hdr, np.empty((0, self.key_dim), self.dtype),
                                np.empty((0, self.value_dim), self.dtype), np.zeros(0, np.int64))
-            elif op == _QUERY:
+            elif op == wire.QUERY:
                 self._query_rest(hdr, np.empty((0, self.key_dim), self.dtype))
-            elif op == _GATHER:
+            elif op == wire.GATHER:
                 self._gather_rest(hdr)
             served += 1
 
     def stop_serving(self) -> None:
         """Collective with the ranks in ``serve()``: makes their ``serve()`` return."""
         self._check_usable()
-        self._agree(self._header(_STOP, _OK), None)
+        self._agree(self._header(wire.STOP, wire.OK), None)

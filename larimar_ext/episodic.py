@@ -8,7 +8,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import _core, _persist
-from ._arrays import Boundary, integer, scalar
+from ._arrays import ArrayLike, Boundary, integer, scalar
 
 _KIND = "larimar_ext.EpisodicMemory"
 
@@ -30,7 +30,7 @@ class EpisodicMemory:
         dtype: float32 or float64 (default: the prior's dtype, else float32).
     """
 
-    def __init__(self, memory_size: int, code_size: int, prior: Any = None,
+    def __init__(self, memory_size: int, code_size: int, prior: Optional[ArrayLike] = None,
                  ridge: float = 1e-6, dtype: Any = None) -> None:
         memory_size = integer(memory_size, "memory_size")
         code_size = integer(code_size, "code_size")
@@ -69,26 +69,26 @@ class EpisodicMemory:
         state = self._core.state()
         return state["prior"].astype(self.dtype) if "prior" in state else None
 
-    def write(self, Z: Any, W: Any = None) -> None:
+    def write(self, Z: ArrayLike, W: Optional[ArrayLike] = None) -> None:
         """Replace the stored rows by one episode: Z (N, C), W (N, K) (default Z prior^+)."""
         b = self._boundary()
         z = b.floats(Z, "Z")
         w = None if W is None else b.floats(W, "W")
         self._core.write(w, z)
 
-    def update(self, Z: Any, W: Any, alpha: float = 1.0) -> None:
+    def update(self, Z: ArrayLike, W: ArrayLike, alpha: float = 1.0) -> None:
         """Sequential write (alpha > 0) or forget (alpha = -1) of rows Z (N, C) at W (N, K)."""
         b = self._boundary()
         z = b.floats(Z, "Z")
         w = b.floats(W, "W")
         self._core.update(w, z, scalar(alpha, "alpha"))
 
-    def address(self, Z: Any) -> Any:
+    def address(self, Z: ArrayLike) -> ArrayLike:
         """W = Z M^+ (N, K), with M^+ computed once per memory state."""
         b = self._boundary()
         return b.wrap(self._core.address(b.floats(Z, "Z")))
 
-    def read(self, Zq: Any) -> Any:
+    def read(self, Zq: ArrayLike) -> ArrayLike:
         """Readout z = (Zq M^+) M, (N, C)."""
         b = self._boundary()
         return b.wrap(self._core.read(b.floats(Zq, "Zq")))

@@ -8,7 +8,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import _core, _persist
-from ._arrays import Boundary, integer, scalar
+from ._arrays import ArrayLike, Boundary, integer, optional_scalar, scalar
 from .results import SearchAndReconstructResult, SearchResult
 
 _KIND = "larimar_ext.KeyValueMemory"
@@ -80,14 +80,14 @@ class KeyValueMemory:
     def __len__(self) -> int:
         return len(self._core)
 
-    def add(self, keys: Any, values: Any) -> Any:
+    def add(self, keys: ArrayLike, values: ArrayLike) -> ArrayLike:
         """Append keys (n, key_dim) with values (n, value_dim); returns the slot ids (n,)."""
         b = self._boundary()
         k = b.floats(keys, "keys")
         v = b.floats(values, "values")
         return b.wrap(self._core.add(k, v))
 
-    def write(self, Q: Any, values: Any, k: int, alpha: float) -> None:
+    def write(self, Q: ArrayLike, values: ArrayLike, k: int, alpha: float) -> None:
         """Write values (n, value_dim) through soft addresses: each row's top ``k`` keys
         nearest to Q (n, key_dim), Gaussian weights with ``alpha``; the touched slots take
         the least-squares solution of these rows and their past writes."""
@@ -96,26 +96,26 @@ class KeyValueMemory:
         v = b.floats(values, "values")
         self._core.write(q, v, integer(k, "k"), scalar(alpha, "alpha"))
 
-    def search(self, Q: Any, k: int) -> SearchResult:
+    def search(self, Q: ArrayLike, k: int) -> SearchResult:
         """``SearchResult(ids int64 (nq, k), scores (nq, k))``: exact top-k by the memory's
         metric, best first."""
         b = self._boundary()
         return SearchResult(*b.wrap(self._core.search(b.floats(Q, "Q"), integer(k, "k"))))
 
-    def reconstruct(self, ids: Any) -> Any:
+    def reconstruct(self, ids: ArrayLike) -> ArrayLike:
         """The stored values (n, value_dim) of row ids (n,) (FAISS's reconstruct_n), in the
         order given; an id outside [0, len) is a ValueError naming ``ids``."""
         b = self._boundary()
         return b.wrap(self._core.reconstruct(b.row_ids(ids, "ids")))
 
-    def key_sq_norms(self, ids: Any) -> Any:
+    def key_sq_norms(self, ids: ArrayLike) -> ArrayLike:
         """Squared norms |key|^2 (n,) of row ids (n,), as the store keeps them for search:
         with ``ops.gaussian_read_scored`` they give the 'ip' soft read of hits gathered from
         several stores. An id outside [0, len) is a ValueError naming ``ids``."""
         b = self._boundary()
         return b.wrap(self._core.key_sq_norms(b.row_ids(ids, "ids")))
 
-    def search_and_reconstruct(self, Q: Any, k: int) -> SearchAndReconstructResult:
+    def search_and_reconstruct(self, Q: ArrayLike, k: int) -> SearchAndReconstructResult:
         """``SearchAndReconstructResult(ids (nq, k), scores (nq, k), values (nq, k,
         value_dim))``: ``search`` and the values of its hits in one call (one lock: a
         concurrent ``add`` cannot come between)."""
@@ -123,19 +123,13 @@ class KeyValueMemory:
         return SearchAndReconstructResult(*b.wrap(self._core.search_and_reconstruct(
             b.floats(Q, "Q"), integer(k, "k"))))
 
-    def read(self, Q: Any, k: int = 1, alpha: Optional[float] = None) -> Any:
+    def read(self, Q: ArrayLike, k: int = 1, alpha: Optional[float] = None) -> ArrayLike:
         """Readouts (nq, value_dim): the best key's value (k = 1), or with ``alpha`` the
         Gaussian-weighted values of the top k keys."""
         b = self._boundary()
         q = b.floats(Q, "Q")
-        kk = integer(k, "k")
-        if alpha is None:
-            a = 0.0
-        else:
-            a = scalar(alpha, "alpha")
-            if not (np.isfinite(a) and a > 0):
-                raise ValueError(f"alpha: expected a finite number > 0, got {a}")
-        return b.wrap(self._core.read(q, kk, a))
+        # None is the hard read; the kernel checks alpha (and that a hard read has k = 1)
+        return b.wrap(self._core.read(q, integer(k, "k"), optional_scalar(alpha, "alpha")))
 
     def save(self, path: str | os.PathLike) -> None:
         config = {"key_dim": self.key_dim, "value_dim": self.value_dim, "metric": self.metric,

@@ -3,19 +3,21 @@ B episodes. Every op accepts numpy arrays or torch tensors (see ``_arrays``)."""
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 from . import _core
-from ._arrays import Boundary, integer, optional_scalar, scalar
+from ._arrays import ArrayLike, Boundary, integer, optional_scalar, scalar
 from .results import SearchResult
 
-SparseAddress = Tuple[Any, Any]
+# A sparse address: (indices int (N, k), weights (N, k)), as gaussian_address(top_k=k) returns it.
+SparseAddress = Tuple[ArrayLike, ArrayLike]
 
 __all__ = ["lstsq_write", "pinv_address", "pinv_read", "gaussian_address", "onehot_address", "read", "topk",
            "sparse_lstsq_write", "gaussian_read_scored"]
 
 
-def lstsq_write(W: Any, Z: Any, ridge: float = 0.0, rcond: Optional[float] = None) -> Any:
+def lstsq_write(W: ArrayLike, Z: ArrayLike, ridge: float = 0.0,
+                rcond: Optional[float] = None) -> ArrayLike:
     """Least-squares memory write M = W^+ Z.
 
     W (N, K) and Z (N, C) give M (K, C); batched W (B, N, K), Z (B, N, C) give (B, K, C).
@@ -28,7 +30,7 @@ def lstsq_write(W: Any, Z: Any, ridge: float = 0.0, rcond: Optional[float] = Non
     return b.wrap(_core.lstsq_write(w, z, scalar(ridge, "ridge"), optional_scalar(rcond, "rcond")))
 
 
-def pinv_address(Z: Any, R: Any, rcond: Optional[float] = None) -> Any:
+def pinv_address(Z: ArrayLike, R: ArrayLike, rcond: Optional[float] = None) -> ArrayLike:
     """Pseudo-inverse addresses W = Z R^+: (N, C), (K, C) -> (N, K), or batched
     (B, N, C), (B, K, C) -> (B, N, K). R^+ comes from a rank-revealing factorisation, so
     a memory of rank r < K costs O(r K C)."""
@@ -38,7 +40,7 @@ def pinv_address(Z: Any, R: Any, rcond: Optional[float] = None) -> Any:
     return b.wrap(_core.pinv_address(z, r, optional_scalar(rcond, "rcond")))
 
 
-def pinv_read(Zq: Any, M: Any, rcond: Optional[float] = None) -> Any:
+def pinv_read(Zq: ArrayLike, M: ArrayLike, rcond: Optional[float] = None) -> ArrayLike:
     """Larimar's read z = (Zq M^+) M in one op: (N, C), (K, C) -> (N, C), or batched
     (B, N, C), (B, K, C) -> (B, N, C).
 
@@ -52,7 +54,8 @@ def pinv_read(Zq: Any, M: Any, rcond: Optional[float] = None) -> Any:
     return b.wrap(_core.pinv_read(z, m, optional_scalar(rcond, "rcond")))
 
 
-def gaussian_address(Z: Any, R: Any, alpha: float, top_k: Optional[int] = None) -> Any:
+def gaussian_address(Z: ArrayLike, R: ArrayLike, alpha: float,
+                     top_k: Optional[int] = None) -> Union[ArrayLike, SparseAddress]:
     """Gaussian soft keys: w_k ∝ exp(-|z - R_k|^2 / (2 alpha s^2)), s = min_k |z - R_k|.
 
     Z (N, C), R (K, C). Returns dense W (N, K) with rows summing to 1, or with ``top_k``
@@ -65,7 +68,7 @@ def gaussian_address(Z: Any, R: Any, alpha: float, top_k: Optional[int] = None) 
     return b.wrap(_core.gaussian_address(z, r, scalar(alpha, "alpha"), k))
 
 
-def onehot_address(Z: Any, R: Any) -> Any:
+def onehot_address(Z: ArrayLike, R: ArrayLike) -> SparseAddress:
     """Nearest key by L2 distance as a sparse address: (indices (N, 1), weights (N, 1) = 1)."""
     b = Boundary(op="onehot_address")
     z = b.floats(Z, "Z")
@@ -73,7 +76,7 @@ def onehot_address(Z: Any, R: Any) -> Any:
     return b.wrap(_core.onehot_address(z, r))
 
 
-def read(W: Union[Any, SparseAddress], M: Any) -> Any:
+def read(W: Union[ArrayLike, SparseAddress], M: ArrayLike) -> ArrayLike:
     """Readout z = W M. Dense W (N, K) with M (K, C), batched (B, N, K) with (B, K, C), or
     a sparse address (indices (N, k), weights (N, k)) with M (K, C)."""
     b = Boundary(op="read")
@@ -87,8 +90,9 @@ def read(W: Union[Any, SparseAddress], M: Any) -> Any:
     return b.wrap(_core.read_dense(w, b.floats(M, "M", (2, 3))))
 
 
-def gaussian_read_scored(scores: Any, values: Any, metric: str, alpha: float, Q: Any = None,
-                         key_sq: Any = None) -> Any:
+def gaussian_read_scored(scores: ArrayLike, values: ArrayLike, metric: str, alpha: float,
+                         Q: Optional[ArrayLike] = None,
+                         key_sq: Optional[ArrayLike] = None) -> ArrayLike:
     """The soft read of ``KeyValueMemory.read(Q, k, alpha)`` over given candidates (e.g. the
     top-k hits of several stores, merged): scores (nq, k) by ``metric``, best first as
     ``topk`` returns them, and their values (nq, k, C) give readouts (nq, C).
@@ -113,7 +117,7 @@ def gaussian_read_scored(scores: Any, values: Any, metric: str, alpha: float, Q:
     return b.wrap(_core.gaussian_read_scored(s, v, metric, scalar(alpha, "alpha"), q, ksq))
 
 
-def topk(Q: Any, keys: Any, k: int, metric: str = "ip") -> SearchResult:
+def topk(Q: ArrayLike, keys: ArrayLike, k: int, metric: str = "ip") -> SearchResult:
     """Exact top-k search: ``SearchResult(ids int64 (nq, k), scores (nq, k))``, best first,
     equal scores in ascending index order. metric: "ip" (q.k), "cosine", or "l2" (score -|q - k|^2)."""
     b = Boundary(op="topk")
@@ -124,9 +128,10 @@ def topk(Q: Any, keys: Any, k: int, metric: str = "ip") -> SearchResult:
     return SearchResult(*b.wrap(_core.topk(q, kk, integer(k, "k"), metric)))
 
 
-def sparse_lstsq_write(indices: Any, weights: Any, Z: Any, memory_size: int,
-                       ridge: float = 0.0, prior: Any = None, tol: float = 1e-10,
-                       max_iter: Optional[int] = None, return_info: bool = False) -> Any:
+def sparse_lstsq_write(indices: ArrayLike, weights: ArrayLike, Z: ArrayLike, memory_size: int,
+                       ridge: float = 0.0, prior: Optional[ArrayLike] = None, tol: float = 1e-10,
+                       max_iter: Optional[int] = None, return_info: bool = False
+                       ) -> Union[ArrayLike, Tuple[ArrayLike, Dict[str, Any]]]:
     """Least-squares write through sparse addresses.
 
     M (memory_size, C) = argmin |W M - Z|^2 + ridge |M - prior|^2 with row i of W given by

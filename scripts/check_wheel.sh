@@ -151,6 +151,9 @@ libs = [n for n in names if n.startswith("larimar_ext.libs/") and not n.endswith
 assert libs == gomp, f"unexpected vendored libraries: {libs}"
 core = [n for n in names if re.fullmatch(r"larimar_ext/_core\..*\.so", n)]
 assert len(core) == 1, core
+# the extension's type stub beside it, and the PEP 561 marker of the typed package
+for f in ("_core.pyi", "py.typed"):
+    assert f"larimar_ext/{f}" in names, f"larimar_ext/{f} not in the wheel"
 # the trained default model ships inside the package (LarimarModel.from_pretrained())
 for f in ("config.json", "model.safetensors"):
     assert f"larimar_ext/model/default/{f}" in names, f"default model file {f} not in the wheel"

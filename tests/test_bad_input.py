@@ -5,207 +5,46 @@ import numpy as np
 import pytest
 
 import larimar_ext as lx
-from conftest import (assert_rel, assert_same_snapshot, names_arg, raises_arg, snapshot_episodic,
-                      snapshot_kv, to_numpy, well_conditioned)
+from larimar_ext._arrays import gaussian_alpha
+from op_cases import CASES, EITHER, TE, VE, assert_layout, poke
+from references import (assert_arrays_unchanged, assert_rel, assert_same_snapshot, names_arg,
+                        raises_arg, snapshot_arrays, snapshot_episodic, snapshot_kv, to_numpy,
+                        well_conditioned)
 
 _R = np.random.default_rng(20240601)
-VE, TE = ValueError, TypeError
-EITHER = (ValueError, TypeError)
 
 
 def a64(*shape):
     return _R.standard_normal(shape)
 
 
-def a32(*shape):
-    return a64(*shape).astype(np.float32)
-
-
-def poke(a, val=np.nan, where=-1):
-    """Copy of ``a`` with one element (the last by default) replaced by ``val``."""
-    b = np.array(a, copy=True)
-    b.flat[where] = val
-    return b
-
-
 W, Z = well_conditioned(_R, 6, 4), a64(6, 3)  # N=6, K=4, C=3
 R = well_conditioned(_R, 4, 3)  # K=4 keys of size C=3
 M = a64(4, 3)
-IDX, WTS = np.array([[0, 1], [2, 3], [1, 1], [3, 0], [2, 0], [0, 3]], np.int64), _R.random((6, 2))
 Q, KEYS = a64(2, 3), a64(5, 3)
-W3, Z3 = np.stack([W, W]), np.stack([Z, Z])
-BAD_DTYPES = [np.int32, np.float16, np.int64, np.bool_, np.complex128]
-
-CASES = []
 
 
-def case(cid, fn, exc, *names):
-    CASES.append(pytest.param(fn, exc, names, id=cid))
+# ======================================================== functional ops (tests/op_cases.py)
+def example(case):
+    """The valid float64 call every bad case of ``case`` changes."""
+    return case.build(np.random.default_rng(20240601), np.float64, **case.example)
 
 
-# ---------------------------------------------------------------- lstsq_write(W, Z, ridge, rcond)
-case("lstsq-W-1d", lambda: lx.lstsq_write(W[:, 0], Z), VE, "W")
-case("lstsq-W-4d", lambda: lx.lstsq_write(W[None, None], Z[None, None]), VE, "W", "Z")
-case("lstsq-Z-1d", lambda: lx.lstsq_write(W, Z[:, 0]), VE, "Z")
-case("lstsq-N-mismatch", lambda: lx.lstsq_write(W, Z[:5]), VE, "W", "Z")
-case("lstsq-rank-mix", lambda: lx.lstsq_write(W3, Z), VE, "W", "Z")
-case("lstsq-B-mismatch", lambda: lx.lstsq_write(W3, np.stack([Z, Z, Z])), VE, "W", "Z")
-case("lstsq-W-nan", lambda: lx.lstsq_write(poke(W), Z), VE, "W")
-case("lstsq-W-inf", lambda: lx.lstsq_write(poke(W, np.inf, 0), Z), VE, "W")
-case("lstsq-Z-inf", lambda: lx.lstsq_write(W, poke(Z, -np.inf)), VE, "Z")
-case("lstsq-W3-nan", lambda: lx.lstsq_write(poke(W3), Z3), VE, "W")
-case("lstsq-empty-N", lambda: lx.lstsq_write(W[:0], Z[:0]), VE, "W", "Z")
-case("lstsq-empty-K", lambda: lx.lstsq_write(W[:, :0], Z), VE, "W")
-case("lstsq-empty-C", lambda: lx.lstsq_write(W, Z[:, :0]), VE, "Z")
-case("lstsq-empty-B", lambda: lx.lstsq_write(W3[:0], Z3[:0]), VE, "W", "Z")
-for v in (-1e-3, np.nan, np.inf, -np.inf):
-    case(f"lstsq-ridge-{v}", lambda v=v: lx.lstsq_write(W, Z, ridge=v), VE, "ridge")
-for v in (-1.0, np.nan):
-    case(f"lstsq-rcond-{v}", lambda v=v: lx.lstsq_write(W, Z, rcond=v), VE, "rcond")
-for dt in BAD_DTYPES:
-    n = np.dtype(dt).name
-    case(f"lstsq-W-{n}", lambda dt=dt: lx.lstsq_write(W.astype(dt), Z), TE, "W")
-    case(f"lstsq-both-{n}", lambda dt=dt: lx.lstsq_write(W.astype(dt), Z.astype(dt)), TE, "W", "Z")
-    case(f"lstsq-Z-{n}", lambda dt=dt: lx.lstsq_write(W, Z.astype(dt)), TE, "Z")
-case("lstsq-mixed-dtypes", lambda: lx.lstsq_write(W.astype(np.float32), Z), EITHER, "W", "Z")
-
-# ------------------------------------------------------------------ pinv_address(Z, R, rcond)
-case("pinv-Z-1d", lambda: lx.pinv_address(Z[0], R), VE, "Z")
-case("pinv-R-1d", lambda: lx.pinv_address(Z, R[0]), VE, "R")
-case("pinv-C-mismatch", lambda: lx.pinv_address(Z, R[:, :2]), VE, "Z", "R")
-case("pinv-rank-mix", lambda: lx.pinv_address(Z3, R), VE, "Z", "R")
-case("pinv-R-nan", lambda: lx.pinv_address(Z, poke(R)), VE, "R")
-case("pinv-Z-inf", lambda: lx.pinv_address(poke(Z, np.inf), R), VE, "Z")
-case("pinv-R-empty", lambda: lx.pinv_address(Z, R[:0]), VE, "R")
-case("pinv-Z-empty", lambda: lx.pinv_address(Z[:0], R), VE, "Z")
-case("pinv-rcond-nan", lambda: lx.pinv_address(Z, R, rcond=np.nan), VE, "rcond")
-case("pinv-R-int32", lambda: lx.pinv_address(Z, R.astype(np.int32)), TE, "R")
-case("pinv-Z-float16", lambda: lx.pinv_address(Z.astype(np.float16), R.astype(np.float16)), TE, "Z", "R")
-case("pinv-mixed-dtypes", lambda: lx.pinv_address(Z, R.astype(np.float32)), EITHER, "Z", "R")
-
-# --------------------------------------------------------- gaussian_address(Z, R, alpha, top_k)
-for v in (0.0, -0.5, np.nan, np.inf):
-    case(f"gauss-alpha-{v}", lambda v=v: lx.gaussian_address(Z, R, v), VE, "alpha")
-for v in (0, -1, 5):  # K = 4
-    case(f"gauss-top_k-{v}", lambda v=v: lx.gaussian_address(Z, R, 1.0, top_k=v), VE, "top_k")
-case("gauss-top_k-float", lambda: lx.gaussian_address(Z, R, 1.0, top_k=1.5), EITHER, "top_k")
-case("gauss-C-mismatch", lambda: lx.gaussian_address(Z[:, :2], R, 1.0), VE, "Z", "R")
-case("gauss-Z-nan", lambda: lx.gaussian_address(poke(Z), R, 1.0), VE, "Z")
-case("gauss-R-inf", lambda: lx.gaussian_address(Z, poke(R, np.inf), 1.0, top_k=2), VE, "R")
-case("gauss-R-empty", lambda: lx.gaussian_address(Z, R[:0], 1.0), VE, "R")
-case("gauss-Z-1d", lambda: lx.gaussian_address(Z[0], R, 1.0), VE, "Z")
-case("gauss-R-int32", lambda: lx.gaussian_address(Z, R.astype(np.int32), 1.0), TE, "R")
-case("gauss-mixed", lambda: lx.gaussian_address(Z.astype(np.float32), R, 1.0), EITHER, "Z", "R")
-
-# ------------------------------------------------------------------------ onehot_address(Z, R)
-case("onehot-C-mismatch", lambda: lx.onehot_address(Z, R[:, :2]), VE, "Z", "R")
-case("onehot-R-nan", lambda: lx.onehot_address(Z, poke(R)), VE, "R")
-case("onehot-Z-inf", lambda: lx.onehot_address(poke(Z, np.inf), R), VE, "Z")
-case("onehot-R-empty", lambda: lx.onehot_address(Z, R[:0]), VE, "R")
-case("onehot-Z-empty", lambda: lx.onehot_address(Z[:0], R), VE, "Z")
-case("onehot-Z-float16", lambda: lx.onehot_address(Z.astype(np.float16), R), TE, "Z")
-
-# --------------------------------------------------------------------------------- read(W, M)
-case("read-K-mismatch", lambda: lx.read(W, M[:3]), VE, "W", "M")
-case("read-W-1d", lambda: lx.read(W[0], M), VE, "W")
-case("read-M-1d", lambda: lx.read(W, M[:, 0]), VE, "M")
-case("read-rank-mix", lambda: lx.read(W3, M), VE, "W", "M")
-case("read-B-mismatch", lambda: lx.read(W3, np.stack([M, M, M])), VE, "W", "M")
-case("read-M-nan", lambda: lx.read(W, poke(M)), VE, "M")
-case("read-W-inf", lambda: lx.read(poke(W, np.inf), M), VE, "W")
-case("read-W-empty", lambda: lx.read(W[:0], M), VE, "W")
-case("read-M-int32", lambda: lx.read(W, M.astype(np.int32)), TE, "M")
-case("read-W-float16", lambda: lx.read(W.astype(np.float16), M.astype(np.float16)), TE, "W", "M")
-case("read-mixed", lambda: lx.read(W.astype(np.float32), M), EITHER, "W", "M")
-case("read-idx-too-big", lambda: lx.read((poke(IDX, 4), WTS), M), VE, "indices", "W")
-case("read-idx-negative", lambda: lx.read((poke(IDX, -1, 0), WTS), M), VE, "indices", "W")
-case("read-idx-float", lambda: lx.read((IDX.astype(np.float64), WTS), M), TE, "indices", "W")
-case("read-weights-shape", lambda: lx.read((IDX, WTS[:, :1]), M), VE, "weights", "indices", "W")
-case("read-weights-nan", lambda: lx.read((IDX, poke(WTS)), M), VE, "weights", "W")
-case("read-weights-int", lambda: lx.read((IDX, IDX), M), TE, "weights", "W")
-case("read-tuple-len", lambda: lx.read((IDX, WTS, WTS), M), EITHER, "W")
-
-# ------------------------------------ gaussian_read_scored(scores, values, metric, alpha, Q, key_sq)
-SC, VALS, KSQ = -_R.random((2, 5)), a64(2, 5, 3), _R.random((2, 5))  # nq=2, k=5, C=3; Q (2, 3)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_bad_input_examples_are_valid(case):
+    """Each bad case differs from a call that succeeds only by what it changes."""
+    a = example(case)
+    assert_layout(case.call(a), case.out(a), np.float64)
 
 
-def gread(scores=SC, values=VALS, metric="l2", alpha=0.5, Q=None, key_sq=None):
-    return lx.gaussian_read_scored(scores, values, metric, alpha, Q, key_sq)
-
-
-case("gread-metric", lambda: gread(metric="dot"), VE, "metric")
-case("gread-metric-type", lambda: gread(metric=2), TE, "metric")
-case("gread-scores-1d", lambda: gread(scores=SC[0]), VE, "scores")
-case("gread-values-2d", lambda: gread(values=VALS[:, :, 0]), VE, "values")
-case("gread-values-k", lambda: gread(values=VALS[:, :4]), VE, "values")
-case("gread-values-rows", lambda: gread(values=VALS[:1]), VE, "values")
-case("gread-scores-nan", lambda: gread(scores=poke(SC)), VE, "scores")
-case("gread-values-inf", lambda: gread(values=poke(VALS, np.inf)), VE, "values")
-case("gread-l2-positive", lambda: gread(scores=-SC), VE, "scores")
-case("gread-empty", lambda: gread(scores=SC[:0], values=VALS[:0]), VE, "scores")
-for v in (0.0, -1.0, np.nan, np.inf):
-    case(f"gread-alpha-{v}", lambda v=v: gread(alpha=v), VE, "alpha")
-case("gread-alpha-str", lambda: gread(alpha="0.5"), TE, "alpha")
-case("gread-ip-no-Q", lambda: gread(metric="ip", key_sq=KSQ), VE, "Q")
-case("gread-ip-no-key_sq", lambda: gread(metric="ip", Q=Q), VE, "key_sq")
-case("gread-ip-Q-rows", lambda: gread(metric="ip", Q=a64(3, 3), key_sq=KSQ), VE, "Q")
-case("gread-ip-Q-nan", lambda: gread(metric="ip", Q=poke(Q), key_sq=KSQ), VE, "Q")
-case("gread-ip-key_sq-shape", lambda: gread(metric="ip", Q=Q, key_sq=KSQ[:, :4]), VE, "key_sq")
-case("gread-ip-key_sq-negative", lambda: gread(metric="ip", Q=Q, key_sq=-KSQ), VE, "key_sq")
-case("gread-cosine-Q", lambda: gread(metric="cosine", Q=Q), VE, "Q")
-case("gread-l2-key_sq", lambda: gread(key_sq=KSQ), VE, "key_sq")
-case("gread-scores-int32", lambda: gread(scores=SC.astype(np.int32)), TE, "scores")
-case("gread-mixed", lambda: gread(values=VALS.astype(np.float32)), EITHER, "scores", "values")
-
-# --------------------------------------------------------------------- topk(Q, keys, k, metric)
-for v in (0, -2, 6):  # 5 keys
-    case(f"topk-k-{v}", lambda v=v: lx.topk(Q, KEYS, v), VE, "k")
-case("topk-metric", lambda: lx.topk(Q, KEYS, 2, metric="dot"), VE, "metric")
-case("topk-d-mismatch", lambda: lx.topk(Q[:, :2], KEYS, 2), VE, "Q", "keys")
-case("topk-Q-nan", lambda: lx.topk(poke(Q), KEYS, 2), VE, "Q")
-case("topk-keys-inf", lambda: lx.topk(Q, poke(KEYS, np.inf), 2, metric="l2"), VE, "keys")
-case("topk-keys-empty", lambda: lx.topk(Q, KEYS[:0], 1), VE, "keys", "k")
-case("topk-Q-empty", lambda: lx.topk(Q[:0], KEYS, 1), VE, "Q")
-case("topk-Q-1d", lambda: lx.topk(Q[0], KEYS, 1), VE, "Q")
-case("topk-keys-int32", lambda: lx.topk(Q, KEYS.astype(np.int32), 1), TE, "keys")
-case("topk-Q-float16", lambda: lx.topk(Q.astype(np.float16), KEYS.astype(np.float16), 1), TE, "Q", "keys")
-case("topk-mixed", lambda: lx.topk(Q.astype(np.float32), KEYS, 1), EITHER, "Q", "keys")
-
-# ------------------------------------ sparse_lstsq_write(indices, weights, Z, memory_size, ...)
-for v in (0, -3):
-    case(f"sparse-memory_size-{v}", lambda v=v: lx.sparse_lstsq_write(IDX, WTS, Z, v), VE,
-         "memory_size", "indices")
-case("sparse-idx-out-of-range", lambda: lx.sparse_lstsq_write(IDX, WTS, Z, 3), VE, "indices",
-     "memory_size")
-case("sparse-idx-negative", lambda: lx.sparse_lstsq_write(poke(IDX, -1, 0), WTS, Z, 4), VE, "indices")
-case("sparse-idx-float", lambda: lx.sparse_lstsq_write(IDX.astype(np.float64), WTS, Z, 4), TE,
-     "indices")
-case("sparse-weights-shape", lambda: lx.sparse_lstsq_write(IDX, WTS[:5], Z, 4), VE, "weights",
-     "indices")
-case("sparse-Z-rows", lambda: lx.sparse_lstsq_write(IDX, WTS, Z[:5], 4), VE, "Z")
-case("sparse-weights-nan", lambda: lx.sparse_lstsq_write(IDX, poke(WTS), Z, 4), VE, "weights")
-case("sparse-Z-inf", lambda: lx.sparse_lstsq_write(IDX, WTS, poke(Z, np.inf), 4), VE, "Z")
-case("sparse-empty", lambda: lx.sparse_lstsq_write(IDX[:0], WTS[:0], Z[:0], 4), VE, "indices",
-     "weights", "Z")
-for v in (-0.1, np.nan, np.inf):
-    case(f"sparse-ridge-{v}", lambda v=v: lx.sparse_lstsq_write(IDX, WTS, Z, 4, ridge=v), VE, "ridge")
-case("sparse-prior-shape", lambda: lx.sparse_lstsq_write(IDX, WTS, Z, 4, prior=a64(5, 3)), VE, "prior")
-case("sparse-prior-nan", lambda: lx.sparse_lstsq_write(IDX, WTS, Z, 4, prior=poke(M)), VE, "prior")
-case("sparse-weights-int32", lambda: lx.sparse_lstsq_write(IDX, WTS.astype(np.int32), Z, 4), TE,
-     "weights")
-case("sparse-Z-float16", lambda: lx.sparse_lstsq_write(IDX, WTS.astype(np.float16),
-                                                      Z.astype(np.float16), 4), TE, "weights", "Z")
-case("sparse-mixed", lambda: lx.sparse_lstsq_write(IDX, WTS.astype(np.float32), Z, 4), EITHER,
-     "weights", "Z")
-
-
-@pytest.mark.parametrize("fn,exc,names", CASES)
-def test_bad_input_raises_naming_argument(fn, exc, names):
-    snapshot = [a.copy() for a in (W, Z, R, M, IDX, WTS, Q, KEYS)]
-    with raises_arg(exc, *names):
-        fn()
-    for before, after in zip(snapshot, (W, Z, R, M, IDX, WTS, Q, KEYS)):
-        assert np.array_equal(before, after)
+@pytest.mark.parametrize("case,bad", [pytest.param(c, b, id=b.id) for c in CASES for b in c.bad])
+def test_bad_input_raises_naming_argument(case, bad):
+    a = example(case)
+    args = bad.args(a)
+    snapshot = snapshot_arrays([a, args])  # the valid arrays and the bad ones (views of them)
+    with raises_arg(bad.exc, *bad.names):
+        case.call(args)
+    assert_arrays_unchanged(snapshot)
 
 
 @pytest.mark.parametrize("fn,name", [
@@ -271,13 +110,20 @@ ecase("read-nan", lambda m: m.read(poke(a64(2, 3))), VE, "Zq", "Z")
 ecase("read-float16", lambda m: m.read(a64(2, 3).astype(np.float16)), TE, "Zq", "Z")
 
 
-@pytest.mark.parametrize("fn,exc,names", EPI_CASES)
-def test_episodic_bad_input_leaves_memory_unchanged(fn, exc, names):
-    mem, twin = fresh_episodic(), fresh_episodic()
-    before = snapshot_episodic(mem)
+def refused_and_unchanged(fresh, snapshot, fn, exc, names):
+    """fn(memory) raises exc naming one of names and leaves the memory as it was; returns
+    the memory and an untouched twin, for the caller's probe of the hidden state."""
+    mem, twin = fresh(), fresh()
+    before = snapshot(mem)
     with raises_arg(exc, *names):
         fn(mem)
-    assert_same_snapshot(before, snapshot_episodic(mem))
+    assert_same_snapshot(before, snapshot(mem))
+    return mem, twin
+
+
+@pytest.mark.parametrize("fn,exc,names", EPI_CASES)
+def test_episodic_bad_input_leaves_memory_unchanged(fn, exc, names):
+    mem, twin = refused_and_unchanged(fresh_episodic, snapshot_episodic, fn, exc, names)
     # the hidden sequential state (P) is unchanged too: the same valid update on both
     # memories gives the same result
     for m in (mem, twin):
@@ -366,16 +212,45 @@ for v in (0.0, -1.0, np.nan, np.inf):
 
 @pytest.mark.parametrize("fn,exc,names", KV_CASES)
 def test_kv_bad_input_leaves_memory_unchanged(fn, exc, names):
-    kv, twin = fresh_kv(), fresh_kv()
-    before = snapshot_kv(kv)
-    with raises_arg(exc, *names):
-        fn(kv)
-    assert_same_snapshot(before, snapshot_kv(kv))
+    kv, twin = refused_and_unchanged(fresh_kv, snapshot_kv, fn, exc, names)
     # hidden state (per-key counts) unchanged: the same duplicate add gives the same means
     for m in (kv, twin):
         assert np.array_equal(to_numpy(m.add(KEYS[1:2], NEWV[:1])), [1])
     assert np.array_equal(to_numpy(kv.values), to_numpy(twin.values))
     assert len(kv) == len(twin) == 5
+
+
+@pytest.mark.parametrize("alpha", [0.0, -1.0, np.nan, np.inf])
+def test_alpha_has_one_check_and_one_message(alpha):
+    """Every Gaussian temperature goes through the kernel's check_alpha: the ops, the key
+    store's soft read and write, and the up-front check of the collective and long-context
+    callers (``_arrays.gaussian_alpha``) all refuse it with the same message."""
+    kv = fresh_kv()
+    calls = {
+        "gaussian_address": lambda: lx.gaussian_address(Z, R, alpha),
+        "gaussian_read_scored": lambda: lx.gaussian_read_scored(
+            -np.ones((1, 2)), np.ones((1, 2, 3)), "l2", alpha),
+        "KeyValueMemory.read": lambda: kv.read(Q, k=2, alpha=alpha),
+        "KeyValueMemory.write": lambda: kv.write(Q, NEWV[:2], 2, alpha),
+        "gaussian_alpha": lambda: gaussian_alpha(alpha),
+    }
+    messages = {}
+    for name, call in calls.items():
+        with raises_arg(ValueError, "alpha") as ei:
+            call()
+        messages[name] = str(ei.value)
+    assert len(set(messages.values())) == 1, messages
+    assert messages["gaussian_alpha"].startswith("alpha: expected a finite number > 0, got ")
+
+
+def test_kv_binding_reads_hard_without_alpha():
+    """alpha None is the hard read in the binding (no sentinel value): the best key's value,
+    which needs k = 1."""
+    kv = fresh_kv()
+    q = np.ascontiguousarray(KEYS[2:3])
+    assert np.array_equal(kv._core.read(q, 1, None), to_numpy(kv.values)[2:3])
+    with raises_arg(ValueError, "alpha"):
+        kv._core.read(q, 2, None)
 
 
 def test_kv_search_on_empty_memory():

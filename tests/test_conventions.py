@@ -12,6 +12,14 @@ import pytest
 import larimar_ext as lx
 
 
+def _run_outside_checkout(code: str, tmp_path) -> None:
+    """Run ``python -c code`` in a fresh interpreter whose working directory is outside the
+    checkout: from its root, `import larimar_ext` would find the source folder instead of
+    the installed package."""
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=tmp_path,
+                   env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
 def test_every_load_is_a_classmethod():
     pytest.importorskip("torch")
     from larimar_ext.longcontext.memory import LongContextMemory
@@ -32,9 +40,7 @@ def test_import_and_numpy_ops_and_cli_help_never_load_torch(tmp_path):
             "assert 'larimar_ext.longcontext.memory' not in sys.modules; "
             "from larimar_ext import LongContextMemory; "
             "assert LongContextMemory.__module__ == 'larimar_ext.longcontext.memory'")
-    # outside the checkout: from its root `import larimar_ext` finds the source folder
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=tmp_path,
-                   env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    _run_outside_checkout(code, tmp_path)
     helps = ("import runpy, sys; sys.argv = ['larimar-ext', '--help']\n"
              "try:\n    runpy.run_module('larimar_ext', run_name='__main__')\n"
              "except SystemExit as e:\n    assert e.code in (0, None)\n"
@@ -78,3 +84,19 @@ def test_a_tensor_that_requires_grad_is_refused_with_the_differentiable_op_named
         assert lx.lstsq_write(W, Z).shape == (1, 3, 2)
     from larimar_ext import torch_ops
     assert torch_ops.lstsq_write(W, Z).grad_fn is not None
+
+
+def test_the_generic_model_does_not_import_the_default_build(tmp_path):
+    """larimar.py is the generic model: it reads and writes model folders through
+    model/saved.py and never imports model/pretrained.py (the MiniLM + SmolLM2 build),
+    which imports it; the package registers that build as the default, loaded on first
+    use (issue: one home for each idea)."""
+    pytest.importorskip("torch")
+    code = ("import sys; import larimar_ext.model.larimar as m; "
+            "assert 'larimar_ext.model.pretrained' not in sys.modules, 'imported'; "
+            "assert callable(m.LarimarModel.from_pretrained); "
+            "from larimar_ext.model import saved; b = saved.default_build(); "
+            "from larimar_ext.model import pretrained; "
+            "assert b is pretrained.FOLDER_BUILD, b; "
+            "assert b.default_dir() == pretrained.default_model_dir()")
+    _run_outside_checkout(code, tmp_path)

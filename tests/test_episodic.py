@@ -12,9 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import larimar_ext as lx
-from conftest import (DTYPE_IDS, DTYPES, assert_ndarray, assert_rel, default_rcond, dtypes, f64,
-                      randn, rel_err as rel_err_, ref_episodic, ref_pinv, ref_ridge, seeds, to_numpy, tol,
-                      well_conditioned)
+from references import (DTYPE_IDS, DTYPES, assert_ndarray, assert_rel, default_rcond, dtypes, f64,
+                        randn, rel_err as rel_err_, ref_episodic, ref_pinv, ref_ridge, seeds,
+                        to_numpy, tol, well_conditioned)
 
 
 def new_mem(K, C, dtype, **kw):

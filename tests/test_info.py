@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import larimar_ext as lx
-from conftest import assert_rel, names_arg, randn, well_conditioned
+from references import assert_rel, names_arg, randn, well_conditioned
 
 INFO_KEYS = {"version", "blas_vendor", "blas_version", "blas_threads", "openmp_threads", "simd"}
 

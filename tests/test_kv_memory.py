@@ -5,8 +5,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import larimar_ext as lx
-from conftest import (DTYPE_IDS, DTYPES, METRICS, assert_ndarray, assert_rel, assert_topk_valid,
-                      dtypes, f64, randn, ref_gaussian, seeds, to_numpy, tol)
+from references import (DTYPE_IDS, DTYPES, METRICS, assert_ndarray, assert_rel, assert_topk_valid,
+                        dtypes, f64, randn, ref_gaussian, seeds, to_numpy, tol)
 
 
 def new_kv(kd, vd, metric="cosine", dtype=np.float32):

@@ -23,7 +23,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
-from conftest import raises_arg  # noqa: E402
+from references import raises_arg  # noqa: E402
 from larimar_ext.longcontext import bench, tasks  # noqa: E402
 from larimar_ext.longcontext.baseline import InContextBaseline  # noqa: E402
 from larimar_ext.longcontext.memory import (NOT_FOUND, EncodingCache,  # noqa: E402
@@ -415,6 +415,25 @@ def test_recall_reads_a_keys_other_values_and_other_keys_not_its_rivals(model):
     both = loose._select(ranking(loose, "ab1", "gd"), two_keys, 6)[1]
     alone = loose._select(ranking(loose, "ab1", "gd"), two_keys, 1)[1]
     assert 0 < alone < both <= 1
+
+
+def test_ingest_and_ask_report_their_stages_to_the_caller_and_the_profiler(model, tok):
+    """IngestStats splits the wall time into segmenting, encoding and (writer thread)
+    writing; an answer carries its stages' seconds, and each stage is a torch.profiler
+    range of its own name."""
+    ctx = tasks.passkey_context(1500, 50, seed=4, tokenizer=tok)
+    mem = LongContextMemory(model)
+    st = mem.ingest(ctx.text)
+    assert st.segment_seconds > 0 and st.encode_seconds > 0 and st.write_seconds > 0
+    assert st.segment_seconds + st.encode_seconds <= st.seconds
+    assert mem.stats["ingest_seconds"] == st.seconds and mem.totals.encode_seconds == \
+        st.encode_seconds
+    stages = ["encode_query", "search", "readout", "decode", "check"]
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        a = mem.ask_trace(ctx.answer_prefix, ctx.question, max_new_tokens=4)
+    assert sorted(a.seconds) == sorted(stages) and all(v > 0 for v in a.seconds.values())
+    names = {e.key for e in prof.key_averages()}
+    assert {f"larimar_ext.ask.{s}" for s in stages} <= names
 
 
 def test_soft_read_top_k(model, tok):

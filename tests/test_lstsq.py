@@ -1,50 +1,13 @@
-"""lstsq_write(W, Z, ridge=0.0, rcond=None) -> M = pinv(W) @ Z  (docs/DESIGN.md section 2.2)."""
+"""lstsq_write(W, Z, ridge=0.0, rcond=None) -> M = pinv(W) @ Z  (docs/DESIGN.md section 2.2).
+
+The reference and property cases are table-driven (tests/op_cases.py, tests/test_ops.py);
+these are the op-specific ones."""
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 import larimar_ext as lx
-from conftest import (DTYPE_IDS, DTYPES, assert_ndarray, assert_rel, dtypes, randn, rank_deficient,
-                      ref_lstsq, seeds, tol, well_conditioned)
-
-# (N, K, C): N<K, N=K, N>K, and the degenerate K=1, C=1, N=1 cases.
-SHAPES = [
-    (3, 7, 2),    # N < K  (minimum-norm solution)
-    (6, 6, 3),    # N = K
-    (12, 5, 4),   # N > K
-    (1, 1, 1),
-    (1, 5, 3),    # a single row
-    (9, 1, 3),    # K = 1
-    (7, 4, 1),    # C = 1
-    (40, 16, 8),  # bigger than one SIMD block
-]
-SHAPE_IDS = [f"N{n}K{k}C{c}" for n, k, c in SHAPES]
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("N,K,C", SHAPES, ids=SHAPE_IDS)
-def test_lstsq_matches_pinv(rng, N, K, C, dtype):
-    W = well_conditioned(rng, N, K, cond=4.0, dtype=dtype)
-    Z = randn(rng, N, C, dtype=dtype)
-    W0, Z0 = W.copy(), Z.copy()
-    M = lx.lstsq_write(W, Z)
-    assert_ndarray(M, dtype, (K, C))
-    assert_rel(M, ref_lstsq(W, Z, dtype=dtype), tol(dtype))
-    # inputs untouched, output is a fresh array
-    assert np.array_equal(W, W0) and np.array_equal(Z, Z0)
-    assert not np.shares_memory(M, W) and not np.shares_memory(M, Z)
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("ridge", [1e-3, 0.5, 10.0])
-@pytest.mark.parametrize("N,K,C", SHAPES, ids=SHAPE_IDS)
-def test_lstsq_ridge(rng, N, K, C, ridge, dtype):
-    W = well_conditioned(rng, N, K, cond=4.0, dtype=dtype)
-    Z = randn(rng, N, C, dtype=dtype)
-    M = lx.lstsq_write(W, Z, ridge=ridge)
-    assert_ndarray(M, dtype, (K, C))
-    assert_rel(M, ref_lstsq(W, Z, ridge=ridge), tol(dtype))
+from references import (DTYPES, DTYPE_IDS, assert_ndarray, assert_rel, randn, rank_deficient,
+                        ref_lstsq, tol, well_conditioned)
 
 
 def test_lstsq_min_norm_when_underdetermined(rng):
@@ -73,34 +36,6 @@ def test_lstsq_identity_address_copies_rows(rng):
         Z = randn(rng, 6, 5, dtype=dtype)
         M = lx.lstsq_write(np.eye(6, dtype=dtype), Z)
         assert_rel(M, Z, tol(dtype, 1e-6, 1e-14))
-
-
-@given(N=st.integers(1, 14), K=st.integers(1, 10), C=st.integers(1, 6), dtype=dtypes,
-       ridge=st.sampled_from([0.0, 0.0, 1e-2, 1.0]), seed=seeds)
-def test_lstsq_property(N, K, C, dtype, ridge, seed):
-    rng = np.random.default_rng(seed)
-    W = well_conditioned(rng, N, K, cond=5.0, dtype=dtype)
-    Z = randn(rng, N, C, dtype=dtype)
-    M = lx.lstsq_write(W, Z, ridge=ridge)
-    assert_ndarray(M, dtype, (K, C))
-    assert_rel(M, ref_lstsq(W, Z, ridge=ridge, dtype=dtype), tol(dtype))
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("B", [1, 3])
-@pytest.mark.parametrize("N,K,C", [(3, 7, 2), (6, 6, 3), (12, 5, 4), (5, 1, 1)],
-                         ids=["N<K", "N=K", "N>K", "K1C1"])
-@pytest.mark.parametrize("ridge", [0.0, 0.3])
-def test_lstsq_batched(rng, B, N, K, C, dtype, ridge):
-    W = np.stack([well_conditioned(rng, N, K, dtype=dtype) for _ in range(B)])
-    Z = randn(rng, B, N, C, dtype=dtype)
-    M = lx.lstsq_write(W, Z, ridge=ridge)
-    assert_ndarray(M, dtype, (B, K, C))
-    assert_rel(M, ref_lstsq(W, Z, ridge=ridge, dtype=dtype), tol(dtype))
-    # every episode is solved independently: matches the unbatched call
-    for b in range(B):
-        assert_rel(M[b], lx.lstsq_write(W[b], Z[b], ridge=ridge), tol(dtype, 1e-5, 1e-12),
-                   f"episode {b}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)

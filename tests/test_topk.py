@@ -1,26 +1,15 @@
-"""topk(Q, keys, k, metric): exact top-k, best first, equal scores -> lower index first."""
+"""topk(Q, keys, k, metric): exact top-k, best first, equal scores -> lower index first.
+
+The reference and property cases are table-driven (tests/op_cases.py, tests/test_ops.py);
+these are the op-specific ones."""
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 import larimar_ext as lx
-from conftest import (DTYPE_IDS, DTYPES, METRICS, assert_ndarray, assert_topk_valid, dtypes,
-                      randint, randn, ref_topk, seeds, to_numpy, tol)
-
-
-@given(nq=st.integers(1, 6), K=st.integers(1, 40), d=st.integers(1, 8), dtype=dtypes,
-       metric=st.sampled_from(METRICS), kfrac=st.floats(0.0, 1.0), seed=seeds)
-def test_topk_random_property(nq, K, d, dtype, metric, kfrac, seed):
-    rng = np.random.default_rng(seed)
-    k = max(1, int(round(kfrac * K)))
-    Q = randn(rng, nq, d, dtype=dtype)
-    keys = randn(rng, K, d, dtype=dtype)
-    Q0, keys0 = Q.copy(), keys.copy()
-    idx, sc = lx.topk(Q, keys, k, metric=metric)
-    assert isinstance(idx, np.ndarray) and isinstance(sc, np.ndarray)
-    assert_topk_valid(idx, sc, Q, keys, k, metric, atol=tol(dtype, 1e-5, 1e-12))
-    assert np.array_equal(Q, Q0) and np.array_equal(keys, keys0)
+from references import (DTYPE_IDS, DTYPES, METRICS, assert_ndarray, assert_topk_valid, dtypes,
+                        randint, randn, ref_topk, seeds, to_numpy, tol)
 
 
 @given(nq=st.integers(1, 5), K=st.integers(1, 30), d=st.integers(1, 6), dtype=dtypes,
@@ -104,16 +93,6 @@ def test_topk_k_equals_number_of_keys(rng, metric, dtype):
     assert_topk_valid(idx, sc, Q, keys, 9, metric, atol=tol(dtype, 1e-5, 1e-12))
     for row in idx:
         assert sorted(row.tolist()) == list(range(9))
-
-
-@pytest.mark.parametrize("metric", METRICS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("nq,K,d,k", [(1, 1, 1, 1), (1, 5, 1, 2), (4, 1, 3, 1), (2, 300, 16, 7)])
-def test_topk_edge_shapes(rng, nq, K, d, k, metric, dtype):
-    Q = randn(rng, nq, d, dtype=dtype)
-    keys = randn(rng, K, d, dtype=dtype)
-    idx, sc = lx.topk(Q, keys, k, metric=metric)
-    assert_topk_valid(idx, sc, Q, keys, k, metric, atol=tol(dtype, 1e-5, 1e-12))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)

@@ -5,8 +5,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import larimar_ext as lx  # noqa: E402
-from conftest import (assert_rel, names_arg, raises_arg, randn, ref_gaussian, ref_lstsq, ref_pinv_address,  # noqa: E402
-                      ref_read, ref_topk, to_numpy, tol, well_conditioned)
+from references import (assert_rel, names_arg, raises_arg, randn, ref_gaussian,  # noqa: E402
+                        ref_lstsq, ref_pinv_address, ref_read, ref_topk, to_numpy, tol,
+                        well_conditioned)
 
 TDTYPES = [(torch.float32, np.float32), (torch.float64, np.float64)]
 TIDS = ["f32", "f64"]

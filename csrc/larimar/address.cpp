@@ -1,17 +1,21 @@
 #include "larimar/address.hpp"
 
 #include <algorithm>
+#include <cstdio>
 
 #include "larimar/linalg.hpp"
 #include "larimar/topk.hpp"
 
 namespace larimar {
-namespace {
 
 void check_alpha(double alpha) {
-  require(std::isfinite(alpha) && alpha > 0, "alpha",
-          "expected a finite number > 0, got " + std::to_string(alpha));
+  if (std::isfinite(alpha) && alpha > 0) return;
+  char got[32];  // %g: "-1", "0", "nan", "1e-300" (std::to_string would print 0.000000)
+  std::snprintf(got, sizeof got, "%g", alpha);
+  fail("alpha", std::string("expected a finite number > 0, got ") + got);
 }
+
+namespace {
 
 // Weights of one row from its squared distances (any order): see gaussian_address.
 template <class T>

@@ -7,6 +7,11 @@
 
 namespace larimar {
 
+// The check of a Gaussian temperature alpha, finite and > 0, for every soft address, read
+// and write of the kernel (and the Python layer's up-front checks, through _core): the one
+// place that rule and its error text ("alpha: expected a finite number > 0, got -1") live.
+void check_alpha(double alpha);
+
 // Dense Gaussian soft keys: W (N x K), w_k ∝ exp(-|z - R_k|^2 / (2 alpha s^2)), s the
 // distance to the nearest key, rows summing to 1. A query that coincides with a key
 // (s = 0) spreads its weight evenly over the keys it coincides with.

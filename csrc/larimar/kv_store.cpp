@@ -196,18 +196,20 @@ void KeyValueStore<T>::search(const T* queries, index_t nq, index_t k, index_t* 
 }
 
 template <class T>
-void KeyValueStore<T>::read(const T* queries, index_t nq, index_t k, double alpha, T* out) const {
+void KeyValueStore<T>::read(const T* queries, index_t nq, index_t k, std::optional<double> alpha,
+                            T* out) const {
   check_queries(queries, nq, "Q");
+  if (alpha) check_alpha(*alpha);
   std::shared_lock<std::shared_mutex> lock(mutex_);
   read_unlocked(queries, nq, k, alpha, out);
 }
 
 template <class T>
-void KeyValueStore<T>::read_unlocked(const T* queries, index_t nq, index_t k, double alpha,
-                                     T* out) const {
+void KeyValueStore<T>::read_unlocked(const T* queries, index_t nq, index_t k,
+                                     std::optional<double> alpha, T* out) const {
   require(k >= 1 && k <= size_, "k",
           "expected 1 <= k <= number of stored keys (" + str(size_) + "), got " + str(k));
-  const bool soft = alpha > 0;
+  const bool soft = alpha.has_value();
   if (!soft) require(k == 1, "alpha", "a read over k > 1 keys needs Gaussian weights: give alpha > 0");
   std::vector<index_t> ids(nq * k);
   std::vector<T> scores(nq * k);
@@ -217,7 +219,7 @@ void KeyValueStore<T>::read_unlocked(const T* queries, index_t nq, index_t k, do
       std::memcpy(out + i * v_, value_row(ids[i]), sizeof(T) * v_);
     return;
   }
-  hit_weights(queries, nq, k, ids.data(), scores.data(), alpha);
+  hit_weights(queries, nq, k, ids.data(), scores.data(), *alpha);
   std::vector<const T*> rows(nq * k);
   for (index_t i = 0; i < nq * k; ++i) rows[i] = value_row(ids[i]);
   weighted_sum_of_rows(scores.data(), rows.data(), nq, k, v_, out);
@@ -263,7 +265,7 @@ void KeyValueStore<T>::write(const T* queries, const T* values, index_t n, index
                              double alpha) {
   check_queries(queries, n, "Q");
   check_finite(values, n * v_, "values");
-  require(std::isfinite(alpha) && alpha > 0, "alpha", "expected a finite number > 0");
+  check_alpha(alpha);
   std::unique_lock<std::shared_mutex> lock(mutex_);
   require(top_k >= 1 && top_k <= size_, "k",
           "expected 1 <= k <= number of stored keys (" + str(size_) + "), got " + str(top_k));
@@ -314,22 +316,30 @@ std::size_t KeyValueStore<T>::nbytes() const {
 }
 
 template <class T>
-void KeyValueStore<T>::copy_keys(T* out) const {
+template <class Row>
+index_t KeyValueStore<T>::copy_rows(T* out, index_t max_rows, index_t width, Row row) const {
   std::shared_lock<std::shared_mutex> lock(mutex_);
-  for (index_t i = 0; i < size_; ++i) std::memcpy(out + i * d_, key_row(i), sizeof(T) * d_);
+  const index_t n = std::min(size_, max_rows);
+  for (index_t i = 0; i < n; ++i) std::memcpy(out + i * width, row(i), sizeof(T) * width);
+  return n;
 }
 
 template <class T>
-void KeyValueStore<T>::copy_values(T* out) const {
-  std::shared_lock<std::shared_mutex> lock(mutex_);
-  for (index_t i = 0; i < size_; ++i)
-    std::memcpy(out + i * v_, value_row(i), sizeof(T) * v_);
+index_t KeyValueStore<T>::copy_keys(T* out, index_t max_rows) const {
+  return copy_rows(out, max_rows, d_, [this](index_t i) { return key_row(i); });
 }
 
 template <class T>
-void KeyValueStore<T>::copy_counts(double* out) const {
+index_t KeyValueStore<T>::copy_values(T* out, index_t max_rows) const {
+  return copy_rows(out, max_rows, v_, [this](index_t i) { return value_row(i); });
+}
+
+template <class T>
+index_t KeyValueStore<T>::copy_counts(double* out, index_t max_rows) const {
   std::shared_lock<std::shared_mutex> lock(mutex_);
-  std::copy(counts_.begin(), counts_.end(), out);
+  const index_t n = std::min(size_, max_rows);
+  std::copy(counts_.begin(), counts_.begin() + n, out);
+  return n;
 }
 
 template <class T>

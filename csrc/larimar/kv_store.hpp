@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <shared_mutex>
 #include <unordered_map>
 #include <vector>
@@ -33,9 +34,10 @@ class KeyValueStore {
   void write(const T* queries, const T* values, index_t n, index_t top_k, double alpha);
 
   void search(const T* queries, index_t nq, index_t k, index_t* ids, T* scores) const;
-  // out (nq x value_dim): k = 1 without alpha reads the best slot's value exactly; with
-  // alpha, Gaussian weights over the top k by squared distance.
-  void read(const T* queries, index_t nq, index_t k, double alpha, T* out) const;
+  // out (nq x value_dim): no alpha (std::nullopt) reads the best slot's value exactly and
+  // needs k = 1; with alpha (checked by check_alpha), Gaussian weights over the top k by
+  // squared distance.
+  void read(const T* queries, index_t nq, index_t k, std::optional<double> alpha, T* out) const;
 
   // Values by row id (FAISS's reconstruct_n): out (n x value_dim). Every id is checked
   // before anything is copied.
@@ -55,9 +57,13 @@ class KeyValueStore {
   index_t value_dim() const { return v_; }
   Metric metric() const { return metric_; }
   std::size_t nbytes() const;
-  void copy_keys(T* out) const;
-  void copy_values(T* out) const;
-  void copy_counts(double* out) const;
+  // Copies of the stored keys (n x key_dim), values (n x value_dim) and counts (n), at most
+  // max_rows of them (the rows the caller allocated), under one read lock; they return the
+  // rows copied. A caller's size() can be stale by then: a concurrent add grows the store,
+  // an assign may shrink it, and neither may make a copy write past the caller's buffer.
+  index_t copy_keys(T* out, index_t max_rows) const;
+  index_t copy_values(T* out, index_t max_rows) const;
+  index_t copy_counts(double* out, index_t max_rows) const;
   // Replaces the whole content (used by load). counts: rows written per slot.
   void assign(const T* keys, const T* values, const double* counts, index_t n);
 
@@ -79,11 +85,16 @@ class KeyValueStore {
   void check_queries(const T* queries, index_t nq, const char* arg) const;
   T key_sq_norm(index_t id) const;
   void check_ids(const index_t* ids, index_t n) const;
+  // copy_keys and copy_values: min(size, max_rows) rows of `width` values, row(i) pointing
+  // at row i, under the read lock; returns the rows copied.
+  template <class Row>
+  index_t copy_rows(T* out, index_t max_rows, index_t width, Row row) const;
   // Turns the top-k scores of each query (nq x k, in place) into Gaussian weights.
   void hit_weights(const T* queries, index_t nq, index_t k, const index_t* ids, T* scores,
                    double alpha) const;
   void search_checked(const T* queries, index_t nq, index_t k, index_t* ids, T* scores) const;
-  void read_unlocked(const T* queries, index_t nq, index_t k, double alpha, T* out) const;
+  void read_unlocked(const T* queries, index_t nq, index_t k, std::optional<double> alpha,
+                     T* out) const;
 
   index_t d_, v_;
   Metric metric_;

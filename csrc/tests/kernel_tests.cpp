@@ -143,9 +143,25 @@ void test_kv_store_mean() {
   store.add(keys.data(), values.data(), 3, ids);
   float out = 0;
   const std::vector<float> q = {0.9f, 0.1f};
-  store.read(q.data(), 1, 1, 0.0, &out);
+  store.read(q.data(), 1, 1, std::nullopt, &out);
   check(store.size() == 2 && ids[2] == 0 && out == 3.0f,
         "kv_store: identical keys share a slot holding the mean");
+}
+
+// A copy of the store's rows never writes past the caller's buffer, whatever the size is by
+// the time it runs (a concurrent add may have grown the store since the caller sized it).
+void test_kv_store_copy_bounded() {
+  larimar::KeyValueStore<float> store(2, 1, larimar::Metric::L2);
+  const std::vector<float> keys = {1, 0, 0, 1, 2, 2}, values = {2, 5, 4};
+  index_t ids[3];
+  store.add(keys.data(), values.data(), 3, ids);
+  std::vector<float> k(2 * 2 + 1, -1.0f), v(3 + 1, -1.0f);
+  std::vector<double> c(2 + 1, -1.0);
+  const index_t nk = store.copy_keys(k.data(), 2), nv = store.copy_values(v.data(), 5),
+                nc = store.copy_counts(c.data(), 2);
+  check(nk == 2 && k[3] == 1.0f && k[4] == -1.0f && nv == 3 && v[2] == 4.0f && v[3] == -1.0f &&
+            nc == 2 && c[1] == 1.0 && c[2] == -1.0,
+        "kv_store: copies stop at the caller's rows or the store's size");
 }
 
 void test_sparse_lstsq_one_hot() {
@@ -177,7 +193,7 @@ void test_concurrent_key_value_store(std::mt19937& rng) {
     while (!done.load()) {
       const index_t row = r() % (batch * batches);
       store.search(&keys[row * d], 1, 1, found, scores);
-      store.read(&keys[row * d], 1, 1, 0.0, out);
+      store.read(&keys[row * d], 1, 1, std::nullopt, out);
       // A whole value row: v consecutive numbers starting at a multiple of v.
       const long first = long(out[0]);
       bool whole = first % v == 0;
@@ -247,6 +263,7 @@ int main() {
   test_topk_ties();
   test_sequential_invariant(rng);
   test_kv_store_mean();
+  test_kv_store_copy_bounded();
   test_sparse_lstsq_one_hot();
   test_concurrent_key_value_store(rng);
   test_concurrent_sequential_memory(rng);

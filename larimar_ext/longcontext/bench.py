@@ -31,7 +31,6 @@ depth (x), one cell per (context, depth), annotated.
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .._result_files import write_json
 from . import tasks
 from .segment import TokenCounter
 
@@ -284,7 +284,7 @@ def _write(result: Dict[str, Any], out: Path, name: str) -> List[str]:
     out.mkdir(parents=True, exist_ok=True)
     files = []
     path = out / f"{name}.json"
-    path.write_text(json.dumps(result, indent=1, default=_json_default))
+    write_json(path, result, indent=1)
     files.append(str(path))
     try:
         import matplotlib  # noqa: F401
@@ -309,16 +309,6 @@ def _write(result: Dict[str, Any], out: Path, name: str) -> List[str]:
             title += "\n(mean " + ", ".join(parts) + ")"
         files.append(str(plot_heatmap(rows, out / f"{name}{suffix}.png", title)))
     return files
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def _common(contexts: Any, depths: Any, trials: int, seed: int, k: int,

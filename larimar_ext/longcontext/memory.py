@@ -37,6 +37,10 @@ Collisions in paper mode (documented behaviour): distinct segments with the same
 ``prefix_words`` words (with an uncased encoder such as MiniLM, the same words up to case)
 share one row holding the mean of their values; ``rows_shared`` in the stats counts such
 rows. In recall mode no two distinct segments ever share a row.
+
+This module is the memory itself; its parts have modules of their own, re-exported here:
+the encoding cache (``cache.py``), the ingest statistics (``stats.py``), the writer thread
+(``writer.py``) and the answer types (``answer.py``: ``Answer``, ``Source``, ``NOT_FOUND``).
 """
 
 from __future__ import annotations
@@ -44,10 +48,9 @@ from __future__ import annotations
 import inspect
 import os
 import re
-import queue
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple, Union
 
@@ -55,10 +58,17 @@ import numpy as np
 import torch
 
 from .. import _persist
+from .._arrays import gaussian_alpha
 from ..kv_memory import KeyValueMemory
+# Re-exported here (``__all__``): the answer types, the cache, the stats and the writer have
+# modules of their own; users import them from this module.
+from .answer import NOT_FOUND, Answer, Source
+from .cache import EncodingCache
 from .grounding import continuation, snap_codes, support, swapped_term
 from .lexical import LexicalIndex, terms
 from .segment import Segment, Segmenter, prefix_text
+from .stats import IngestStats
+from .writer import _Writer
 
 __all__ = ["LongContextMemory", "IngestStats", "Answer", "Source", "EncodingCache", "MODES",
            "NOT_FOUND"]
@@ -67,8 +77,6 @@ _KIND = "larimar_ext.LongContextMemory"
 MODES = ("recall", "paper")
 DEFAULT_PREFIX_WORDS = 4
 DEFAULT_MAX_TOKENS = 64
-# What ``ask`` answers when the best source's confidence is below the threshold.
-NOT_FOUND = "The context does not contain the answer."
 # Confidence threshold of "found", set between what was measured (benchmarks/RESULTS.md
 # section 7): answers present, RULER development set and the recall cases, 0.54-0.93;
 # questions without an answer that no swapped term gives away, 0.31-0.42. Questions whose
@@ -95,6 +103,22 @@ def _clean(answer: str) -> str:
     return answer.strip().rstrip("\ufffd").rstrip()
 
 
+class _Stages:
+    """Wall seconds per named stage of one call, each also a ``torch.profiler`` range named
+    "larimar_ext.<stage>" (free when no profiler runs: record_function is a no-op then)."""
+
+    def __init__(self, prefix: str = "ask") -> None:
+        self.prefix = prefix
+        self.seconds: Dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        with torch.profiler.record_function(f"larimar_ext.{self.prefix}.{name}"):
+            yield
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+
 _BULLET = re.compile(r"^(?:[-*\u2022]|\d{1,2}[.)])\s+")
 
 
@@ -117,47 +141,6 @@ def _host(x: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
 
 
-class EncodingCache:
-    """Encodings of texts already seen, shared by the memories it is given to.
-
-    ``keys``: key text -> key (H_enc,) float32; ``values``: segment text -> z (C,) float32.
-    A memory always keeps the keys of its prefixes (so segments sharing a prefix get the
-    bitwise same key vector); a cache with ``keep_values=True`` also keeps values, which lets
-    benchmark trials over the same haystack skip the encoder for texts an earlier trial
-    encoded (the results are the same up to float rounding of a different batch padding).
-    """
-
-    def __init__(self, keep_values: bool = False) -> None:
-        self.keep_values = bool(keep_values)
-        self.keys: Dict[str, np.ndarray] = {}
-        self.values: Dict[str, np.ndarray] = {}
-        self.model_id: Optional[int] = None     # the model the encodings came from
-
-    def nbytes(self) -> int:
-        return (sum(v.nbytes for v in self.keys.values())
-                + sum(v.nbytes for v in self.values.values()))
-
-
-@dataclass
-class IngestStats:
-    """What one ``ingest`` call did. Tokens are decoder tokens; ``seconds`` is wall time
-    from the first text to the last write (segmenting, encoding, host writes)."""
-    texts: int = 0
-    segments: int = 0               # segment instances in the text
-    new_segments: int = 0           # distinct segments not seen before (each encoded once)
-    encoded_keys: int = 0           # key texts run through the encoder
-    encoded_values: int = 0         # segments run through the encoder
-    tokens: int = 0
-    seconds: float = 0.0
-    tokens_per_s: float = 0.0
-    rows: int = 0                   # memory rows after the call
-    host_bytes: int = 0             # KeyValueMemory bytes after the call
-    split_sentences: int = 0        # sentences cut into several segments (cumulative)
-
-    def as_dict(self) -> Dict[str, Any]:
-        return asdict(self)
-
-
 class _Place(NamedTuple):
     """Where a distinct segment first occurs: its ordinal in the stream, the segment before
     it, how many of its own tokens repeat that one, and whether it continues its sentence."""
@@ -168,93 +151,6 @@ class _Place(NamedTuple):
 
 
 _NOWHERE = _Place()
-
-
-@dataclass
-class Source:
-    """One stored segment an answer was read from: its memory ``row``, ``text``, fused
-    ``score`` and the two views' scores (``dense`` cosine, ``lexical`` coverage), and
-    ``position``: the segment's first place in the context (segments in document order)."""
-    row: int
-    text: str
-    score: float
-    dense: float
-    lexical: float
-    position: int
-
-
-@dataclass
-class Answer:
-    """One question: the answer text and how it was found.
-
-    ``answer``: the decoder's answer, or ``NOT_FOUND`` when ``found`` is False (then
-    ``guess`` still holds what the decoder said); ``confidence``: recall mode: the mean of
-    the best source's cosine and the share of the query's IDF mass the sources cover
-    together; paper mode: the best key's cosine. ``found`` = confidence >= the memory's
-    threshold (and, in recall mode, no ``swapped`` term).
-    ``sources``: the retrieved rows that were read, best first; ``passages``: the texts the
-    decoder got, in document order. ``rows``/``scores``: the top-k memory rows (k,) and their
-    scores; ``segments``: the distinct segment texts stored in the top-1 row; ``readout``:
-    z_read (C,) of the top row on the host. Recall mode: ``answers``: the distinct answers,
-    one per passage when several were read (``answer`` joins them); ``extracted``: True when
-    the decoder's answer was not supported by its passage and the passage's own words were
-    given instead (``grounding``); ``swapped``: (asked, found) when the best passage states
-    the asked fact about something the memory never mentions (then ``found`` is False)."""
-    answer: str
-    answer_prefix: str
-    question: Optional[str]
-    rows: List[int]
-    scores: List[float]
-    segments: List[str]
-    readout: np.ndarray = field(repr=False)
-    confidence: float = 0.0
-    found: bool = True
-    guess: str = ""
-    sources: List[Source] = field(default_factory=list)
-    passages: List[str] = field(default_factory=list)
-    answers: List[str] = field(default_factory=list)
-    extracted: bool = False
-    swapped: Optional[Tuple[str, str]] = None
-
-    def __str__(self) -> str:
-        return self.answer
-
-
-class _Writer:
-    """A thread that writes finished batches into the KeyValueMemory while the caller
-    encodes the next ones (KeyValueMemory.add releases the GIL)."""
-
-    def __init__(self, owner: "LongContextMemory") -> None:
-        self.owner = owner
-        self.q: "queue.Queue[Optional[tuple]]" = queue.Queue(maxsize=4)
-        self.error: Optional[BaseException] = None
-        self.thread = threading.Thread(target=self._run, name="larimar-ext-writer", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while True:
-            item = self.q.get()
-            if item is None:
-                return
-            if self.error is not None:
-                continue                 # drain after a failure
-            try:
-                keys, values, texts = item
-                rows = self.owner._store_for(keys.shape[1], values.shape[1]).add(keys, values)
-                self.owner._record(rows, texts)
-            except BaseException as exc:  # re-raised in the caller's thread by close()
-                self.error = exc
-
-    def put(self, keys: np.ndarray, values: np.ndarray, texts: List[str]) -> None:
-        if self.error is not None:
-            raise self.error
-        self.q.put((keys, values, texts))
-
-    def close(self) -> None:
-        self.q.put(None)
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
 
 
 class LongContextMemory:
@@ -489,6 +385,7 @@ class LongContextMemory:
         writer = _Writer(self)
         pending: List[str] = []
         pending_tokens = 0
+        flushing = 0.0                   # caller-thread time in _flush (encoding, hand-off)
         try:
             for piece in self.segmenter.segments(counted(texts), separator):
                 seg = piece.text
@@ -502,13 +399,18 @@ class LongContextMemory:
                 self._count[seg] = 1
                 pending.append(seg)
                 if len(pending) >= self.block:
+                    t1 = time.perf_counter()
                     self._flush(pending, writer, st)
+                    flushing += time.perf_counter() - t1
                     pending = []
                     if bar is not None:
                         bar.update(pending_tokens)
                         pending_tokens = 0
             if pending:
+                t1 = time.perf_counter()
                 self._flush(pending, writer, st)
+                flushing += time.perf_counter() - t1
+            st.segment_seconds = time.perf_counter() - t0 - flushing
         except BaseException:
             try:
                 writer.close()
@@ -520,6 +422,7 @@ class LongContextMemory:
                 bar.update(pending_tokens)
                 bar.close()
         writer.close()
+        st.write_seconds = writer.seconds
         st.seconds = time.perf_counter() - t0
         st.tokens_per_s = st.tokens / st.seconds if st.seconds > 0 else 0.0
         st.rows = len(self.store) if self.store is not None else 0
@@ -527,7 +430,7 @@ class LongContextMemory:
         st.split_sentences = self.segmenter.split_sentences
         t = self.totals
         for name in ("texts", "segments", "new_segments", "encoded_keys", "encoded_values",
-                     "tokens", "seconds"):
+                     "tokens", "seconds", "segment_seconds", "encode_seconds", "write_seconds"):
             setattr(t, name, getattr(t, name) + getattr(st, name))
         t.tokens_per_s = t.tokens / t.seconds if t.seconds > 0 else 0.0
         t.rows, t.host_bytes, t.split_sentences = st.rows, st.host_bytes, st.split_sentences
@@ -553,7 +456,9 @@ class LongContextMemory:
         block_keys: Dict[str, np.ndarray] = {}
         if not self.recall:
             need = [kt for kt in dict.fromkeys(key_texts.values()) if kt not in cache.keys]
+            t1 = time.perf_counter()
             block_keys = self._encode_keys(need)
+            st.encode_seconds += time.perf_counter() - t1
             if self.prefix_keys or cache.keep_values:
                 # whole-segment keys repeat only with their segment, which is never encoded
                 # twice, so a memory of its own keeps only prefix keys
@@ -563,6 +468,7 @@ class LongContextMemory:
             todo = [s for s in batch if s not in cache.values]
             fresh: Dict[str, np.ndarray] = {}
             if todo:
+                t1 = time.perf_counter()
                 if self.recall:
                     z, k = self._encode_values_and_keys(todo)
                     block_keys.update(zip(todo, k))
@@ -571,6 +477,7 @@ class LongContextMemory:
                         cache.keys.update(zip(todo, k))
                 else:
                     z = self._encode_values(todo)
+                st.encode_seconds += time.perf_counter() - t1
                 st.encoded_values += len(todo)
                 fresh = dict(zip(todo, z))
                 if cache.keep_values:
@@ -615,13 +522,14 @@ class LongContextMemory:
         rows, scores = self.store.search(self._query(self._query_text(answer_prefix, None)), k)
         return rows[0].tolist(), scores[0].tolist()
 
-    def _ranked(self, answer_prefix: str, question: Optional[str], depth: int = 64
-                ) -> List[Source]:
+    def _ranked(self, answer_prefix: str, question: Optional[str], depth: int = 64,
+                q: Optional[np.ndarray] = None) -> List[Source]:
         """Candidates of both views, fused: score = (dense cosine + lexical coverage) / 2.
         A lexical candidate outside the dense top ``depth`` gets the depth-th cosine (an
-        upper bound of its own)."""
+        upper bound of its own). ``q``: the query's key (1, H), when already encoded."""
         text = self._query_text(answer_prefix, question)
-        q = self._query(text)
+        if q is None:
+            q = self._query(text)
         depth = min(depth, len(self.store))
         ids, cos = self.store.search(q, depth)
         dense = dict(zip(ids[0].tolist(), cos[0].tolist()))
@@ -723,13 +631,16 @@ class LongContextMemory:
         return _clean(out[0])
 
     def decode_passages(self, answer_prefix: str, passages: List[List[str]],
-                        max_new_tokens: int = 16, question: Optional[str] = None) -> str:
+                        max_new_tokens: int = 16, question: Optional[str] = None,
+                        readouts: Optional[Tuple[np.ndarray, List[int], List[bool]]] = None
+                        ) -> str:
         """The decoder's continuation of ``answer_prefix`` conditioned on the stored values
-        of the passages' segments (read by row id), each passage after a line break, the
-        windows of one passage stitched without their overlap. A model without
-        ``complete_passages`` gets the first segment's readout alone."""
+        of the passages' segments (read by row id; ``readouts``: ``_readouts_of(passages)``
+        when already read), each passage after a line break, the windows of one passage
+        stitched without their overlap. A model without ``complete_passages`` gets the
+        first segment's readout alone."""
         max_new_tokens = _positive_int(max_new_tokens, "max_new_tokens")
-        values, skip, joined = self._readouts_of(passages)
+        values, skip, joined = readouts or self._readouts_of(passages)
         if not callable(getattr(self.model, "complete_passages", None)) \
                 or getattr(self.model, "prefix", None) is None:
             return self.decode(answer_prefix, values[0], max_new_tokens, question)
@@ -751,7 +662,8 @@ class LongContextMemory:
         return values, skip, joined
 
     def decode_each_passage(self, answer_prefix: str, passages: List[List[str]],
-                            max_new_tokens: int = 16, question: Optional[str] = None
+                            max_new_tokens: int = 16, question: Optional[str] = None,
+                            readouts: Optional[Tuple[np.ndarray, List[int], List[bool]]] = None
                             ) -> List[str]:
         """``decode_passages`` with each passage decoded on its own (one batch): one
         continuation per passage, in the order given. A model without
@@ -761,7 +673,7 @@ class LongContextMemory:
             return [self.decode_passages(answer_prefix, [p], max_new_tokens, question)
                     for p in passages]
         max_new_tokens = _positive_int(max_new_tokens, "max_new_tokens")
-        values, skip, joined = self._readouts_of(passages)
+        values, skip, joined = readouts or self._readouts_of(passages)
         q = question if self.pass_question else None
         return [_clean(a) for a in self.model.complete_each_passage(
             answer_prefix, self._to_decoder(values), skip, joined, q, max_new_tokens)]
@@ -782,9 +694,7 @@ class LongContextMemory:
         k = _positive_int(k, "k")
         if k > len(self.store):
             raise ValueError(f"k: expected at most the {len(self.store)} stored rows, got {k}")
-        if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))
-                                  or not np.isfinite(alpha) or alpha <= 0):
-            raise ValueError(f"alpha: expected a finite number > 0, got {alpha!r}")
+        alpha = None if alpha is None else gaussian_alpha(alpha)  # the kernel's one check
         max_new_tokens = _positive_int(max_new_tokens, "max_new_tokens")
         if self.recall:
             return self._ask_recall(answer_prefix, question, k, max_new_tokens)
@@ -849,32 +759,41 @@ class LongContextMemory:
 
     def _ask_recall(self, answer_prefix: str, question: Optional[str], k: int,
                     max_new_tokens: int) -> Answer:
-        query = self._query_text(answer_prefix, question)
-        ranked = self._ranked(answer_prefix, question)
-        chosen, coverage = self._select(ranked, query, k)
+        clock = _Stages()
+        with clock("encode_query"):
+            query = self._query_text(answer_prefix, question)
+            q = self._query(query)
+        with clock("search"):
+            ranked = self._ranked(answer_prefix, question, q=q)
+            chosen, coverage = self._select(ranked, query, k)
         # the fused score of what is read: a four-key question's rows each cover a quarter
         # of its rare terms, together all of them
         confidence = 0.5 * (ranked[0].dense + coverage)
-        passages = self._passages(chosen)
-        texts = [self._stitch(p) for p in passages]
-        if len(passages) == 1:
-            raw = [self.decode_passages(answer_prefix, passages, max_new_tokens, question)]
-        else:
-            # the answer's token budget shared by its passages: each holds one part of it
-            each = max(16, -(-max_new_tokens // len(passages)))
-            raw = [_first_item(a) for a in
-                   self.decode_each_passage(answer_prefix, passages, each, question)]
-        # each passage's answer checked against that passage; one answer per distinct value
-        answers, extracted = [], False
-        for a, t in zip(raw, texts):
-            a, ex = self._grounded(a, [t], query, answer_prefix)
-            extracted |= ex
-            if a not in answers:
-                answers.append(a)
-        guess = answers[0] if len(answers) == 1 else ", ".join(
-            a.strip(" \n:;,.") for a in answers)
-        best_text = next(t for p, t in zip(passages, texts) if ranked[0].text in p)
-        swap = swapped_term(answer_prefix, best_text, self.lexical.holds)
+        with clock("readout"):
+            passages = self._passages(chosen)
+            texts = [self._stitch(p) for p in passages]
+            readouts = self._readouts_of(passages)
+        with clock("decode"):
+            if len(passages) == 1:
+                raw = [self.decode_passages(answer_prefix, passages, max_new_tokens, question,
+                                            readouts=readouts)]
+            else:
+                # the answer's token budget shared by its passages: each holds one part
+                each = max(16, -(-max_new_tokens // len(passages)))
+                raw = [_first_item(a) for a in self.decode_each_passage(
+                    answer_prefix, passages, each, question, readouts=readouts)]
+        with clock("check"):
+            # each passage's answer checked against that passage; one per distinct value
+            answers, extracted = [], False
+            for a, t in zip(raw, texts):
+                a, ex = self._grounded(a, [t], query, answer_prefix)
+                extracted |= ex
+                if a not in answers:
+                    answers.append(a)
+            guess = answers[0] if len(answers) == 1 else ", ".join(
+                a.strip(" \n:;,.") for a in answers)
+            best_text = next(t for p, t in zip(passages, texts) if ranked[0].text in p)
+            swap = swapped_term(answer_prefix, best_text, self.lexical.holds)
         found = confidence >= self.threshold and swap is None
         top = ranked[0].row
         return Answer(answer=guess if found else NOT_FOUND, answer_prefix=answer_prefix,
@@ -883,7 +802,8 @@ class LongContextMemory:
                       segments=self.segments_of(top),
                       readout=self.store.reconstruct(np.array([top]))[0],
                       confidence=confidence, found=found, guess=guess, sources=chosen,
-                      passages=texts, answers=answers, extracted=extracted, swapped=swap)
+                      passages=texts, answers=answers, extracted=extracted, swapped=swap,
+                      seconds=clock.seconds)
 
     def _stitch(self, passage: List[str]) -> str:
         """A passage's text, each window after the first without the tokens it repeats."""

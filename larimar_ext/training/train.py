@@ -97,7 +97,8 @@ def train(args: argparse.Namespace) -> Path:
     import torch
     from tqdm import tqdm
 
-    from ..model.pretrained import build_model, trained_state
+    from ..model.pretrained import build_model
+    from ..model.saved import trained_state
     from .data import build_corpus, generated_sentences
 
     out = Path(args.out)
