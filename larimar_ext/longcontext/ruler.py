@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from .bench import _json_default
+from .._result_files import dumps, write_json
 
 __all__ = ["RulerSample", "load_samples", "string_match_all", "run_ruler", "summarize",
            "markdown_table", "plot_table"]
@@ -131,7 +131,8 @@ class MemorySystem:
         return {"answer": a.answer, "guess": a.guess, "found": a.found,
                 "confidence": a.confidence, "ask_seconds": time.perf_counter() - t0,
                 "ingest": st.as_dict(), "sources": [asdict(s) for s in a.sources],
-                "passages": a.passages, "answers": a.answers, "extracted": a.extracted}
+                "passages": a.passages, "answers": a.answers, "extracted": a.extracted,
+                "stages": a.seconds}
 
 
 class InContextSystem:
@@ -188,7 +189,7 @@ def run_ruler(samples: Sequence[RulerSample], system: Callable[[RulerSample], Di
                        "score_guess": string_match_all(res["guess"], s.outputs),
                        **res, "seconds": time.perf_counter() - t0}
                 records.append(rec)
-                fh.write(json.dumps(rec, default=_json_default) + "\n")
+                fh.write(dumps(rec) + "\n")
                 fh.flush()
                 if bar is not None:
                     bar.set_postfix(task=s.task, length=s.length,
@@ -202,7 +203,7 @@ def run_ruler(samples: Sequence[RulerSample], system: Callable[[RulerSample], Di
     summary = summarize(mine)
     result = {"system": system_name, "config": config or {}, "summary": summary,
               "records": mine}
-    (out / "ruler.json").write_text(json.dumps(result, indent=1, default=_json_default))
+    write_json(out / "ruler.json", result, indent=1)
     (out / "ruler.md").write_text(markdown_table(summary, system_name) + "\n")
     files = [str(log), str(out / "ruler.json"), str(out / "ruler.md")]
     try:
