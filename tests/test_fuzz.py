@@ -278,3 +278,4 @@ def test_harness_decoder_is_stable():
     r = Reader(bytes([7, 200, 1, 2, 3, 4]) + b"\x00" * 8)
     assert r.int(0, 9) == 7 and r.int(0, 9) == 0 and r.u32() == 0x04030201
     assert r.f64() == 0.0 and r.u8() == 0  # past the end: zeros
+

@@ -23,6 +23,10 @@ constexpr double kWoodburyFloor = 1e-3;
 class ClampedSolver {
  public:
   ClampedSolver(const std::vector<double>& a, index_t n, double floor) : n_(n) {
+    // a Gram of finite rows can still overflow (entries near 1e154 and up): say so rather
+    // than let the eigensolver fail on infinities
+    require(std::all_of(a.begin(), a.end(), [](double x) { return std::isfinite(x); }), "W",
+            "its Gram matrix overflows float64: the entries of W are too large");
     symmetric_eigen(a.data(), n, w_, v_);
     for (double& x : w_) x = std::max(x, floor);
   }
