@@ -81,3 +81,11 @@ def check_targets(targets: list[dict], quick: bool) -> int:
         print(f"\n[bench] {failed} target(s) missed")
         return 1
     return 0
+
+
+def record_targets(result: dict, targets: list[dict], quick: bool) -> int:
+    """``check_targets`` (nothing printed when there are none), the targets kept in
+    ``result["targets"]`` without their formatters; returns the exit code."""
+    rc = check_targets(targets, quick) if targets else 0
+    result["targets"] = [{k: v for k, v in t.items() if k != "fmt"} for t in targets]
+    return rc

@@ -69,14 +69,9 @@ def queries(n: int, seed: int) -> np.ndarray:
 
 
 def median_time(fn, calls: int, warmup: int = 2) -> dict:
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(calls):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return {"median": float(np.median(ts)), "min": float(min(ts)), "calls": calls}
+    from larimar_ext.throughput import time_calls   # the package loads in the ranks only
+    t = time_calls(fn, warmup, calls)
+    return {"median": t.median, "min": t.min, "calls": calls}
 
 
 # ============================================================================ worker

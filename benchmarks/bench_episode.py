@@ -265,8 +265,7 @@ def run(args):
          "value": ours_e.get("z_read"), "fmt": cm.fmt_err},
     ]
     cm.report_foreign_load(result, args)
-    rc = cm.check_targets(targets, args.quick)
-    result["targets"] = [{k: v for k, v in t.items() if k != "fmt"} for t in targets]
+    rc = cm.record_targets(result, targets, args.quick)
     result["speedup"] = {k: (v / ours_t if ours_t else None) for k, v in timings.items()}
     if not args.no_save:
         cm.save_result("episode", result, args.quick)

@@ -240,8 +240,7 @@ def run(args):
     if args.part in ("prefix", "all"):
         targets += part_prefix(args, model, result)
     cm.report_foreign_load(result, args)
-    rc = cm.check_targets(targets, args.quick) if targets else 0
-    result["targets"] = [{k: v for k, v in t.items() if k != "fmt"} for t in targets]
+    rc = cm.record_targets(result, targets, args.quick)
     if not args.no_save:
         cm.save_result("longcontext" if args.part == "all" else f"longcontext_{args.part}",
                        result, args.quick)

@@ -196,8 +196,7 @@ def run(args):
         print(f"speed-up vs (a): {cm.fmt_ratio(result['speedup']['vs_a'])}; "
               f"vs (b) (extrapolated): {cm.fmt_ratio(result['speedup']['vs_b_extrapolated'])}")
     cm.report_foreign_load(result, args)
-    rc = cm.check_targets(targets, args.quick)
-    result["targets"] = [{k: v for k, v in t.items() if k != "fmt"} for t in targets]
+    rc = cm.record_targets(result, targets, args.quick)
     if not args.no_save:
         cm.save_result("sequential", result, args.quick)
     return rc

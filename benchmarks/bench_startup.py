@@ -49,8 +49,7 @@ def run(args) -> int:
                 "value": med["import larimar_ext"], "fmt": lambda x: f"{x:.3f} s"},
                {"name": "larimar-ext --help (median)", "op": "<=", "threshold": 0.5,
                 "value": med["larimar-ext --help"], "fmt": lambda x: f"{x:.3f} s"}]
-    rc = cm.check_targets(targets, args.quick)
-    result["targets"] = [{k: v for k, v in t.items() if k != "fmt"} for t in targets]
+    rc = cm.record_targets(result, targets, args.quick)
     if not args.no_save:
         cm.save_result("startup", result, args.quick)
     return rc
