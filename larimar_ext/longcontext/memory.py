@@ -773,6 +773,7 @@ class LongContextMemory:
             passages = self._passages(chosen)
             texts = [self._stitch(p) for p in passages]
             readouts = self._readouts_of(passages)
+            read = [t for p in passages for t in p]        # readouts[0]'s rows, in order
         with clock("decode"):
             if len(passages) == 1:
                 raw = [self.decode_passages(answer_prefix, passages, max_new_tokens, question,
@@ -800,7 +801,7 @@ class LongContextMemory:
                       question=question, rows=[s.row for s in ranked[:k]],
                       scores=[s.score for s in ranked[:k]],
                       segments=self.segments_of(top),
-                      readout=self.store.reconstruct(np.array([top]))[0],
+                      readout=readouts[0][read.index(ranked[0].text)],
                       confidence=confidence, found=found, guess=guess, sources=chosen,
                       passages=texts, answers=answers, extracted=extracted, swapped=swap,
                       seconds=clock.seconds)
