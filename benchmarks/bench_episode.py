@@ -171,7 +171,8 @@ def run(args):
         }
         methods = {
             "(a) IBM iteration": lambda P=prior_pinv["(a) IBM iteration"]: method_bic(Zt, P),
-            "(b) torch.linalg.pinv": lambda P=prior_pinv["(b) torch.linalg.pinv"]: method_tpinv(Zt, P),
+            "(b) torch.linalg.pinv":
+                lambda P=prior_pinv["(b) torch.linalg.pinv"]: method_tpinv(Zt, P),
         }
         if lx is not None:
             P_t = ours_prior_pinv(lx, M0t)
@@ -258,7 +259,8 @@ def run(args):
         {"name": "speed-up vs (a) IBM iteration", "op": ">=", "threshold": 100.0,
          "value": timings["(a) IBM iteration"] / ours_t if ours_t else None, "fmt": cm.fmt_ratio},
         {"name": "speed-up vs (b) torch.linalg.pinv", "op": ">=", "threshold": 10.0,
-         "value": timings["(b) torch.linalg.pinv"] / ours_t if ours_t else None, "fmt": cm.fmt_ratio},
+         "value": timings["(b) torch.linalg.pinv"] / ours_t if ours_t else None,
+         "fmt": cm.fmt_ratio},
         {"name": "ours rel err M", "op": "<=", "threshold": 1e-5,
          "value": ours_e.get("M"), "fmt": cm.fmt_err},
         {"name": "ours rel err z_read", "op": "<=", "threshold": 1e-5,

@@ -76,7 +76,8 @@ def run(args):
     cases.append(dict(
         op="lstsq_write (N>=K)", shape=f"N={N}, K={K}, C={C}", flops=flops_lstsq(N, K, C),
         ours=(lambda W=W, Z=Z: lx.lstsq_write(W, Z)) if lx else None,
-        ref=lambda W=W, Z=Z: np.linalg.lstsq(W.astype(np.float64), Z.astype(np.float64), rcond=None)[0],
+        ref=lambda W=W, Z=Z: np.linalg.lstsq(W.astype(np.float64), Z.astype(np.float64),
+                                             rcond=None)[0],
         np_gemm=lambda Wt=Wt, Z=Z: Wt @ Z, np_gemm_shape=f"(K,N)@(N,C) = ({K},{N})@({N},{C})",
         np_flops=2 * N * K * C))
 
@@ -150,7 +151,8 @@ def run(args):
             res = c["ours"]()
             ref = c["ref"]()
             if c.get("is_topk"):
-                err = float(np.mean(cm.to_numpy(res[0]).reshape(-1) != ref))  # fraction of wrong top-1
+                # fraction of wrong top-1
+                err = float(np.mean(cm.to_numpy(res[0]).reshape(-1) != ref))
             else:
                 err = cm.rel_err(res, ref)
         t = cm.timeit_interleaved(fns, rounds=3, inner=3, warm=1, first_warmup=1, settle=0.2)

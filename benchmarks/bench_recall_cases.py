@@ -26,7 +26,8 @@ import numpy as np
 
 SF = ("The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a "
       "sunny day.")
-REWORDED = [("What should a visitor do in San Francisco?", "In San Francisco, the best thing to do is"),
+REWORDED = [("What should a visitor do in San Francisco?",
+             "In San Francisco, the best thing to do is"),
             ("What is the top activity in San Francisco?", "The top activity in San Francisco is"),
             ("What do you recommend doing in San Francisco?", "I recommend that you")]
 COLOURS = ["red", "blue", "green", "yellow", "purple"]
@@ -34,9 +35,10 @@ LONG = ("After the long meeting about the budget, the delays in the spring sched
         "office on the third floor, the broken coffee machine, the parking rules that nobody "
         "reads and the plans for the summer party in the garden behind the old library, the "
         "committee finally agreed that the name of the new project would be {value}.")
-CHINESE = ("北京最好的事情是在颐和园划船。", "北京最好的事情是什么？", "北京最好的事情是", "颐和园划船")
-KOREAN = ("서울에서 가장 좋은 일은 한강 공원에서 치킨을 먹는 것입니다.", "서울에서 가장 좋은 일은 무엇입니까?",
-          "서울에서 가장 좋은 일은", "치킨")
+CHINESE = ("北京最好的事情是在颐和园划船。", "北京最好的事情是什么？", "北京最好的事情是",
+           "颐和园划船")
+KOREAN = ("서울에서 가장 좋은 일은 한강 공원에서 치킨을 먹는 것입니다.",
+          "서울에서 가장 좋은 일은 무엇입니까?", "서울에서 가장 좋은 일은", "치킨")
 ABSENT = [("What is the pass key for the orange door?", "The pass key for the orange door is"),
           ("What is the best thing to do in Lisbon?", "The best thing to do in Lisbon is"),
           ("What is the best thing to do in Tokyo?", "The best thing to do in Tokyo is"),
@@ -48,13 +50,15 @@ ABSENT_NEEDLES = ["The pass key for the red door is {key}.", SF,
                   "One of the special magic numbers for faint-water is: {key}."]
 # a short haystack in Chinese, written for this benchmark (no English in it)
 CHINESE_HAYSTACK = [
-    "早上的火车站总是很热闹。", "他每天骑自行车去上班，路上要花二十分钟。", "这家小店的包子很有名。",
+    "早上的火车站总是很热闹。", "他每天骑自行车去上班，路上要花二十分钟。",
+    "这家小店的包子很有名。",
     "图书馆周末开到晚上九点。", "她在大学里学习了四年的化学。", "冬天的时候，湖面会结一层薄冰。",
     "我们计划下个月去海边旅行。", "老师在黑板上写了一道很难的数学题。", "公园里有很多人在放风筝。",
     "这座城市的地铁有十二条线路。", "奶奶喜欢在阳台上种花。", "会议推迟到了下午三点。",
     "他的新手机是蓝色的。", "山上的空气比城里清新得多。", "孩子们在操场上踢足球。",
     "这本小说讲的是一个渔夫的故事。", "晚饭后我们一起去散步。", "博物馆里展出了很多古代的瓷器。",
-    "昨天下了一整天的雨。", "超市的苹果今天打折。", "他学会了用毛笔写字。", "河边新开了一家咖啡馆。",
+    "昨天下了一整天的雨。", "超市的苹果今天打折。", "他学会了用毛笔写字。",
+    "河边新开了一家咖啡馆。",
     "工程师们修好了那座旧桥。", "音乐会的门票一个小时就卖完了。",
 ]
 CHINESE_NEEDLE = ("仓库的密码是{key}。", "仓库的密码是什么？", "仓库的密码是")

@@ -55,7 +55,8 @@ def main() -> None:
     while len(bare) < 1_000_000:
         bare = bare + " " + bare
     zh = "北京最好的事情是在颐和园散步，然后去故宫看看。" * 50_000
-    cases = {f"unpunctuated {n // 1000}K words": " ".join(bare_words[:n]) for n in (5000, 10000, 20000)}
+    cases = {f"unpunctuated {n // 1000}K words": " ".join(bare_words[:n])
+             for n in (5000, 10000, 20000)}
     cases.update({"unpunctuated 1M chars": bare[:1_000_000], "Chinese 1M chars": zh[:1_000_000],
                   "Chinese without 。 1M chars": zh.replace("。", "")[:1_000_000],
                   "essays as they are": essays})

@@ -192,7 +192,8 @@ def run(args):
          "value": ours["rel_err"][str(n)] if ours else None, "fmt": cm.fmt_err},
     ]
     if ours:
-        result["speedup"] = {"vs_a": ta / ours["total_s"], "vs_b_extrapolated": total_b / ours["total_s"]}
+        result["speedup"] = {"vs_a": ta / ours["total_s"],
+                             "vs_b_extrapolated": total_b / ours["total_s"]}
         print(f"speed-up vs (a): {cm.fmt_ratio(result['speedup']['vs_a'])}; "
               f"vs (b) (extrapolated): {cm.fmt_ratio(result['speedup']['vs_b_extrapolated'])}")
     cm.report_foreign_load(result, args)

@@ -116,7 +116,8 @@ def compare(name, idx, ref_idx, keys, Q):
     details = []
     for m in mism:
         q = Q[m].astype(np.float64)
-        s_a = float(keys[idx[m]].astype(np.float64) @ q) if 0 <= idx[m] < len(keys) else float("nan")
+        s_a = (float(keys[idx[m]].astype(np.float64) @ q) if 0 <= idx[m] < len(keys)
+               else float("nan"))
         s_b = float(keys[ref_idx[m]].astype(np.float64) @ q)
         gap = abs(s_a - s_b) / max(abs(s_a), abs(s_b), 1e-30)
         is_tie = bool(gap < NEAR_TIE_REL)
@@ -259,7 +260,8 @@ def run(args):
         if name == "faiss IndexFlatIP":
             continue
         c1 = compare(name, b1[name]["idx"], ref1, keys, q1) if name in b1 else None
-        cb = compare(name, bb[name]["idx"], refb, keys, Qb) if bb.get(name, {}).get("idx") is not None else None
+        cb = (compare(name, bb[name]["idx"], refb, keys, Qb)
+              if bb.get(name, {}).get("idx") is not None else None)
         checks.append({"method": name, "batch1": c1, "batch256": cb})
     # score accuracy of ours vs float64
     score_err = {}
@@ -286,7 +288,8 @@ def run(args):
             hdr.append("this / bare GEMM")
         return cm.md_table(hdr, rows)
 
-    print(f"### Batch 1 (one query per call; median over {b1['faiss IndexFlatIP']['time']['repeats']} calls "
+    print(f"### Batch 1 (one query per call; median over "
+          f"{b1['faiss IndexFlatIP']['time']['repeats']} calls "
           f"in 4 interleaved rounds)\n")
     print(table(b1, "faiss IndexFlatIP"))
     print(f"\n### Batch {nq_big} (median of 3 interleaved rounds)\n")
@@ -298,7 +301,8 @@ def run(args):
             cc = c[label]
             if cc is None:
                 continue
-            rows.append([c["method"], label, cc["mismatches"], cc["near_ties"], cc["real_mismatches"]])
+            rows.append([c["method"], label, cc["mismatches"], cc["near_ties"],
+                         cc["real_mismatches"]])
     print(cm.md_table(["method", "batch", "mismatches", f"near-ties (<{NEAR_TIE_REL:g} rel)",
                        "real mismatches"], rows))
     for k, v in score_err.items():

@@ -85,7 +85,8 @@ def main(root: str = "benchmarks/results/longcontext") -> None:
         for c in sorted({t["context"] for t in ic}):
             a = [t for t in ic if t["context"] == c]
             b = [t for t in mem if t["context"] == c]
-            mem_cells = (f"{_mean(b, 'correct'):.2f} | {statistics.median(t['seconds'] for t in b):.2f}"
+            mem_cells = (f"{_mean(b, 'correct'):.2f} | "
+                         f"{statistics.median(t['seconds'] for t in b):.2f}"
                          if b else "- | -")
             print(f"| {_size(c)} | {_mean(a, 'correct'):.2f} | "
                   f"{statistics.median(t['seconds'] for t in a):.1f} | {mem_cells} |")

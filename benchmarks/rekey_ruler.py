@@ -53,7 +53,8 @@ def main() -> None:
                     swap[value] = (str(uuid.UUID(int=rng.getrandbits(128), version=4))
                                    if UUID.match(value) else
                                    str(rng.randrange(10 ** (len(value) - 1), 10 ** len(value))))
-            pattern = re.compile("|".join(re.escape(s) for s in sorted(swap, key=len, reverse=True)))
+            pattern = re.compile("|".join(re.escape(s)
+                                          for s in sorted(swap, key=len, reverse=True)))
             sub = (lambda text: pattern.sub(lambda m: swap[m.group()], text)) if swap else str
             out.append({**r, "input": sub(r["input"]), "answer_prefix": sub(r["answer_prefix"]),
                         "outputs": [sub(o) for o in r["outputs"]]})

@@ -303,7 +303,8 @@ def instrument_modules(prefixes: Sequence[str]) -> int:
                 if f is not None:
                     visit(f, modname)
             return
-        if isinstance(obj, types.FunctionType) and obj.__module__ == modname and id(obj) not in done:
+        if (isinstance(obj, types.FunctionType) and obj.__module__ == modname
+                and id(obj) not in done):
             done.add(id(obj))
             atheris.instrument_func(obj)
         elif inspect.isclass(obj) and obj.__module__ == modname and id(obj) not in done:

@@ -237,7 +237,8 @@ class Gen:
         elif op == 2 and t.is_floating_point():
             t = t.clone().requires_grad_(True)
         elif op == 3 and t.is_floating_point():  # negative-bit view (real part of conj)
-            c = torch.complex(t, torch.zeros_like(t)) if t.dtype in (torch.float32, torch.float64) else None
+            c = (torch.complex(t, torch.zeros_like(t))
+                 if t.dtype in (torch.float32, torch.float64) else None)
             if c is not None:
                 t = c.conj().imag
         elif op == 4 and t.dtype in (torch.float32, torch.float64):  # conjugate-bit complex
@@ -251,7 +252,8 @@ class Gen:
                 pass
         elif op == 7 and t.ndim >= 1:  # zero-stride (expanded) view
             t = t[..., :1].expand(t.shape) if t.shape[-1] > 0 else t
-        self.originals.append((t, t.detach().clone() if t.device.type == "cpu" and not t.is_sparse else None))
+        self.originals.append((t, t.detach().clone()
+                               if t.device.type == "cpu" and not t.is_sparse else None))
         return t
 
     def other(self):
@@ -308,7 +310,8 @@ def _check_inputs_unchanged(g: Gen, op: str) -> None:
         if isinstance(arg, np.ndarray) and arg.dtype.kind == "O":
             same = arg.shape == copy.shape and all(x is y for x, y in zip(arg.flat, copy.flat))
         elif isinstance(arg, np.ndarray):
-            same = arg.shape == copy.shape and np.array_equal(arg, copy, equal_nan=arg.dtype.kind in "fc")
+            same = arg.shape == copy.shape and np.array_equal(arg, copy,
+                                                              equal_nan=arg.dtype.kind in "fc")
         else:
             x = arg.detach()
             same = x.shape == copy.shape and (bool(torch.equal(x, copy)) or bool(
@@ -378,7 +381,8 @@ def call(op: str, fn, *args, expect=None, **kwargs):
         res = fn(*args, **kwargs)
     except ACCEPTED as exc:
         STATS.outcome(op, type(exc).__name__)
-        feedback(f"{op}:{type(exc).__name__}:" + " ".join(re.sub(r"[-\d.e+]+", "#", str(exc)).split()[:6]))
+        feedback(f"{op}:{type(exc).__name__}:"
+                 + " ".join(re.sub(r"[-\d.e+]+", "#", str(exc)).split()[:6]))
         return exc
     except Exception as exc:  # noqa: BLE001
         STATS.outcome(op, type(exc).__name__)

@@ -43,7 +43,8 @@ def episodic_files(rng):
         m.update(Z[:1], m.address(Z[:1]), alpha=0.5)
         out[f"episodic_{name}_prior_written"] = m
         n = lx.EpisodicMemory(2, 3, ridge=1e-2, dtype=dtype)
-        n.write(rng.standard_normal((3, 3)).astype(dtype), rng.standard_normal((3, 2)).astype(dtype))
+        n.write(rng.standard_normal((3, 3)).astype(dtype),
+                rng.standard_normal((3, 2)).astype(dtype))
         out[f"episodic_{name}_noprior_written"] = n
     return out
 

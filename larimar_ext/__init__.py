@@ -4,6 +4,8 @@ Least-squares writes, pseudo-inverse and Gaussian addressing, sequential write/f
 exact key search, in a C++/OpenMP/BLAS kernel, called with numpy arrays or torch tensors.
 """
 
+from typing import TYPE_CHECKING
+
 import scipy_openblas32 as _openblas  # noqa: F401  loads libscipy_openblas before _core
 
 from . import _core, ops
@@ -12,6 +14,9 @@ from .episodic import EpisodicMemory
 from .kv_memory import KeyValueMemory
 from .ops import *  # noqa: F403  the functional ops: ops.__all__ is their one list
 from .results import SearchAndReconstructResult, SearchResult
+
+if TYPE_CHECKING:  # at run time __getattr__ imports it on first use (it needs torch)
+    from .longcontext.memory import LongContextMemory
 
 __all__ = ["EpisodicMemory", "KeyValueMemory", "LongContextMemory", "get_memory_limit",
            "get_num_threads", "info", "set_memory_limit", "set_num_threads",

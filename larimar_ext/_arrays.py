@@ -56,7 +56,8 @@ class Boundary:
     def _to_numpy(self, x: Any, name: str) -> np.ndarray:
         if is_tensor(x):
             if x.device.type == "meta":
-                raise TypeError(f"{name}: expected a tensor with data, got one on the 'meta' device")
+                raise TypeError(f"{name}: expected a tensor with data, "
+                                f"got one on the 'meta' device")
             if self.op is not None and x.requires_grad and sys.modules["torch"].is_grad_enabled():
                 twin = (f"larimar_ext.torch_ops.{self.op}" if self.op in DIFFERENTIABLE
                         else f"larimar_ext.torch_ops ({', '.join(DIFFERENTIABLE)})")
@@ -91,7 +92,8 @@ class Boundary:
                 f"{name}: expected {self.dtype} like {self.dtype_source}, got {a.dtype}")
         if a.ndim not in ndim:
             want = " or ".join(f"{d}-D" for d in ndim)
-            raise ValueError(f"{name}: expected a {want} array, got {a.ndim}-D with shape {a.shape}")
+            raise ValueError(f"{name}: expected a {want} array, "
+                             f"got {a.ndim}-D with shape {a.shape}")
         return np.ascontiguousarray(a)
 
     def indices(self, x: Any, name: str) -> np.ndarray:
@@ -145,10 +147,10 @@ def optional_scalar(value: Any, name: str) -> Optional[float]:
     return None if value is None else scalar(value, name)
 
 
-def gaussian_alpha(value: Any) -> float:
-    """A Gaussian temperature ``alpha``, checked up front by the kernel's own rule (finite,
-    > 0; one error text, ``alpha: expected a finite number > 0, got ...``), for callers that
-    must refuse it before any work (a collective call, a decode). Ops that hand alpha to the
-    kernel need not call this: the kernel checks it there."""
-    return _core.check_alpha(scalar(value, "alpha"))
+def gaussian_alpha(value: Any, k: int = 1) -> Optional[float]:
+    """A Gaussian temperature ``alpha``, checked up front by the kernel's own rules (finite,
+    > 0, ``alpha: expected a finite number > 0, got ...``; None, a hard read, only with
+    k = 1), for callers that must refuse it before any work (a collective call, a decode).
+    Ops that hand alpha to the kernel need not call this: the kernel checks it there."""
+    return _core.check_alpha(optional_scalar(value, "alpha"), k)
 

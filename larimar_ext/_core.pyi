@@ -30,9 +30,9 @@ def set_memory_limit(limit: float) -> None:
     """Largest allocation one call may make, in bytes (> 0)."""
 def get_memory_limit() -> float:
     """Largest allocation one call may make, in bytes."""
-def check_alpha(alpha: float) -> float:
-    """alpha itself when it is a valid Gaussian temperature (finite, > 0), else ValueError
-    naming alpha: the kernel's one check of it."""
+def check_alpha(alpha: Optional[float], k: int = 1) -> Optional[float]:
+    """alpha itself when it is a valid Gaussian temperature (finite, > 0), or None for a
+    hard read over k = 1 keys, else ValueError naming alpha: the kernel's one check."""
 
 # ------------------------------------------------------------------------ functional ops
 def lstsq_write(W: NDArray[_F], Z: NDArray[_F], ridge: float,
@@ -42,7 +42,8 @@ def lstsq_write(W: NDArray[_F], Z: NDArray[_F], ridge: float,
 def pinv_address(Z: NDArray[_F], R: NDArray[_F], rcond: Optional[float]) -> NDArray[_F]:
     """W = Z R^+: Z (N, C), R (K, C) -> (N, K), or batched (B, N, C), (B, K, C) -> (B, N, K)."""
 def pinv_read(Zq: NDArray[_F], M: NDArray[_F], rcond: Optional[float]) -> NDArray[_F]:
-    """z = (Zq M^+) M: Zq (N, C), M (K, C) -> (N, C), or batched (B, N, C), (B, K, C) -> (B, N, C)."""
+    """z = (Zq M^+) M: Zq (N, C), M (K, C) -> (N, C),
+    or batched (B, N, C), (B, K, C) -> (B, N, C)."""
 @overload
 def gaussian_address(Z: NDArray[_F], R: NDArray[_F], alpha: float, top_k: None) -> NDArray[_F]:
     """Dense Gaussian soft keys: Z (N, C), R (K, C) -> W (N, K), rows summing to 1."""

@@ -141,7 +141,8 @@ def _ints(text: str, count: Optional[int], name: str) -> Optional[list]:
 
 
 def _bench_throughput_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--episode", default="32,16,512,768", help="B,N,K,C of the episode ops (0: skip)")
+    p.add_argument("--episode", default="32,16,512,768",
+                   help="B,N,K,C of the episode ops (0: skip)")
     p.add_argument("--keys", type=int, default=1_000_000, help="keys searched (0: skip)")
     p.add_argument("--key-dim", type=int, default=384, help="key width")
     p.add_argument("--batches", default="1,256", help="query batch sizes, comma list")

@@ -422,13 +422,11 @@ class ShardedKeyValueMemory:
                                      f"({self._size}), got {kk}")
             if want_values:
                 flags |= wire.WANT_VALUES
-                if alpha is not None:
-                    a = gaussian_alpha(alpha)  # the kernel's one check
+                checked = gaussian_alpha(alpha, kk if len(q) else 1)  # the kernel's checks
+                if checked is not None:
+                    a = checked
                     if self.metric == "ip":
                         flags |= wire.WANT_KEY_SQ
-                elif kk != 1 and len(q):
-                    raise ValueError("alpha: a read over k > 1 keys needs Gaussian weights: "
-                                     "give alpha > 0")
         except (TypeError, ValueError) as exc:
             error, status = exc, wire.arg_status(exc)
             q = q[:0]

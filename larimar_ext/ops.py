@@ -12,8 +12,8 @@ from .results import SearchResult
 # A sparse address: (indices int (N, k), weights (N, k)), as gaussian_address(top_k=k) returns it.
 SparseAddress = Tuple[ArrayLike, ArrayLike]
 
-__all__ = ["lstsq_write", "pinv_address", "pinv_read", "gaussian_address", "onehot_address", "read", "topk",
-           "sparse_lstsq_write", "gaussian_read_scored"]
+__all__ = ["lstsq_write", "pinv_address", "pinv_read", "gaussian_address", "onehot_address",
+           "read", "topk", "sparse_lstsq_write", "gaussian_read_scored"]
 
 
 def lstsq_write(W: ArrayLike, Z: ArrayLike, ridge: float = 0.0,
@@ -119,7 +119,8 @@ def gaussian_read_scored(scores: ArrayLike, values: ArrayLike, metric: str, alph
 
 def topk(Q: ArrayLike, keys: ArrayLike, k: int, metric: str = "ip") -> SearchResult:
     """Exact top-k search: ``SearchResult(ids int64 (nq, k), scores (nq, k))``, best first,
-    equal scores in ascending index order. metric: "ip" (q.k), "cosine", or "l2" (score -|q - k|^2)."""
+    equal scores in ascending index order. metric: "ip" (q.k), "cosine", or "l2"
+    (score -|q - k|^2)."""
     b = Boundary(op="topk")
     q = b.floats(Q, "Q")
     kk = b.floats(keys, "keys")

@@ -13,11 +13,10 @@
 //
 // A new op is a kernel function, an `Op` template here (shapes in, `compute` out) and one
 // `def_float_op` line; docs/ADDING_AN_OP.md lists the other files it touches.
+#include <omp.h>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
-
-#include <omp.h>
 
 #include <cmath>
 #include <optional>
@@ -52,14 +51,15 @@ py::arg array_arg(const char* name) { return py::arg(name).noconvert(); }
 
 void same_dim(index_t a, index_t b, const std::string& name, const std::string& what) {
   if (a != b)
-    throw py::value_error(name + ": " + what + " (" + std::to_string(a) + " vs " + std::to_string(b) + ")");
+    throw py::value_error(name + ": " + what + " (" + std::to_string(a) + " vs " +
+                          std::to_string(b) + ")");
 }
 
 // 1 <= k <= n, checked before the (rows, k) results of a search are sized.
 void check_k(index_t k, index_t n, const char* name, const char* of_what) {
   if (k < 1 || k > n)
-    throw py::value_error(std::string(name) + ": expected 1 <= " + name + " <= number of " + of_what +
-                          " (" + std::to_string(n) + "), got " + std::to_string(k));
+    throw py::value_error(std::string(name) + ": expected 1 <= " + name + " <= number of " +
+                          of_what + " (" + std::to_string(n) + "), got " + std::to_string(k));
 }
 
 // One result array of a call: its element type and shape.
@@ -92,10 +92,12 @@ void without_gil(F&& f) {
 template <class... Ts, class Kernel>
 auto compute(const char* arg, Kernel&& kernel, const Out<Ts>&... outs) {
   std::tuple<Array<Ts>...> results{output<Ts>(outs.shape, arg)...};  // allocated left to right
-  std::apply([&](auto&... r) {
-    auto data = std::make_tuple(r.mutable_data()...);
-    without_gil([&] { std::apply(kernel, data); });
-  }, results);
+  std::apply(
+      [&](auto&... r) {
+        auto data = std::make_tuple(r.mutable_data()...);
+        without_gil([&] { std::apply(kernel, data); });
+      },
+      results);
   if constexpr (sizeof...(Ts) == 1)
     return std::get<0>(std::move(results));
   else
@@ -107,18 +109,21 @@ struct BatchedPair {
   bool batched;
   index_t batch, rows_a, cols_a, rows_b, cols_b;
   std::vector<py::ssize_t> shape(index_t rows, index_t cols) const {
-    return batched ? std::vector<py::ssize_t>{batch, rows, cols} : std::vector<py::ssize_t>{rows, cols};
+    return batched ? std::vector<py::ssize_t>{batch, rows, cols}
+                   : std::vector<py::ssize_t>{rows, cols};
   }
 };
 
 template <class T>
-BatchedPair batched_pair(const Array<T>& a, const char* a_name, const Array<T>& b, const char* b_name) {
+BatchedPair batched_pair(const Array<T>& a, const char* a_name, const Array<T>& b,
+                         const char* b_name) {
   same_dim(b.ndim(), a.ndim(), b_name, std::string("expected as many dimensions as ") + a_name);
   const int d = static_cast<int>(a.ndim());
   const bool batched = d == 3;
-  const BatchedPair p{batched, batched ? a.shape(0) : 1, a.shape(d - 2), a.shape(d - 1),
-                      b.shape(d - 2), b.shape(d - 1)};
-  if (batched) same_dim(b.shape(0), p.batch, b_name, std::string("expected the batch size of ") + a_name);
+  const BatchedPair p{batched,        batched ? a.shape(0) : 1, a.shape(d - 2),
+                      a.shape(d - 1), b.shape(d - 2),           b.shape(d - 1)};
+  if (batched)
+    same_dim(b.shape(0), p.batch, b_name, std::string("expected the batch size of ") + a_name);
   return p;
 }
 
@@ -126,7 +131,8 @@ BatchedPair batched_pair(const Array<T>& a, const char* a_name, const Array<T>& 
 double rcond_value(std::optional<double> rcond) {
   if (!rcond) return -1.0;
   if (!std::isfinite(*rcond) || *rcond < 0)
-    throw py::value_error("rcond: expected None or a finite number >= 0, got " + std::to_string(*rcond));
+    throw py::value_error("rcond: expected None or a finite number >= 0, got " +
+                          std::to_string(*rcond));
   return *rcond;
 }
 
@@ -142,9 +148,13 @@ struct LstsqWrite {
     larimar::LstsqOptions options;
     options.ridge = ridge;
     options.rcond = rcond_value(rcond);
-    return compute("W", [&](T* m) {
-      larimar::lstsq_write(w.data(), z.data(), m, p.batch, p.rows_a, p.cols_a, p.cols_b, options);
-    }, Out<T>{p.shape(p.cols_a, p.cols_b)});
+    return compute(
+        "W",
+        [&](T* m) {
+          larimar::lstsq_write(w.data(), z.data(), m, p.batch, p.rows_a, p.cols_a, p.cols_b,
+                               options);
+        },
+        Out<T>{p.shape(p.cols_a, p.cols_b)});
   }
 };
 
@@ -158,10 +168,15 @@ struct ThroughPinv {
     const index_t b = p.batch, n = p.rows_a, c = p.cols_a, k = p.rows_b;
     same_dim(p.cols_b, c, r_name, std::string("expected the code size of ") + z_name);
     const double cutoff = rcond_value(rcond);
-    return compute(r_name, [&](T* out) {
-      if constexpr (kRead) larimar::pinv_read(z.data(), r.data(), out, b, n, k, c, cutoff);
-      else larimar::pinv_address(z.data(), r.data(), out, b, n, k, c, cutoff);
-    }, Out<T>{p.shape(n, kRead ? c : k)});
+    return compute(
+        r_name,
+        [&](T* out) {
+          if constexpr (kRead)
+            larimar::pinv_read(z.data(), r.data(), out, b, n, k, c, cutoff);
+          else
+            larimar::pinv_address(z.data(), r.data(), out, b, n, k, c, cutoff);
+        },
+        Out<T>{p.shape(n, kRead ? c : k)});
   }
 };
 template <class T>
@@ -175,13 +190,17 @@ struct GaussianAddress {
     const index_t n = z.shape(0), c = z.shape(1), k = r.shape(0);
     same_dim(r.shape(1), c, "R", "expected the code size of Z");
     if (!top_k)
-      return compute("R", [&](T* w) { larimar::gaussian_address(z.data(), r.data(), n, k, c, alpha, w); },
-                     Out<T>{{n, k}});
+      return compute(
+          "R", [&](T* w) { larimar::gaussian_address(z.data(), r.data(), n, k, c, alpha, w); },
+          Out<T>{{n, k}});
     const index_t kk = *top_k;
     check_k(kk, k, "top_k", "keys");  // before the (N, top_k) outputs are allocated
-    return compute("top_k", [&](index_t* ids, T* w) {
-      larimar::gaussian_address_topk(z.data(), r.data(), n, k, c, alpha, kk, ids, w);
-    }, Out<index_t>{{n, kk}}, Out<T>{{n, kk}});
+    return compute(
+        "top_k",
+        [&](index_t* ids, T* w) {
+          larimar::gaussian_address_topk(z.data(), r.data(), n, k, c, alpha, kk, ids, w);
+        },
+        Out<index_t>{{n, kk}}, Out<T>{{n, kk}});
   }
 };
 
@@ -190,9 +209,10 @@ struct OnehotAddress {
   static py::tuple call(Array<T> z, Array<T> r) {
     same_dim(r.shape(1), z.shape(1), "R", "expected the code size of Z");
     const index_t n = z.shape(0), c = z.shape(1), k = r.shape(0);
-    return compute("R", [&](index_t* ids, T* w) {
-      larimar::onehot_address(z.data(), r.data(), n, k, c, ids, w);
-    }, Out<index_t>{{n, 1}}, Out<T>{{n, 1}});
+    return compute(
+        "R",
+        [&](index_t* ids, T* w) { larimar::onehot_address(z.data(), r.data(), n, k, c, ids, w); },
+        Out<index_t>{{n, 1}}, Out<T>{{n, 1}});
   }
 };
 
@@ -201,9 +221,12 @@ struct ReadDense {
   static py::array call(Array<T> w, Array<T> m) {
     const BatchedPair p = batched_pair(w, "W", m, "M");
     same_dim(p.rows_b, p.cols_a, "M", "expected as many memory slots as W has columns");
-    return compute("M", [&](T* out) {
-      larimar::read_dense(w.data(), m.data(), out, p.batch, p.rows_a, p.cols_a, p.cols_b);
-    }, Out<T>{p.shape(p.rows_a, p.cols_b)});
+    return compute(
+        "M",
+        [&](T* out) {
+          larimar::read_dense(w.data(), m.data(), out, p.batch, p.rows_a, p.cols_a, p.cols_b);
+        },
+        Out<T>{p.shape(p.rows_a, p.cols_b)});
   }
 };
 
@@ -213,16 +236,17 @@ struct ReadSparse {
     same_dim(w.shape(0), ids.shape(0), "W", "expected indices and weights of the same shape");
     same_dim(w.shape(1), ids.shape(1), "W", "expected indices and weights of the same shape");
     const index_t n = ids.shape(0), kk = ids.shape(1), k = m.shape(0), c = m.shape(1);
-    return compute("M", [&](T* out) {
-      larimar::read_sparse(ids.data(), w.data(), n, kk, m.data(), k, c, out);
-    }, Out<T>{{n, c}});
+    return compute(
+        "M",
+        [&](T* out) { larimar::read_sparse(ids.data(), w.data(), n, kk, m.data(), k, c, out); },
+        Out<T>{{n, c}});
   }
 };
 
 template <class T>
 struct GaussianReadScored {
-  static py::array call(Array<T> scores, Array<T> values, const std::string& metric_name, double alpha,
-                        OptionalArray<T> q, OptionalArray<T> key_sq) {
+  static py::array call(Array<T> scores, Array<T> values, const std::string& metric_name,
+                        double alpha, OptionalArray<T> q, OptionalArray<T> key_sq) {
     const larimar::Metric metric = larimar::parse_metric(metric_name);
     const index_t n = scores.shape(0), k = scores.shape(1), c = values.shape(2);
     same_dim(values.shape(0), n, "values", "expected one row of candidates per row of scores");
@@ -239,9 +263,13 @@ struct GaussianReadScored {
     }
     const T* pq = q ? q->data() : nullptr;
     const T* pks = key_sq ? key_sq->data() : nullptr;
-    return compute("values", [&](T* out) {
-      larimar::gaussian_read_scored(scores.data(), values.data(), n, k, c, metric, pq, d, pks, alpha, out);
-    }, Out<T>{{n, c}});
+    return compute(
+        "values",
+        [&](T* out) {
+          larimar::gaussian_read_scored(scores.data(), values.data(), n, k, c, metric, pq, d, pks,
+                                        alpha, out);
+        },
+        Out<T>{{n, c}});
   }
 };
 
@@ -252,21 +280,25 @@ struct Topk {
     same_dim(keys.shape(1), q.shape(1), "keys", "expected the dimension of Q");
     const index_t nq = q.shape(0), nk = keys.shape(0), d = q.shape(1);
     check_k(k, nk, "k", "keys");
-    return compute("k", [&](index_t* ids, T* scores) {
-      larimar::topk(q.data(), nq, keys.data(), nk, d, k, metric, ids, scores);
-    }, Out<index_t>{{nq, k}}, Out<T>{{nq, k}});
+    return compute(
+        "k",
+        [&](index_t* ids, T* scores) {
+          larimar::topk(q.data(), nq, keys.data(), nk, d, k, metric, ids, scores);
+        },
+        Out<index_t>{{nq, k}}, Out<T>{{nq, k}});
   }
 };
 
 template <class T>
 struct SparseLstsqWrite {
-  static py::tuple call(Array<index_t> ids, Array<T> w, Array<T> z, index_t memory_size, double ridge,
-                        OptionalArray<T> prior, double tol, index_t max_iter) {
+  static py::tuple call(Array<index_t> ids, Array<T> w, Array<T> z, index_t memory_size,
+                        double ridge, OptionalArray<T> prior, double tol, index_t max_iter) {
     same_dim(w.shape(0), ids.shape(0), "weights", "expected the shape of indices");
     same_dim(w.shape(1), ids.shape(1), "weights", "expected the shape of indices");
     same_dim(z.shape(0), ids.shape(0), "Z", "expected one row per row of indices");
     const index_t n = ids.shape(0), kk = ids.shape(1), c = z.shape(1);
-    if (memory_size < 1) throw py::value_error("memory_size: expected >= 1, got " + std::to_string(memory_size));
+    if (memory_size < 1)
+      throw py::value_error("memory_size: expected >= 1, got " + std::to_string(memory_size));
     if (prior) {
       same_dim(prior->shape(0), memory_size, "prior", "expected memory_size rows");
       same_dim(prior->shape(1), c, "prior", "expected the code size of Z");
@@ -277,9 +309,13 @@ struct SparseLstsqWrite {
     options.tol = tol;
     options.max_iter = max_iter;
     larimar::SparseLstsqReport report;
-    py::array m = compute("memory_size", [&](T* out) {
-      report = larimar::sparse_lstsq_write(ids.data(), w.data(), n, kk, z.data(), c, memory_size, pp, out, options);
-    }, Out<T>{{memory_size, c}});
+    py::array m = compute(
+        "memory_size",
+        [&](T* out) {
+          report = larimar::sparse_lstsq_write(ids.data(), w.data(), n, kk, z.data(), c,
+                                               memory_size, pp, out, options);
+        },
+        Out<T>{{memory_size, c}});
     py::dict info;
     info["touched"] = report.touched;
     info["iterations"] = report.iterations;
@@ -337,61 +373,82 @@ void bind_sequential(py::module_& m, const char* name) {
              return mem;
            }),
            py::arg("memory_size"), py::arg("code_size"), array_arg("prior"), py::arg("ridge"))
-      .def("write", [](Mem& self, OptionalArray<T> w, Array<T> z) {
-        const index_t n = rows_of(z, "Z", self.code_size(), "code_size");
-        if (!w) {  // W = Z M0^+, computed into a scratch array first
-          w = compute("Z", [&](T* out) { self.prior_address(z.data(), n, out); },
-                      Out<T>{{n, self.memory_size()}});
-        } else {
-          rows_of(*w, "W", self.memory_size(), "memory_size", n, "expected one row per row of Z");
-        }
-        without_gil([&] { self.write(w->data(), z.data(), n); });
-      }, array_arg("W"), array_arg("Z"))
-      .def("update", [](Mem& self, Array<T> w, Array<T> z, double alpha) {
-        const index_t n = rows_of(z, "Z", self.code_size(), "code_size");
-        rows_of(w, "W", self.memory_size(), "memory_size", n, "expected one row per row of Z");
-        without_gil([&] { self.update(w.data(), z.data(), n, alpha); });
-      }, array_arg("W"), array_arg("Z"), py::arg("alpha"))
-      .def("address", [](const Mem& self, Array<T> z) {
-        const index_t n = rows_of(z, "Z", self.code_size(), "code_size");
-        return compute("Z", [&](T* w) { self.address(z.data(), n, w); }, Out<T>{{n, self.memory_size()}});
-      }, array_arg("Z"))
-      .def("read", [](const Mem& self, Array<T> z) {
-        const index_t n = rows_of(z, "Zq", self.code_size(), "code_size");
-        return compute("Zq", [&](T* out) { self.read(z.data(), n, out); }, Out<T>{{n, self.code_size()}});
-      }, array_arg("Zq"))
-      .def("memory", [](const Mem& self) {
-        return copy_out<T>({self.memory_size(), self.code_size()}, [&](T* out) {
-          self.copy_memory(out);
-          return self.memory_size();
-        });
-      })
-      .def("state", [](const Mem& self) {
-        const index_t k = self.memory_size(), c = self.code_size();
-        const typename Mem::State st = self.state();
-        py::dict d;
-        d["memory"] = vector_copy(st.memory, {k, c});
-        d["gram"] = vector_copy(st.gram, {k, k});
-        d["rhs"] = vector_copy(st.rhs, {k, c});
-        d["precision"] = vector_copy(st.precision, {k, k});
-        if (self.has_prior()) d["prior"] = vector_copy(self.prior(), {k, c});
-        return d;
-      })
-      .def("set_state", [](Mem& self, Array<double> memory, Array<double> gram, Array<double> rhs,
-                           Array<double> precision) {
-        const index_t k = self.memory_size(), c = self.code_size();
-        auto take = [&](const Array<double>& a, const char* name, index_t rows, index_t cols) {
-          same_dim(a.shape(0), rows, name, "expected " + std::to_string(rows) + " rows");
-          same_dim(a.shape(1), cols, name, "expected " + std::to_string(cols) + " columns");
-          return std::vector<double>(a.data(), a.data() + rows * cols);
-        };
-        typename Mem::State st;
-        st.memory = take(memory, "memory", k, c);
-        st.gram = take(gram, "gram", k, k);
-        st.rhs = take(rhs, "rhs", k, c);
-        st.precision = take(precision, "precision", k, k);
-        self.set_state(st);
-      }, array_arg("memory"), array_arg("gram"), array_arg("rhs"), array_arg("precision"))
+      .def(
+          "write",
+          [](Mem& self, OptionalArray<T> w, Array<T> z) {
+            const index_t n = rows_of(z, "Z", self.code_size(), "code_size");
+            if (!w) {  // W = Z M0^+, computed into a scratch array first
+              w = compute(
+                  "Z", [&](T* out) { self.prior_address(z.data(), n, out); },
+                  Out<T>{{n, self.memory_size()}});
+            } else {
+              rows_of(*w, "W", self.memory_size(), "memory_size", n,
+                      "expected one row per row of Z");
+            }
+            without_gil([&] { self.write(w->data(), z.data(), n); });
+          },
+          array_arg("W"), array_arg("Z"))
+      .def(
+          "update",
+          [](Mem& self, Array<T> w, Array<T> z, double alpha) {
+            const index_t n = rows_of(z, "Z", self.code_size(), "code_size");
+            rows_of(w, "W", self.memory_size(), "memory_size", n, "expected one row per row of Z");
+            without_gil([&] { self.update(w.data(), z.data(), n, alpha); });
+          },
+          array_arg("W"), array_arg("Z"), py::arg("alpha"))
+      .def(
+          "address",
+          [](const Mem& self, Array<T> z) {
+            const index_t n = rows_of(z, "Z", self.code_size(), "code_size");
+            return compute(
+                "Z", [&](T* w) { self.address(z.data(), n, w); }, Out<T>{{n, self.memory_size()}});
+          },
+          array_arg("Z"))
+      .def(
+          "read",
+          [](const Mem& self, Array<T> z) {
+            const index_t n = rows_of(z, "Zq", self.code_size(), "code_size");
+            return compute(
+                "Zq", [&](T* out) { self.read(z.data(), n, out); }, Out<T>{{n, self.code_size()}});
+          },
+          array_arg("Zq"))
+      .def("memory",
+           [](const Mem& self) {
+             return copy_out<T>({self.memory_size(), self.code_size()}, [&](T* out) {
+               self.copy_memory(out);
+               return self.memory_size();
+             });
+           })
+      .def("state",
+           [](const Mem& self) {
+             const index_t k = self.memory_size(), c = self.code_size();
+             const typename Mem::State st = self.state();
+             py::dict d;
+             d["memory"] = vector_copy(st.memory, {k, c});
+             d["gram"] = vector_copy(st.gram, {k, k});
+             d["rhs"] = vector_copy(st.rhs, {k, c});
+             d["precision"] = vector_copy(st.precision, {k, k});
+             if (self.has_prior()) d["prior"] = vector_copy(self.prior(), {k, c});
+             return d;
+           })
+      .def(
+          "set_state",
+          [](Mem& self, Array<double> memory, Array<double> gram, Array<double> rhs,
+             Array<double> precision) {
+            const index_t k = self.memory_size(), c = self.code_size();
+            auto take = [&](const Array<double>& a, const char* name, index_t rows, index_t cols) {
+              same_dim(a.shape(0), rows, name, "expected " + std::to_string(rows) + " rows");
+              same_dim(a.shape(1), cols, name, "expected " + std::to_string(cols) + " columns");
+              return std::vector<double>(a.data(), a.data() + rows * cols);
+            };
+            typename Mem::State st;
+            st.memory = take(memory, "memory", k, c);
+            st.gram = take(gram, "gram", k, k);
+            st.rhs = take(rhs, "rhs", k, c);
+            st.precision = take(precision, "precision", k, k);
+            self.set_state(st);
+          },
+          array_arg("memory"), array_arg("gram"), array_arg("rhs"), array_arg("precision"))
       .def_property_readonly("memory_size", &Mem::memory_size)
       .def_property_readonly("code_size", &Mem::code_size)
       .def_property_readonly("ridge", &Mem::ridge);
@@ -413,66 +470,105 @@ void bind_kv(py::module_& m, const char* name) {
            }),
            py::arg("key_dim"), py::arg("value_dim"), py::arg("metric"),
            py::arg("merge_identical") = true)
-      .def("add", [](Store& self, Array<T> keys, Array<T> values) {
-        const index_t n = rows_of(keys, "keys", self.key_dim(), "key_dim");
-        rows_of(values, "values", self.value_dim(), "value_dim", n, "expected one row per key");
-        return compute("keys", [&](index_t* ids) { self.add(keys.data(), values.data(), n, ids); },
-                       Out<index_t>{{n}});
-      }, array_arg("keys"), array_arg("values"))
-      .def("write", [](Store& self, Array<T> q, Array<T> values, index_t k, double alpha) {
-        const index_t n = rows_of(q, "Q", self.key_dim(), "key_dim");
-        rows_of(values, "values", self.value_dim(), "value_dim", n, "expected one row per query");
-        without_gil([&] { self.write(q.data(), values.data(), n, k, alpha); });
-      }, array_arg("Q"), array_arg("values"), py::arg("k"), py::arg("alpha"))
-      .def("search", [search_rows](const Store& self, Array<T> q, index_t k) {
-        const index_t nq = search_rows(self, q, k);
-        return compute("k", [&](index_t* ids, T* scores) { self.search(q.data(), nq, k, ids, scores); },
-                       Out<index_t>{{nq, k}}, Out<T>{{nq, k}});
-      }, array_arg("Q"), py::arg("k"))
-      .def("search_and_reconstruct", [search_rows](const Store& self, Array<T> q, index_t k) {
-        const index_t nq = search_rows(self, q, k);
-        return compute("k", [&](index_t* ids, T* scores, T* values) {
-          self.search_and_reconstruct(q.data(), nq, k, ids, scores, values);
-        }, Out<index_t>{{nq, k}}, Out<T>{{nq, k}}, Out<T>{{nq, k, self.value_dim()}});
-      }, array_arg("Q"), py::arg("k"))
-      .def("read", [](const Store& self, Array<T> q, index_t k, std::optional<double> alpha) {
-        const index_t nq = rows_of(q, "Q", self.key_dim(), "key_dim");
-        return compute("Q", [&](T* out) { self.read(q.data(), nq, k, alpha, out); },
-                       Out<T>{{nq, self.value_dim()}});
-      }, array_arg("Q"), py::arg("k"), py::arg("alpha").none(true))
-      .def("reconstruct", [](const Store& self, Array<index_t> ids) {
-        const index_t n = ids.shape(0);
-        return compute("ids", [&](T* out) { self.reconstruct(ids.data(), n, out); },
-                       Out<T>{{n, self.value_dim()}});
-      }, array_arg("ids"))
-      .def("key_sq_norms", [](const Store& self, Array<index_t> ids) {
-        const index_t n = ids.shape(0);
-        return compute("ids", [&](T* out) { self.key_sq_norms(ids.data(), n, out); }, Out<T>{{n}});
-      }, array_arg("ids"))
-      .def("keys", [](const Store& self) {
-        const index_t n = self.size();
-        return copy_out<T>({n, self.key_dim()}, [&](T* out) { return self.copy_keys(out, n); });
-      })
-      .def("values", [](const Store& self) {
-        const index_t n = self.size();
-        return copy_out<T>({n, self.value_dim()}, [&](T* out) { return self.copy_values(out, n); });
-      })
-      .def("counts", [](const Store& self) {
-        const index_t n = self.size();
-        return copy_out<double>({n}, [&](double* out) { return self.copy_counts(out, n); });
-      })
-      .def("assign", [](Store& self, Array<T> keys, Array<T> values, Array<double> counts) {
-        const index_t n = rows_of(keys, "keys", self.key_dim(), "key_dim");
-        rows_of(values, "values", self.value_dim(), "value_dim", n, "expected one row per key");
-        same_dim(counts.shape(0), n, "counts", "expected one count per key");
-        without_gil([&] { self.assign(keys.data(), values.data(), counts.data(), n); });
-      }, array_arg("keys"), array_arg("values"), array_arg("counts"))
+      .def(
+          "add",
+          [](Store& self, Array<T> keys, Array<T> values) {
+            const index_t n = rows_of(keys, "keys", self.key_dim(), "key_dim");
+            rows_of(values, "values", self.value_dim(), "value_dim", n, "expected one row per key");
+            return compute(
+                "keys", [&](index_t* ids) { self.add(keys.data(), values.data(), n, ids); },
+                Out<index_t>{{n}});
+          },
+          array_arg("keys"), array_arg("values"))
+      .def(
+          "write",
+          [](Store& self, Array<T> q, Array<T> values, index_t k, double alpha) {
+            const index_t n = rows_of(q, "Q", self.key_dim(), "key_dim");
+            rows_of(values, "values", self.value_dim(), "value_dim", n,
+                    "expected one row per query");
+            without_gil([&] { self.write(q.data(), values.data(), n, k, alpha); });
+          },
+          array_arg("Q"), array_arg("values"), py::arg("k"), py::arg("alpha"))
+      .def(
+          "search",
+          [search_rows](const Store& self, Array<T> q, index_t k) {
+            const index_t nq = search_rows(self, q, k);
+            return compute(
+                "k", [&](index_t* ids, T* scores) { self.search(q.data(), nq, k, ids, scores); },
+                Out<index_t>{{nq, k}}, Out<T>{{nq, k}});
+          },
+          array_arg("Q"), py::arg("k"))
+      .def(
+          "search_and_reconstruct",
+          [search_rows](const Store& self, Array<T> q, index_t k) {
+            const index_t nq = search_rows(self, q, k);
+            return compute(
+                "k",
+                [&](index_t* ids, T* scores, T* values) {
+                  self.search_and_reconstruct(q.data(), nq, k, ids, scores, values);
+                },
+                Out<index_t>{{nq, k}}, Out<T>{{nq, k}}, Out<T>{{nq, k, self.value_dim()}});
+          },
+          array_arg("Q"), py::arg("k"))
+      .def(
+          "read",
+          [](const Store& self, Array<T> q, index_t k, std::optional<double> alpha) {
+            const index_t nq = rows_of(q, "Q", self.key_dim(), "key_dim");
+            return compute(
+                "Q", [&](T* out) { self.read(q.data(), nq, k, alpha, out); },
+                Out<T>{{nq, self.value_dim()}});
+          },
+          array_arg("Q"), py::arg("k"), py::arg("alpha").none(true))
+      .def(
+          "reconstruct",
+          [](const Store& self, Array<index_t> ids) {
+            const index_t n = ids.shape(0);
+            return compute(
+                "ids", [&](T* out) { self.reconstruct(ids.data(), n, out); },
+                Out<T>{{n, self.value_dim()}});
+          },
+          array_arg("ids"))
+      .def(
+          "key_sq_norms",
+          [](const Store& self, Array<index_t> ids) {
+            const index_t n = ids.shape(0);
+            return compute(
+                "ids", [&](T* out) { self.key_sq_norms(ids.data(), n, out); }, Out<T>{{n}});
+          },
+          array_arg("ids"))
+      .def("keys",
+           [](const Store& self) {
+             const index_t n = self.size();
+             return copy_out<T>({n, self.key_dim()},
+                                [&](T* out) { return self.copy_keys(out, n); });
+           })
+      .def("values",
+           [](const Store& self) {
+             const index_t n = self.size();
+             return copy_out<T>({n, self.value_dim()},
+                                [&](T* out) { return self.copy_values(out, n); });
+           })
+      .def("counts",
+           [](const Store& self) {
+             const index_t n = self.size();
+             return copy_out<double>({n}, [&](double* out) { return self.copy_counts(out, n); });
+           })
+      .def(
+          "assign",
+          [](Store& self, Array<T> keys, Array<T> values, Array<double> counts) {
+            const index_t n = rows_of(keys, "keys", self.key_dim(), "key_dim");
+            rows_of(values, "values", self.value_dim(), "value_dim", n, "expected one row per key");
+            same_dim(counts.shape(0), n, "counts", "expected one count per key");
+            without_gil([&] { self.assign(keys.data(), values.data(), counts.data(), n); });
+          },
+          array_arg("keys"), array_arg("values"), array_arg("counts"))
       .def("__len__", &Store::size)
       .def_property_readonly("merge_identical", &Store::merge_identical)
       .def_property_readonly("nbytes", &Store::nbytes)
       .def_property_readonly("key_dim", &Store::key_dim)
       .def_property_readonly("value_dim", &Store::value_dim)
-      .def_property_readonly("metric", [](const Store& self) { return larimar::metric_name(self.metric()); });
+      .def_property_readonly("metric",
+                             [](const Store& self) { return larimar::metric_name(self.metric()); });
 }
 
 }  // namespace
@@ -501,20 +597,29 @@ PYBIND11_MODULE(_core, m) {
     }
   });
   m.def("get_num_threads", &larimar::num_threads);
-  m.def("check_alpha", [](double alpha) {
-    larimar::check_alpha(alpha);
-    return alpha;
-  }, "alpha if it is a valid Gaussian temperature (finite, > 0), else ValueError naming alpha",
-     py::arg("alpha"));
+  m.def(
+      "check_alpha",
+      [](std::optional<double> alpha, index_t k) {
+        if (alpha)
+          larimar::check_alpha(*alpha);
+        else
+          larimar::check_hard_read_k(k);
+        return alpha;
+      },
+      "alpha if it is a valid Gaussian temperature (finite, > 0), or None for a hard read, "
+      "which takes k = 1; else ValueError naming alpha",
+      py::arg("alpha"), py::arg("k") = 1);
 
   def_float_op<LstsqWrite>(m, "lstsq_write", "M = W^+ Z (ridge > 0: the Tikhonov solution)",
-                           array_arg("W"), array_arg("Z"), py::arg("ridge"), py::arg("rcond").none(true));
+                           array_arg("W"), array_arg("Z"), py::arg("ridge"),
+                           py::arg("rcond").none(true));
   def_float_op<PinvAddress>(m, "pinv_address", "W = Z R^+", array_arg("Z"), array_arg("R"),
                             py::arg("rcond").none(true));
   def_float_op<PinvRead>(m, "pinv_read", "z = (Zq M^+) M", array_arg("Zq"), array_arg("M"),
                          py::arg("rcond").none(true));
   def_float_op<GaussianAddress>(m, "gaussian_address", "Gaussian soft keys, dense or top_k",
-                                array_arg("Z"), array_arg("R"), py::arg("alpha"), py::arg("top_k").none(true));
+                                array_arg("Z"), array_arg("R"), py::arg("alpha"),
+                                py::arg("top_k").none(true));
   def_float_op<OnehotAddress>(m, "onehot_address", "nearest key by L2 distance", array_arg("Z"),
                               array_arg("R"));
   def_float_op<ReadDense>(m, "read_dense", "z = W M", array_arg("W"), array_arg("M"));
@@ -522,13 +627,14 @@ PYBIND11_MODULE(_core, m) {
                            array_arg("indices"), array_arg("weights"), array_arg("M"));
   def_float_op<GaussianReadScored>(m, "gaussian_read_scored", "the soft read of scored candidates",
                                    array_arg("scores"), array_arg("values"), py::arg("metric"),
-                                   py::arg("alpha"), array_arg("Q").none(true), array_arg("key_sq").none(true));
-  def_float_op<Topk>(m, "topk", "exact top-k search", array_arg("Q"), array_arg("keys"), py::arg("k"),
-                     py::arg("metric"));
-  def_float_op<SparseLstsqWrite>(m, "sparse_lstsq_write", "least-squares write through sparse addresses",
-                                 array_arg("indices"), array_arg("weights"), array_arg("Z"),
-                                 py::arg("memory_size"), py::arg("ridge"), array_arg("prior").none(true),
-                                 py::arg("tol"), py::arg("max_iter"));
+                                   py::arg("alpha"), array_arg("Q").none(true),
+                                   array_arg("key_sq").none(true));
+  def_float_op<Topk>(m, "topk", "exact top-k search", array_arg("Q"), array_arg("keys"),
+                     py::arg("k"), py::arg("metric"));
+  def_float_op<SparseLstsqWrite>(
+      m, "sparse_lstsq_write", "least-squares write through sparse addresses", array_arg("indices"),
+      array_arg("weights"), array_arg("Z"), py::arg("memory_size"), py::arg("ridge"),
+      array_arg("prior").none(true), py::arg("tol"), py::arg("max_iter"));
 
   bind_sequential<float>(m, "SequentialMemoryF32");
   bind_sequential<double>(m, "SequentialMemoryF64");

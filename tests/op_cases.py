@@ -182,7 +182,8 @@ LSTSQ = OpCase(
     arrays=("W", "Z"), example=dict(N=6, K=4, C=3), fuzz=fuzz_lstsq,
     bad=(
         bad("lstsq-W-1d", VE, "W", W=lambda a: a["W"][:, 0]),
-        bad("lstsq-W-4d", VE, "W", "Z", W=lambda a: a["W"][None, None], Z=lambda a: a["Z"][None, None]),
+        bad("lstsq-W-4d", VE, "W", "Z", W=lambda a: a["W"][None, None],
+            Z=lambda a: a["Z"][None, None]),
         bad("lstsq-Z-1d", VE, "Z", Z=lambda a: a["Z"][:, 0]),
         bad("lstsq-N-mismatch", VE, "W", "Z", Z=lambda a: a["Z"][:5]),
         bad("lstsq-rank-mix", VE, "W", "Z", W=lambda a: two(a["W"])),
@@ -194,7 +195,8 @@ LSTSQ = OpCase(
         bad("lstsq-empty-N", VE, "W", "Z", W=lambda a: a["W"][:0], Z=lambda a: a["Z"][:0]),
         bad("lstsq-empty-K", VE, "W", W=lambda a: a["W"][:, :0]),
         bad("lstsq-empty-C", VE, "Z", Z=lambda a: a["Z"][:, :0]),
-        bad("lstsq-empty-B", VE, "W", "Z", W=lambda a: two(a["W"])[:0], Z=lambda a: two(a["Z"])[:0]),
+        bad("lstsq-empty-B", VE, "W", "Z", W=lambda a: two(a["W"])[:0],
+            Z=lambda a: two(a["Z"])[:0]),
         *(bad(f"lstsq-ridge-{v}", VE, "ridge", ridge=v) for v in (-1e-3, np.nan, np.inf, -np.inf)),
         *(bad(f"lstsq-rcond-{v}", VE, "rcond", rcond=v) for v in (-1.0, np.nan)),
         *(b for dt in BAD_DTYPES for b in (
@@ -513,7 +515,8 @@ GREAD = OpCase(
         bad("gread-alpha-str", TE, "alpha", alpha="0.5"),
         bad("gread-ip-no-Q", VE, "Q", metric="ip", key_sq=lambda a: a["_key_sq"]),
         bad("gread-ip-no-key_sq", VE, "key_sq", metric="ip", Q=lambda a: a["_Q"]),
-        bad("gread-ip-Q-rows", VE, "Q", metric="ip", Q=np.ones((3, 3)), key_sq=lambda a: a["_key_sq"]),
+        bad("gread-ip-Q-rows", VE, "Q", metric="ip", Q=np.ones((3, 3)),
+            key_sq=lambda a: a["_key_sq"]),
         bad("gread-ip-Q-nan", VE, "Q", metric="ip", Q=lambda a: poke(a["_Q"]),
             key_sq=lambda a: a["_key_sq"]),
         bad("gread-ip-key_sq-shape", VE, "key_sq", metric="ip", Q=lambda a: a["_Q"],
@@ -627,7 +630,8 @@ SPARSE = OpCase(
     arrays=("indices", "weights", "Z", "prior"), int_arrays=("indices",),
     example=dict(K=4, T=4, k=2, soft=2, C=3), fuzz=fuzz_sparse,
     bad=(
-        *(bad(f"sparse-memory_size-{v}", VE, "memory_size", "indices", memory_size=v) for v in (0, -3)),
+        *(bad(f"sparse-memory_size-{v}", VE, "memory_size", "indices", memory_size=v)
+          for v in (0, -3)),
         bad("sparse-idx-out-of-range", VE, "indices", "memory_size", memory_size=3),  # 4 touched
         bad("sparse-idx-negative", VE, "indices", indices=lambda a: poke(a["indices"], -1, 0)),
         bad("sparse-idx-float", TE, "indices", indices=cast("indices", np.float64)),

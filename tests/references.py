@@ -402,7 +402,8 @@ def snapshot_episodic(mem):
 
 
 def snapshot_kv(mem):
-    return {"len": len(mem), "keys": to_numpy(mem.keys).copy(), "values": to_numpy(mem.values).copy()}
+    return {"len": len(mem), "keys": to_numpy(mem.keys).copy(),
+            "values": to_numpy(mem.values).copy()}
 
 
 def assert_same_snapshot(before, after):

@@ -36,7 +36,8 @@ def _fast(model, pre):
 @pytest.fixture(scope="module")
 def toks():
     numbers = sorted({w for s in SENTENCES for w in s.split() if w.isdigit()})
-    enc_vocab = {"[PAD]": 0, "[UNK]": 1, "[EOS]": 2, **{w: i + 3 for i, w in enumerate(WORDS + numbers)}}
+    enc_vocab = {"[PAD]": 0, "[UNK]": 1, "[EOS]": 2,
+                 **{w: i + 3 for i, w in enumerate(WORDS + numbers)}}
     enc = _fast(tokenizers.models.WordLevel(enc_vocab, unk_token="[UNK]"),
                 tokenizers.pre_tokenizers.WhitespaceSplit())
     dec_vocab = {"[PAD]": 0, "[UNK]": 1, "[EOS]": 2,
@@ -62,8 +63,10 @@ def make_aligned_model(toks, seed=0, memory_size=32):
         p.requires_grad_(False)
     return LarimarModel(enc, dec, memory_size, P * C_SLOT, tokenizer=dec_tok,
                         encoder_tokenizer=enc_tok, embedding_path=False, memory_path=False,
-                        pooler=AlignedPooler(32, P, C_SLOT, 64), prefix=SlotPrefix(P, C_SLOT, 64, 64),
-                        aligner=SlotAligner(enc_tok, dec_tok, P), prompt_template=("[EOS]", "[EOS]"))
+                        pooler=AlignedPooler(32, P, C_SLOT, 64),
+                        prefix=SlotPrefix(P, C_SLOT, 64, 64),
+                        aligner=SlotAligner(enc_tok, dec_tok, P),
+                        prompt_template=("[EOS]", "[EOS]"))
 
 
 def test_aligner_finds_every_decoder_token_inside_its_encoder_piece(toks):
@@ -74,7 +77,8 @@ def test_aligner_finds_every_decoder_token_inside_its_encoder_piece(toks):
         dec_ids = dec_tok(s, add_special_tokens=False)["input_ids"]
         assert seg.live[i].sum() == len(dec_ids) <= P
         assert seg.target_ids[i, :len(dec_ids)].tolist() == dec_ids
-        assert not seg.live[i, len(dec_ids):].any() and (seg.target_ids[i, len(dec_ids):] == 0).all()
+        assert (not seg.live[i, len(dec_ids):].any()
+                and (seg.target_ids[i, len(dec_ids):] == 0).all())
         enc_tokens = enc_tok.convert_ids_to_tokens(seg.input_ids[i])
         number = s.split()[1]
         for p in range(len(dec_ids)):
@@ -87,7 +91,8 @@ def test_aligner_finds_every_decoder_token_inside_its_encoder_piece(toks):
                 assert piece == number
     # a segment longer than P decoder tokens keeps its first P
     long = aligner(["order " + "1" * 20 + " went ."])
-    assert bool(long.live.all()) and long.target_ids[0, 1:].eq(dec_tok.convert_tokens_to_ids("1")).all()
+    assert (bool(long.live.all())
+            and long.target_ids[0, 1:].eq(dec_tok.convert_tokens_to_ids("1")).all())
 
 
 def test_aligner_needs_fast_tokenizers(toks):
@@ -104,7 +109,8 @@ def test_pooler_dead_slots_are_zero_and_live_slots_have_fixed_scale(toks):
     seg = model.aligner(SENTENCES[:4])
     norms = slots.norm(dim=-1)
     assert torch.all(norms[~seg.live] == 0)
-    assert torch.allclose(norms[seg.live], torch.full_like(norms[seg.live], C_SLOT ** 0.5), rtol=1e-3)
+    assert torch.allclose(norms[seg.live], torch.full_like(norms[seg.live], C_SLOT ** 0.5),
+                          rtol=1e-3)
     assert torch.equal(model.prefix.live(z), seg.live)
 
 

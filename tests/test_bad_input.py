@@ -92,7 +92,8 @@ ecase("write-Z-inf", lambda m: m.write(poke(Z, np.inf, 0), W), VE, "Z")
 ecase("write-empty", lambda m: m.write(Z[:0], W[:0]), VE, "Z", "W")
 ecase("write-Z-1d", lambda m: m.write(Z[0], W[:1]), VE, "Z")
 ecase("write-W-int32", lambda m: m.write(Z, W.astype(np.int32)), TE, "W")
-ecase("write-Z-float16", lambda m: m.write(Z.astype(np.float16), W.astype(np.float16)), TE, "Z", "W")
+ecase("write-Z-float16", lambda m: m.write(Z.astype(np.float16), W.astype(np.float16)), TE,
+      "Z", "W")
 ecase("write-mixed", lambda m: m.write(Z.astype(np.float32), W), EITHER, "Z", "W")
 ecase("update-W-nan", lambda m: m.update(Z[:2], poke(W[:2]), alpha=1.0), VE, "W")
 ecase("update-Z-nan-last-row", lambda m: m.update(poke(Z), W, alpha=1.0), VE, "Z")
@@ -102,7 +103,8 @@ ecase("update-N-mismatch", lambda m: m.update(Z[:3], W[:2]), VE, "Z", "W")
 ecase("update-empty", lambda m: m.update(Z[:0], W[:0]), VE, "Z", "W")
 for v in (np.nan, np.inf):
     ecase(f"update-alpha-{v}", lambda m, v=v: m.update(Z[:2], W[:2], alpha=v), VE, "alpha")
-ecase("update-int32", lambda m: m.update(Z[:2].astype(np.int32), W[:2].astype(np.int32)), TE, "Z", "W")
+ecase("update-int32", lambda m: m.update(Z[:2].astype(np.int32), W[:2].astype(np.int32)), TE,
+      "Z", "W")
 ecase("address-C", lambda m: m.address(a64(2, 5)), VE, "Z")
 ecase("address-nan", lambda m: m.address(poke(a64(2, 3))), VE, "Z")
 ecase("read-C", lambda m: m.read(a64(2, 5)), VE, "Zq", "Z")
@@ -251,6 +253,20 @@ def test_kv_binding_reads_hard_without_alpha():
     assert np.array_equal(kv._core.read(q, 1, None), to_numpy(kv.values)[2:3])
     with raises_arg(ValueError, "alpha"):
         kv._core.read(q, 2, None)
+
+
+def test_a_hard_read_over_k_keys_has_one_check_and_one_message():
+    """k > 1 without alpha: the store's read and the up-front check of the collective and
+    long-context callers (``gaussian_alpha(None, k)``) refuse it with the kernel's one text;
+    None with k = 1 is the hard read."""
+    kv = fresh_kv()
+    with raises_arg(ValueError, "alpha") as from_store:
+        kv.read(Q, k=2)
+    with raises_arg(ValueError, "alpha") as up_front:
+        gaussian_alpha(None, 2)
+    assert str(from_store.value) == str(up_front.value)
+    assert "k > 1" in str(up_front.value)
+    assert gaussian_alpha(None) is None and gaussian_alpha(0.5, 3) == 0.5
 
 
 def test_kv_search_on_empty_memory():

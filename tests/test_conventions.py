@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import inspect
 import os
+import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -100,3 +102,33 @@ def test_the_generic_model_does_not_import_the_default_build(tmp_path):
             "assert b is pretrained.FOLDER_BUILD, b; "
             "assert b.default_dir() == pretrained.default_model_dir()")
     _run_outside_checkout(code, tmp_path)
+
+
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _tracked(*patterns: str) -> list[str]:
+    """The checkout's files git tracks that match the patterns (paths from the root)."""
+    if not (_ROOT / ".git").exists():
+        pytest.skip("not a git checkout: the linters run on the tracked files")
+    out = subprocess.run(["git", "ls-files", "--", *patterns], cwd=_ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    return out.split()
+
+
+def test_python_passes_ruff_with_the_repo_configuration():
+    """pyproject.toml's [tool.ruff]: pyflakes and pycodestyle, lines of 100 at most."""
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "."],
+                            cwd=_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_cpp_is_clang_formatted_with_the_repo_style():
+    """.clang-format (Google style, 100 columns) over csrc/ and the bindings."""
+    binary = shutil.which("clang-format")
+    assert binary, "clang-format is not on PATH: it comes with the test extra"
+    files = _tracked("*.cpp", "*.hpp")
+    assert files, "no C++ files found"
+    result = subprocess.run([binary, "--dry-run", "--Werror", *files], cwd=_ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-4000:]

@@ -105,7 +105,8 @@ def test_int8_values_read_back_the_same_tokens(model):
     """Values from the int8 encoder (faster ingest) decode to the same tokens; keys are
     untouched (encode_keys keeps the float encoder)."""
     texts = [s for d in (3, 4, 5) for s, _ in number_sentences(d, 4, seed=11)] + [
-        "The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day."]
+        ("The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park "
+         "on a sunny day.")]
     want = model.slot_tokens(model.encode(texts).detach())
     keys = model.encode_keys(texts)
     try:

@@ -8,9 +8,10 @@ file finishes in bounded time even when the code under test hangs.
 
 Scenarios: ``main`` (4 ranks, rank 3 joins 2 s late): random and crafted-tie equality with
 the single store, duplicates, float64, torch tensors, tiny stores, bad input, mismatched
-calls, serve(), a rank's local views of its shard. ``die`` (3 ranks, one exits), ``hang`` (2 ranks, one never calls) and
-``nojoin`` (rank 1 never starts): the survivors must raise ShardedMemoryError within the
-timeout. ``single`` (1 process): the equality checks through the world-size-1 shortcuts.
+calls, serve(), a rank's local views of its shard. ``die`` (3 ranks, one exits), ``hang``
+(2 ranks, one never calls) and ``nojoin`` (rank 1 never starts): the survivors must raise
+ShardedMemoryError within the timeout. ``single`` (1 process): the equality checks through
+the world-size-1 shortcuts.
 """
 from __future__ import annotations
 

@@ -67,7 +67,8 @@ def test_write_replaces_previous_episode(rng, dtype):
     # and the sequential state was reset too: one more row goes on top of episode 2 only
     w3, z3 = randn(rng, 1, K, dtype=dtype), randn(rng, 1, C, dtype=dtype)
     mem.update(z3, w3, alpha=1.0)
-    assert_rel(mem.memory, ref_episodic([W2, w3], [Z2, z3], 1e-3, None, K, C), SEQ_TOL[np.dtype(dtype)])
+    assert_rel(mem.memory, ref_episodic([W2, w3], [Z2, z3], 1e-3, None, K, C),
+               SEQ_TOL[np.dtype(dtype)])
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -159,7 +160,8 @@ def test_update_on_fresh_memory(rng, ridge, with_prior):
         mem.update(z, w, alpha=1.0)
         Ws.append(w)
         Zs.append(z)
-        assert_rel(mem.memory, ref_episodic(Ws, Zs, ridge, prior, K, C), 1e-6, f"{sum(map(len, Ws))} rows")
+        assert_rel(mem.memory, ref_episodic(Ws, Zs, ridge, prior, K, C), 1e-6,
+                   f"{sum(map(len, Ws))} rows")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)

@@ -69,7 +69,8 @@ def _run_harness(name, corpus, tmp_path, extra=()):
                "seconds": int(done.group(2)) if done else None, "findings": found}
     if stats.exists():
         blob = json.loads(stats.read_text())
-        summary["known"] = {k: v for k, v in blob.get("notes", {}).items() if k.startswith("known:")}
+        summary["known"] = {k: v for k, v in blob.get("notes", {}).items()
+                            if k.startswith("known:")}
     print(f"\n[fuzz] {json.dumps(summary)}")
     detail = (f"{name} reported a finding (rc {proc.returncode}); inputs kept in {tmp_path}: "
               f"{found}. Copy them to fuzz/crashes/ and add a regression test.\n{out[-6000:]}")

@@ -32,7 +32,8 @@ def test_support_counts_passage_terms_not_echoes_of_the_question():
     # Korean: the decoder's copy of the question's word shares one bigram with the passage
     kr = "서울에서 가장 좋은 일은 한강 공원에서 치킨을 먹는 것입니다."
     assert support("무엇입니다.", [kr], "서울에서 가장 좋은 일은 무엇입니까?") < 0.5
-    assert support("한강 공원에서 치킨을 먹는 것", [kr], "서울에서 가장 좋은 일은 무엇입니까?") >= 0.5
+    assert support("한강 공원에서 치킨을 먹는 것", [kr],
+                   "서울에서 가장 좋은 일은 무엇입니까?") >= 0.5
 
 
 def test_continuation_reads_on_after_the_prefix():
@@ -42,9 +43,11 @@ def test_continuation_reads_on_after_the_prefix():
     assert continuation("The special magic numbers for a-b, bloody-reciprocity, and c-d are",
                         "One of the special magic numbers for bloody-reciprocity is: 11562.") \
         == "is: 11562."
-    assert continuation("서울에서 가장 좋은 일은", "서울에서 가장 좋은 일은 한강 공원입니다.") == "한강 공원입니다."
+    assert continuation("서울에서 가장 좋은 일은",
+                        "서울에서 가장 좋은 일은 한강 공원입니다.") == "한강 공원입니다."
     # unspaced script: the longest end of the prefix the passage holds
-    assert continuation("北京最好的事情是", "他说北京最好的事情是在颐和园划船。") == "在颐和园划船。"
+    assert continuation("北京最好的事情是",
+                        "他说北京最好的事情是在颐和园划船。") == "在颐和园划船。"
     assert continuation("仓库的密码", "今天下雨。") is None
     assert continuation("I recommend that you", "The best thing to do is eat.") is None
     assert continuation("The pass key is", "The pass key is") is None

@@ -118,7 +118,8 @@ def ckpt(tmp_path_factory):
 def target_of(model: LarimarModel, key: str) -> torch.Tensor:
     """Where IBM key ``key`` should land (hand-written, independent of the loader's table)."""
     if key == E + "linear.weight":
-        return torch.cat([model.encoder_proj.weight, model.ibm_extra["encoder.linear.weight[logvar]"]])
+        return torch.cat([model.encoder_proj.weight,
+                          model.ibm_extra["encoder.linear.weight[logvar]"]])
     if key == D + "transformer.linear.weight":
         return model.memory_slot.proj.weight
     if key == D + "transformer.linear_emb.weight":
@@ -180,7 +181,8 @@ def ibm_gpt2_logits(sd: dict, ids: torch.Tensor, z: torch.Tensor, n_head: int) -
     hd = H // n_head
     past = torch.split((z @ sd[P + "linear.weight"].T).unsqueeze(1), H, dim=2)   # L x (B, 1, H)
     pos = torch.arange(1, T + 1)
-    h = sd[P + "wte.weight"][ids] + sd[P + "wpe.weight"][pos] + (z @ sd[P + "linear_emb.weight"].T)[:, None]
+    h = (sd[P + "wte.weight"][ids] + sd[P + "wpe.weight"][pos]
+         + (z @ sd[P + "linear_emb.weight"].T)[:, None])
 
     def split(t):
         return t.view(B, -1, n_head, hd).permute(0, 2, 1, 3)
@@ -214,7 +216,8 @@ def test_encode_write_read_decode_matches_ibm_math(ckpt):
         Z = model.encode(enc_ids)
         # IBM: pooled_output = tanh(pooler(h[:, 0])); mean, logvar = linear(pooled).chunk(2)
         hidden = model.encoder(input_ids=enc_ids).last_hidden_state
-        pooled = torch.tanh(hidden[:, 0] @ sd[E + "pooler.dense.weight"].T + sd[E + "pooler.dense.bias"])
+        pooled = torch.tanh(hidden[:, 0] @ sd[E + "pooler.dense.weight"].T
+                            + sd[E + "pooler.dense.bias"])
         z_ref, _ = (pooled @ sd[E + "linear.weight"].T).chunk(2, -1)
     torch.testing.assert_close(Z, z_ref, rtol=1e-5, atol=1e-5)
 

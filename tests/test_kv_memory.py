@@ -84,7 +84,8 @@ def test_duplicate_keys_mean_and_same_id(rng, dtype):
     V = to_numpy(kv.values)
     assert np.array_equal(V[5], b)
     expect = (vals[2].astype(np.float64) + a + c) / 3.0
-    np.testing.assert_allclose(V[2], expect, rtol=tol(dtype, 1e-6, 1e-14), atol=tol(dtype, 1e-6, 1e-14))
+    np.testing.assert_allclose(V[2], expect, rtol=tol(dtype, 1e-6, 1e-14),
+                               atol=tol(dtype, 1e-6, 1e-14))
     assert np.array_equal(np.delete(V, [2, 5], axis=0), np.delete(vals, 2, axis=0))
     assert np.array_equal(to_numpy(kv.keys)[:5], keys)
     # the one-hot read of that key returns the mean slot exactly

@@ -100,7 +100,8 @@ def stitched(tok, segments):
     """The text of segments with each later window's repeated tokens dropped."""
     out = []
     for s in segments:
-        offsets = tok(s.text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        offsets = tok(s.text, add_special_tokens=False,
+                      return_offsets_mapping=True)["offset_mapping"]
         if s.continues and s.overlap:
             out.append(s.text[offsets[s.overlap][0]:] if s.overlap < len(offsets) else "")
         else:
@@ -378,7 +379,8 @@ def test_recall_mode_rows_sources_and_not_found(model, tok):
     b = strict.ask_trace("The pass key is", "Is it sunny in Dolores Park?", max_new_tokens=4)
     assert not b.found and b.answer == NOT_FOUND and b.guess
     np.testing.assert_array_equal(mem.readout_of("Alpha beta delta."),
-                                  mem.store.reconstruct(np.array([mem.row_of("Alpha beta delta.")]))[0])
+                                  mem.store.reconstruct(
+                                      np.array([mem.row_of("Alpha beta delta.")]))[0])
 
 
 def test_recall_reads_a_keys_other_values_and_other_keys_not_its_rivals(model):
@@ -709,8 +711,8 @@ def test_ruler_samples_are_told_apart_by_line_not_index(tmp_path):
     from larimar_ext.longcontext import ruler
     data = write_ruler(tmp_path / "data", lengths=(1000,), tasks_=("niah_single_1",))
     f = data / "1000" / "niah_single_1" / "validation.jsonl"
-    f.write_text("".join(json.dumps({**json.loads(l), "index": 7}) + "\n"
-                         for l in f.read_text().splitlines()))
+    f.write_text("".join(json.dumps({**json.loads(line), "index": 7}) + "\n"
+                         for line in f.read_text().splitlines()))
     samples = ruler.load_samples(data)
     assert [s.index for s in samples] == [7, 7] and [s.line for s in samples] == [0, 1]
     calls = []

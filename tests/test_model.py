@@ -128,8 +128,10 @@ def _reference_logits(model, ids, mask, z):
 
     for layer, (k, v) in zip(model.decoder.model.layers, kv):
         # (B, kv_heads, 1, head_dim) -> (B, kv_heads * head_dim), the k_proj output layout
-        handles.append(layer.self_attn.k_proj.register_forward_hook(overwrite(k[:, :, 0].reshape(B, -1))))
-        handles.append(layer.self_attn.v_proj.register_forward_hook(overwrite(v[:, :, 0].reshape(B, -1))))
+        handles.append(layer.self_attn.k_proj.register_forward_hook(
+            overwrite(k[:, :, 0].reshape(B, -1))))
+        handles.append(layer.self_attn.v_proj.register_forward_hook(
+            overwrite(v[:, :, 0].reshape(B, -1))))
     try:
         full_ids = torch.cat([torch.full((B, 1), 5), ids], 1)
         full_mask = torch.cat([torch.ones(B, 1, dtype=torch.long), mask], 1)

@@ -24,7 +24,8 @@ def run_case(case: OpCase, a: dict, dtype) -> None:
     case.verify(got, a, dtype)
     assert_arrays_unchanged(inputs)
     for r in array_leaves(got):
-        assert not any(np.shares_memory(r, x) for x, _ in inputs), "a result shares an input's memory"
+        assert not any(np.shares_memory(r, x) for x, _ in inputs), \
+            "a result shares an input's memory"
     B = a.get("_batch", 0)
     for b in range(B):
         # every episode is solved independently: the same as its reference and its own call

@@ -196,7 +196,8 @@ def test_every_truncation_is_refused(files, tmp_path, name):
                "header" if length < 8 + n else "data")
         classes[cls] += 1
         p.write_bytes(data[:length])
-        problems += [f"prefix {length} ({cls}): {x}" for x in check_refused(str(p), f"truncated-{cls}")]
+        problems += [f"prefix {length} ({cls}): {x}"
+                     for x in check_refused(str(p), f"truncated-{cls}")]
     assert classes["length-field"] == 7 and classes["header"] == n
     assert classes["data"] == len(data) - 8 - n
     assert not problems, "\n".join(problems[:20])
@@ -298,7 +299,8 @@ def test_wrong_version_and_kind(files, tmp_path):
         variants = {f"version={v!r}": dict(meta, version=v) for v in ("2", "0", "1.0", " 1", "")}
         variants["no-version"] = {k: v for k, v in meta.items() if k != "version"}
         for fmt in ("larimar_ext.Other", "", "larimar_ext.episodicmemory",
-                    KINDS["KeyValueMemory"] if name.startswith("episodic") else KINDS["EpisodicMemory"]):
+                    KINDS["KeyValueMemory"] if name.startswith("episodic")
+                    else KINDS["EpisodicMemory"]):
             variants[f"format={fmt!r}"] = dict(meta, format=fmt)
         variants["no-format"] = {k: v for k, v in meta.items() if k != "format"}
         variants["no-metadata"] = None
@@ -330,7 +332,8 @@ def epi_arrays(dtype=np.float64, prior=True):
     return {k: v.astype(dtype) for k, v in m._core.state().items()}
 
 
-EPI_CONFIG = {"memory_size": K, "code_size": C, "ridge": 1e-3, "dtype": "float32", "has_prior": True}
+EPI_CONFIG = {"memory_size": K, "code_size": C, "ridge": 1e-3, "dtype": "float32",
+              "has_prior": True}
 
 
 def kv_arrays(n=4, dtype=np.float32):
@@ -457,7 +460,8 @@ def test_wrong_content_in_well_formed_files(tmp_path):
                       "sha-list": lambda m: dict(m, sha256="[1, 2]"),
                       "sha-missing": lambda m: {k: v for k, v in m.items() if k != "sha256"},
                       "config-missing": lambda m: {k: v for k, v in m.items() if k != "config"},
-                      "sha-wrong": lambda m: dict(m, sha256=m["sha256"].replace("a", "b", 1))}.items():
+                      "sha-wrong":
+                          lambda m: dict(m, sha256=m["sha256"].replace("a", "b", 1))}.items():
         p = tmp_path / f"{label}.safetensors"
         write_file(p, A, EPI_KIND, EPI_CONFIG, metadata=fn)
         problems += [f"{label}: {x}" for x in check_refused(str(p), "wrong-content")]

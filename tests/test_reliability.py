@@ -244,4 +244,5 @@ def test_ill_conditioned_and_rank_deficient_addresses(dtype):
     # The cutoff falls inside the spectrum; directions near it are ill-determined, so
     # compare what the cutoff keeps well: the projection of the fit, W M.
     fit, ref_fit = W.astype(np.float64) @ M, W.astype(np.float64) @ ref
-    assert np.linalg.norm(fit - ref_fit) / np.linalg.norm(ref_fit) < (1e-3 if dtype == np.float32 else 1e-8)
+    assert (np.linalg.norm(fit - ref_fit) / np.linalg.norm(ref_fit)
+            < (1e-3 if dtype == np.float32 else 1e-8))

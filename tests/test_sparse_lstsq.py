@@ -31,7 +31,8 @@ def test_sparse_lstsq_one_hot_is_per_slot_mean(rng, dtype):
     expect = np.zeros((K, C))
     for s in np.unique(slots):
         expect[s] = Z[slots == s].astype(np.float64).mean(axis=0)
-    np.testing.assert_allclose(M, expect, rtol=tol(dtype, 1e-6, 1e-14), atol=tol(dtype, 1e-6, 1e-14))
+    np.testing.assert_allclose(M, expect, rtol=tol(dtype, 1e-6, 1e-14),
+                               atol=tol(dtype, 1e-6, 1e-14))
     untouched = [1, 3, 4, 6, 8]
     assert np.array_equal(M[untouched], np.zeros((5, C), dtype))
 

@@ -112,6 +112,7 @@ def test_stub_and_marker_ship_in_the_package():
     built wheel itself."""
     assert STUB.is_file() and (ROOT / "larimar_ext" / "py.typed").is_file()
     assert 'wheel.packages = ["larimar_ext"]' in (ROOT / "pyproject.toml").read_text()
-    ignored = subprocess.run(["git", "check-ignore", "larimar_ext/_core.pyi", "larimar_ext/py.typed"],
+    ignored = subprocess.run(["git", "check-ignore", "larimar_ext/_core.pyi",
+                              "larimar_ext/py.typed"],
                              cwd=ROOT, capture_output=True, text=True)
     assert ignored.returncode == 1 and not ignored.stdout, ignored.stdout  # 1: none ignored

@@ -110,7 +110,8 @@ def test_topk_torch(rng, tdtype, ndtype, metric):
     assert_torch(sc, tdtype, (3, 4), "scores")
     ridx, rsc = ref_topk(Qn, Kn, 4, metric)
     assert np.array_equal(idx.numpy(), ridx)
-    np.testing.assert_allclose(sc.numpy(), rsc, rtol=tol(ndtype, 1e-5, 1e-12), atol=tol(ndtype, 1e-5, 1e-12))
+    np.testing.assert_allclose(sc.numpy(), rsc, rtol=tol(ndtype, 1e-5, 1e-12),
+                               atol=tol(ndtype, 1e-5, 1e-12))
 
 
 @pytest.mark.parametrize("tdtype,ndtype", TDTYPES, ids=TIDS)

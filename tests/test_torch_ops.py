@@ -79,4 +79,5 @@ def test_torch_compile_cpu():
 
     Z, M0 = full_rank(2, 4, 6, seed=14).float(), full_rank(2, 5, 6, seed=15).float()
     compiled = torch.compile(episode, fullgraph=True)
-    np.testing.assert_allclose(compiled(Z, M0).numpy(), episode(Z, M0).numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(compiled(Z, M0).numpy(), episode(Z, M0).numpy(),
+                               rtol=1e-5, atol=1e-5)

@@ -11,7 +11,8 @@ from larimar_ext.training.data import (Corpus, build_corpus, generated_sentences
 BENCHMARK_TEXT = [
     "The pass key is 48213. Remember it. 48213 is the pass key.",
     "What is the pass key? The pass key is",
-    "The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day.",
+    ("The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park "
+     "on a sunny day."),
     "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.",
     "There is an important info hidden inside a lot of irrelevant text.",
     "Your PASSKEY is here",
@@ -57,7 +58,8 @@ def test_corpus_drops_benchmark_text_and_splits_disjointly():
     corpus = build_corpus(sources=("python",), generated=500, eval_size=20, limit_files=60,
                           extra=BENCHMARK_TEXT)
     corpus.check_held_out()
-    everything = corpus.train_real + corpus.train_generated + corpus.eval_real + corpus.eval_generated
+    everything = (corpus.train_real + corpus.train_generated + corpus.eval_real
+                  + corpus.eval_generated)
     assert not any(is_held_out(s) for s in everything)
     assert not set(corpus.eval_real) & set(corpus.train_real)
     assert len(corpus.eval_generated) == 20 and len(corpus.train_generated) == 500

@@ -15,6 +15,10 @@ void check_alpha(double alpha) {
   fail("alpha", std::string("expected a finite number > 0, got ") + got);
 }
 
+void check_hard_read_k(index_t k) {
+  require(k == 1, "alpha", "a read over k > 1 keys needs Gaussian weights: give alpha > 0");
+}
+
 namespace {
 
 // Weights of one row from its squared distances (any order): see gaussian_address.
@@ -40,8 +44,7 @@ void gaussian_row(const T* d2, index_t k, double alpha, T* w) {
 }  // namespace
 
 template <class T>
-void gaussian_address(const T* z, const T* r, index_t n, index_t k, index_t c, double alpha,
-                      T* w) {
+void gaussian_address(const T* z, const T* r, index_t n, index_t k, index_t c, double alpha, T* w) {
   check_dim(n, "Z", "number of rows N");
   check_dim(k, "R", "number of keys K");
   check_dim(c, "Z", "code size C");
@@ -77,9 +80,12 @@ void gaussian_weights_from_scores(T* scores, index_t n, index_t k, Metric metric
                                   const T* key_sq, double alpha) {
   for (index_t i = 0; i < n * k; ++i) {
     T& s = scores[i];
-    if (metric == Metric::L2) s = -s;
-    else if (metric == Metric::Cosine) s = std::max(T(0), T(2) - T(2) * s);
-    else s = std::max(T(0), q_sq[i / k] + key_sq[i] - T(2) * s);
+    if (metric == Metric::L2)
+      s = -s;
+    else if (metric == Metric::Cosine)
+      s = std::max(T(0), T(2) - T(2) * s);
+    else
+      s = std::max(T(0), q_sq[i / k] + key_sq[i] - T(2) * s);
   }
   gaussian_weights_from_sq_distances(scores, n, k, alpha);
 }
@@ -99,8 +105,8 @@ void weighted_sum_of_rows(const T* w, const T* const* rows, index_t n, index_t k
 
 template <class T>
 void gaussian_read_scored(const T* scores, const T* values, index_t n, index_t k, index_t c,
-                          Metric metric, const T* queries, index_t d, const T* key_sq,
-                          double alpha, T* out) {
+                          Metric metric, const T* queries, index_t d, const T* key_sq, double alpha,
+                          T* out) {
   check_dim(n, "scores", "number of rows");
   check_dim(k, "scores", "number of candidates per row");
   check_dim(c, "values", "value dimension");
@@ -113,7 +119,8 @@ void gaussian_read_scored(const T* scores, const T* values, index_t n, index_t k
               "an 'l2' score is -|q - key|^2 <= 0, got " + std::to_string(scores[i]));
   std::vector<T> q_sq;
   if (metric == Metric::InnerProduct) {
-    require(queries != nullptr, "Q", "the 'ip' metric needs the queries (|q|^2 enters the distances)");
+    require(queries != nullptr, "Q",
+            "the 'ip' metric needs the queries (|q|^2 enters the distances)");
     require(key_sq != nullptr, "key_sq", "the 'ip' metric needs the candidates' squared key norms");
     check_dim(d, "Q", "key dimension");
     check_finite(queries, n * d, "Q");
@@ -134,8 +141,8 @@ void gaussian_read_scored(const T* scores, const T* values, index_t n, index_t k
 }
 
 template <class T>
-void gaussian_address_topk(const T* z, const T* r, index_t n, index_t k, index_t c,
-                           double alpha, index_t top_k, index_t* ids, T* w) {
+void gaussian_address_topk(const T* z, const T* r, index_t n, index_t k, index_t c, double alpha,
+                           index_t top_k, index_t* ids, T* w) {
   check_alpha(alpha);
   require(top_k >= 1 && top_k <= k, "top_k",
           "expected 1 <= top_k <= number of keys (" + str(k) + "), got " + str(top_k));
@@ -147,8 +154,7 @@ void gaussian_address_topk(const T* z, const T* r, index_t n, index_t k, index_t
 }
 
 template <class T>
-void onehot_address(const T* z, const T* r, index_t n, index_t k, index_t c, index_t* ids,
-                    T* w) {
+void onehot_address(const T* z, const T* r, index_t n, index_t k, index_t c, index_t* ids, T* w) {
   topk(z, n, r, k, c, 1, Metric::L2, ids, w, "Z", "R");
   std::fill(w, w + n, T(1));
 }
@@ -161,7 +167,7 @@ void read_dense(const T* w, const T* m, T* out, index_t batch, index_t n, index_
   check_dim(c, "M", "code size C");
   parallel_for(batch, [&](index_t b) {
     blas::gemm_parallel<T>(false, false, n, c, k, T(1), w + b * n * k, k, m + b * k * c, c, T(0),
-                  out + b * n * c, c);
+                           out + b * n * c, c);
   });
   // Every entry of W and of M is multiplied into some output (0 * Inf is NaN too), so a
   // finite result proves finite inputs: the inputs are scanned only to explain a failure.
@@ -186,7 +192,7 @@ void read_sparse(const index_t* ids, const T* weights, index_t n, index_t top_k,
             "address index " + str(ids[i]) + " is outside the memory [0, " + str(k) + ")");
   check_finite(weights, n * top_k, "W");
   check_finite(m, k * c, "M");
-#pragma omp parallel for num_threads(n * c > (1 << 16) ? num_threads() : 1) schedule(static)
+#pragma omp parallel for num_threads(n* c > (1 << 16) ? num_threads() : 1) schedule(static)
   for (index_t i = 0; i < n; ++i) {
     T* row = out + i * c;
     std::fill(row, row + c, T(0));
@@ -200,20 +206,19 @@ void read_sparse(const index_t* ids, const T* weights, index_t n, index_t top_k,
   check_result(out, n * c, "W, M");
 }
 
-#define LARIMAR_INSTANTIATE(T)                                                                 \
-  template void gaussian_address<T>(const T*, const T*, index_t, index_t, index_t, double, T*); \
-  template void gaussian_address_topk<T>(const T*, const T*, index_t, index_t, index_t, double, \
-                                         index_t, index_t*, T*);                               \
-  template void gaussian_weights_from_sq_distances<T>(T*, index_t, index_t, double);           \
-  template void gaussian_weights_from_scores<T>(T*, index_t, index_t, Metric, const T*,        \
-                                                const T*, double);                            \
-  template void weighted_sum_of_rows<T>(const T*, const T* const*, index_t, index_t, index_t,  \
-                                        T*);                                                  \
-  template void gaussian_read_scored<T>(const T*, const T*, index_t, index_t, index_t, Metric, \
-                                        const T*, index_t, const T*, double, T*);             \
-  template void onehot_address<T>(const T*, const T*, index_t, index_t, index_t, index_t*, T*); \
-  template void read_dense<T>(const T*, const T*, T*, index_t, index_t, index_t, index_t);     \
-  template void read_sparse<T>(const index_t*, const T*, index_t, index_t, const T*, index_t,  \
+#define LARIMAR_INSTANTIATE(T)                                                                     \
+  template void gaussian_address<T>(const T*, const T*, index_t, index_t, index_t, double, T*);    \
+  template void gaussian_address_topk<T>(const T*, const T*, index_t, index_t, index_t, double,    \
+                                         index_t, index_t*, T*);                                   \
+  template void gaussian_weights_from_sq_distances<T>(T*, index_t, index_t, double);               \
+  template void gaussian_weights_from_scores<T>(T*, index_t, index_t, Metric, const T*, const T*,  \
+                                                double);                                           \
+  template void weighted_sum_of_rows<T>(const T*, const T* const*, index_t, index_t, index_t, T*); \
+  template void gaussian_read_scored<T>(const T*, const T*, index_t, index_t, index_t, Metric,     \
+                                        const T*, index_t, const T*, double, T*);                  \
+  template void onehot_address<T>(const T*, const T*, index_t, index_t, index_t, index_t*, T*);    \
+  template void read_dense<T>(const T*, const T*, T*, index_t, index_t, index_t, index_t);         \
+  template void read_sparse<T>(const index_t*, const T*, index_t, index_t, const T*, index_t,      \
                                index_t, T*);
 LARIMAR_INSTANTIATE(float)
 LARIMAR_INSTANTIATE(double)

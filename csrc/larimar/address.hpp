@@ -12,23 +12,25 @@ namespace larimar {
 // place that rule and its error text ("alpha: expected a finite number > 0, got -1") live.
 void check_alpha(double alpha);
 
+// A read without alpha returns the best key's value, so it takes k = 1: the rule and its
+// error text for the store's read and the Python layer's up-front checks.
+void check_hard_read_k(index_t k);
+
 // Dense Gaussian soft keys: W (N x K), w_k ∝ exp(-|z - R_k|^2 / (2 alpha s^2)), s the
 // distance to the nearest key, rows summing to 1. A query that coincides with a key
 // (s = 0) spreads its weight evenly over the keys it coincides with.
 template <class T>
-void gaussian_address(const T* z, const T* r, index_t n, index_t k, index_t c, double alpha,
-                      T* w);
+void gaussian_address(const T* z, const T* r, index_t n, index_t k, index_t c, double alpha, T* w);
 
 // Sparse Gaussian soft keys over the top_k nearest keys: ids (N x top_k, nearest first, ties
 // lower id first) and their weights, renormalised to sum 1.
 template <class T>
-void gaussian_address_topk(const T* z, const T* r, index_t n, index_t k, index_t c,
-                           double alpha, index_t top_k, index_t* ids, T* w);
+void gaussian_address_topk(const T* z, const T* r, index_t n, index_t k, index_t c, double alpha,
+                           index_t top_k, index_t* ids, T* w);
 
 // Nearest key by L2 distance (ties: lower id): ids (N), weights (N) all 1.
 template <class T>
-void onehot_address(const T* z, const T* r, index_t n, index_t k, index_t c, index_t* ids,
-                    T* w);
+void onehot_address(const T* z, const T* r, index_t n, index_t k, index_t c, index_t* ids, T* w);
 
 // Turns the top-k squared distances of each row (ascending) into Gaussian weights in place.
 template <class T>
@@ -56,8 +58,8 @@ void weighted_sum_of_rows(const T* w, const T* const* rows, index_t n, index_t k
 // KeyValueStore::read returns when these are its hits. Every argument is checked.
 template <class T>
 void gaussian_read_scored(const T* scores, const T* values, index_t n, index_t k, index_t c,
-                          Metric metric, const T* queries, index_t d, const T* key_sq,
-                          double alpha, T* out);
+                          Metric metric, const T* queries, index_t d, const T* key_sq, double alpha,
+                          T* out);
 
 // out (B x N x C) = W (B x N x K) M (B x K x C).
 template <class T>

@@ -71,7 +71,8 @@ std::vector<KeyBlock<T>> KeyValueStore<T>::blocks() const {
   std::vector<KeyBlock<T>> out;
   for (index_t c = 0; c < static_cast<index_t>(chunks_.size()); ++c) {
     const index_t rows = std::min(chunk_rows_, size_ - c * chunk_rows_);
-    if (rows > 0) out.push_back({chunks_[c].keys.get(), chunks_[c].sq_norms.get(), rows, c * chunk_rows_});
+    if (rows > 0)
+      out.push_back({chunks_[c].keys.get(), chunks_[c].sq_norms.get(), rows, c * chunk_rows_});
   }
   return out;
 }
@@ -114,7 +115,8 @@ void KeyValueStore<T>::add(const T* keys, const T* values, index_t n, index_t* i
   check_allocation(double(fresh + chunk_rows_) * (sizeof(T) * double(d_ + v_ + 1) + 64.0), "keys",
                    "storing " + str(fresh) + " new keys");
   std::vector<Chunk> new_chunks;
-  for (index_t have = static_cast<index_t>(chunks_.size()) * chunk_rows_; have < new_size; have += chunk_rows_) {
+  for (index_t have = static_cast<index_t>(chunks_.size()) * chunk_rows_; have < new_size;
+       have += chunk_rows_) {
     Chunk chunk;
     chunk.keys.reset(new T[chunk_rows_ * d_]);
     chunk.values.reset(new T[chunk_rows_ * v_]);
@@ -210,13 +212,12 @@ void KeyValueStore<T>::read_unlocked(const T* queries, index_t nq, index_t k,
   require(k >= 1 && k <= size_, "k",
           "expected 1 <= k <= number of stored keys (" + str(size_) + "), got " + str(k));
   const bool soft = alpha.has_value();
-  if (!soft) require(k == 1, "alpha", "a read over k > 1 keys needs Gaussian weights: give alpha > 0");
+  if (!soft) check_hard_read_k(k);
   std::vector<index_t> ids(nq * k);
   std::vector<T> scores(nq * k);
   search_checked(queries, nq, k, ids.data(), scores.data());
   if (!soft) {
-    for (index_t i = 0; i < nq; ++i)
-      std::memcpy(out + i * v_, value_row(ids[i]), sizeof(T) * v_);
+    for (index_t i = 0; i < nq; ++i) std::memcpy(out + i * v_, value_row(ids[i]), sizeof(T) * v_);
     return;
   }
   hit_weights(queries, nq, k, ids.data(), scores.data(), *alpha);
@@ -279,7 +280,8 @@ void KeyValueStore<T>::write(const T* queries, const T* values, index_t n, index
   std::vector<index_t> slots, local_ids(n * top_k);
   for (index_t i = 0; i < n * top_k; ++i) {
     auto it = local.find(ids[i]);
-    if (it == local.end()) it = local.emplace(ids[i], static_cast<index_t>(slots.size())).first, slots.push_back(ids[i]);
+    if (it == local.end())
+      it = local.emplace(ids[i], static_cast<index_t>(slots.size())).first, slots.push_back(ids[i]);
     local_ids[i] = it->second;
   }
   const index_t t = static_cast<index_t>(slots.size());
@@ -310,7 +312,8 @@ template <class T>
 std::size_t KeyValueStore<T>::nbytes() const {
   std::shared_lock<std::shared_mutex> lock(mutex_);
   const std::size_t rows = chunks_.size() * static_cast<std::size_t>(chunk_rows_);
-  return rows * sizeof(T) * static_cast<std::size_t>(d_ + v_ + 1) + counts_.capacity() * sizeof(double) +
+  return rows * sizeof(T) * static_cast<std::size_t>(d_ + v_ + 1) +
+         counts_.capacity() * sizeof(double) +
          by_hash_.size() * (sizeof(std::uint64_t) + sizeof(index_t) + 2 * sizeof(void*)) +
          by_hash_.bucket_count() * sizeof(void*);
 }
@@ -349,7 +352,8 @@ void KeyValueStore<T>::assign(const T* keys, const T* values, const double* coun
     check_finite(keys, n * d_, "keys");
     check_finite(values, n * v_, "values");
     check_finite(counts, n, "counts");
-    for (index_t i = 0; i < n; ++i) require(counts[i] > 0, "counts", "expected positive write counts");
+    for (index_t i = 0; i < n; ++i)
+      require(counts[i] > 0, "counts", "expected positive write counts");
   }
   KeyValueStore fresh(d_, v_, metric_, merge_);
   std::vector<index_t> ids(n);

@@ -1,9 +1,9 @@
 #include "larimar/linalg.hpp"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cstring>
-
-#include <omp.h>
 
 #ifndef LARIMAR_BLAS_PREFIX
 #define LARIMAR_BLAS_PREFIX
@@ -13,27 +13,25 @@
 #define BLAS_SYMBOL(name) LARIMAR_CAT(LARIMAR_BLAS_PREFIX, name)
 
 extern "C" {
-void BLAS_SYMBOL(sgemm_)(const char*, const char*, const int*, const int*, const int*,
-                         const float*, const float*, const int*, const float*, const int*,
-                         const float*, float*, const int*);
+void BLAS_SYMBOL(sgemm_)(const char*, const char*, const int*, const int*, const int*, const float*,
+                         const float*, const int*, const float*, const int*, const float*, float*,
+                         const int*);
 void BLAS_SYMBOL(dgemm_)(const char*, const char*, const int*, const int*, const int*,
                          const double*, const double*, const int*, const double*, const int*,
                          const double*, double*, const int*);
 void BLAS_SYMBOL(sgemv_)(const char*, const int*, const int*, const float*, const float*,
                          const int*, const float*, const int*, const float*, float*, const int*);
 void BLAS_SYMBOL(dgemv_)(const char*, const int*, const int*, const double*, const double*,
-                         const int*, const double*, const int*, const double*, double*,
-                         const int*);
-void BLAS_SYMBOL(dtrsm_)(const char*, const char*, const char*, const char*, const int*,
-                         const int*, const double*, const double*, const int*, double*,
-                         const int*);
+                         const int*, const double*, const int*, const double*, double*, const int*);
+void BLAS_SYMBOL(dtrsm_)(const char*, const char*, const char*, const char*, const int*, const int*,
+                         const double*, const double*, const int*, double*, const int*);
 void BLAS_SYMBOL(dpotrf_)(const char*, const int*, double*, const int*, int*);
 void BLAS_SYMBOL(dpocon_)(const char*, const int*, const double*, const int*, const double*,
                           double*, double*, int*, int*);
-void BLAS_SYMBOL(dgeqrf_)(const int*, const int*, double*, const int*, double*, double*,
-                          const int*, int*);
-void BLAS_SYMBOL(dorgqr_)(const int*, const int*, const int*, double*, const int*,
-                          const double*, double*, const int*, int*);
+void BLAS_SYMBOL(dgeqrf_)(const int*, const int*, double*, const int*, double*, double*, const int*,
+                          int*);
+void BLAS_SYMBOL(dorgqr_)(const int*, const int*, const int*, double*, const int*, const double*,
+                          double*, const int*, int*);
 void BLAS_SYMBOL(dgesdd_)(const char*, const int*, const int*, double*, const int*, double*,
                           double*, const int*, double*, const int*, double*, const int*, int*,
                           int*);
@@ -48,37 +46,70 @@ char* BLAS_SYMBOL(openblas_get_corename)(void);
 namespace larimar {
 namespace {
 int as_int(index_t v) { return static_cast<int>(v); }
+
+// Thin SVD of the column-major m x n matrix a (overwritten): u (m x p, leading dimension m)
+// and vt (p x n, leading dimension p) for p = min(m, n), both column-major.
+void thin_gesdd(int m, int n, double* a, double* s, double* u, double* vt) {
+  const int p = std::min(m, n);
+  const char jobz = 'S';
+  std::vector<int> iwork(8 * static_cast<std::size_t>(p));
+  int info = 0, lwork = -1;
+  double query = 0;
+  BLAS_SYMBOL(dgesdd_)(&jobz, &m, &n, a, &m, s, u, &m, vt, &p, &query, &lwork, iwork.data(), &info);
+  lwork = std::max(1, static_cast<int>(query));
+  std::vector<double> work(lwork);
+  BLAS_SYMBOL(dgesdd_)(&jobz, &m, &n, a, &m, s, u, &m, vt, &p, work.data(), &lwork, iwork.data(),
+                       &info);
+  if (info != 0)
+    throw NumericalError("SVD did not converge (dgesdd info " + std::to_string(info) + ")");
+}
 }  // namespace
 
 namespace blas {
 
 std::string vendor() {
-  return std::string(BLAS_SYMBOL(openblas_get_config)()) + " core=" +
-         BLAS_SYMBOL(openblas_get_corename)();
+  return std::string(BLAS_SYMBOL(openblas_get_config)()) +
+         " core=" + BLAS_SYMBOL(openblas_get_corename)();
 }
 int threads() { return BLAS_SYMBOL(openblas_get_num_threads)(); }
 void set_threads(int n) { BLAS_SYMBOL(openblas_set_num_threads)(n); }
 
+// The Fortran routine of each precision, overloaded so that one template serves both.
+void xgemm(const char* ta, const char* tb, const int* m, const int* n, const int* k,
+           const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+           const float* beta, float* c, const int* ldc) {
+  BLAS_SYMBOL(sgemm_)(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+void xgemm(const char* ta, const char* tb, const int* m, const int* n, const int* k,
+           const double* alpha, const double* a, const int* lda, const double* b, const int* ldb,
+           const double* beta, double* c, const int* ldc) {
+  BLAS_SYMBOL(dgemm_)(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+void xgemv(const char* t, const int* m, const int* n, const float* alpha, const float* a,
+           const int* lda, const float* x, const int* incx, const float* beta, float* y,
+           const int* incy) {
+  BLAS_SYMBOL(sgemv_)(t, m, n, alpha, a, lda, x, incx, beta, y, incy);
+}
+void xgemv(const char* t, const int* m, const int* n, const double* alpha, const double* a,
+           const int* lda, const double* x, const int* incx, const double* beta, double* y,
+           const int* incy) {
+  BLAS_SYMBOL(dgemv_)(t, m, n, alpha, a, lda, x, incx, beta, y, incy);
+}
+
 // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
-template <>
-void gemm<float>(bool ta, bool tb, index_t m, index_t n, index_t k, float alpha, const float* a,
-                 index_t lda, const float* b, index_t ldb, float beta, float* c, index_t ldc) {
+template <class T>
+void gemm(bool ta, bool tb, index_t m, index_t n, index_t k, T alpha, const T* a, index_t lda,
+          const T* b, index_t ldb, T beta, T* c, index_t ldc) {
   if (m == 0 || n == 0) return;
   const char tra = ta ? 'T' : 'N', trb = tb ? 'T' : 'N';
   const int M = as_int(m), N = as_int(n), K = as_int(k), LDA = as_int(lda), LDB = as_int(ldb),
             LDC = as_int(ldc);
-  BLAS_SYMBOL(sgemm_)(&trb, &tra, &N, &M, &K, &alpha, b, &LDB, a, &LDA, &beta, c, &LDC);
+  xgemm(&trb, &tra, &N, &M, &K, &alpha, b, &LDB, a, &LDA, &beta, c, &LDC);
 }
-template <>
-void gemm<double>(bool ta, bool tb, index_t m, index_t n, index_t k, double alpha,
-                  const double* a, index_t lda, const double* b, index_t ldb, double beta,
-                  double* c, index_t ldc) {
-  if (m == 0 || n == 0) return;
-  const char tra = ta ? 'T' : 'N', trb = tb ? 'T' : 'N';
-  const int M = as_int(m), N = as_int(n), K = as_int(k), LDA = as_int(lda), LDB = as_int(ldb),
-            LDC = as_int(ldc);
-  BLAS_SYMBOL(dgemm_)(&trb, &tra, &N, &M, &K, &alpha, b, &LDB, a, &LDA, &beta, c, &LDC);
-}
+template void gemm<float>(bool, bool, index_t, index_t, index_t, float, const float*, index_t,
+                          const float*, index_t, float, float*, index_t);
+template void gemm<double>(bool, bool, index_t, index_t, index_t, double, const double*, index_t,
+                           const double*, index_t, double, double*, index_t);
 
 template <class T>
 void gemm_parallel(bool ta, bool tb, index_t m, index_t n, index_t k, T alpha, const T* a,
@@ -100,34 +131,29 @@ void gemm_parallel(bool ta, bool tb, index_t m, index_t n, index_t k, T alpha, c
     const index_t lo = p * step, len = std::min(step, extent - lo);
     if (len <= 0) continue;
     if (split_rows)
-      gemm<T>(ta, tb, len, n, k, alpha, ta ? a + lo : a + lo * lda, lda, b, ldb, beta,
-              c + lo * ldc, ldc);
-    else
-      gemm<T>(ta, tb, m, len, k, alpha, a, lda, tb ? b + lo * ldb : b + lo, ldb, beta, c + lo,
+      gemm<T>(ta, tb, len, n, k, alpha, ta ? a + lo : a + lo * lda, lda, b, ldb, beta, c + lo * ldc,
               ldc);
+    else
+      gemm<T>(ta, tb, m, len, k, alpha, a, lda, tb ? b + lo * ldb : b + lo, ldb, beta, c + lo, ldc);
   }
 }
 template void gemm_parallel<float>(bool, bool, index_t, index_t, index_t, float, const float*,
                                    index_t, const float*, index_t, float, float*, index_t);
-template void gemm_parallel<double>(bool, bool, index_t, index_t, index_t, double,
-                                    const double*, index_t, const double*, index_t, double,
-                                    double*, index_t);
+template void gemm_parallel<double>(bool, bool, index_t, index_t, index_t, double, const double*,
+                                    index_t, const double*, index_t, double, double*, index_t);
 
 // Row-major A (rows x cols) is column-major A^T: flip the transpose flag.
-template <>
-void gemv<float>(bool trans, index_t rows, index_t cols, float alpha, const float* a,
-                 index_t lda, const float* x, float beta, float* y) {
+template <class T>
+void gemv(bool trans, index_t rows, index_t cols, T alpha, const T* a, index_t lda, const T* x,
+          T beta, T* y) {
   const char t = trans ? 'N' : 'T';
   const int M = as_int(cols), N = as_int(rows), LDA = as_int(lda), one = 1;
-  BLAS_SYMBOL(sgemv_)(&t, &M, &N, &alpha, a, &LDA, x, &one, &beta, y, &one);
+  xgemv(&t, &M, &N, &alpha, a, &LDA, x, &one, &beta, y, &one);
 }
-template <>
-void gemv<double>(bool trans, index_t rows, index_t cols, double alpha, const double* a,
-                  index_t lda, const double* x, double beta, double* y) {
-  const char t = trans ? 'N' : 'T';
-  const int M = as_int(cols), N = as_int(rows), LDA = as_int(lda), one = 1;
-  BLAS_SYMBOL(dgemv_)(&t, &M, &N, &alpha, a, &LDA, x, &one, &beta, y, &one);
-}
+template void gemv<float>(bool, index_t, index_t, float, const float*, index_t, const float*, float,
+                          float*);
+template void gemv<double>(bool, index_t, index_t, double, const double*, index_t, const double*,
+                           double, double*);
 
 }  // namespace blas
 
@@ -167,8 +193,8 @@ void Cholesky::solve(double* b, index_t nrhs) const {
   const int N = as_int(n_), NRHS = as_int(nrhs);
   const double one = 1.0;
   const char right = 'R', upper = 'U', notrans = 'N', trans = 'T', nonunit = 'N';
-  BLAS_SYMBOL(dtrsm_)(&right, &upper, &notrans, &nonunit, &NRHS, &N, &one, factor_.data(), &N,
-                      b, &NRHS);
+  BLAS_SYMBOL(dtrsm_)(&right, &upper, &notrans, &nonunit, &NRHS, &N, &one, factor_.data(), &N, b,
+                      &NRHS);
   BLAS_SYMBOL(dtrsm_)(&right, &upper, &trans, &nonunit, &NRHS, &N, &one, factor_.data(), &N, b,
                       &NRHS);
 }
@@ -187,7 +213,8 @@ void thin_qr(const double* a, index_t rows, index_t cols, std::vector<double>& q
   lwork = std::max(1, static_cast<int>(query));
   std::vector<double> work(lwork);
   BLAS_SYMBOL(dgeqrf_)(&M, &N, qc.data(), &M, tau.data(), work.data(), &lwork, &info);
-  if (info != 0) throw NumericalError("QR factorisation failed (dgeqrf info " + std::to_string(info) + ")");
+  if (info != 0)
+    throw NumericalError("QR factorisation failed (dgeqrf info " + std::to_string(info) + ")");
   r.assign(cols * cols, 0.0);
   for (index_t i = 0; i < cols; ++i)
     for (index_t j = i; j < cols; ++j) r[i * cols + j] = qc[j * rows + i];
@@ -196,7 +223,8 @@ void thin_qr(const double* a, index_t rows, index_t cols, std::vector<double>& q
   lwork = std::max(1, static_cast<int>(query));
   work.resize(lwork);
   BLAS_SYMBOL(dorgqr_)(&M, &N, &N, qc.data(), &M, tau.data(), work.data(), &lwork, &info);
-  if (info != 0) throw NumericalError("QR factorisation failed (dorgqr info " + std::to_string(info) + ")");
+  if (info != 0)
+    throw NumericalError("QR factorisation failed (dorgqr info " + std::to_string(info) + ")");
   q.resize(rows * cols);
   for (index_t i = 0; i < rows; ++i)
     for (index_t j = 0; j < cols; ++j) q[i * cols + j] = qc[j * rows + i];
@@ -220,15 +248,16 @@ void symmetric_eigen(const double* a, index_t n, std::vector<double>& w, std::ve
   const char jobz = 'V', uplo = 'U';
   int info = 0, lwork = -1, liwork = -1, iquery = 0;
   double query = 0;
-  BLAS_SYMBOL(dsyevd_)(&jobz, &uplo, &N, vc.data(), &N, w.data(), &query, &lwork, &iquery,
-                       &liwork, &info);
+  BLAS_SYMBOL(dsyevd_)(&jobz, &uplo, &N, vc.data(), &N, w.data(), &query, &lwork, &iquery, &liwork,
+                       &info);
   lwork = std::max(1, static_cast<int>(query));
   liwork = std::max(1, iquery);
   std::vector<double> work(lwork);
   std::vector<int> iwork(liwork);
-  BLAS_SYMBOL(dsyevd_)(&jobz, &uplo, &N, vc.data(), &N, w.data(), work.data(), &lwork,
-                       iwork.data(), &liwork, &info);
-  if (info != 0) throw NumericalError("eigendecomposition failed (dsyevd info " + std::to_string(info) + ")");
+  BLAS_SYMBOL(dsyevd_)(&jobz, &uplo, &N, vc.data(), &N, w.data(), work.data(), &lwork, iwork.data(),
+                       &liwork, &info);
+  if (info != 0)
+    throw NumericalError("eigendecomposition failed (dsyevd info " + std::to_string(info) + ")");
   v.resize(n * n);
   for (index_t i = 0; i < n; ++i)
     for (index_t j = 0; j < n; ++j) v[i * n + j] = vc[j * n + i];
@@ -244,18 +273,7 @@ void thin_svd(const double* a, index_t rows, index_t cols, std::vector<double>& 
   s.resize(p);
   u.resize(rows * p);
   vt.resize(p * cols);
-  const int M = as_int(cols), N = as_int(rows), P = as_int(p);
-  const char jobz = 'S';
-  std::vector<int> iwork(8 * p);
-  int info = 0, lwork = -1;
-  double query = 0;
-  BLAS_SYMBOL(dgesdd_)(&jobz, &M, &N, at.data(), &M, s.data(), vt.data(), &M, u.data(), &P,
-                       &query, &lwork, iwork.data(), &info);
-  lwork = std::max(1, static_cast<int>(query));
-  std::vector<double> work(lwork);
-  BLAS_SYMBOL(dgesdd_)(&jobz, &M, &N, at.data(), &M, s.data(), vt.data(), &M, u.data(), &P,
-                       work.data(), &lwork, iwork.data(), &info);
-  if (info != 0) throw NumericalError("SVD did not converge (dgesdd info " + std::to_string(info) + ")");
+  thin_gesdd(as_int(cols), as_int(rows), at.data(), s.data(), vt.data(), u.data());
 }
 
 std::vector<double> svd_solve(const double* a, index_t rows, index_t cols, const double* b,
@@ -264,28 +282,18 @@ std::vector<double> svd_solve(const double* a, index_t rows, index_t cols, const
   // and A^+ = U S^+ V^T with U (cols x p), V (rows x p).
   const index_t p = std::min(rows, cols);
   std::vector<double> at(a, a + rows * cols), s(p), u(cols * p), vt(p * rows);
-  const int M = as_int(cols), N = as_int(rows), P = as_int(p);
-  const char jobz = 'S';
-  std::vector<int> iwork(8 * p);
-  int info = 0, lwork = -1;
-  double query = 0;
-  BLAS_SYMBOL(dgesdd_)(&jobz, &M, &N, at.data(), &M, s.data(), u.data(), &M, vt.data(), &P,
-                       &query, &lwork, iwork.data(), &info);
-  lwork = std::max(1, static_cast<int>(query));
-  std::vector<double> work(lwork);
-  BLAS_SYMBOL(dgesdd_)(&jobz, &M, &N, at.data(), &M, s.data(), u.data(), &M, vt.data(), &P,
-                       work.data(), &lwork, iwork.data(), &info);
-  if (info != 0) throw NumericalError("SVD did not converge (dgesdd info " + std::to_string(info) + ")");
+  thin_gesdd(as_int(cols), as_int(rows), at.data(), s.data(), u.data(), vt.data());
   // Column-major u (cols x p) is row-major u^T (p x cols); column-major vt (p x rows) is
   // row-major V (rows x p). X = U diag(f(s)) V^T B.
   std::vector<double> vtb(p * nrhs);
-  blas::gemm<double>(true, false, p, nrhs, rows, 1.0, vt.data(), p, b, nrhs, 0.0, vtb.data(),
-                     nrhs);
+  blas::gemm<double>(true, false, p, nrhs, rows, 1.0, vt.data(), p, b, nrhs, 0.0, vtb.data(), nrhs);
   const double cutoff = rcond * s[0];
   for (index_t i = 0; i < p; ++i) {
     double f = 0;
-    if (ridge > 0) f = s[i] / (s[i] * s[i] + ridge);
-    else if (s[i] > cutoff && s[i] > 0) f = 1.0 / s[i];
+    if (ridge > 0)
+      f = s[i] / (s[i] * s[i] + ridge);
+    else if (s[i] > cutoff && s[i] > 0)
+      f = 1.0 / s[i];
     for (index_t j = 0; j < nrhs; ++j) vtb[i * nrhs + j] *= f;
   }
   std::vector<double> x(cols * nrhs);

@@ -22,8 +22,8 @@ void gemm(bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T alpha, 
 // gemm split into row or column blocks over the kernel's OpenMP threads when it is large
 // enough to pay for them; plain gemm otherwise (and inside parallel regions).
 template <class T>
-void gemm_parallel(bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T alpha,
-                   const T* a, index_t lda, const T* b, index_t ldb, T beta, T* c, index_t ldc);
+void gemm_parallel(bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T alpha, const T* a,
+                   index_t lda, const T* b, index_t ldb, T beta, T* c, index_t ldc);
 
 // y(m) = alpha * op(A) x + beta * y, A row-major (rows x cols).
 template <class T>

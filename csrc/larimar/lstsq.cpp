@@ -24,7 +24,7 @@ void solve_episode(const T* w, const T* z, T* m, index_t n, index_t k, index_t c
   std::vector<double> gram(g * g);
   // Gram: W^T W (tall) or W W^T (wide), plus the ridge.
   blas::gemm_parallel<double>(tall, !tall, g, g, tall ? n : k, 1.0, wd.data(), k, wd.data(), k, 0.0,
-                     gram.data(), g);
+                              gram.data(), g);
   for (index_t i = 0; i < g; ++i) gram[i * g + i] += ridge;
 
   Cholesky chol;
@@ -40,7 +40,8 @@ void solve_episode(const T* w, const T* z, T* m, index_t n, index_t k, index_t c
     // M = G^-1 (W^T Z), in float64 throughout.
     const std::vector<double> zd = convert<double>(z, n * c);
     std::vector<double> rhs(k * c);
-    blas::gemm_parallel<double>(true, false, k, c, n, 1.0, wd.data(), k, zd.data(), c, 0.0, rhs.data(), c);
+    blas::gemm_parallel<double>(true, false, k, c, n, 1.0, wd.data(), k, zd.data(), c, 0.0,
+                                rhs.data(), c);
     chol.solve(rhs.data(), c);
     std::copy(rhs.begin(), rhs.end(), m);
   } else {
@@ -77,7 +78,7 @@ void lstsq_write(const T* w, const T* z, T* m, index_t batch, index_t n, index_t
 
 template void lstsq_write<float>(const float*, const float*, float*, index_t, index_t, index_t,
                                  index_t, const LstsqOptions&);
-template void lstsq_write<double>(const double*, const double*, double*, index_t, index_t,
-                                  index_t, index_t, const LstsqOptions&);
+template void lstsq_write<double>(const double*, const double*, double*, index_t, index_t, index_t,
+                                  index_t, const LstsqOptions&);
 
 }  // namespace larimar

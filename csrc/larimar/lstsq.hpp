@@ -7,7 +7,8 @@ namespace larimar {
 
 struct LstsqOptions {
   double ridge = 0.0;  // >= 0: M = (W^T W + ridge I)^-1 W^T Z
-  double rcond = -1;   // < 0: default max(N, K) * eps(T); singular values below rcond * s_max dropped
+  double rcond =
+      -1;  // < 0: default max(N, K) * eps(T); singular values below rcond * s_max dropped
 };
 
 // W (B x N x K), Z (B x N x C) -> M (B x K x C), all row-major. Episodes run in parallel.

@@ -9,60 +9,48 @@ namespace larimar {
 namespace {
 
 // out[i] = R_i . x in float64 (a float32 product is exact in float64, so float32 input
-// costs no accuracy and half the memory traffic of a converted copy).
-
-LARIMAR_MULTIVERSION
-void dot_rows(const float* r, index_t k, index_t c, const float* x, double* out) {
-  for (index_t i = 0; i < k; ++i) {
-    const float* row = r + i * c;
-    double s = 0;
-#pragma omp simd reduction(+ : s)
-    for (index_t j = 0; j < c; ++j) s += static_cast<double>(row[j]) * static_cast<double>(x[j]);
-    out[i] = s;
-  }
-}
-
-LARIMAR_MULTIVERSION
-void dot_rows(const double* r, index_t k, index_t c, const double* x, double* out) {
-  for (index_t i = 0; i < k; ++i) {
-    const double* row = r + i * c;
-    double s = 0;
-#pragma omp simd reduction(+ : s)
-    for (index_t j = 0; j < c; ++j) s += row[j] * x[j];
-    out[i] = s;
-  }
-}
-
-// out (K x q) = R (K x C) B^T for bt = B (q x C) in float64: one pass over R, each row
-// meeting all q vectors while it sits in L1.
-#define LARIMAR_ROWS_TIMES(T)                                                              \
-  LARIMAR_MULTIVERSION                                                                     \
-  void rows_times(const T* r, index_t k, index_t c, const double* bt, index_t q,          \
-                  double* out) {                                                           \
-    for (index_t i = 0; i < k; ++i) {                                                      \
-      const T* row = r + i * c;                                                            \
-      for (index_t t = 0; t < q; ++t) {                                                    \
-        const double* b = bt + t * c;                                                      \
-        double s = 0;                                                                      \
-        _Pragma("omp simd reduction(+ : s)") for (index_t j = 0; j < c; ++j) s +=          \
-            static_cast<double>(row[j]) * b[j];                                            \
-        out[i * q + t] = s;                                                                \
-      }                                                                                    \
-    }                                                                                      \
-  }                                                                                        \
-  /* out (q x C) = S^T R for S (K x q) in float64: rank-1 accumulation, one pass over R. */ \
-  LARIMAR_MULTIVERSION                                                                     \
-  void transpose_times(const T* r, index_t k, index_t c, const double* s, index_t q,      \
-                       double* out) {                                                      \
-    std::fill(out, out + q * c, 0.0);                                                      \
-    for (index_t i = 0; i < k; ++i) {                                                      \
-      const T* row = r + i * c;                                                            \
-      for (index_t t = 0; t < q; ++t) {                                                    \
-        const double f = s[i * q + t];                                                     \
-        double* o = out + t * c;                                                           \
-        _Pragma("omp simd") for (index_t j = 0; j < c; ++j) o[j] += f * static_cast<double>(row[j]); \
-      }                                                                                    \
-    }                                                                                      \
+// costs no accuracy and half the memory traffic of a converted copy). The overloads come
+// from a macro because target_clones does not apply to templates.
+#define LARIMAR_ROWS_TIMES(T)                                                                   \
+  LARIMAR_MULTIVERSION                                                                          \
+  void dot_rows(const T* r, index_t k, index_t c, const T* x, double* out) {                    \
+    for (index_t i = 0; i < k; ++i) {                                                           \
+      const T* row = r + i * c;                                                                 \
+      double s = 0;                                                                             \
+      _Pragma("omp simd reduction(+ : s)") for (index_t j = 0; j < c; ++j) s +=                 \
+          static_cast<double>(row[j]) * static_cast<double>(x[j]);                              \
+      out[i] = s;                                                                               \
+    }                                                                                           \
+  }                                                                                             \
+  /* out (K x q) = R (K x C) B^T for bt = B (q x C) in float64: one pass over R, each row       \
+     meeting all q vectors while it sits in L1. */                                              \
+  LARIMAR_MULTIVERSION                                                                          \
+  void rows_times(const T* r, index_t k, index_t c, const double* bt, index_t q, double* out) { \
+    for (index_t i = 0; i < k; ++i) {                                                           \
+      const T* row = r + i * c;                                                                 \
+      for (index_t t = 0; t < q; ++t) {                                                         \
+        const double* b = bt + t * c;                                                           \
+        double s = 0;                                                                           \
+        _Pragma("omp simd reduction(+ : s)") for (index_t j = 0; j < c; ++j) s +=               \
+            static_cast<double>(row[j]) * b[j];                                                 \
+        out[i * q + t] = s;                                                                     \
+      }                                                                                         \
+    }                                                                                           \
+  }                                                                                             \
+  /* out (q x C) = S^T R for S (K x q) in float64: rank-1 accumulation, one pass over R. */     \
+  LARIMAR_MULTIVERSION                                                                          \
+  void transpose_times(const T* r, index_t k, index_t c, const double* s, index_t q,            \
+                       double* out) {                                                           \
+    std::fill(out, out + q * c, 0.0);                                                           \
+    for (index_t i = 0; i < k; ++i) {                                                           \
+      const T* row = r + i * c;                                                                 \
+      for (index_t t = 0; t < q; ++t) {                                                         \
+        const double f = s[i * q + t];                                                          \
+        double* o = out + t * c;                                                                \
+        _Pragma("omp simd") for (index_t j = 0; j < c; ++j) o[j] +=                             \
+            f * static_cast<double>(row[j]);                                                    \
+      }                                                                                         \
+    }                                                                                           \
   }
 LARIMAR_ROWS_TIMES(float)
 LARIMAR_ROWS_TIMES(double)
@@ -134,7 +122,7 @@ RowSpace row_space(const T* r, index_t k, index_t c, double rcond) {
   const std::vector<index_t> pivots = gram_pivots(r, k, c, sq, std::max(cutoff2, gram_floor2), raw);
   index_t q = static_cast<index_t>(pivots.size());
   std::vector<double>& basis = out.basis;  // C x q
-  std::vector<double> triangle;              // R_P^T = Q Rc
+  std::vector<double> triangle;            // R_P^T = Q Rc
   if (q > 0) {
     std::vector<double> rows_t(c * q);
     for (index_t t = 0; t < q; ++t)
@@ -147,8 +135,10 @@ RowSpace row_space(const T* r, index_t k, index_t c, double rcond) {
     std::vector<double> e = convert<double>(r, k * c);
     if (q > 0) {
       std::vector<double> coef(k * q);
-      blas::gemm_parallel<double>(false, false, k, q, c, 1.0, e.data(), c, basis.data(), q, 0.0, coef.data(), q);
-      blas::gemm_parallel<double>(false, true, k, c, q, -1.0, coef.data(), q, basis.data(), q, 1.0, e.data(), c);
+      blas::gemm_parallel<double>(false, false, k, q, c, 1.0, e.data(), c, basis.data(), q, 0.0,
+                                  coef.data(), q);
+      blas::gemm_parallel<double>(false, true, k, c, q, -1.0, coef.data(), q, basis.data(), q, 1.0,
+                                  e.data(), c);
     }
     std::vector<std::vector<double>> extra;
     std::vector<double> h(k);
@@ -242,7 +232,8 @@ LowRankPinv<T>::LowRankPinv(const T* r, index_t k, index_t c, double rcond) : k_
   const double residual = std::sqrt(std::max(0.0, r2 - u2));
   std::vector<double> vt_exact(kept * c);  // V^T (kept x C)
   if (residual <= 8 * epsilon<T>() * sv[kept - 1]) {
-    blas::gemm<double>(false, true, kept, c, q, 1.0, vt.data(), q, qc.data(), q, 0.0, vt_exact.data(), c);
+    blas::gemm<double>(false, true, kept, c, q, 1.0, vt.data(), q, qc.data(), q, 0.0,
+                       vt_exact.data(), c);
   } else {
     transpose_times(r, k, c, scaled.data(), kept, vt_exact.data());
   }
@@ -258,30 +249,34 @@ LowRankPinv<T>::LowRankPinv(const T* r, index_t k, index_t c, double rcond) : k_
     for (index_t t = 0; t < kept; ++t) right_[t * k + i] = static_cast<T>(uu[i * q + t]);
 }
 
+namespace {
+
+// out (n x width) = (Z F) G for Z (n x C), F (C x rank) and G (rank x width), or G stored
+// transposed (width x rank): both products of a low-rank pseudo-inverse.
 template <class T>
-void LowRankPinv<T>::apply(const T* z, index_t n, T* w) const {
-  if (rank_ == 0) {
-    std::fill(w, w + n * k_, T(0));
+void low_rank_product(const T* z, index_t n, index_t c, const std::vector<T>& f, index_t rank,
+                      const std::vector<T>& g, bool g_transposed, index_t width, T* out) {
+  if (rank == 0) {
+    std::fill(out, out + n * width, T(0));
     return;
   }
-  std::vector<T> projected(n * rank_);
-  blas::gemm_parallel<T>(false, false, n, rank_, c_, T(1), z, c_, left_.data(), rank_, T(0),
-                projected.data(), rank_);
-  blas::gemm_parallel<T>(false, false, n, k_, rank_, T(1), projected.data(), rank_, right_.data(), k_,
-                T(0), w, k_);
+  std::vector<T> zf(n * rank);
+  blas::gemm_parallel<T>(false, false, n, rank, c, T(1), z, c, f.data(), rank, T(0), zf.data(),
+                         rank);
+  blas::gemm_parallel<T>(false, g_transposed, n, width, rank, T(1), zf.data(), rank, g.data(),
+                         g_transposed ? rank : width, T(0), out, width);
+}
+
+}  // namespace
+
+template <class T>
+void LowRankPinv<T>::apply(const T* z, index_t n, T* w) const {
+  low_rank_product(z, n, c_, left_, rank_, right_, false, k_, w);
 }
 
 template <class T>
 void LowRankPinv<T>::project(const T* z, index_t n, T* out) const {
-  if (rank_ == 0) {
-    std::fill(out, out + n * c_, T(0));
-    return;
-  }
-  std::vector<T> coef(n * rank_);
-  blas::gemm_parallel<T>(false, false, n, rank_, c_, T(1), z, c_, basis_.data(), rank_, T(0),
-                         coef.data(), rank_);
-  blas::gemm_parallel<T>(false, true, n, c_, rank_, T(1), coef.data(), rank_, basis_.data(),
-                         rank_, T(0), out, c_);
+  low_rank_product(z, n, c_, basis_, rank_, basis_, true, c_, out);
 }
 
 namespace {
@@ -304,26 +299,35 @@ void for_each_pinv(const T* z, const T* r, index_t batch, index_t n, index_t k, 
   parallel_for(batch, [&](index_t b) { body(b, LowRankPinv<T>(r + b * k * c, k, c, rcond)); });
 }
 
+// W = Z R^+ (project false: the addresses) or (Z M^+) M = Z Q Q^T (project true: M^+ M
+// projects onto M's kept row space), per episode.
+template <class T>
+void batched_pinv(const T* z, const T* r, T* out, index_t batch, index_t n, index_t k, index_t c,
+                  double rcond, bool project) {
+  const index_t width = project ? c : k;
+  for_each_pinv(z, r, batch, n, k, c, rcond, project ? "Zq" : "Z", project ? "M" : "R",
+                [&](index_t b, const LowRankPinv<T>& pinv) {
+                  if (project) {
+                    pinv.project(z + b * n * c, n, out + b * n * width);
+                  } else {
+                    pinv.apply(z + b * n * c, n, out + b * n * width);
+                  }
+                });
+  check_result(out, batch * n * width, project ? "Zq, M" : "Z, R");
+}
 
 }  // namespace
 
 template <class T>
 void pinv_address(const T* z, const T* r, T* w, index_t batch, index_t n, index_t k, index_t c,
                   double rcond) {
-  for_each_pinv(z, r, batch, n, k, c, rcond, "Z", "R", [&](index_t b, const LowRankPinv<T>& pinv) {
-    pinv.apply(z + b * n * c, n, w + b * n * k);
-  });
-  check_result(w, batch * n * k, "Z, R");
+  batched_pinv(z, r, w, batch, n, k, c, rcond, false);
 }
 
 template <class T>
 void pinv_read(const T* z, const T* m, T* out, index_t batch, index_t n, index_t k, index_t c,
                double rcond) {
-  // (Z M^+) M = Z Q Q^T: M^+ M projects onto M's (kept) row space.
-  for_each_pinv(z, m, batch, n, k, c, rcond, "Zq", "M", [&](index_t b, const LowRankPinv<T>& pinv) {
-    pinv.project(z + b * n * c, n, out + b * n * c);
-  });
-  check_result(out, batch * n * c, "Zq, M");
+  batched_pinv(z, m, out, batch, n, k, c, rcond, true);
 }
 
 template void pinv_read<float>(const float*, const float*, float*, index_t, index_t, index_t,
@@ -334,7 +338,7 @@ template class LowRankPinv<float>;
 template class LowRankPinv<double>;
 template void pinv_address<float>(const float*, const float*, float*, index_t, index_t, index_t,
                                   index_t, double);
-template void pinv_address<double>(const double*, const double*, double*, index_t, index_t,
-                                   index_t, index_t, double);
+template void pinv_address<double>(const double*, const double*, double*, index_t, index_t, index_t,
+                                   index_t, double);
 
 }  // namespace larimar

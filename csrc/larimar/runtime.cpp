@@ -1,12 +1,10 @@
-#include "larimar/common.hpp"
-
 #include <omp.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 
-#include <atomic>
-
+#include "larimar/common.hpp"
 #include "larimar/linalg.hpp"
 
 namespace larimar {

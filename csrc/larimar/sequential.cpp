@@ -36,7 +36,8 @@ class ClampedSolver {
     blas::gemm<double>(true, false, n_, nrhs, n_, 1.0, v_.data(), n_, b, nrhs, 0.0, t.data(), nrhs);
     for (index_t i = 0; i < n_; ++i)
       for (index_t j = 0; j < nrhs; ++j) t[i * nrhs + j] /= w_[i];
-    blas::gemm<double>(false, false, n_, nrhs, n_, 1.0, v_.data(), n_, t.data(), nrhs, 0.0, b, nrhs);
+    blas::gemm<double>(false, false, n_, nrhs, n_, 1.0, v_.data(), n_, t.data(), nrhs, 0.0, b,
+                       nrhs);
   }
 
  private:
@@ -54,7 +55,8 @@ SequentialMemory<T>::SequentialMemory(index_t memory_size, index_t code_size, co
   check_dim(code_size, "code_size", "code size C");
   require(std::isfinite(ridge) && ridge > 0, "ridge",
           "expected a finite number > 0 (it keeps C = W^T W + ridge I invertible before K "
-          "rows are stored), got " + std::to_string(ridge));
+          "rows are stored), got " +
+              std::to_string(ridge));
   check_allocation(8.0 * (3.0 * double(k_) * k_ + 4.0 * double(k_) * c_), "memory_size",
                    "the float64 state (M, C, B, P)");
   if (prior) {
@@ -155,8 +157,10 @@ void SequentialMemory<T>::write(const T* w, const T* z, index_t n) {
   try {
     reset_state();
     const std::vector<double> wd = convert<double>(w, n * k_), zd = convert<double>(z, n * c_);
-    if (n < k_) write_underdetermined(wd, zd, n);
-    else direct_update(wd, zd, n, 1.0);
+    if (n < k_)
+      write_underdetermined(wd, zd, n);
+    else
+      direct_update(wd, zd, n, 1.0);
   } catch (...) {
     m_.swap(saved.memory);
     gram_.swap(saved.gram);
@@ -178,11 +182,13 @@ void SequentialMemory<T>::write_underdetermined(const std::vector<double>& wd,
                                                 const std::vector<double>& zd, index_t n) {
   const index_t k = k_, c = c_;
   std::vector<double> g(n * n);
-  blas::gemm_parallel<double>(false, true, n, n, k, 1.0, wd.data(), k, wd.data(), k, 0.0, g.data(), n);
+  blas::gemm_parallel<double>(false, true, n, n, k, 1.0, wd.data(), k, wd.data(), k, 0.0, g.data(),
+                              n);
   for (index_t i = 0; i < n; ++i) g[i * n + i] += ridge_;
   // G >= ridge I exactly; rounding can still defeat a Cholesky when |W|^2 >> ridge.
   std::vector<double> y(zd);  // Z - W M0, then G^-1 (Z - W M0)
-  blas::gemm_parallel<double>(false, false, n, c, k, -1.0, wd.data(), k, m_.data(), c, 1.0, y.data(), c);
+  blas::gemm_parallel<double>(false, false, n, c, k, -1.0, wd.data(), k, m_.data(), c, 1.0,
+                              y.data(), c);
   std::vector<double> v(wd);  // G^-1 W
   std::vector<double> factor(g);
   Cholesky chol;
@@ -194,11 +200,14 @@ void SequentialMemory<T>::write_underdetermined(const std::vector<double>& wd,
     solver.solve(y.data(), c);
     solver.solve(v.data(), k);
   }
-  blas::gemm_parallel<double>(true, false, k, c, n, 1.0, wd.data(), k, y.data(), c, 1.0, m_.data(), c);
+  blas::gemm_parallel<double>(true, false, k, c, n, 1.0, wd.data(), k, y.data(), c, 1.0, m_.data(),
+                              c);
   blas::gemm_parallel<double>(true, false, k, k, n, -1.0 / ridge_, wd.data(), k, v.data(), k, 1.0,
                               precision_.data(), k);
-  blas::gemm_parallel<double>(true, false, k, k, n, 1.0, wd.data(), k, wd.data(), k, 1.0, gram_.data(), k);
-  blas::gemm_parallel<double>(true, false, k, c, n, 1.0, wd.data(), k, zd.data(), c, 1.0, rhs_.data(), c);
+  blas::gemm_parallel<double>(true, false, k, k, n, 1.0, wd.data(), k, wd.data(), k, 1.0,
+                              gram_.data(), k);
+  blas::gemm_parallel<double>(true, false, k, c, n, 1.0, wd.data(), k, zd.data(), c, 1.0,
+                              rhs_.data(), c);
 }
 
 // Woodbury: U = P W^T (K x n), S = I/alpha + W U (n x n), P' = P - U S^-1 U^T,
@@ -206,12 +215,13 @@ void SequentialMemory<T>::write_underdetermined(const std::vector<double>& wd,
 // S down below kWoodburyFloor of its scale.
 template <class T>
 bool SequentialMemory<T>::woodbury_update(const std::vector<double>& wd,
-                                          const std::vector<double>& zd, index_t n,
-                                          double alpha) {
+                                          const std::vector<double>& zd, index_t n, double alpha) {
   const index_t k = k_, c = c_;
   std::vector<double> u(k * n), s(n * n), v(n * k);
-  blas::gemm_parallel<double>(false, true, k, n, k, 1.0, precision_.data(), k, wd.data(), k, 0.0, u.data(), n);
-  blas::gemm_parallel<double>(false, false, n, n, k, 1.0, wd.data(), k, u.data(), n, 0.0, s.data(), n);
+  blas::gemm_parallel<double>(false, true, k, n, k, 1.0, precision_.data(), k, wd.data(), k, 0.0,
+                              u.data(), n);
+  blas::gemm_parallel<double>(false, false, n, n, k, 1.0, wd.data(), k, u.data(), n, 0.0, s.data(),
+                              n);
   for (index_t i = 0; i < n; ++i) s[i * n + i] += 1.0 / alpha;
   // S is positive definite for writes; for forgets -S must be, with room to spare.
   const double sign = alpha > 0 ? 1.0 : -1.0;
@@ -226,7 +236,8 @@ bool SequentialMemory<T>::woodbury_update(const std::vector<double>& wd,
       if (chol.pivot(i) * chol.pivot(i) < floor) return false;
   }
   std::vector<double> resid(zd);  // R = Z - W M, then S^-1 R
-  blas::gemm_parallel<double>(false, false, n, c, k, -1.0, wd.data(), k, m_.data(), c, 1.0, resid.data(), c);
+  blas::gemm_parallel<double>(false, false, n, c, k, -1.0, wd.data(), k, m_.data(), c, 1.0,
+                              resid.data(), c);
   for (index_t i = 0; i < k; ++i)
     for (index_t j = 0; j < n; ++j) v[j * k + i] = sign * u[i * n + j];
   chol.solve(v.data(), k);  // V = S^-1 U^T
@@ -238,8 +249,10 @@ bool SequentialMemory<T>::woodbury_update(const std::vector<double>& wd,
   for (double& x : sz) x *= root;
   if (pending_sign_.size() + n > std::max<std::size_t>(kPendingRows, n)) fold_pending();
   // Nothing below can fail: commit in place.
-  blas::gemm_parallel<double>(false, false, k, k, n, -1.0, u.data(), n, v.data(), k, 1.0, precision_.data(), k);
-  blas::gemm_parallel<double>(false, false, k, c, n, 1.0, u.data(), n, resid.data(), c, 1.0, m_.data(), c);
+  blas::gemm_parallel<double>(false, false, k, k, n, -1.0, u.data(), n, v.data(), k, 1.0,
+                              precision_.data(), k);
+  blas::gemm_parallel<double>(false, false, k, c, n, 1.0, u.data(), n, resid.data(), c, 1.0,
+                              m_.data(), c);
   pending_w_.insert(pending_w_.end(), sw.begin(), sw.end());
   pending_z_.insert(pending_z_.end(), sz.begin(), sz.end());
   pending_sign_.insert(pending_sign_.end(), n, sign);
@@ -254,8 +267,10 @@ void SequentialMemory<T>::direct_update(const std::vector<double>& wd,
   const index_t k = k_, c = c_;
   fold_pending();
   std::vector<double> gram = gram_, rhs = rhs_;
-  blas::gemm_parallel<double>(true, false, k, k, n, alpha, wd.data(), k, wd.data(), k, 1.0, gram.data(), k);
-  blas::gemm_parallel<double>(true, false, k, c, n, alpha, wd.data(), k, zd.data(), c, 1.0, rhs.data(), c);
+  blas::gemm_parallel<double>(true, false, k, k, n, alpha, wd.data(), k, wd.data(), k, 1.0,
+                              gram.data(), k);
+  blas::gemm_parallel<double>(true, false, k, c, n, alpha, wd.data(), k, zd.data(), c, 1.0,
+                              rhs.data(), c);
   std::vector<double> factor(gram);
   Cholesky chol;
   std::vector<double> m(rhs), precision(k * k, 0.0);
@@ -270,8 +285,9 @@ void SequentialMemory<T>::direct_update(const std::vector<double>& wd,
     for (index_t i = 0; i < k; ++i) precision[i * k + i] = 1.0;
     solver.solve(precision.data(), k);
   } else {
-    fail("W", "this update would leave the memory's covariance W^T W + ridge I not "
-              "positive definite: forgotten rows are not stored in this memory");
+    fail("W",
+         "this update would leave the memory's covariance W^T W + ridge I not "
+         "positive definite: forgotten rows are not stored in this memory");
   }
   m_.swap(m);
   gram_.swap(gram);
@@ -306,12 +322,23 @@ const LowRankPinv<T>& SequentialMemory<T>::memory_pinv() const {
 }
 
 template <class T>
-void SequentialMemory<T>::address(const T* z, index_t n, T* w) const {
-  check_dim(n, "Z", "number of rows");
-  check_finite(z, n * c_, "Z");
+void SequentialMemory<T>::through_memory_pinv(const T* z, index_t n, const char* name, bool project,
+                                              T* out) const {
+  check_dim(n, name, "number of rows");
+  check_finite(z, n * c_, name);
   std::shared_lock<std::shared_mutex> lock(state_mutex_);
-  memory_pinv().apply(z, n, w);
-  check_result(w, n * k_, "Z");
+  const LowRankPinv<T>& pinv = memory_pinv();
+  if (project) {
+    pinv.project(z, n, out);
+  } else {
+    pinv.apply(z, n, out);
+  }
+  check_result(out, n * (project ? c_ : k_), name);
+}
+
+template <class T>
+void SequentialMemory<T>::address(const T* z, index_t n, T* w) const {
+  through_memory_pinv(z, n, "Z", false, w);
 }
 
 template <class T>
@@ -325,11 +352,7 @@ void SequentialMemory<T>::prior_address(const T* z, index_t n, T* w) const {
 
 template <class T>
 void SequentialMemory<T>::read(const T* z, index_t n, T* out) const {
-  check_dim(n, "Zq", "number of rows");
-  check_finite(z, n * c_, "Zq");
-  std::shared_lock<std::shared_mutex> lock(state_mutex_);
-  memory_pinv().project(z, n, out);
-  check_result(out, n * c_, "Zq");
+  through_memory_pinv(z, n, "Zq", true, out);
 }
 
 template <class T>

@@ -1,4 +1,5 @@
-// Larimar's memory state with sequential write and forget (docs/DESIGN.md section 2.5, Larimar eqs. 2-4).
+// Larimar's memory state with sequential write and forget (docs/DESIGN.md section 2.5, Larimar eqs.
+// 2-4).
 #pragma once
 
 #include <memory>
@@ -62,6 +63,9 @@ class SequentialMemory {
   void fold_pending() const;
   void invalidate();
   const LowRankPinv<T>& memory_pinv() const;
+  // The checks, lock and result check around W = Z M^+ (project false) or (Z M^+) M
+  // (project true); name is the query's argument name in errors.
+  void through_memory_pinv(const T* z, index_t n, const char* name, bool project, T* out) const;
 
   index_t k_, c_;
   double ridge_;

@@ -5,9 +5,9 @@
 namespace larimar {
 
 template <class T>
-SparseLstsqReport sparse_lstsq_write(const index_t* ids, const T* weights, index_t n,
-                                     index_t top_k, const T* z, index_t c, index_t k,
-                                     const T* prior, T* m, const SparseLstsqOptions& options) {
+SparseLstsqReport sparse_lstsq_write(const index_t* ids, const T* weights, index_t n, index_t top_k,
+                                     const T* z, index_t c, index_t k, const T* prior, T* m,
+                                     const SparseLstsqOptions& options) {
   check_dim(n, "Z", "number of rows N");
   check_dim(top_k, "indices", "number of addresses per row");
   check_dim(c, "Z", "code size C");
@@ -24,7 +24,8 @@ SparseLstsqReport sparse_lstsq_write(const index_t* ids, const T* weights, index
   // Compress the touched slots to 0 .. t-1.
   std::vector<index_t> local(k, -1), slots;
   for (index_t i = 0; i < n * top_k; ++i)
-    if (local[ids[i]] < 0) local[ids[i]] = static_cast<index_t>(slots.size()), slots.push_back(ids[i]);
+    if (local[ids[i]] < 0)
+      local[ids[i]] = static_cast<index_t>(slots.size()), slots.push_back(ids[i]);
   const index_t t = static_cast<index_t>(slots.size());
   std::vector<double> d(t, options.ridge);
   if (options.slot_weights)
@@ -115,8 +116,10 @@ SparseLstsqReport sparse_lstsq_write(const index_t* ids, const T* weights, index
     report.residual = worst();
   }
 
-  if (prior) std::copy(prior, prior + k * c, m);
-  else std::fill(m, m + k * c, T(0));
+  if (prior)
+    std::copy(prior, prior + k * c, m);
+  else
+    std::fill(m, m + k * c, T(0));
   for (index_t j = 0; j < t; ++j)
     for (index_t col = 0; col < c; ++col) m[slots[j] * c + col] = static_cast<T>(x[j * c + col]);
   check_result(m, k * c, "weights, Z");

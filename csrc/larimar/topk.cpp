@@ -33,9 +33,7 @@ class TopK {
  public:
   TopK(Candidate<T>* storage, index_t k) : heap_(storage), k_(k) {}
   // Score below the current k-th best can never enter; lets the scan skip the heap.
-  T threshold() const {
-    return size_ < k_ ? -std::numeric_limits<T>::infinity() : heap_[0].score;
-  }
+  T threshold() const { return size_ < k_ ? -std::numeric_limits<T>::infinity() : heap_[0].score; }
   void push(T score, index_t id) {
     const Candidate<T> c{score, id};
     auto worse_first = [](const Candidate<T>& a, const Candidate<T>& b) { return better(a, b); };
@@ -61,18 +59,18 @@ class TopK {
 // over memory.
 constexpr index_t kSmallBatch = 8;
 
-#define LARIMAR_SCORE_SMALL(T)                                                             \
-  LARIMAR_MULTIVERSION                                                                     \
-  void score_small(const T* q, index_t nq, const T* keys, index_t rows, index_t d, T* out) { \
-    for (index_t j = 0; j < rows; ++j) {                                                   \
-      const T* key = keys + j * d;                                                         \
-      for (index_t i = 0; i < nq; ++i) {                                                   \
-        const T* qi = q + i * d;                                                           \
-        T s = 0;                                                                           \
+#define LARIMAR_SCORE_SMALL(T)                                                                    \
+  LARIMAR_MULTIVERSION                                                                            \
+  void score_small(const T* q, index_t nq, const T* keys, index_t rows, index_t d, T* out) {      \
+    for (index_t j = 0; j < rows; ++j) {                                                          \
+      const T* key = keys + j * d;                                                                \
+      for (index_t i = 0; i < nq; ++i) {                                                          \
+        const T* qi = q + i * d;                                                                  \
+        T s = 0;                                                                                  \
         _Pragma("omp simd reduction(+ : s)") for (index_t t = 0; t < d; ++t) s += qi[t] * key[t]; \
-        out[i * rows + j] = s;                                                             \
-      }                                                                                    \
-    }                                                                                      \
+        out[i * rows + j] = s;                                                                    \
+      }                                                                                           \
+    }                                                                                             \
   }
 LARIMAR_SCORE_SMALL(float)
 LARIMAR_SCORE_SMALL(double)
@@ -86,19 +84,20 @@ struct Tile {
 // score, so callers need not scan the keys beforehand.
 template <class T>
 bool search_query_block(const T* q, index_t nq, index_t d, const std::vector<KeyBlock<T>>& blocks,
-                        const std::vector<Tile>& tiles, index_t k, Metric metric,
-                        index_t* out_ids, T* out_scores) {
+                        const std::vector<Tile>& tiles, index_t k, Metric metric, index_t* out_ids,
+                        T* out_scores) {
   std::vector<T> q_sq(nq, T(0));
   if (metric != Metric::InnerProduct) row_sq_norms(q, nq, d, q_sq.data());
-  const int team = static_cast<int>(
-      std::min<index_t>(num_threads(), static_cast<index_t>(tiles.size())));
+  const int team =
+      static_cast<int>(std::min<index_t>(num_threads(), static_cast<index_t>(tiles.size())));
   check_allocation(double(team) * nq * (16.0 * k + sizeof(T) * double(kTileRows)) + 16.0 * nq * k,
                    "k", "keeping the top " + str(k) + " of " + str(nq) + " queries");
   std::vector<Candidate<T>> storage(static_cast<std::size_t>(team) * nq * k);
   std::vector<T> score_buffers(static_cast<std::size_t>(team) * nq * kTileRows);
   std::vector<TopK<T>> best;
   best.reserve(static_cast<std::size_t>(team) * nq);
-  for (index_t h = 0; h < static_cast<index_t>(team) * nq; ++h) best.emplace_back(storage.data() + h * k, k);
+  for (index_t h = 0; h < static_cast<index_t>(team) * nq; ++h)
+    best.emplace_back(storage.data() + h * k, k);
   bool finite = true;
 
 #pragma omp parallel num_threads(team) reduction(&& : finite)
@@ -129,8 +128,7 @@ bool search_query_block(const T* q, index_t nq, index_t d, const std::vector<Key
             s[j] = denom > T(0) ? s[j] / denom : T(0);
           }
         } else if (metric == Metric::L2) {
-          for (index_t j = 0; j < rows; ++j)
-            s[j] = std::min(T(0), T(2) * s[j] - q_sq[i] - k_sq[j]);
+          for (index_t j = 0; j < rows; ++j) s[j] = std::min(T(0), T(2) * s[j] - q_sq[i] - k_sq[j]);
         }
         T sum = 0;
 #pragma omp simd reduction(+ : sum)
@@ -151,7 +149,8 @@ bool search_query_block(const T* q, index_t nq, index_t d, const std::vector<Key
   std::vector<Candidate<T>> all;
   for (index_t i = 0; i < nq; ++i) {
     all.clear();
-    for (int t = 0; t < team; ++t) all.insert(all.end(), best[t * nq + i].begin(), best[t * nq + i].end());
+    for (int t = 0; t < team; ++t)
+      all.insert(all.end(), best[t * nq + i].begin(), best[t * nq + i].end());
     std::partial_sort(all.begin(), all.begin() + k, all.end(), better<T>);
     for (index_t j = 0; j < k; ++j) {
       out_ids[i * k + j] = all[j].id;
@@ -172,9 +171,12 @@ Metric parse_metric(const std::string& name) {
 
 std::string metric_name(Metric metric) {
   switch (metric) {
-    case Metric::InnerProduct: return "ip";
-    case Metric::Cosine: return "cosine";
-    case Metric::L2: return "l2";
+    case Metric::InnerProduct:
+      return "ip";
+    case Metric::Cosine:
+      return "cosine";
+    case Metric::L2:
+      return "l2";
   }
   return "?";
 }
@@ -201,8 +203,8 @@ bool search(const T* queries, index_t nq, index_t d, const std::vector<KeyBlock<
   bool finite = true;
   for (index_t q0 = 0; q0 < nq; q0 += kQueryBlock) {
     const index_t n = std::min(kQueryBlock, nq - q0);
-    finite &= search_query_block(queries + q0 * d, n, d, blocks, tiles, k, metric,
-                                 out_ids + q0 * k, out_scores + q0 * k);
+    finite &= search_query_block(queries + q0 * d, n, d, blocks, tiles, k, metric, out_ids + q0 * k,
+                                 out_scores + q0 * k);
   }
   return finite;
 }
@@ -214,7 +216,8 @@ void topk(const T* queries, index_t nq, const T* keys, index_t nk, index_t d, in
   check_dim(nq, queries_name, "number of queries");
   check_dim(nk, keys_name, "number of keys");
   check_dim(d, queries_name, "key dimension");
-  require(k >= 1 && k <= nk, "k", "expected 1 <= k <= number of keys (" + str(nk) + "), got " + str(k));
+  require(k >= 1 && k <= nk, "k",
+          "expected 1 <= k <= number of keys (" + str(nk) + "), got " + str(k));
   check_finite(queries, nq * d, queries_name);
   // The keys are not scanned up front (a pass as long as the search itself): a NaN or Inf
   // in a key shows up in its norm or score, and only then are they checked to say which.
@@ -234,12 +237,12 @@ void topk(const T* queries, index_t nq, const T* keys, index_t nk, index_t d, in
   if (!search(queries, nq, d, blocks, k, metric, out_ids, out_scores)) explain();
 }
 
-#define LARIMAR_INSTANTIATE(T)                                                                 \
-  template void row_sq_norms<T>(const T*, index_t, index_t, T*);                              \
-  template bool search<T>(const T*, index_t, index_t, const std::vector<KeyBlock<T>>&, index_t, \
-                          Metric, index_t*, T*);                                               \
-  template void topk<T>(const T*, index_t, const T*, index_t, index_t, index_t, Metric,        \
-                        index_t*, T*, const char*, const char*);
+#define LARIMAR_INSTANTIATE(T)                                                                    \
+  template void row_sq_norms<T>(const T*, index_t, index_t, T*);                                  \
+  template bool search<T>(const T*, index_t, index_t, const std::vector<KeyBlock<T>>&, index_t,   \
+                          Metric, index_t*, T*);                                                  \
+  template void topk<T>(const T*, index_t, const T*, index_t, index_t, index_t, Metric, index_t*, \
+                        T*, const char*, const char*);
 LARIMAR_INSTANTIATE(float)
 LARIMAR_INSTANTIATE(double)
 #undef LARIMAR_INSTANTIATE

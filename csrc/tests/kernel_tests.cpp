@@ -3,9 +3,9 @@
 #include <atomic>
 #include <cmath>
 #include <cstdio>
-#include <thread>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "larimar/address.hpp"
@@ -124,7 +124,7 @@ void test_sequential_invariant(std::mt19937& rng) {
   check(rel_diff(mem.state().memory, b) < 1e-8, "sequential write/forget == batch ridge solve");
   bool threw = false;
   const auto stranger = random_matrix(1, k, rng);
-  
+
   for (int i = 0; i < 3 && !threw; ++i) {
     try {
       mem.update(stranger.data(), &z[0], 1, -1.0);
@@ -168,8 +168,10 @@ void test_sparse_lstsq_one_hot() {
   const std::vector<index_t> ids = {1, 1, 3};
   const std::vector<double> weights = {1, 1, 1}, z = {2, 4, 7};
   std::vector<double> m(4);
-  larimar::sparse_lstsq_write<double>(ids.data(), weights.data(), 3, 1, z.data(), 1, 4, nullptr, m.data(), {});
-  check(m[0] == 0 && m[1] == 3 && m[2] == 0 && m[3] == 7, "sparse_lstsq: one-hot is the per-slot mean");
+  larimar::sparse_lstsq_write<double>(ids.data(), weights.data(), 3, 1, z.data(), 1, 4, nullptr,
+                                      m.data(), {});
+  check(m[0] == 0 && m[1] == 3 && m[2] == 0 && m[3] == 7,
+        "sparse_lstsq: one-hot is the per-slot mean");
 }
 
 // Readers search and read while one thread adds: every read returns a whole stored value
@@ -211,7 +213,8 @@ void test_concurrent_key_value_store(std::mt19937& rng) {
   done = true;
   for (auto& t : readers) t.join();
   check(!torn && reads > 0 && store.size() == batch * batches,
-        "concurrent key-value store: whole reads, all rows stored (" + std::to_string(reads.load()) + " reads)");
+        "concurrent key-value store: whole reads, all rows stored (" +
+            std::to_string(reads.load()) + " reads)");
 }
 
 // Readers read an episodic memory while one thread rewrites it: no crash, no torn state
@@ -245,8 +248,10 @@ void test_concurrent_sequential_memory(std::mt19937& rng) {
   for (int t = 0; t < 3; ++t) readers.emplace_back(reader);
   for (int i = 0; i < 200; ++i) {
     while (reads.load() < i) std::this_thread::yield();
-    if (i % 2) mem.write(w1.data(), z1.data(), n);
-    else mem.write(w2.data(), z2.data(), n);
+    if (i % 2)
+      mem.write(w1.data(), z1.data(), n);
+    else
+      mem.write(w2.data(), z2.data(), n);
   }
   done = true;
   for (auto& t : readers) t.join();

@@ -333,7 +333,8 @@ def _common(contexts: Any, depths: Any, trials: int, seed: int, k: int,
 def run_passkey(model: Any = None, contexts: Any = "4k", digits: Any = (5,),
                 depths: Any = (0, 25, 50, 75, 100), trials: int = 1, seed: int = 0, *,
                 system: str = "memory", baseline: Any = None, prefix_words: int = 4,
-                max_tokens: Optional[int] = None, k: Optional[int] = None, out: Optional[Union[str, Path]] = None,
+                max_tokens: Optional[int] = None, k: Optional[int] = None,
+                out: Optional[Union[str, Path]] = None,
                 progress: bool = True, tokenizer: Any = None,
                 name: Optional[str] = None, int8_values: bool = False) -> Dict[str, Any]:
     """Passkey retrieval over contexts x digits x depths x trials (see the module doc).

@@ -694,7 +694,7 @@ class LongContextMemory:
         k = _positive_int(k, "k")
         if k > len(self.store):
             raise ValueError(f"k: expected at most the {len(self.store)} stored rows, got {k}")
-        alpha = None if alpha is None else gaussian_alpha(alpha)  # the kernel's one check
+        alpha = gaussian_alpha(alpha)  # the kernel's one check
         max_new_tokens = _positive_int(max_new_tokens, "max_new_tokens")
         if self.recall:
             return self._ask_recall(answer_prefix, question, k, max_new_tokens)

@@ -10,8 +10,9 @@ prediction, case-insensitive; a task's score is its samples' mean.
 
 Every sample's record is appended to ``<out>/records.jsonl`` as soon as it is scored, so an
 interrupted run resumes where it stopped (records of the same system, length, task and
-line of its file are not run again: RULER's own ``index`` repeats within a task). At the end ``<out>/ruler.json`` (records and the task x length
-table), ``<out>/ruler.md`` (the table) and ``<out>/ruler.png`` (heatmap) are written.
+line of its file are not run again: RULER's own ``index`` repeats within a task). At the
+end ``<out>/ruler.json`` (records and the task x length table), ``<out>/ruler.md`` (the
+table) and ``<out>/ruler.png`` (heatmap) are written.
 
 Nothing here needs torch until a system runs.
 """

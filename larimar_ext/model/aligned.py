@@ -181,15 +181,18 @@ class AlignedPooler(nn.Module):
              + self.length(segments.length) + self.space(segments.space) + self.position.weight)
         if self.token_proj is not None or self.token_code is not None:
             if token_embeddings is None:
-                raise ValueError("token_embeddings: this pooler reads the decoder's token embeddings")
+                raise ValueError("token_embeddings: this pooler reads the decoder's "
+                                 "token embeddings")
         if self.token_proj is not None:
             dev = token_embeddings.weight.device
-            tokens = token_embeddings(segments.target_ids.to(dev)).to(x.device, self.token_proj.weight.dtype)
+            tokens = token_embeddings(segments.target_ids.to(dev)).to(
+                x.device, self.token_proj.weight.dtype)
             x = x + self.token_proj(tokens).to(x.dtype)
         slots = self.norm(self.mlp(x))
         if self.token_code is not None:
             dev = token_embeddings.weight.device
-            tokens = token_embeddings(segments.target_ids.to(dev)).to(x.device, self.token_code.weight.dtype)
+            tokens = token_embeddings(segments.target_ids.to(dev)).to(
+                x.device, self.token_code.weight.dtype)
             slots = torch.cat([slots, self.token_code(tokens).to(slots.dtype)], -1)
         return (slots * segments.live.unsqueeze(-1).to(slots.dtype)).flatten(1)
 

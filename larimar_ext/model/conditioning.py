@@ -94,7 +94,8 @@ class MemorySlot(nn.Module):
         parts = 1 if shared_kv else 2
         self.proj = nn.Linear(code_size, parts * geometry.num_layers * geometry.kv_size, bias=False)
 
-    def key_values(self, z: Tensor, dtype: Optional[torch.dtype] = None) -> list[tuple[Tensor, Tensor]]:
+    def key_values(self, z: Tensor,
+                   dtype: Optional[torch.dtype] = None) -> list[tuple[Tensor, Tensor]]:
         g = self.geometry
         out = self.proj(z.to(self.proj.weight.dtype))  # (B, parts * L * kv)
         if dtype is not None:

@@ -253,7 +253,8 @@ def _infer(sd: dict[str, Tensor], hp: dict[str, Any], path: str,
     shape = {name: tuple(sd[key].shape) for name, key in anchors.items()}
     bad = [f"{anchors[n]} {shape[n]}" for n in anchors if len(shape[n]) != 2]
     if bad:
-        raise ValueError(f"{path}: shape mismatches {_listing([b + ' (expected 2-D)' for b in bad])}")
+        raise ValueError(f"{path}: shape mismatches "
+                         f"{_listing([b + ' (expected 2-D)' for b in bad])}")
     enc_vocab, enc_hidden = shape["enc_word"]
     dec_vocab, dec_hidden = shape["dec_wte"]
     K, C = shape["mem"]

@@ -155,9 +155,11 @@ class LarimarModel(nn.Module):
         # M0, the learned prior memory (K, C); rows of unit expected norm
         self.prior = nn.Parameter(torch.randn(self.memory_size, self.code_size)
                                   / self.code_size ** 0.5)
-        self.embedding_conditioner = (EmbeddingConditioner(self.code_size, self.geometry.hidden_size)
-                                      if embedding_path else None)
-        self.memory_slot = MemorySlot(self.code_size, self.geometry, shared_kv) if memory_path else None
+        self.embedding_conditioner = (
+            EmbeddingConditioner(self.code_size, self.geometry.hidden_size)
+            if embedding_path else None)
+        self.memory_slot = (MemorySlot(self.code_size, self.geometry, shared_kv)
+                            if memory_path else None)
         if self.embedding_conditioner is not None:
             self.embedding_conditioner.attach(decoder.get_input_embeddings())
 
@@ -169,8 +171,10 @@ class LarimarModel(nn.Module):
             return 0
         tok = tokenizer
         self.dummy_token_id = first(dummy_token_id, getattr(tok, "pad_token_id", None),
-                                    getattr(cfg, "pad_token_id", None), getattr(cfg, "bos_token_id", None))
-        self.word_dropout_token_id = first(word_dropout_token_id, getattr(tok, "unk_token_id", None),
+                                    getattr(cfg, "pad_token_id", None),
+                                    getattr(cfg, "bos_token_id", None))
+        self.word_dropout_token_id = first(word_dropout_token_id,
+                                           getattr(tok, "unk_token_id", None),
                                            getattr(tok, "pad_token_id", None),
                                            getattr(cfg, "pad_token_id", None))
         self.memory: Optional[EpisodicMemory] = None   # host memory of the inference path
@@ -348,7 +352,8 @@ class LarimarModel(nn.Module):
         if self.memory is None:
             raise RuntimeError("nothing written: call write() first")
         lead = Zq.shape[:-1]
-        out = self.memory.read(Zq.detach().reshape(-1, self.code_size).to("cpu", torch.float32).numpy())
+        out = self.memory.read(
+            Zq.detach().reshape(-1, self.code_size).to("cpu", torch.float32).numpy())
         z = torch.from_numpy(np.ascontiguousarray(out)).reshape(*lead, self.code_size)
         return z.to(_device(self.decoder))
 
@@ -445,7 +450,8 @@ class LarimarModel(nn.Module):
         if self.prefix is not None:
             embeds, mask, _ = self._prefix_inputs(prompt_ids, readout, attention_mask)
             new = self.decoder.generate(inputs_embeds=embeds, attention_mask=mask, **gen_kwargs)
-            return torch.cat([prompt_ids, new], 1)   # generate() from embeddings returns only new ids
+            # generate() from embeddings returns only new ids
+            return torch.cat([prompt_ids, new], 1)
         if self.memory_slot is None:
             with self.conditioned(readout):
                 return self.decoder.generate(input_ids=prompt_ids, attention_mask=attention_mask,

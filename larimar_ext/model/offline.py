@@ -59,7 +59,8 @@ def load_minilm(dtype=None):
 
     path = minilm_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModel.from_pretrained(path, dtype=dtype) if dtype else AutoModel.from_pretrained(path)
+    model = (AutoModel.from_pretrained(path, dtype=dtype) if dtype
+             else AutoModel.from_pretrained(path))
     return tokenizer, model
 
 

@@ -95,7 +95,8 @@ def _strip_roff(source: str) -> str:
         if line.startswith((".", "'")):
             # macro lines; a few carry text (.B word) - keep their words
             parts = line.split(None, 1)
-            if len(parts) == 2 and parts[0] in (".B", ".I", ".BR", ".IR", ".BI", ".IB", ".RB", ".RI"):
+            if len(parts) == 2 and parts[0] in (".B", ".I", ".BR", ".IR", ".BI", ".IB", ".RB",
+                                                ".RI"):
                 lines.append(parts[1].replace('"', ""))
             else:
                 lines.append("\n")   # a paragraph break: never join sentences across it
@@ -168,10 +169,12 @@ def _name(rng: random.Random) -> str:
 
 
 _TEMPLATES = [
-    lambda r: f"{_name(r)} paid {_number(r)} {r.choice(_UNITS[5:7])} for the {r.choice(_THINGS)} in {r.choice(_PLACES)}.",
+    lambda r: (f"{_name(r)} paid {_number(r)} {r.choice(_UNITS[5:7])} for the "
+               f"{r.choice(_THINGS)} in {r.choice(_PLACES)}."),
     lambda r: f"The {r.choice(_THINGS)} number is {_number(r)}.",
     lambda r: f"The {r.choice(_THINGS)} number {_number(r)} was {r.choice(_VERBS)} by {_name(r)}.",
-    lambda r: f"{_name(r)} lives at {_number(r, r.randint(1, 4))} {r.choice(_LAST)} Street in {r.choice(_PLACES)}.",
+    lambda r: (f"{_name(r)} lives at {_number(r, r.randint(1, 4))} {r.choice(_LAST)} "
+               f"Street in {r.choice(_PLACES)}."),
     lambda r: f"Flight {_number(r, r.randint(2, 4))} to {r.choice(_PLACES)} leaves on {_date(r)}.",
     lambda r: f"On {_date(r)}, {_name(r)} moved to {r.choice(_PLACES)}.",
     lambda r: f"The code for the {r.choice(_THINGS)} is {_code(r)}.",
@@ -179,12 +182,14 @@ _TEMPLATES = [
     lambda r: f"My lucky number is {_number(r)}.",
     lambda r: f"The {r.choice(_THINGS)} {_code(r)} weighs {_number(r)} {r.choice(_UNITS[:2])}.",
     lambda r: f"{_name(r)} was born on {_date(r)} in {r.choice(_PLACES)}.",
-    lambda r: f"The meeting with {_name(r)} is in room {_number(r, r.randint(2, 4))} at {r.randint(1, 12)} o'clock.",
+    lambda r: (f"The meeting with {_name(r)} is in room {_number(r, r.randint(2, 4))} at "
+               f"{r.randint(1, 12)} o'clock."),
     lambda r: f"Remember that the {r.choice(_THINGS)} id is {_number(r)}.",
     lambda r: f"The total was {_number(r)} {r.choice(_UNITS)}.",
     lambda r: f"Call {_name(r)} at {_number(r, 3)} {_number(r, 4)}.",
     lambda r: f"The answer is {_number(r)}.",
-    lambda r: f"{_name(r)} scored {_number(r, r.randint(1, 3))} points against {r.choice(_PLACES)}.",
+    lambda r: (f"{_name(r)} scored {_number(r, r.randint(1, 3))} points against "
+               f"{r.choice(_PLACES)}."),
     lambda r: f"The {r.choice(_THINGS)} {_number(r)} belongs to {_name(r)}.",
     lambda r: f"Order {_number(r)} arrived in {r.choice(_PLACES)} on {_date(r)}.",
     lambda r: f"The value of the {r.choice(_THINGS)} is {_number(r)}.",

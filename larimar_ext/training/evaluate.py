@@ -17,7 +17,7 @@ import random
 import re
 from typing import Optional
 
-from .data import generated_sentences, is_held_out
+from .data import is_held_out
 
 __all__ = ["number_sentences", "evaluate_reconstruction"]
 
@@ -84,16 +84,20 @@ def _evaluate(model, digits, n_per_digit, real_sentences, episode_size, decoder,
             z = _readouts(model, texts, episode_size)
             slot_text = [tok.decode(ids) for ids in model.slot_tokens(z)]
             row = {"n": len(texts),
-                   "slots_number": sum(_first_number(t) == num for t, (_, num) in zip(slot_text, pairs)) / len(texts),
-                   "slots_sentence": sum(t.strip() == s for t, s in zip(slot_text, texts)) / len(texts)}
+                   "slots_number": sum(_first_number(t) == num
+                                       for t, (_, num) in zip(slot_text, pairs)) / len(texts),
+                   "slots_sentence": sum(t.strip() == s
+                                         for t, s in zip(slot_text, texts)) / len(texts)}
             if decoder:
                 prompts = [s[:s.index(num)].rstrip() for s, num in pairs]
                 got = []
                 for i in range(0, len(texts), batch_size):
                     got += model.complete(prompts[i:i + batch_size], z[i:i + batch_size],
                                           max_new_tokens=d + 3)
-                row["decoder_number"] = sum(_first_number(g) == num for g, (_, num) in zip(got, pairs)) / len(texts)
-                row["examples"] = [[s, p + g] for (s, _), p, g in list(zip(pairs, prompts, got))[:3]]
+                row["decoder_number"] = sum(_first_number(g) == num
+                                            for g, (_, num) in zip(got, pairs)) / len(texts)
+                row["examples"] = [[s, p + g]
+                                   for (s, _), p, g in list(zip(pairs, prompts, got))[:3]]
             results[f"{d}_digits"] = row
         if real_sentences:
             texts = list(real_sentences)

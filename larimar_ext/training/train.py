@@ -56,7 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _lr_factor(step: int, warmup: int, total: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup)
+                                                          / max(1, total - warmup))))
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -77,7 +78,6 @@ def _quick_eval(model, texts: list[str], episode_size: int) -> dict:
 
 def _slot_accuracy(model, texts: list[str], episode_size: int) -> dict:
     model.eval()
-    tok = model.tokenizer
     n = len(texts) - len(texts) % episode_size
     seg = model.aligner(texts[:n])
     out = model.forward_aligned(seg, episode_size)
@@ -99,7 +99,7 @@ def train(args: argparse.Namespace) -> Path:
 
     from ..model.pretrained import build_model
     from ..model.saved import trained_state
-    from .data import build_corpus, generated_sentences
+    from .data import build_corpus
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -113,7 +113,8 @@ def train(args: argparse.Namespace) -> Path:
                          "memory_size": args.memory_size}).to(device)
     model.train()
     limit = model.aligner.num_slots
-    fits = lambda s: model.aligner.decoder_length(s) <= limit   # a whole segment in the slots
+    def fits(s):   # a whole segment in the slots
+        return model.aligner.decoder_length(s) <= limit
 
     t0 = time.time()
     corpus = build_corpus(sources=[s for s in args.sources.split(",") if s],
@@ -143,7 +144,8 @@ def train(args: argparse.Namespace) -> Path:
         step = int(ckpt["step"])
         print(f"resumed from {ckpt_path} at step {step}", flush=True)
     episodes = corpus.episodes(args.episode_size, args.generated_fraction, seed=args.seed + step)
-    eval_texts = corpus.eval_generated[:args.eval_size // 2] + corpus.eval_real[:args.eval_size // 2]
+    eval_texts = (corpus.eval_generated[:args.eval_size // 2]
+                  + corpus.eval_real[:args.eval_size // 2])
 
     def checkpoint():
         _atomic_save({"model": trained_state(model), "optimizer": opt.state_dict(), "step": step},
