@@ -1,7 +1,8 @@
 """Where the time of a long-context ingest and question goes, from the library's own stats
 and torch.profiler: one 128K-token ingest (essays, SF needle at 50%, cold encoding cache)
 with its segmenting / encoding / writing seconds, then one question with its stage seconds
-(``Answer.seconds``) and the torch.profiler table of the larimar_ext ranges and ops.
+(``Answer.seconds``) and the torch.profiler tables: the larimar_ext rows alone (the ask,
+its stages and the kernel ops they call, by name), then the top rows of all.
 
     python benchmarks/bench_stages.py [--context 128k] [--out benchmarks/results/stages.json]
 """
@@ -9,7 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import md_table  # noqa: E402
 
 ESSAYS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "paul_graham_essays"
 
@@ -34,8 +39,15 @@ def main() -> None:
     mem.ask_trace(ctx.answer_prefix, ctx.question, max_new_tokens=24)      # warm-up
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         a = mem.ask_trace(ctx.answer_prefix, ctx.question, max_new_tokens=24)
-    table = prof.key_averages().table(sort_by="cpu_time_total", row_limit=25)
-    ours = [e for e in prof.key_averages() if e.key.startswith("larimar_ext")]
+    averages = prof.key_averages()
+    ours = [e for e in averages if e.key.startswith("larimar_ext")]
+    # the library's own rows (the ask, its stages, the kernel ops inside), then the whole
+    # table's top rows (torch's ops inside them)
+    rows = [[e.key, e.count, f"{e.cpu_time_total / 1e3:.1f} ms",
+             f"{e.self_cpu_time_total / 1e3:.1f} ms"]
+            for e in sorted(ours, key=lambda e: -e.cpu_time_total)]
+    table = (md_table(["range or op", "calls", "CPU total", "self CPU"], rows) + "\n\n"
+             + averages.table(sort_by="cpu_time_total", row_limit=25))
     print(f"ingest: {st.tokens:,} tokens in {st.seconds:.1f} s: segmenting "
           f"{st.segment_seconds:.1f} s, encoding {st.encode_seconds:.1f} s, writing (writer "
           f"thread, overlapping) {st.write_seconds:.1f} s")

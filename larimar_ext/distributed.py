@@ -45,6 +45,7 @@ import torch.distributed as dist
 
 from . import _shard_protocol as wire
 from ._arrays import Boundary, gaussian_alpha, integer, scalar
+from ._profiling import profiled
 from ._shard_routing import route as _route  # also importable here by that name (tests)
 from .kv_memory import KeyValueMemory
 from .ops import gaussian_read_scored
@@ -298,6 +299,7 @@ class ShardedKeyValueMemory:
         return a
 
     # ------------------------------------------------------------------ add
+    @profiled
     def add(self, keys: Any = None, values: Any = None) -> Any:
         """Collective: append this rank's rows (keys (n, key_dim), values (n, value_dim), or
         None / 0 rows for none); returns the global ids of this rank's rows (n,).
@@ -392,6 +394,7 @@ class ShardedKeyValueMemory:
         return ids
 
     # ------------------------------------------------------------------ search / read
+    @profiled
     def search(self, Q: Any = None, k: int = 1) -> Any:
         """Collective: exact top ``k`` of this rank's queries Q (nq, key_dim) over the whole
         memory, as ``SearchResult(global ids int64 (nq, k), scores (nq, k))``, best first,
@@ -401,6 +404,7 @@ class ShardedKeyValueMemory:
         ids, scores, _ = self._query(Q, k, None, want_values=False)
         return SearchResult(ids, scores)
 
+    @profiled
     def read(self, Q: Any = None, k: int = 1, alpha: Optional[float] = None) -> Any:
         """Collective: readouts (nq, value_dim) as ``KeyValueMemory.read``: the value of the
         global best key (k = 1, bitwise what the single store returns), or with ``alpha`` the

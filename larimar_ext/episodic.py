@@ -8,6 +8,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import _core, _persist
+from ._profiling import profiled
 from ._arrays import ArrayLike, Boundary, integer, scalar
 
 _KIND = "larimar_ext.EpisodicMemory"
@@ -69,6 +70,7 @@ class EpisodicMemory:
         state = self._core.state()
         return state["prior"].astype(self.dtype) if "prior" in state else None
 
+    @profiled
     def write(self, Z: ArrayLike, W: Optional[ArrayLike] = None) -> None:
         """Replace the stored rows by one episode: Z (N, C), W (N, K) (default Z prior^+)."""
         b = self._boundary()
@@ -76,6 +78,7 @@ class EpisodicMemory:
         w = None if W is None else b.floats(W, "W")
         self._core.write(w, z)
 
+    @profiled
     def update(self, Z: ArrayLike, W: ArrayLike, alpha: float = 1.0) -> None:
         """Sequential write (alpha > 0) or forget (alpha = -1) of rows Z (N, C) at W (N, K)."""
         b = self._boundary()
@@ -83,11 +86,13 @@ class EpisodicMemory:
         w = b.floats(W, "W")
         self._core.update(w, z, scalar(alpha, "alpha"))
 
+    @profiled
     def address(self, Z: ArrayLike) -> ArrayLike:
         """W = Z M^+ (N, K), with M^+ computed once per memory state."""
         b = self._boundary()
         return b.wrap(self._core.address(b.floats(Z, "Z")))
 
+    @profiled
     def read(self, Zq: ArrayLike) -> ArrayLike:
         """Readout z = (Zq M^+) M, (N, C)."""
         b = self._boundary()

@@ -8,6 +8,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import _core, _persist
+from ._profiling import profiled
 from ._arrays import ArrayLike, Boundary, integer, optional_scalar, scalar
 from .results import SearchAndReconstructResult, SearchResult
 
@@ -80,6 +81,7 @@ class KeyValueMemory:
     def __len__(self) -> int:
         return len(self._core)
 
+    @profiled
     def add(self, keys: ArrayLike, values: ArrayLike) -> ArrayLike:
         """Append keys (n, key_dim) with values (n, value_dim); returns the slot ids (n,)."""
         b = self._boundary()
@@ -87,6 +89,7 @@ class KeyValueMemory:
         v = b.floats(values, "values")
         return b.wrap(self._core.add(k, v))
 
+    @profiled
     def write(self, Q: ArrayLike, values: ArrayLike, k: int, alpha: float) -> None:
         """Write values (n, value_dim) through soft addresses: each row's top ``k`` keys
         nearest to Q (n, key_dim), Gaussian weights with ``alpha``; the touched slots take
@@ -96,18 +99,21 @@ class KeyValueMemory:
         v = b.floats(values, "values")
         self._core.write(q, v, integer(k, "k"), scalar(alpha, "alpha"))
 
+    @profiled
     def search(self, Q: ArrayLike, k: int) -> SearchResult:
         """``SearchResult(ids int64 (nq, k), scores (nq, k))``: exact top-k by the memory's
         metric, best first."""
         b = self._boundary()
         return SearchResult(*b.wrap(self._core.search(b.floats(Q, "Q"), integer(k, "k"))))
 
+    @profiled
     def reconstruct(self, ids: ArrayLike) -> ArrayLike:
         """The stored values (n, value_dim) of row ids (n,) (FAISS's reconstruct_n), in the
         order given; an id outside [0, len) is a ValueError naming ``ids``."""
         b = self._boundary()
         return b.wrap(self._core.reconstruct(b.row_ids(ids, "ids")))
 
+    @profiled
     def key_sq_norms(self, ids: ArrayLike) -> ArrayLike:
         """Squared norms |key|^2 (n,) of row ids (n,), as the store keeps them for search:
         with ``ops.gaussian_read_scored`` they give the 'ip' soft read of hits gathered from
@@ -115,6 +121,7 @@ class KeyValueMemory:
         b = self._boundary()
         return b.wrap(self._core.key_sq_norms(b.row_ids(ids, "ids")))
 
+    @profiled
     def search_and_reconstruct(self, Q: ArrayLike, k: int) -> SearchAndReconstructResult:
         """``SearchAndReconstructResult(ids (nq, k), scores (nq, k), values (nq, k,
         value_dim))``: ``search`` and the values of its hits in one call (one lock: a
@@ -123,6 +130,7 @@ class KeyValueMemory:
         return SearchAndReconstructResult(*b.wrap(self._core.search_and_reconstruct(
             b.floats(Q, "Q"), integer(k, "k"))))
 
+    @profiled
     def read(self, Q: ArrayLike, k: int = 1, alpha: Optional[float] = None) -> ArrayLike:
         """Readouts (nq, value_dim): the best key's value (k = 1), or with ``alpha`` the
         Gaussian-weighted values of the top k keys."""

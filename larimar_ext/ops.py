@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Dict, Optional, Tuple, Union
 
 from . import _core
+from ._profiling import profiled
 from ._arrays import ArrayLike, Boundary, integer, optional_scalar, scalar
 from .results import SearchResult
 
@@ -16,6 +17,7 @@ __all__ = ["lstsq_write", "pinv_address", "pinv_read", "gaussian_address", "oneh
            "read", "topk", "sparse_lstsq_write", "gaussian_read_scored"]
 
 
+@profiled
 def lstsq_write(W: ArrayLike, Z: ArrayLike, ridge: float = 0.0,
                 rcond: Optional[float] = None) -> ArrayLike:
     """Least-squares memory write M = W^+ Z.
@@ -30,6 +32,7 @@ def lstsq_write(W: ArrayLike, Z: ArrayLike, ridge: float = 0.0,
     return b.wrap(_core.lstsq_write(w, z, scalar(ridge, "ridge"), optional_scalar(rcond, "rcond")))
 
 
+@profiled
 def pinv_address(Z: ArrayLike, R: ArrayLike, rcond: Optional[float] = None) -> ArrayLike:
     """Pseudo-inverse addresses W = Z R^+: (N, C), (K, C) -> (N, K), or batched
     (B, N, C), (B, K, C) -> (B, N, K). R^+ comes from a rank-revealing factorisation, so
@@ -40,6 +43,7 @@ def pinv_address(Z: ArrayLike, R: ArrayLike, rcond: Optional[float] = None) -> A
     return b.wrap(_core.pinv_address(z, r, optional_scalar(rcond, "rcond")))
 
 
+@profiled
 def pinv_read(Zq: ArrayLike, M: ArrayLike, rcond: Optional[float] = None) -> ArrayLike:
     """Larimar's read z = (Zq M^+) M in one op: (N, C), (K, C) -> (N, C), or batched
     (B, N, C), (B, K, C) -> (B, N, C).
@@ -54,6 +58,7 @@ def pinv_read(Zq: ArrayLike, M: ArrayLike, rcond: Optional[float] = None) -> Arr
     return b.wrap(_core.pinv_read(z, m, optional_scalar(rcond, "rcond")))
 
 
+@profiled
 def gaussian_address(Z: ArrayLike, R: ArrayLike, alpha: float,
                      top_k: Optional[int] = None) -> Union[ArrayLike, SparseAddress]:
     """Gaussian soft keys: w_k ∝ exp(-|z - R_k|^2 / (2 alpha s^2)), s = min_k |z - R_k|.
@@ -68,6 +73,7 @@ def gaussian_address(Z: ArrayLike, R: ArrayLike, alpha: float,
     return b.wrap(_core.gaussian_address(z, r, scalar(alpha, "alpha"), k))
 
 
+@profiled
 def onehot_address(Z: ArrayLike, R: ArrayLike) -> SparseAddress:
     """Nearest key by L2 distance as a sparse address: (indices (N, 1), weights (N, 1) = 1)."""
     b = Boundary(op="onehot_address")
@@ -76,6 +82,7 @@ def onehot_address(Z: ArrayLike, R: ArrayLike) -> SparseAddress:
     return b.wrap(_core.onehot_address(z, r))
 
 
+@profiled
 def read(W: Union[ArrayLike, SparseAddress], M: ArrayLike) -> ArrayLike:
     """Readout z = W M. Dense W (N, K) with M (K, C), batched (B, N, K) with (B, K, C), or
     a sparse address (indices (N, k), weights (N, k)) with M (K, C)."""
@@ -90,6 +97,7 @@ def read(W: Union[ArrayLike, SparseAddress], M: ArrayLike) -> ArrayLike:
     return b.wrap(_core.read_dense(w, b.floats(M, "M", (2, 3))))
 
 
+@profiled
 def gaussian_read_scored(scores: ArrayLike, values: ArrayLike, metric: str, alpha: float,
                          Q: Optional[ArrayLike] = None,
                          key_sq: Optional[ArrayLike] = None) -> ArrayLike:
@@ -117,6 +125,7 @@ def gaussian_read_scored(scores: ArrayLike, values: ArrayLike, metric: str, alph
     return b.wrap(_core.gaussian_read_scored(s, v, metric, scalar(alpha, "alpha"), q, ksq))
 
 
+@profiled
 def topk(Q: ArrayLike, keys: ArrayLike, k: int, metric: str = "ip") -> SearchResult:
     """Exact top-k search: ``SearchResult(ids int64 (nq, k), scores (nq, k))``, best first,
     equal scores in ascending index order. metric: "ip" (q.k), "cosine", or "l2"
@@ -129,6 +138,7 @@ def topk(Q: ArrayLike, keys: ArrayLike, k: int, metric: str = "ip") -> SearchRes
     return SearchResult(*b.wrap(_core.topk(q, kk, integer(k, "k"), metric)))
 
 
+@profiled
 def sparse_lstsq_write(indices: ArrayLike, weights: ArrayLike, Z: ArrayLike, memory_size: int,
                        ridge: float = 0.0, prior: Optional[ArrayLike] = None, tol: float = 1e-10,
                        max_iter: Optional[int] = None, return_info: bool = False

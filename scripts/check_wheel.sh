@@ -2,12 +2,14 @@
 # Build the larimar-ext wheel from a clean clone, make it manylinux with auditwheel, and
 # prove that it installs and runs where no compiler can be reached.
 #
-#   scripts/check_wheel.sh [--worktree] [--ref REF] [--no-torch] [--keep] [--workdir DIR]
+#   scripts/check_wheel.sh [--worktree] [--ref REF] [--no-torch] [--no-bench] [--keep]
+#                          [--workdir DIR]
 #
 #   --worktree   build the working tree as it is (tracked and untracked, non-ignored files)
 #                instead of a clone of REF; for checking before a commit
 #   --ref REF    commit to clone and build (default HEAD)
 #   --no-torch   skip installing torch and faiss-cpu and the import-order test in the venv
+#   --no-bench   skip `larimar-ext bench` in the venv (a few minutes on 2 cores)
 #   --keep       keep the clone and both venvs (default: only the wheels, logs and times)
 #   --workdir D  where everything goes (default: a new /tmp/larimar-wheel.XXXXXX)
 #   PYTHON=...   interpreter to build for and test with (default python3)
@@ -26,7 +28,8 @@
 #     pip --only-binary :all:, so nothing can be compiled: install the wheel, check that no
 #     compiler is visible, versions agree (wheel name, pip show, __version__, the native
 #     module), pip show metadata, ldd of the extension, the libraries actually mapped, the
-#     README quickstart (numpy part) and info()["blas_vendor"] naming OpenBLAS;
+#     README quickstart (numpy part) and info()["blas_vendor"] naming OpenBLAS; then, unless
+#     --no-bench, `larimar-ext bench --json` (the default rows) into WORK/bench.json;
 #  6. unless --no-torch: the wheel's [bench] extra (torch==2.13.0, faiss-cpu) and pytest,
 #     then tests/test_import_order.py against the installed wheel.
 # Exits non-zero on the first failure, leaving WORK in place.
@@ -36,6 +39,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 REF=HEAD
 WORKTREE=0
 WITH_TORCH=1
+WITH_BENCH=1
 KEEP=0
 WORK=""
 while [[ $# -gt 0 ]]; do
@@ -43,9 +47,10 @@ while [[ $# -gt 0 ]]; do
     --worktree) WORKTREE=1 ;;
     --ref) REF="$2"; shift ;;
     --no-torch) WITH_TORCH=0 ;;
+    --no-bench) WITH_BENCH=0 ;;
     --keep) KEEP=1 ;;
     --workdir) WORK="$2"; shift ;;
-    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
     *) echo "check_wheel: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -260,6 +265,15 @@ EOF
   echo "larimar-ext info: ok"
 }
 
+# --- 5d. the installed bench command, no clone in sight ------------------------------------
+# Its default rows (the README's shapes) with the ceiling shares; kept as WORK/bench.json
+# (benchmarks/RESULTS.md compares them with the scripts' rows).
+installed_bench() {
+  [[ $WITH_BENCH == 1 ]] || { echo "skipped (--no-bench)"; return 0; }
+  (cd "$RUN" && "${SAFE[@]}" larimar-ext bench --json > "$WORK/bench.json")
+  echo "larimar-ext bench --json: $WORK/bench.json"
+}
+
 # --- 6. torch / faiss in the same process ------------------------------------------------
 install_extras() {
   (cd "$RUN" && "${SAFE[@]}" python -m pip install --only-binary :all: "$WHEEL[bench]" \
@@ -280,6 +294,7 @@ step "4 auditwheel repair+check" repair_wheel
 step "5a fresh venv" make_venv
 step "5b install wheel" install_wheel
 step "5c checks + quickstart" check_installed
+step "5d larimar-ext bench" installed_bench
 if [[ $WITH_TORCH == 1 ]]; then
   step "6a install [bench] extra" install_extras
   step "6b import-order test" import_order_test

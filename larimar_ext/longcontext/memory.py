@@ -59,6 +59,7 @@ import torch
 
 from .. import _persist
 from .._arrays import gaussian_alpha
+from .._profiling import PREFIX, profiled
 from ..kv_memory import KeyValueMemory
 # Re-exported here (``__all__``): the answer types, the cache, the stats and the writer have
 # modules of their own; users import them from this module.
@@ -105,7 +106,7 @@ def _clean(answer: str) -> str:
 
 class _Stages:
     """Wall seconds per named stage of one call, each also a ``torch.profiler`` range named
-    "larimar_ext.<stage>" (free when no profiler runs: record_function is a no-op then)."""
+    "larimar_ext.<prefix>.<stage>" (record_function does nothing while no profiler runs)."""
 
     def __init__(self, prefix: str = "ask") -> None:
         self.prefix = prefix
@@ -114,7 +115,7 @@ class _Stages:
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
         t0 = time.perf_counter()
-        with torch.profiler.record_function(f"larimar_ext.{self.prefix}.{name}"):
+        with torch.profiler.record_function(f"{PREFIX}{self.prefix}.{name}"):
             yield
         self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
 
@@ -350,6 +351,7 @@ class LongContextMemory:
 
     # ------------------------------------------------------------------ ingest
 
+    @profiled
     def ingest(self, texts: Union[str, Iterable[str]], progress: Optional[bool] = None,
                leave: bool = True, separator: str = "") -> IngestStats:
         """Add a text, or an iterable of texts, to the memory. Returns this call's
@@ -508,6 +510,7 @@ class LongContextMemory:
         with torch.no_grad():
             return _host(self.model.encode_keys([text]))
 
+    @profiled
     def retrieve(self, answer_prefix: str, k: int = 1,
                  question: Optional[str] = None) -> Tuple[List[int], List[float]]:
         """The top-k memory rows for a question and their scores (best first): in recall
@@ -678,6 +681,7 @@ class LongContextMemory:
         return [_clean(a) for a in self.model.complete_each_passage(
             answer_prefix, self._to_decoder(values), skip, joined, q, max_new_tokens)]
 
+    @profiled
     def ask_trace(self, answer_prefix: str, question: Optional[str] = None, *,
                   k: Optional[int] = None, alpha: Optional[float] = None,
                   max_new_tokens: int = 16) -> Answer:
