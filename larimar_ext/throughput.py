@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from . import EpisodicMemory, KeyValueMemory, lstsq_write, pinv_address, read
+from . import EpisodicMemory, KeyValueMemory, get_num_threads, lstsq_write, pinv_address, read
 
 __all__ = ["Timing", "time_calls", "ceilings", "run", "format_table"]
 
@@ -47,14 +48,18 @@ def time_calls(fn: Callable[[], Any], warmup: int = 1, repeats: int = 5) -> Timi
 
 
 def ceilings(dtype: np.dtype = np.dtype(np.float32), repeats: int = 3) -> Dict[str, float]:
-    """This machine's GEMM rate (numpy, 2048^3, GFLOP/s) and memory read bandwidth (numpy
-    sum over 512 MiB, GB/s), in the run's dtype, as the ceilings the ops are measured
-    against."""
+    """This machine's GEMM rate (numpy, 2048^3, GFLOP/s) and memory read bandwidth (GB/s:
+    ``np.max`` over 512 MiB in parts, on as many threads as the kernel runs; max is the
+    cheapest reduction per byte, and numpy releases the GIL inside it), in the run's dtype,
+    as the ceilings the ops are measured against."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((2048, 2048)).astype(dtype)
     gemm = time_calls(lambda: a @ a, 1, repeats).median
     big = np.ones(2**29 // dtype.itemsize, dtype)
-    sweep = time_calls(lambda: big.sum(), 1, repeats).median
+    threads = get_num_threads()
+    parts = np.array_split(big, 4 * threads)
+    with ThreadPoolExecutor(threads) as pool:
+        sweep = time_calls(lambda: list(pool.map(np.max, parts)), 1, repeats).median
     return {"gemm_gflops": 2 * 2048**3 / gemm / 1e9, "bandwidth_gbs": big.nbytes / sweep / 1e9}
 
 
@@ -78,11 +83,14 @@ def bench_episode(B: int, N: int, K: int, C: int, dtype: np.dtype, ceil: Dict[st
     w = pinv_address(Z, M)
     g = ceil["gemm_gflops"]
     shape = f"B={B} N={N} K={K} C={C}"
-    # flop counts of the dominant products (Gram + solve of the smaller side, then the
-    # products with C columns): what the GFLOP/s figure is relative to
+    # flop counts of the products the kernel runs, what the GFLOP/s figures count. Write:
+    # the Gram of the smaller side, its Cholesky, the products with C columns. Address of a
+    # memory of rank r: r pivot passes and the coordinates (~4 r K C), then W = (Z Q) U^-1
+    # (2 N r (C + K)). Read: one product.
     m = min(N, K)
-    write_flops = B * (2 * N * m * m + 2 * N * K * C + m**3 / 3)
-    address_flops = B * (2 * K * C * K + 2 * N * C * K + K**3 / 3)
+    r = min(N, K, C)
+    write_flops = B * (2 * m * m * max(N, K) + m**3 / 3 + 2 * m * N * C + 2 * N * K * C)
+    address_flops = B * (4 * r * K * C + 2 * N * r * (C + K))
     read_flops = B * 2 * N * K * C
     return [
         _row("write", shape, time_calls(lambda: lstsq_write(W, Z), warmup, repeats),
@@ -156,8 +164,11 @@ def bench_sequential(K: int, C: int, rows: int, per_update: int, dtype: np.dtype
     per = time_calls(lambda: np.linalg.solve((G + eye).astype(dtype), Bm.astype(dtype)),
                      1, sample)
     base = Timing(per.median * len(steps), per.min * len(steps), per.max * len(steps), sample)
-    # flops per update: the Woodbury step, ~ 2 K^2 (n + C) for n rows
-    flops = len(steps) * 2.0 * K * K * (per_update + C)
+    # flops per update of n rows, the Woodbury step's products: U = P W^T and the n x n
+    # system (2 K^2 n + 2 n^2 K), the residual Z - W M (2 n K C), then the rank-n updates of
+    # P and M (2 K^2 n + 2 K n C)
+    n = per_update
+    flops = len(steps) * (4.0 * K * K * n + 2.0 * n * n * K + 4.0 * K * n * C)
     return [_row("sequential update", f"{rows} rows, {per_update} per update, K={K} C={C}", t,
                  flops, "GFLOP/s", ceil["gemm_gflops"],
                  "numpy solve after each update (scaled from 10)", base)]

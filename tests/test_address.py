@@ -160,6 +160,51 @@ def test_pinv_rcond_is_numpy_singular_value_cutoff(rng, dtype, rcond):
     assert_rel(got, ref, tol(dtype, 1e-5, 1e-9))
 
 
+# K >= 64 and K <= C: past K / 4 pivots the kernel tries a Cholesky of R R^T instead
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("lo,hi", [(0, 1), (-1.5, 1), (-3, 2), (-7, 0)])
+@pytest.mark.parametrize("rcond", [None, 1e-4, 1e-2, 0.5])
+def test_pinv_of_a_full_row_rank_matrix_keeps_numpys_cutoff(rng, dtype, lo, hi, rcond):
+    """Well-conditioned (the Gram route) or not (the rank-revealing one), the pseudo-inverse
+    and the projection are np.linalg.pinv's for the cutoff asked (K = 90: no singular value
+    of the log-spaced spectra sits on a cutoff)."""
+    K, C = 90, 128
+    R = spread_spectrum(rng, K, C, lo, hi, dtype)
+    cutoff = rcond if rcond is not None else default_rcond(K, C, dtype)
+    ref = np.linalg.pinv(f64(R), rcond=cutoff)
+    # float32 output of a pseudo-inverse whose kept singular values span 1e4 or more: its
+    # rounding alone is eps32 times that condition
+    f32_tol = 1e-5 if lo >= -3 else 1e-3
+    assert_rel(lx.pinv_address(np.eye(C, dtype=dtype), R, rcond=rcond), ref,
+               tol(dtype, f32_tol, 1e-9))
+    Zq = randn(rng, 5, C, dtype=dtype)
+    assert_rel(lx.pinv_read(Zq, R, rcond=rcond), f64(Zq) @ ref @ f64(R), tol(dtype, 1e-5, 1e-9))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("below", [True, False])
+def test_a_singular_value_at_the_cutoff_decides_like_numpy(rng, dtype, below):
+    """All singular values but the last within a factor 2; the last just below (dropped)
+    or just above (kept) the cutoff: the Gram route must not keep what numpy drops."""
+    K, C, rcond = 80, 100, 1e-2
+    s = np.linspace(1.0, 0.5, K)
+    s[-1] = rcond * (0.9 if below else 1.1)
+    R = ((orthonormal(rng, K, K) * s) @ orthonormal(rng, C, K).T).astype(dtype)
+    ref = np.linalg.pinv(f64(R), rcond=rcond)
+    got = lx.pinv_address(np.eye(C, dtype=dtype), R, rcond=rcond)
+    assert_rel(got, ref, tol(dtype, 1e-4, 1e-9))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("rank", [30, 70, 95])
+def test_pinv_of_a_rank_past_a_quarter_of_k(rng, dtype, rank):
+    """Rank above K / 4 but below K: the Cholesky fails and the rank-revealing path runs."""
+    K, C = 96, 128
+    R = rank_deficient(rng, K, C, rank, dtype=dtype)
+    ref = np.linalg.pinv(f64(R), rcond=default_rcond(K, C, dtype))
+    assert_rel(lx.pinv_address(np.eye(C, dtype=dtype), R), ref, tol(dtype, 1e-4, 1e-8))
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("rank", [1, 5, 16])
 def test_pinv_read_equals_address_then_read(rng, dtype, rank):

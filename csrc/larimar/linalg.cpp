@@ -26,6 +26,7 @@ void BLAS_SYMBOL(dgemv_)(const char*, const int*, const int*, const double*, con
 void BLAS_SYMBOL(dtrsm_)(const char*, const char*, const char*, const char*, const int*, const int*,
                          const double*, const double*, const int*, double*, const int*);
 void BLAS_SYMBOL(dpotrf_)(const char*, const int*, double*, const int*, int*);
+void BLAS_SYMBOL(dpotri_)(const char*, const int*, double*, const int*, int*);
 void BLAS_SYMBOL(dpocon_)(const char*, const int*, const double*, const int*, const double*,
                           double*, double*, int*, int*);
 void BLAS_SYMBOL(dgeqrf_)(const int*, const int*, double*, const int*, double*, double*, const int*,
@@ -197,6 +198,20 @@ void Cholesky::solve(double* b, index_t nrhs) const {
                       &NRHS);
   BLAS_SYMBOL(dtrsm_)(&right, &upper, &trans, &nonunit, &NRHS, &N, &one, factor_.data(), &N, b,
                       &NRHS);
+}
+
+// dpotri fills the column-major upper triangle of A^-1; the row-major lower one mirrors it.
+std::vector<double> Cholesky::inverse() const {
+  std::vector<double> inv(factor_);
+  const char uplo = 'U';
+  const int N = as_int(n_);
+  int info = 0;
+  BLAS_SYMBOL(dpotri_)(&uplo, &N, inv.data(), &N, &info);
+  if (info != 0)
+    throw NumericalError("Cholesky inverse failed (dpotri info " + std::to_string(info) + ")");
+  for (index_t i = 0; i < n_; ++i)
+    for (index_t j = 0; j < i; ++j) inv[j * n_ + i] = inv[i * n_ + j];
+  return inv;
 }
 
 void thin_qr(const double* a, index_t rows, index_t cols, std::vector<double>& q,

@@ -3,6 +3,7 @@
 // a float32 memory is stored in float32, but its Gram matrices are solved in float64.
 #pragma once
 
+#include <type_traits>
 #include <vector>
 
 #include "larimar/common.hpp"
@@ -33,6 +34,13 @@ void gemv(bool trans, index_t rows, index_t cols, T alpha, const T* a, index_t l
 }  // namespace blas
 
 // Cholesky factor of a symmetric positive definite n x n matrix (row-major, overwritten).
+// Smallest Gram reciprocal condition for which a Cholesky answer is as good as the SVD's in
+// the storage precision T: a Gram squares its matrix's condition number.
+template <class T>
+double cholesky_rcond_floor() {
+  return std::is_same<T, float>::value ? 1e-8 : 1e-6;
+}
+
 class Cholesky {
  public:
   // Returns false when the matrix is not numerically positive definite.
@@ -41,6 +49,8 @@ class Cholesky {
   double rcond() const;
   // B (n x nrhs, row-major) <- A^-1 B.
   void solve(double* b, index_t nrhs) const;
+  // A^-1 (n x n, row-major, symmetric), from the factor (LAPACK dpotri).
+  std::vector<double> inverse() const;
   // i-th diagonal entry of the factor (A = U^T U): its square is the i-th pivot.
   double pivot(index_t i) const { return factor_[i * n_ + i]; }
 

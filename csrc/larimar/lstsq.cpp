@@ -8,13 +8,6 @@
 namespace larimar {
 namespace {
 
-// Smallest Gram reciprocal condition for which the Cholesky answer is as good as the SVD's
-// in the storage precision: the Gram squares W's condition number.
-template <class T>
-double cholesky_rcond_floor() {
-  return std::is_same<T, float>::value ? 1e-8 : 1e-6;
-}
-
 template <class T>
 void solve_episode(const T* w, const T* z, T* m, index_t n, index_t k, index_t c, double ridge,
                    double rcond) {

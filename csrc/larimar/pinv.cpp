@@ -62,8 +62,9 @@ LARIMAR_ROWS_TIMES(double)
 template <class T>
 std::vector<index_t> gram_pivots(const T* r, index_t k, index_t c,
                                  const std::vector<double>& sq_norms, double tol2,
-                                 std::vector<double>& raw_columns) {
+                                 std::vector<double>& raw_columns, index_t stop_at, bool& stopped) {
   const index_t max_rank = std::min(k, c);
+  stopped = false;
   std::vector<double> residual(sq_norms);
   std::vector<index_t> pivots;
   std::vector<double> factor;  // j x K: row t is the t-th Cholesky column
@@ -75,6 +76,16 @@ std::vector<index_t> gram_pivots(const T* r, index_t k, index_t c,
       if (residual[i] > best) best = residual[i], p = i;
     if (p < 0) break;
     const index_t j = static_cast<index_t>(pivots.size());
+    if (j == stop_at) {
+      // A flat spectrum of rank q leaves (q - j) / q of the energy after j pivots, so the
+      // share captured predicts q ~ j / captured: past K / 2, stop (full row rank likely).
+      double left = 0, total = 0;
+      for (index_t i = 0; i < k; ++i) left += std::max(residual[i], 0.0), total += sq_norms[i];
+      if ((1.0 - left / total) * double(k) < 2.0 * double(j)) {
+        stopped = true;
+        break;
+      }
+    }
     // column = (R R_p^T - L[:, :j] L[p, :j]^T) / sqrt(residual_p)
     dot_rows(r, k, c, r + p * c, column.data());
     raw_columns.insert(raw_columns.end(), column.begin(), column.end());  // R R_p^T, exact
@@ -103,10 +114,12 @@ std::vector<index_t> gram_pivots(const T* r, index_t k, index_t c,
 struct RowSpace {
   std::vector<double> basis, coords, sq_norms;
   index_t rank = 0;
+  bool stopped = false;  // rank predicted above K / 2 at stop_at pivots: nothing filled in
 };
 
+// stop_at < 0: no probe.
 template <class T>
-RowSpace row_space(const T* r, index_t k, index_t c, double rcond) {
+RowSpace row_space(const T* r, index_t k, index_t c, double rcond, index_t stop_at) {
   RowSpace out;
   std::vector<double>& sq = out.sq_norms;
   sq.resize(k);
@@ -119,7 +132,9 @@ RowSpace row_space(const T* r, index_t k, index_t c, double rcond) {
   const double cutoff2 = rcond * rcond * largest;
   const double gram_floor2 = 32.0 * epsilon<double>() * largest;
   std::vector<double> raw;  // q x K: column t is R R_{p_t}^T
-  const std::vector<index_t> pivots = gram_pivots(r, k, c, sq, std::max(cutoff2, gram_floor2), raw);
+  const std::vector<index_t> pivots =
+      gram_pivots(r, k, c, sq, std::max(cutoff2, gram_floor2), raw, stop_at, out.stopped);
+  if (out.stopped) return out;
   index_t q = static_cast<index_t>(pivots.size());
   std::vector<double>& basis = out.basis;  // C x q
   std::vector<double> triangle;            // R_P^T = Q Rc
@@ -204,13 +219,47 @@ RowSpace row_space(const T* r, index_t k, index_t c, double rcond) {
 }
 
 template <class T>
+bool LowRankPinv<T>::full_row_rank(const T* r, double rcond) {
+  const index_t k = k_, c = c_;
+  if (k > c) return false;
+  // R^+ = R^T G^-1 with G = R R^T, factored in float64. Kept only when G's condition shows
+  // that (a) no singular value of R falls below the cutoff: sigma_min / sigma_max >= rcond
+  // holds when rcond(G) >= K rcond^2, since dpocon's 1-norm estimate is within a factor K
+  // of the 2-norm one; and (b) the Gram loses nothing in T's precision
+  // (cholesky_rcond_floor). Then W = Z R^+ is one product and the projection Z R^+ R two.
+  const std::vector<double> rd = convert<double>(r, k * c);
+  std::vector<double> gram(k * k);
+  blas::gemm_parallel<double>(false, true, k, k, c, 1.0, rd.data(), c, rd.data(), c, 0.0,
+                              gram.data(), k);
+  Cholesky chol;
+  const double floor = std::max(cholesky_rcond_floor<T>(), double(k) * rcond * rcond);
+  if (!chol.factor(gram, k) || !(chol.rcond() >= floor)) return false;
+  const std::vector<T> g_inv = convert<T>(chol.inverse().data(), k * k);
+  dense_pinv_.resize(c * k);  // R^T G^-1 (C x K)
+  blas::gemm_parallel<T>(true, false, c, k, k, T(1), r, c, g_inv.data(), k, T(0),
+                         dense_pinv_.data(), k);
+  dense_r_.assign(r, r + k * c);
+  rank_ = k;
+  return true;
+}
+
+template <class T>
 LowRankPinv<T>::LowRankPinv(const T* r, index_t k, index_t c, double rcond) : k_(k), c_(c) {
   if (rcond < 0) rcond = default_rcond<T>(k, c);
   // Pivot rows until no residual row exceeds tol |R_max row| / sqrt(K), tol the dtype's
   // default cutoff (or rcond when smaller): the directions left out hold singular values
   // near the storage precision, and the exact residual E = R - R Q Q^T is that small.
   const double tol = std::min(rcond, default_rcond<T>(k, c));
-  RowSpace space = row_space(r, k, c, tol / std::sqrt(double(k)));
+  // A low-rank memory (N rows written into K slots) takes the rank-revealing path, O(N K C).
+  // When 8 pivots predict a rank above K / 2, R may be of full row rank (a trained prior):
+  // one Gram, a Cholesky and a product, a few GEMMs' worth, beat the remaining pivots and
+  // the SVD.
+  const index_t stop_at = k <= c && k >= 64 ? 8 : -1;
+  RowSpace space = row_space(r, k, c, tol / std::sqrt(double(k)), stop_at);
+  if (space.stopped) {
+    if (full_row_rank(r, rcond)) return;
+    space = row_space(r, k, c, tol / std::sqrt(double(k)), -1);
+  }
   const index_t q = space.rank;
   if (q == 0) return;  // R == 0: R^+ == 0
   const std::vector<double>& qc = space.basis;
@@ -271,12 +320,35 @@ void low_rank_product(const T* z, index_t n, index_t c, const std::vector<T>& f,
 
 template <class T>
 void LowRankPinv<T>::apply(const T* z, index_t n, T* w) const {
+  if (!dense_pinv_.empty()) {
+    blas::gemm_parallel<T>(false, false, n, k_, c_, T(1), z, c_, dense_pinv_.data(), k_, T(0), w,
+                           k_);
+    return;
+  }
   low_rank_product(z, n, c_, left_, rank_, right_, false, k_, w);
 }
 
 template <class T>
 void LowRankPinv<T>::project(const T* z, index_t n, T* out) const {
+  if (!dense_pinv_.empty()) {
+    low_rank_product(z, n, c_, dense_pinv_, k_, dense_r_, false, c_, out);
+    return;
+  }
   low_rank_product(z, n, c_, basis_, rank_, basis_, true, c_, out);
+}
+
+template <class T>
+void LowRankPinv<T>::matrix(T* out) const {
+  if (!dense_pinv_.empty()) {
+    std::copy(dense_pinv_.begin(), dense_pinv_.end(), out);
+    return;
+  }
+  if (rank_ == 0) {
+    std::fill(out, out + c_ * k_, T(0));
+    return;
+  }
+  blas::gemm_parallel<T>(false, false, c_, k_, rank_, T(1), left_.data(), rank_, right_.data(), k_,
+                         T(0), out, k_);
 }
 
 namespace {

@@ -26,16 +26,25 @@ class LowRankPinv {
   void apply(const T* z, index_t n, T* w) const;
   // out (n x C) = Z R^+ R = Z Q Q^T, the projection on R's row space.
   void project(const T* z, index_t n, T* out) const;
+  // out (C x K) = R^+.
+  void matrix(T* out) const;
   index_t rank() const { return rank_; }
   index_t rows() const { return k_; }
   index_t cols() const { return c_; }
   bool empty() const { return k_ == 0; }
 
  private:
+  // The fast route for a well-conditioned R of full row rank (K <= C): a Cholesky of
+  // R R^T, R^+ = R^T (R R^T)^-1 kept whole. False, leaving this object untouched, when R
+  // does not qualify.
+  bool full_row_rank(const T* r, double rcond);
+
   index_t k_ = 0, c_ = 0, rank_ = 0;
-  std::vector<T> left_;   // C x r
-  std::vector<T> right_;  // r x K
-  std::vector<T> basis_;  // C x r, orthonormal basis Q of R's row space
+  std::vector<T> left_;        // C x r
+  std::vector<T> right_;       // r x K
+  std::vector<T> basis_;       // C x r, orthonormal basis Q of R's row space
+  std::vector<T> dense_pinv_;  // the full-row-rank route: R^+ (C x K), else empty
+  std::vector<T> dense_r_;     // and R (K x C), for the projection Z R^+ R
 };
 
 // Larimar's read z = (Zq M^+) M, per episode, as the projection Zq Q Q^T of the queries on
