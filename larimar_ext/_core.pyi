@@ -105,12 +105,14 @@ class SequentialMemoryF64(_SequentialMemory[np.float64]):
 class _KeyValueStore(Generic[_F]):
     """Fixed-key memory (docs/DESIGN.md section 2.7): keys (n, key_dim), values (n, value_dim).
     Read-only: key_dim, value_dim, metric ("ip", "cosine" or "l2"), merge_identical (whether
-    a bitwise identical key shares its slot) and nbytes (host bytes held)."""
+    a bitwise identical key shares its slot), nbytes (host bytes of what is stored) and
+    reserved_nbytes (host bytes held, allocated row capacity included)."""
     key_dim: Final[int]
     value_dim: Final[int]
     metric: Final[str]
     merge_identical: Final[bool]
     nbytes: Final[int]
+    reserved_nbytes: Final[int]
     def __init__(self, key_dim: int, value_dim: int, metric: str,
                  merge_identical: bool = True) -> None:
         """Sizes, metric ("ip", "cosine" or "l2") and whether identical keys share a slot."""

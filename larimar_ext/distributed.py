@@ -183,8 +183,14 @@ class ShardedKeyValueMemory:
 
     @property
     def nbytes(self) -> int:
-        """Host bytes held by this rank's shard (its KeyValueMemory and the global-id map)."""
-        return self._shard.nbytes + self._gids.nbytes
+        """Host bytes of what this rank's shard stores (its KeyValueMemory's and a global id
+        per row)."""
+        return self._shard.nbytes + len(self._shard) * self._gids.itemsize
+
+    @property
+    def reserved_nbytes(self) -> int:
+        """Host bytes this rank's shard holds, allocated capacity included."""
+        return self._shard.reserved_nbytes + self._gids.nbytes
 
     def _reserve_ids(self, extra: int) -> None:
         """Room in the global-id map for ``extra`` more slots (amortised doubling)."""

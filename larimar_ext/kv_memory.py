@@ -75,8 +75,15 @@ class KeyValueMemory:
 
     @property
     def nbytes(self) -> int:
-        """Host bytes held by the store (keys, values, norms, write counts, key index)."""
+        """Host bytes of what is stored: the rows' keys, values and norms, their write counts
+        and the key index (as ``numpy.ndarray.nbytes``, the data, not the allocation)."""
         return self._core.nbytes
+
+    @property
+    def reserved_nbytes(self) -> int:
+        """Host bytes the store holds, the row capacity allocated ahead included (rows come
+        in chunks of up to 16,384 or 64 MiB): what the process pays."""
+        return self._core.reserved_nbytes
 
     def __len__(self) -> int:
         return len(self._core)

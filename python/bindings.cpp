@@ -564,7 +564,8 @@ void bind_kv(py::module_& m, const char* name) {
           array_arg("keys"), array_arg("values"), array_arg("counts"))
       .def("__len__", &Store::size)
       .def_property_readonly("merge_identical", &Store::merge_identical)
-      .def_property_readonly("nbytes", &Store::nbytes)
+      .def_property_readonly("nbytes", [](const Store& self) { return self.bytes(false); })
+      .def_property_readonly("reserved_nbytes", [](const Store& self) { return self.bytes(true); })
       .def_property_readonly("key_dim", &Store::key_dim)
       .def_property_readonly("value_dim", &Store::value_dim)
       .def_property_readonly("metric",

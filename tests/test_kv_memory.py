@@ -182,7 +182,10 @@ def test_nbytes_and_len(rng, dtype):
         total += n
         assert len(kv) == total
         need = total * (kd + vd) * item
-        assert need <= kv.nbytes <= 4 * need + (4 << 20), (kv.nbytes, need)
+        # keys, values and norms, a float64 count, a key-index node and bucket each
+        assert need <= kv.nbytes <= total * ((kd + vd + 1) * item + 8 + 64) + 1024, \
+            (kv.nbytes, need)
+        assert kv.reserved_nbytes >= kv.nbytes
     before = kv.nbytes
     kv.add(to_numpy(kv.keys)[:5], randn(rng, 5, vd, dtype=dtype))  # duplicates: no new slots
     assert len(kv) == total
@@ -256,13 +259,25 @@ def test_search_many_keys(rng, metric):
     assert np.array_equal(to_numpy(idx), to_numpy(ridx))
 
 
+def test_nbytes_counts_what_is_stored_and_reserved_nbytes_the_allocation(rng):
+    """A one-row store reports its row, not the 64 MiB chunk allocated for it (issue: memory
+    at scale); reserved_nbytes reports the chunk."""
+    kv = lx.KeyValueMemory(384, 7168, "cosine")
+    kv.add(rng.standard_normal((1, 384)).astype(np.float32),
+           rng.standard_normal((1, 7168)).astype(np.float32))
+    row = (384 + 7168 + 1) * 4
+    assert row <= kv.nbytes <= row + 8 + 64 + 1024, kv.nbytes
+    assert kv.reserved_nbytes >= 32 * 2**20, kv.reserved_nbytes
+
+
 def test_wide_rows_do_not_reserve_hundreds_of_mib(rng):
     """Chunks are capped at 64 MiB: a store of a few 7,552-wide rows (the default model's
     long-context key + value) reserves one capped chunk, not 16,384 rows (472 MiB)."""
     kv = lx.KeyValueMemory(384, 7168, "cosine")
     kv.add(rng.standard_normal((11, 384)).astype(np.float32),
            rng.standard_normal((11, 7168)).astype(np.float32))
-    assert kv.nbytes <= 70 * 2**20, kv.nbytes
+    assert kv.reserved_nbytes <= 70 * 2**20, kv.reserved_nbytes
+    assert kv.nbytes <= 11 * ((384 + 7168 + 1) * 4 + 8 + 64) + 1024, kv.nbytes
     # growing past one chunk keeps every row readable
     n = 64 * 2**20 // ((384 + 7168 + 1) * 4) + 5
     keys = rng.standard_normal((n, 384)).astype(np.float32)

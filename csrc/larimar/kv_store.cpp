@@ -309,11 +309,14 @@ index_t KeyValueStore<T>::size() const {
 }
 
 template <class T>
-std::size_t KeyValueStore<T>::nbytes() const {
+std::size_t KeyValueStore<T>::bytes(bool reserved) const {
   std::shared_lock<std::shared_mutex> lock(mutex_);
-  const std::size_t rows = chunks_.size() * static_cast<std::size_t>(chunk_rows_);
-  return rows * sizeof(T) * static_cast<std::size_t>(d_ + v_ + 1) +
-         counts_.capacity() * sizeof(double) +
+  // Rows: the stored ones, or every row of the allocated chunks; the key index: a node per
+  // key (hash, id, the list link and the cached hash) and a pointer per bucket.
+  const std::size_t rows = reserved ? chunks_.size() * static_cast<std::size_t>(chunk_rows_)
+                                    : static_cast<std::size_t>(size_);
+  const std::size_t counts = reserved ? counts_.capacity() : counts_.size();
+  return rows * sizeof(T) * static_cast<std::size_t>(d_ + v_ + 1) + counts * sizeof(double) +
          by_hash_.size() * (sizeof(std::uint64_t) + sizeof(index_t) + 2 * sizeof(void*)) +
          by_hash_.bucket_count() * sizeof(void*);
 }

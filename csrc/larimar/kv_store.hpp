@@ -56,7 +56,9 @@ class KeyValueStore {
   index_t key_dim() const { return d_; }
   index_t value_dim() const { return v_; }
   Metric metric() const { return metric_; }
-  std::size_t nbytes() const;
+  // Host bytes of the stored rows, write counts and key index (reserved false), or of all
+  // the memory the store holds, allocated row capacity included (reserved true).
+  std::size_t bytes(bool reserved) const;
   // Copies of the stored keys (n x key_dim), values (n x value_dim) and counts (n), at most
   // max_rows of them (the rows the caller allocated), under one read lock; they return the
   // rows copied. A caller's size() can be stale by then: a concurrent add grows the store,

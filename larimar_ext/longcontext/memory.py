@@ -846,6 +846,8 @@ class LongContextMemory:
                 "rows_shared": sum(len(r) > 1 for r in self._rows),
                 "tokens": t.tokens,
                 "host_bytes": self.store.nbytes if self.store is not None else 0,
+                "reserved_host_bytes": (self.store.reserved_nbytes if self.store is not None
+                                        else 0),
                 "ingest_seconds": t.seconds, "ingest_tokens_per_s": t.tokens_per_s,
                 "encoded_keys": t.encoded_keys, "encoded_values": t.encoded_values,
                 "split_sentences": self.segmenter.split_sentences,

@@ -27,7 +27,7 @@ class IngestStats:
     seconds: float = 0.0
     tokens_per_s: float = 0.0
     rows: int = 0                   # memory rows after the call
-    host_bytes: int = 0             # KeyValueMemory bytes after the call
+    host_bytes: int = 0             # bytes the KeyValueMemory stores after the call
     split_sentences: int = 0        # sentences cut into several segments (cumulative)
     segment_seconds: float = 0.0
     encode_seconds: float = 0.0
