@@ -13,12 +13,14 @@ from ._version import __version__
 from .episodic import EpisodicMemory
 from .kv_memory import KeyValueMemory
 from .ops import *  # noqa: F403  the functional ops: ops.__all__ is their one list
+from .prepared_pinv import PreparedPinv
 from .results import SearchAndReconstructResult, SearchResult
 
 if TYPE_CHECKING:  # at run time __getattr__ imports it on first use (it needs torch)
     from .longcontext.memory import LongContextMemory
 
-__all__ = ["EpisodicMemory", "KeyValueMemory", "LongContextMemory", "get_memory_limit",
+__all__ = ["EpisodicMemory", "KeyValueMemory", "LongContextMemory", "PreparedPinv",
+           "get_memory_limit",
            "get_num_threads", "info", "set_memory_limit", "set_num_threads",
            "SearchAndReconstructResult", "SearchResult", "__version__"]
 __all__ += ops.__all__

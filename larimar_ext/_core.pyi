@@ -72,6 +72,26 @@ def sparse_lstsq_write(indices: _Ids, weights: NDArray[_F], Z: NDArray[_F], memo
 # ------------------------------------------------------------------------ memory objects
 # The F32/F64 classes of each kind share one generic base here; at run time they are two
 # unrelated pybind11 classes, so the bases exist for the type checker only.
+class _PreparedPinv(Generic[_F]):
+    """R^+ of a fixed R (K, C), factored once (docs/DESIGN.md section 2.3). Read-only: rank
+    (singular values kept), rows K and cols C."""
+    rank: Final[int]
+    rows: Final[int]
+    cols: Final[int]
+    def __init__(self, R: NDArray[_F], rcond: Optional[float]) -> None:
+        """Factors R; rcond None: the default cutoff max(K, C) * eps."""
+    def address(self, Z: NDArray[_F]) -> NDArray[_F]:
+        """W = Z R^+: (N, C) -> (N, K)."""
+    def project(self, Z: NDArray[_F]) -> NDArray[_F]:
+        """(Z R^+) R: (N, C) -> (N, C)."""
+    def matrix(self) -> NDArray[_F]:
+        """R^+ (C, K)."""
+
+class PreparedPinvF32(_PreparedPinv[np.float32]):
+    """_PreparedPinv with float32 arrays in and out."""
+class PreparedPinvF64(_PreparedPinv[np.float64]):
+    """_PreparedPinv with float64 arrays in and out."""
+
 class _SequentialMemory(Generic[_F]):
     """Sequential write/forget memory (docs/DESIGN.md section 2.5), state in float64. Read-only:
     memory_size K, code_size C and the ridge of the constructor."""

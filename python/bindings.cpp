@@ -361,6 +361,45 @@ index_t rows_of(const Array<T>& a, const char* name, index_t cols, const char* c
 }
 
 template <class T>
+void bind_prepared_pinv(py::module_& m, const char* name) {
+  using Pinv = larimar::PreparedPinv<T>;
+  py::class_<Pinv>(m, name)
+      .def(py::init([](Array<T> r, std::optional<double> rcond) {
+             const index_t k = r.shape(0), c = r.shape(1);
+             const double cutoff = rcond_value(rcond);
+             const T* data = r.data();
+             std::unique_ptr<Pinv> pinv;
+             without_gil([&] { pinv = std::make_unique<Pinv>(data, k, c, cutoff); });
+             return pinv;
+           }),
+           array_arg("R"), py::arg("rcond").none(true))
+      .def(
+          "address",
+          [](const Pinv& self, Array<T> z) {
+            const index_t n = rows_of(z, "Z", self.cols(), "C");
+            return compute(
+                "Z", [&](T* w) { self.address(z.data(), n, w); }, Out<T>{{n, self.rows()}});
+          },
+          array_arg("Z"))
+      .def(
+          "project",
+          [](const Pinv& self, Array<T> z) {
+            const index_t n = rows_of(z, "Z", self.cols(), "C");
+            return compute(
+                "Z", [&](T* out) { self.project(z.data(), n, out); }, Out<T>{{n, self.cols()}});
+          },
+          array_arg("Z"))
+      .def("matrix",
+           [](const Pinv& self) {
+             return compute(
+                 "R", [&](T* out) { self.matrix(out); }, Out<T>{{self.cols(), self.rows()}});
+           })
+      .def_property_readonly("rank", &Pinv::rank)
+      .def_property_readonly("rows", &Pinv::rows)
+      .def_property_readonly("cols", &Pinv::cols);
+}
+
+template <class T>
 void bind_sequential(py::module_& m, const char* name) {
   using Mem = larimar::SequentialMemory<T>;
   py::class_<Mem>(m, name)
@@ -637,6 +676,8 @@ PYBIND11_MODULE(_core, m) {
       array_arg("weights"), array_arg("Z"), py::arg("memory_size"), py::arg("ridge"),
       array_arg("prior").none(true), py::arg("tol"), py::arg("max_iter"));
 
+  bind_prepared_pinv<float>(m, "PreparedPinvF32");
+  bind_prepared_pinv<double>(m, "PreparedPinvF64");
   bind_sequential<float>(m, "SequentialMemoryF32");
   bind_sequential<double>(m, "SequentialMemoryF64");
   bind_kv<float>(m, "KeyValueStoreF32");

@@ -402,6 +402,52 @@ void pinv_read(const T* z, const T* m, T* out, index_t batch, index_t n, index_t
   batched_pinv(z, m, out, batch, n, k, c, rcond, true);
 }
 
+namespace {
+
+template <class T>
+LowRankPinv<T> checked_pinv(const T* r, index_t k, index_t c, double rcond) {
+  check_dim(k, "R", "number of rows K");
+  check_dim(c, "R", "code size C");
+  if (rcond >= 0) check_scalar(rcond, "rcond", true, false);
+  check_finite(r, k * c, "R");
+  const double q = double(std::min(k, c));
+  check_allocation(8.0 * (4.0 * k * q + 4.0 * c * q + 2.0 * k * k), "R",
+                   "the float64 workspace of the pseudo-inverse");
+  return LowRankPinv<T>(r, k, c, rcond);
+}
+
+}  // namespace
+
+template <class T>
+PreparedPinv<T>::PreparedPinv(const T* r, index_t k, index_t c, double rcond)
+    : pinv_(checked_pinv(r, k, c, rcond)) {}
+
+namespace {
+
+// The checks around one query of a prepared pseudo-inverse: Z (n x C) in, out (n x width).
+template <class T, class Op>
+void checked_query(const LowRankPinv<T>& pinv, const T* z, index_t n, index_t width, T* out,
+                   Op&& op) {
+  check_dim(n, "Z", "number of rows");
+  check_finite(z, n * pinv.cols(), "Z");
+  op();
+  check_result(out, n * width, "Z");
+}
+
+}  // namespace
+
+template <class T>
+void PreparedPinv<T>::address(const T* z, index_t n, T* w) const {
+  checked_query(pinv_, z, n, pinv_.rows(), w, [&] { pinv_.apply(z, n, w); });
+}
+
+template <class T>
+void PreparedPinv<T>::project(const T* z, index_t n, T* out) const {
+  checked_query(pinv_, z, n, pinv_.cols(), out, [&] { pinv_.project(z, n, out); });
+}
+
+template class PreparedPinv<float>;
+template class PreparedPinv<double>;
 template void pinv_read<float>(const float*, const float*, float*, index_t, index_t, index_t,
                                index_t, double);
 template void pinv_read<double>(const double*, const double*, double*, index_t, index_t, index_t,

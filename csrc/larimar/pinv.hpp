@@ -47,6 +47,27 @@ class LowRankPinv {
   std::vector<T> dense_r_;     // and R (K x C), for the projection Z R^+ R
 };
 
+// A prior's pseudo-inverse prepared once for the addresses of many calls (an inference
+// caller's W = Z M0^+): the batched ops' argument checks around one LowRankPinv.
+template <class T>
+class PreparedPinv {
+ public:
+  // R (K x C); rcond < 0: the default cutoff.
+  PreparedPinv(const T* r, index_t k, index_t c, double rcond);
+  // W (n x K) = Z (n x C) R^+.
+  void address(const T* z, index_t n, T* w) const;
+  // out (n x C) = (Z R^+) R.
+  void project(const T* z, index_t n, T* out) const;
+  // out (C x K) = R^+.
+  void matrix(T* out) const { pinv_.matrix(out); }
+  index_t rank() const { return pinv_.rank(); }
+  index_t rows() const { return pinv_.rows(); }
+  index_t cols() const { return pinv_.cols(); }
+
+ private:
+  LowRankPinv<T> pinv_;
+};
+
 // Larimar's read z = (Zq M^+) M, per episode, as the projection Zq Q Q^T of the queries on
 // M's row space: no pass over M beyond finding Q. Zq (B x N x C), M (B x K x C).
 template <class T>
