@@ -159,7 +159,11 @@ class _KeyValueStore(Generic[_F]):
     def counts(self) -> NDArray[np.float64]:
         """Write counts per slot (n,)."""
     def assign(self, keys: NDArray[_F], values: NDArray[_F], counts: NDArray[np.float64]) -> None:
-        """Replace the whole content (used by load): keys, values and counts of n rows."""
+        """Replace the whole content: keys, values and counts of n rows."""
+    def append_saved(self, keys: NDArray[_F], values: NDArray[_F],
+                     counts: NDArray[np.float64]) -> None:
+        """Append saved rows with their counts (a load in blocks, into a fresh store); every
+        key must be new."""
     def __len__(self) -> int:
         """n, the number of stored rows."""
 

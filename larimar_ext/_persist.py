@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Dict, Iterator, Mapping, NamedTuple, Tuple
 
 import numpy as np
 from safetensors.numpy import load as parse_safetensors, save_file
@@ -65,17 +66,21 @@ def save(path: str | os.PathLike, kind: str, config: Mapping[str, Any],
         raise
 
 
-def load(path: str | os.PathLike, kind: str) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
-    """(config, arrays) of a file written by ``save`` for ``kind``; ValueError otherwise."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ValueError(f"path: no such file: {path!r}")
+def _check_size(path: str) -> None:
     from . import _core  # the memory limit lives in the kernel
     size = os.path.getsize(path)
     if size > _core.get_memory_limit():
         raise MemoryError(f"path: {path!r} is {size / 2**30:.3g} GiB, over the memory limit "
                           f"of {_core.get_memory_limit() / 2**30:.3g} GiB "
                           f"(larimar_ext.set_memory_limit)")
+
+
+def load(path: str | os.PathLike, kind: str) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
+    """(config, arrays) of a file written by ``save`` for ``kind``; ValueError otherwise."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"path: no such file: {path!r}")
+    _check_size(path)
     # One read of the file: header and arrays come from the same bytes, so a save landing
     # meanwhile cannot pair an old header with new arrays.
     try:
@@ -94,6 +99,17 @@ def load(path: str | os.PathLike, kind: str) -> Tuple[Dict[str, Any], Dict[str, 
         arrays = parse_safetensors(data)
     except Exception as exc:  # any parse failure (incl. dtypes numpy lacks) is a bad file
         raise ValueError(f"path: {path!r} is not a readable safetensors file ({exc})") from exc
+    config, digests = _check_metadata(path, kind, metadata, arrays)
+    for name, a in arrays.items():
+        if _digest(a) != digests[name]:
+            raise ValueError(f"path: {path!r} array {name!r} fails its checksum (corrupted)")
+    return config, arrays
+
+
+def _check_metadata(path: str, kind: str, metadata: Any,
+                    names: Any) -> Tuple[Dict[str, Any], Dict[str, str]]:
+    """The config and the arrays' digests of a header, checked: the format, its version, the
+    config's own checksum, and one digest per array of ``names``."""
     if not isinstance(metadata, dict):
         raise ValueError(f"path: {path!r} has a damaged header")
     if metadata.get("format") != kind:
@@ -110,13 +126,131 @@ def load(path: str | os.PathLike, kind: str) -> Tuple[Dict[str, Any], Dict[str, 
         raise ValueError(f"path: {path!r} has a damaged header")
     if digests.pop(_CONFIG_DIGEST, None) != _header_digest(kind, metadata["config"]):
         raise ValueError(f"path: {path!r} header fails its checksum (corrupted config)")
-    if set(digests) != set(arrays):
-        raise ValueError(f"path: {path!r} arrays {sorted(arrays)} do not match its header "
+    if set(digests) != set(names):
+        raise ValueError(f"path: {path!r} arrays {sorted(names)} do not match its header "
                          f"{sorted(digests)}")
-    for name, a in arrays.items():
-        if _digest(a) != digests[name]:
-            raise ValueError(f"path: {path!r} array {name!r} fails its checksum (corrupted)")
-    return config, arrays
+    return config, digests
+
+
+# safetensors dtype names of the arrays the memories save
+_DTYPES = {"F32": np.float32, "F64": np.float64, "I64": np.int64, "I32": np.int32,
+           "U8": np.uint8}
+
+
+def _entries(header: Dict[str, Any], data_size: int) -> Dict[str, Tuple[np.dtype, tuple, int]]:
+    """name -> (dtype, shape, data offset) of a safetensors header, every field checked: the
+    dtype known, the shape non-negative integers, the byte range exactly the array's size,
+    inside the data, and the ranges tiling it without overlap."""
+    out, spans = {}, []
+    for name, e in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(e, dict) or e.get("dtype") not in _DTYPES:
+            raise ValueError(f"array {name!r}: unknown dtype")
+        shape, offsets = e.get("shape"), e.get("data_offsets")
+        if (not isinstance(shape, list) or not isinstance(offsets, list) or len(offsets) != 2
+                or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
+                           for x in shape + offsets)):
+            raise ValueError(f"array {name!r}: damaged shape or offsets")
+        dtype = np.dtype(_DTYPES[e["dtype"]])
+        begin, end = offsets
+        if end - begin != math.prod(shape) * dtype.itemsize:
+            raise ValueError(f"array {name!r}: byte range does not match its shape")
+        out[name] = (dtype, tuple(shape), begin)
+        spans.append((begin, end))
+    at = 0
+    for begin, end in sorted(spans):
+        if begin != at:
+            raise ValueError("array byte ranges overlap or leave gaps")
+        at = end
+    if at != data_size:
+        raise ValueError("array byte ranges do not cover the data")
+    return out
+
+
+class ArraySpec(NamedTuple):
+    """An array of a file, before it is read: what ``expect`` checks."""
+    dtype: np.dtype
+    shape: tuple
+
+
+class RowFile:
+    """A file written by ``save`` whose arrays all have n rows, streamed in blocks of rows
+    instead of read whole: the memory a load needs is one block beside the object it
+    builds, not the file. Opening checks the header as ``load`` does; ``blocks`` checks
+    every array's digest after the last block, so a caller builds a fresh object from the
+    blocks and drops it if that raises (ValueError on a bad file, as ``load``).
+
+    Use as a context manager: ``config``, ``arrays`` (name -> ArraySpec) and ``rows``."""
+
+    def __init__(self, path: str | os.PathLike, kind: str) -> None:
+        self.path = path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise ValueError(f"path: no such file: {path!r}")
+        _check_size(path)
+        try:
+            self._file = open(path, "rb")
+        except OSError as exc:
+            raise ValueError(f"path: {path!r} cannot be read ({exc})") from exc
+        try:
+            self._open(kind)
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _open(self, kind: str) -> None:
+        f, path = self._file, self.path
+        size = os.fstat(f.fileno()).st_size
+        try:
+            header_len = int.from_bytes(f.read(8), "little")
+            if size < 8 or header_len > size - 8:
+                raise ValueError("header length beyond the end of the file")
+            header = json.loads(f.read(header_len))
+            if not isinstance(header, dict):
+                raise ValueError("header is not a JSON object")
+            self._entries = _entries(header, size - 8 - header_len)
+        except Exception as exc:
+            raise ValueError(f"path: {path!r} is not a readable safetensors file ({exc})") \
+                from exc
+        self.config, self._digests = _check_metadata(
+            path, kind, header.get("__metadata__") or {}, self._entries)
+        rows = {shape[0] if shape else -1 for _, shape, _ in self._entries.values()}
+        if len(rows) != 1 or -1 in rows:
+            raise ValueError(f"path: {path!r} arrays do not share one number of rows")
+        self.rows = rows.pop()
+        self.arrays = {name: ArraySpec(dtype, shape)
+                       for name, (dtype, shape, _) in self._entries.items()}
+        self._base = 8 + header_len
+
+    def blocks(self, block_bytes: int = 16 << 20) -> Iterator[Dict[str, np.ndarray]]:
+        """Every array's rows start:stop at once, in order, then the digests' check."""
+        row_bytes = {name: dtype.itemsize * math.prod(shape[1:])
+                     for name, (dtype, shape, _) in self._entries.items()}
+        step = max(1, block_bytes // max(1, *row_bytes.values()))
+        hashers = {name: hashlib.sha256() for name in self._entries}
+        for start in range(0, self.rows, step):
+            stop = min(self.rows, start + step)
+            block = {}
+            for name, (dtype, shape, offset) in self._entries.items():
+                a = np.empty((stop - start,) + shape[1:], dtype)
+                if a.nbytes:
+                    self._file.seek(self._base + offset + start * row_bytes[name])
+                    view = memoryview(a).cast("B")
+                    if self._file.readinto(view) != a.nbytes:
+                        raise ValueError(f"path: {self.path!r} is truncated")
+                    hashers[name].update(view)
+                block[name] = a
+            yield block
+        for name, h in hashers.items():
+            if h.hexdigest() != self._digests[name]:
+                raise ValueError(f"path: {self.path!r} array {name!r} fails its checksum "
+                                 "(corrupted)")
+
+    def __enter__(self) -> "RowFile":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._file.close()
 
 
 def build(path: Any, construct):

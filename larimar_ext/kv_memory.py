@@ -155,28 +155,33 @@ class KeyValueMemory:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "KeyValueMemory":
-        config, arrays = _persist.load(path, _KIND)
-        d = _persist.config_value(config, "key_dim", int, path)
-        v = _persist.config_value(config, "value_dim", int, path)
-        n = _persist.config_value(config, "size", int, path)
-        metric = _persist.config_value(config, "metric", str, path)
-        dtype = _persist.config_value(config, "dtype", str, path)
-        merge = config.get("merge_identical", True)   # files from before the option merge
-        if not isinstance(merge, bool):
-            raise ValueError(f"path: {os.fspath(path)!r} has an invalid config {config}")
-        if dtype not in ("float32", "float64") or d <= 0 or v <= 0 or n < 0:
-            raise ValueError(f"path: {os.fspath(path)!r} has an invalid config {config}")
-        if set(arrays) != {"keys", "values", "counts"}:
-            raise ValueError(f"path: {os.fspath(path)!r} holds arrays {sorted(arrays)}")
-        keys = _persist.expect(arrays, "keys", (n, d), dtype, path)
-        values = _persist.expect(arrays, "values", (n, v), dtype, path)
-        counts = _persist.expect(arrays, "counts", (n,), np.float64, path)
-        def construct() -> "KeyValueMemory":
-            mem = cls(d, v, metric, dtype, merge_identical=merge)
-            mem._core.assign(keys, values, counts)
-            return mem
+        """The memory ``save`` wrote, read in blocks of rows straight into the new store:
+        the load's peak memory is the store and one block, not the file as well."""
+        with _persist.RowFile(path, _KIND) as f:
+            config, arrays = f.config, f.arrays
+            d = _persist.config_value(config, "key_dim", int, path)
+            v = _persist.config_value(config, "value_dim", int, path)
+            n = _persist.config_value(config, "size", int, path)
+            metric = _persist.config_value(config, "metric", str, path)
+            dtype = _persist.config_value(config, "dtype", str, path)
+            merge = config.get("merge_identical", True)   # files from before the option
+            if not isinstance(merge, bool):
+                raise ValueError(f"path: {os.fspath(path)!r} has an invalid config {config}")
+            if dtype not in ("float32", "float64") or d <= 0 or v <= 0 or n < 0:
+                raise ValueError(f"path: {os.fspath(path)!r} has an invalid config {config}")
+            if set(arrays) != {"keys", "values", "counts"}:
+                raise ValueError(f"path: {os.fspath(path)!r} holds arrays {sorted(arrays)}")
+            _persist.expect(arrays, "keys", (n, d), dtype, path)
+            _persist.expect(arrays, "values", (n, v), dtype, path)
+            _persist.expect(arrays, "counts", (n,), np.float64, path)
 
-        return _persist.build(path, construct)
+            def construct() -> "KeyValueMemory":
+                mem = cls(d, v, metric, dtype, merge_identical=merge)
+                for block in f.blocks():  # the digests are checked after the last block
+                    mem._core.append_saved(block["keys"], block["values"], block["counts"])
+                return mem
+
+            return _persist.build(path, construct)
 
     def __repr__(self) -> str:
         merge = "" if self.merge_identical else ", merge_identical=False"

@@ -360,6 +360,16 @@ index_t rows_of(const Array<T>& a, const char* name, index_t cols, const char* c
   return a.shape(0);
 }
 
+// The rows of a load (keys, values, counts), checked against the store's sizes.
+template <class Store, class T>
+index_t saved_rows(const Store& self, const Array<T>& keys, const Array<T>& values,
+                   const Array<double>& counts) {
+  const index_t n = rows_of(keys, "keys", self.key_dim(), "key_dim");
+  rows_of(values, "values", self.value_dim(), "value_dim", n, "expected one row per key");
+  same_dim(counts.shape(0), n, "counts", "expected one count per key");
+  return n;
+}
+
 template <class T>
 void bind_prepared_pinv(py::module_& m, const char* name) {
   using Pinv = larimar::PreparedPinv<T>;
@@ -595,10 +605,15 @@ void bind_kv(py::module_& m, const char* name) {
       .def(
           "assign",
           [](Store& self, Array<T> keys, Array<T> values, Array<double> counts) {
-            const index_t n = rows_of(keys, "keys", self.key_dim(), "key_dim");
-            rows_of(values, "values", self.value_dim(), "value_dim", n, "expected one row per key");
-            same_dim(counts.shape(0), n, "counts", "expected one count per key");
+            const index_t n = saved_rows(self, keys, values, counts);
             without_gil([&] { self.assign(keys.data(), values.data(), counts.data(), n); });
+          },
+          array_arg("keys"), array_arg("values"), array_arg("counts"))
+      .def(
+          "append_saved",
+          [](Store& self, Array<T> keys, Array<T> values, Array<double> counts) {
+            const index_t n = saved_rows(self, keys, values, counts);
+            without_gil([&] { self.append_saved(keys.data(), values.data(), counts.data(), n); });
           },
           array_arg("keys"), array_arg("values"), array_arg("counts"))
       .def("__len__", &Store::size)

@@ -350,3 +350,34 @@ def test_key_sq_norms_by_id(rng, dtype):
     for bad in ([9], [-1], [[0, 1]]):
         with pytest.raises(ValueError, match="ids"):
             kv.key_sq_norms(np.array(bad))
+
+
+def test_load_streams_blocks_into_the_store_and_checks_every_digest(rng, tmp_path, monkeypatch):
+    """KeyValueMemory.load reads the file in blocks of rows (here of 3 rows), so the store
+    is built without the whole file in memory; the result is the saved store, and damage
+    in the last block is still refused, by name, after the first blocks were read."""
+    from larimar_ext import _persist
+    kv = lx.KeyValueMemory(8, 5, "l2")
+    kv.add(rng.standard_normal((10, 8)).astype(np.float32),
+           rng.standard_normal((10, 5)).astype(np.float32))
+    kv.add(to_numpy(kv.keys)[:2], np.ones((2, 5), np.float32))  # counts of 2
+    path = tmp_path / "kv.safetensors"
+    kv.save(path)
+    blocks = _persist.RowFile.blocks
+    seen = []
+
+    def small_blocks(self, block_bytes=0):
+        for block in blocks(self, block_bytes=3 * 8 * 4):
+            seen.append(len(block["keys"]))
+            yield block
+
+    monkeypatch.setattr(_persist.RowFile, "blocks", small_blocks)
+    back = lx.KeyValueMemory.load(path)
+    assert seen == [3, 3, 3, 1]
+    assert np.array_equal(back.keys, kv.keys) and np.array_equal(back.values, kv.values)
+    assert np.array_equal(back._core.counts(), kv._core.counts())
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF  # the last bytes of the data: counts of the last row, in the last block
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"path: .*fails its checksum"):
+        lx.KeyValueMemory.load(path)

@@ -349,20 +349,27 @@ index_t KeyValueStore<T>::copy_counts(double* out, index_t max_rows) const {
 }
 
 template <class T>
-void KeyValueStore<T>::assign(const T* keys, const T* values, const double* counts, index_t n) {
+void KeyValueStore<T>::append_saved(const T* keys, const T* values, const double* counts,
+                                    index_t n) {
   require(n >= 0, "keys", "expected a non-negative number of rows");
-  if (n > 0) {
-    check_finite(keys, n * d_, "keys");
-    check_finite(values, n * v_, "values");
-    check_finite(counts, n, "counts");
-    for (index_t i = 0; i < n; ++i)
-      require(counts[i] > 0, "counts", "expected positive write counts");
-  }
-  KeyValueStore fresh(d_, v_, metric_, merge_);
+  if (n == 0) return;
+  check_finite(keys, n * d_, "keys");
+  check_finite(values, n * v_, "values");
+  check_finite(counts, n, "counts");
+  for (index_t i = 0; i < n; ++i)
+    require(counts[i] > 0, "counts", "expected positive write counts");
+  const index_t before = size();
   std::vector<index_t> ids(n);
-  if (n > 0) fresh.add(keys, values, n, ids.data());
-  require(fresh.size_ == n, "keys", "holds duplicate keys; a saved merging store never does");
-  fresh.counts_.assign(counts, counts + n);
+  add(keys, values, n, ids.data());
+  std::unique_lock<std::shared_mutex> lock(mutex_);
+  require(size_ == before + n, "keys", "holds duplicate keys; a saved merging store never does");
+  std::copy(counts, counts + n, counts_.begin() + before);
+}
+
+template <class T>
+void KeyValueStore<T>::assign(const T* keys, const T* values, const double* counts, index_t n) {
+  KeyValueStore fresh(d_, v_, metric_, merge_);
+  fresh.append_saved(keys, values, counts, n);
   std::unique_lock<std::shared_mutex> lock(mutex_);
   size_ = fresh.size_;
   chunks_.swap(fresh.chunks_);

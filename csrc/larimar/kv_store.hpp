@@ -68,6 +68,10 @@ class KeyValueStore {
   index_t copy_counts(double* out, index_t max_rows) const;
   // Replaces the whole content (used by load). counts: rows written per slot.
   void assign(const T* keys, const T* values, const double* counts, index_t n);
+  // Appends saved rows with their counts (a load read in blocks, into a fresh store): every
+  // key must be new, as in a saved merging store. A refused block leaves the rows appended
+  // before it; the loader then drops the whole store.
+  void append_saved(const T* keys, const T* values, const double* counts, index_t n);
 
  private:
   struct Chunk {

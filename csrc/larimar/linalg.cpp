@@ -26,7 +26,6 @@ void BLAS_SYMBOL(dgemv_)(const char*, const int*, const int*, const double*, con
 void BLAS_SYMBOL(dtrsm_)(const char*, const char*, const char*, const char*, const int*, const int*,
                          const double*, const double*, const int*, double*, const int*);
 void BLAS_SYMBOL(dpotrf_)(const char*, const int*, double*, const int*, int*);
-void BLAS_SYMBOL(dpotri_)(const char*, const int*, double*, const int*, int*);
 void BLAS_SYMBOL(dpocon_)(const char*, const int*, const double*, const int*, const double*,
                           double*, double*, int*, int*);
 void BLAS_SYMBOL(dgeqrf_)(const int*, const int*, double*, const int*, double*, double*, const int*,
@@ -189,29 +188,25 @@ double Cholesky::rcond() const {
 }
 
 // Row-major B (n x nrhs) is column-major B^T (nrhs x n). A^-1 B in row-major is
-// B^T A^-1 = B^T U^-1 U^-T in column-major: two right-side triangular solves.
+// B^T A^-1 = B^T U^-1 U^-T in column-major: two right-side triangular solves. Columns of B
+// (rows of B^T) are independent: wide right-hand sides split over the kernel's threads.
 void Cholesky::solve(double* b, index_t nrhs) const {
   const int N = as_int(n_), NRHS = as_int(nrhs);
   const double one = 1.0;
   const char right = 'R', upper = 'U', notrans = 'N', trans = 'T', nonunit = 'N';
-  BLAS_SYMBOL(dtrsm_)(&right, &upper, &notrans, &nonunit, &NRHS, &N, &one, factor_.data(), &N, b,
-                      &NRHS);
-  BLAS_SYMBOL(dtrsm_)(&right, &upper, &trans, &nonunit, &NRHS, &N, &one, factor_.data(), &N, b,
-                      &NRHS);
-}
-
-// dpotri fills the column-major upper triangle of A^-1; the row-major lower one mirrors it.
-std::vector<double> Cholesky::inverse() const {
-  std::vector<double> inv(factor_);
-  const char uplo = 'U';
-  const int N = as_int(n_);
-  int info = 0;
-  BLAS_SYMBOL(dpotri_)(&uplo, &N, inv.data(), &N, &info);
-  if (info != 0)
-    throw NumericalError("Cholesky inverse failed (dpotri info " + std::to_string(info) + ")");
-  for (index_t i = 0; i < n_; ++i)
-    for (index_t j = 0; j < i; ++j) inv[j * n_ + i] = inv[i * n_ + j];
-  return inv;
+  const int threads = omp_in_parallel() || n_ < 128 ? 1 : num_threads();
+  const index_t parts = std::max<index_t>(1, std::min<index_t>(threads, nrhs / 64));
+  const index_t step = (nrhs + parts - 1) / parts;
+#pragma omp parallel for num_threads(static_cast<int>(parts)) schedule(static)
+  for (index_t p = 0; p < parts; ++p) {
+    const index_t lo = p * step, len = std::min(step, nrhs - lo);
+    if (len <= 0) continue;
+    const int M = as_int(len);
+    BLAS_SYMBOL(dtrsm_)(&right, &upper, &notrans, &nonunit, &M, &N, &one, factor_.data(), &N,
+                        b + lo, &NRHS);
+    BLAS_SYMBOL(dtrsm_)(&right, &upper, &trans, &nonunit, &M, &N, &one, factor_.data(), &N, b + lo,
+                        &NRHS);
+  }
 }
 
 void thin_qr(const double* a, index_t rows, index_t cols, std::vector<double>& q,

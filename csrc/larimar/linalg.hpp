@@ -47,10 +47,8 @@ class Cholesky {
   bool factor(std::vector<double>& a, index_t n);
   // Reciprocal condition estimate of the factored matrix (LAPACK dpocon), in [0, 1].
   double rcond() const;
-  // B (n x nrhs, row-major) <- A^-1 B.
+  // B (n x nrhs, row-major) <- A^-1 B, wide B split over the kernel's threads.
   void solve(double* b, index_t nrhs) const;
-  // A^-1 (n x n, row-major, symmetric), from the factor (LAPACK dpotri).
-  std::vector<double> inverse() const;
   // i-th diagonal entry of the factor (A = U^T U): its square is the i-th pivot.
   double pivot(index_t i) const { return factor_[i * n_ + i]; }
 

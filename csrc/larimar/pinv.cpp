@@ -234,10 +234,11 @@ bool LowRankPinv<T>::full_row_rank(const T* r, double rcond) {
   Cholesky chol;
   const double floor = std::max(cholesky_rcond_floor<T>(), double(k) * rcond * rcond);
   if (!chol.factor(gram, k) || !(chol.rcond() >= floor)) return false;
-  const std::vector<T> g_inv = convert<T>(chol.inverse().data(), k * k);
-  dense_pinv_.resize(c * k);  // R^T G^-1 (C x K)
-  blas::gemm_parallel<T>(true, false, c, k, k, T(1), r, c, g_inv.data(), k, T(0),
-                         dense_pinv_.data(), k);
+  std::vector<double> x(rd);  // G^-1 R (K x C), in float64
+  chol.solve(x.data(), c);
+  dense_pinv_.resize(c * k);  // R^+ = R^T G^-1 = (G^-1 R)^T
+  for (index_t i = 0; i < k; ++i)
+    for (index_t j = 0; j < c; ++j) dense_pinv_[j * k + i] = static_cast<T>(x[i * c + j]);
   dense_r_.assign(r, r + k * c);
   rank_ = k;
   return true;

@@ -1,0 +1,91 @@
+"""Peak memory of loading a saved KeyValueMemory in a fresh process, as a multiple of the
+memory's own bytes (``nbytes``): the streamed load (``KeyValueMemory.load``, blocks of rows
+straight into the store) beside the whole-file read it replaced (``_persist.load``, then
+``assign``), each in its own process, on the same file. Rows are the default model's
+long-context rows (384-float keys, 7,168-float values). Target (issue: memory at scale):
+<= 1.2x.
+
+    python benchmarks/bench_load_rss.py [--rows 33000] [--no-save] [--quick]
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as cm  # noqa: E402
+
+# Runs in a fresh interpreter: argv = path, way. Prints JSON: the peak over the baseline
+# after the imports, and the loaded memory's nbytes.
+CHILD = r"""
+import json, sys
+sys.path.insert(0, sys.argv[3])
+import numpy as np, larimar_ext as lx
+from larimar_ext import _persist
+import _rss
+path, way = sys.argv[1], sys.argv[2]
+base = _rss.rss_bytes(); _rss.reset_peak_rss()
+if way == "streamed":
+    mem = lx.KeyValueMemory.load(path)
+else:  # the whole-file read: every array in memory, then copied into the store
+    config, arrays = _persist.load(path, "larimar_ext.KeyValueMemory")
+    mem = lx.KeyValueMemory(config["key_dim"], config["value_dim"], config["metric"])
+    mem._core.assign(arrays["keys"], arrays["values"], arrays["counts"])
+print(json.dumps({"peak_over_base": _rss.peak_rss_bytes() - base, "nbytes": mem.nbytes,
+                  "rows": len(mem)}))
+"""
+
+
+def extra(p):
+    p.add_argument("--rows", type=int, default=33_000)
+
+
+def run(args) -> int:
+    lx = cm.import_larimar(("KeyValueMemory",))
+    rows = 2_000 if args.quick else args.rows
+    d, v = 384, 7168
+    rng = np.random.default_rng(0)
+    mem = lx.KeyValueMemory(d, v, "cosine")
+    for s in range(0, rows, 2_000):  # built in blocks: the benchmark's own peak stays low
+        n = min(2_000, rows - s)
+        mem.add(rng.standard_normal((n, d), dtype=np.float32),
+                rng.standard_normal((n, v), dtype=np.float32))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "kv.safetensors"
+        mem.save(path)
+        file_bytes = path.stat().st_size
+        del mem
+        out = {}
+        for way in ("streamed", "whole file", "streamed"):
+            r = subprocess.run([sys.executable, "-c", CHILD, str(path), way,
+                                str(cm.BENCH_DIR)], check=True, capture_output=True, text=True)
+            out.setdefault(way, []).append(json.loads(r.stdout))
+    rows_out = []
+    for way, runs in out.items():
+        ratios = [x["peak_over_base"] / x["nbytes"] for x in runs]
+        rows_out.append([way, cm.fmt_bytes(runs[0]["nbytes"]),
+                         cm.fmt_bytes(max(x["peak_over_base"] for x in runs)),
+                         f"{max(ratios):.2f}x"])
+    print(f"## Loading a saved KeyValueMemory of {rows:,} rows of {d} + {v} float32 "
+          f"(file {cm.fmt_bytes(file_bytes)}), each load in a fresh process\n")
+    print(cm.md_table(["load", "memory (nbytes)", "peak RSS over the baseline",
+                       "peak / memory"], rows_out))
+    streamed = max(x["peak_over_base"] / x["nbytes"] for x in out["streamed"])
+    result = {"rows": rows, "key_dim": d, "value_dim": v, "file_bytes": file_bytes,
+              "loads": out}
+    cm.report_foreign_load(result, args)
+    targets = [{"name": "streamed load peak / memory", "op": "<=", "threshold": 1.2,
+                "value": streamed, "fmt": lambda x: f"{x:.2f}x"}]
+    rc = cm.record_targets(result, targets, args.quick)
+    if not args.no_save:
+        cm.save_result("load_rss", result, args.quick)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(run(cm.parse_args(__doc__.splitlines()[0], extra)))
