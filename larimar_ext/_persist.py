@@ -2,8 +2,9 @@
 
 A file holds named arrays plus a JSON header (``__metadata__``) with the format name, the
 format version, the object's config and a SHA-256 of every array. Saves are atomic (write a
-temporary file beside the target, fsync, rename); loads check everything before any state
-is built. No pickle anywhere.
+temporary file beside the target, fsync, rename); loads check everything before they hand
+anything back (``RowFile`` streams rows into a fresh object and checks the digests after
+the last block). No pickle anywhere.
 """
 
 from __future__ import annotations
