@@ -5,10 +5,10 @@ measured in the same run (the machine may be shared and noisy: ratios, not absol
 For each op: the median and spread (min, max) of ``repeats`` timed calls after ``warmup``
 calls; the rate (GFLOP/s for the GEMM-shaped ops, GB/s of keys scanned for a one-query
 search); its share of the ceiling this command measured (numpy float32 GEMM GFLOP/s, and the
-memory read bandwidth of a numpy sum); and the numpy way of computing the same result, timed
-the same way. The defaults are the README's rows: an episode of B=32, N=16, K=512, C=768;
-exact top-1 over 1M x 384 keys for 1 and 256 queries; 1,000 single-row writes, K=1000,
-C=768. Nothing here needs torch.
+memory read bandwidth of a threaded numpy max; data that fits in cache can pass it); and the
+numpy way of computing the same result, timed the same way. The defaults are the README's
+rows: an episode of B=32, N=16, K=512, C=768; exact top-1 over 1M x 384 keys for 1 and 256
+queries; 1,000 single-row writes, K=1000, C=768. Nothing here needs torch.
 """
 
 from __future__ import annotations
