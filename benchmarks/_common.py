@@ -31,7 +31,7 @@ import numpy as np
 from _load import (ForeignLoad, _cpu_times, _self_jiffies,  # noqa: F401
                    cpu_busy_fraction, wait_for_idle)
 from _results import (BENCH_DIR, REPO_DIR, RESULTS_DIR, check_targets,  # noqa: F401
-                      md_table, record_targets, save_result)
+                      keep_result, md_table, record_targets, save_result)
 from _rss import fmt_bytes, peak_rss_bytes, reset_peak_rss, rss_bytes, trim_heap  # noqa: F401
 from _timing import fmt_ratio, fmt_time, timeit, timeit_interleaved  # noqa: F401
 

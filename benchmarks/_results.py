@@ -89,3 +89,12 @@ def record_targets(result: dict, targets: list[dict], quick: bool) -> int:
     rc = check_targets(targets, quick) if targets else 0
     result["targets"] = [{k: v for k, v in t.items() if k != "fmt"} for t in targets]
     return rc
+
+
+def keep_result(name: str, result: dict, targets: list[dict], args) -> int:
+    """The end of a benchmark run: the targets checked and kept in ``result``, the result
+    saved as results/<name>.json unless --no-save; returns the exit code."""
+    rc = record_targets(result, targets, args.quick)
+    if not args.no_save:
+        save_result(name, result, args.quick)
+    return rc

@@ -295,11 +295,8 @@ def run(args):
     targets.append({"name": "with the prior's pinv: rel err M", "op": "<=", "threshold": 1e-5,
                     "value": prior_e.get("M"), "fmt": cm.fmt_err})
     cm.report_foreign_load(result, args)
-    rc = cm.record_targets(result, targets, args.quick)
     result["speedup"] = {k: (v / ours_t if ours_t else None) for k, v in timings.items()}
-    if not args.no_save:
-        cm.save_result("episode", result, args.quick)
-    return rc
+    return cm.keep_result("episode", result, targets, args)
 
 
 if __name__ == "__main__":

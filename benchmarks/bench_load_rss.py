@@ -129,10 +129,7 @@ def run(args) -> int:
         targets.append({"name": "LongContextMemory load peak / memory", "op": "<=",
                         "threshold": 1.2, "value": ratio, "fmt": lambda x: f"{x:.2f}x"})
     cm.report_foreign_load(result, args)
-    rc = cm.record_targets(result, targets, args.quick)
-    if not args.no_save:
-        cm.save_result("load_rss", result, args.quick)
-    return rc
+    return cm.keep_result("load_rss", result, targets, args)
 
 
 if __name__ == "__main__":

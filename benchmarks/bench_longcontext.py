@@ -240,11 +240,8 @@ def run(args):
     if args.part in ("prefix", "all"):
         targets += part_prefix(args, model, result)
     cm.report_foreign_load(result, args)
-    rc = cm.record_targets(result, targets, args.quick)
-    if not args.no_save:
-        cm.save_result("longcontext" if args.part == "all" else f"longcontext_{args.part}",
-                       result, args.quick)
-    return rc
+    return cm.keep_result("longcontext" if args.part == "all" else f"longcontext_{args.part}",
+                          result, targets, args)
 
 
 if __name__ == "__main__":

@@ -61,10 +61,7 @@ def run(args) -> int:
                 "threshold": 0.012, "value": ours, "fmt": cm.fmt_time},
                {"name": "rel err of R^+", "op": "<=", "threshold": 1e-5,
                 "value": errors["ours: pinv_address(I, R) = R^+"], "fmt": cm.fmt_err}]
-    rc = cm.record_targets(result, targets, args.quick)
-    if not args.no_save:
-        cm.save_result("pinv", result, args.quick)
-    return rc
+    return cm.keep_result("pinv", result, targets, args)
 
 
 if __name__ == "__main__":

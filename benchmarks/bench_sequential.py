@@ -197,10 +197,7 @@ def run(args):
         print(f"speed-up vs (a): {cm.fmt_ratio(result['speedup']['vs_a'])}; "
               f"vs (b) (extrapolated): {cm.fmt_ratio(result['speedup']['vs_b_extrapolated'])}")
     cm.report_foreign_load(result, args)
-    rc = cm.record_targets(result, targets, args.quick)
-    if not args.no_save:
-        cm.save_result("sequential", result, args.quick)
-    return rc
+    return cm.keep_result("sequential", result, targets, args)
 
 
 if __name__ == "__main__":

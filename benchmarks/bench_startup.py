@@ -49,10 +49,7 @@ def run(args) -> int:
                 "value": med["import larimar_ext"], "fmt": lambda x: f"{x:.3f} s"},
                {"name": "larimar-ext --help (median)", "op": "<=", "threshold": 0.5,
                 "value": med["larimar-ext --help"], "fmt": lambda x: f"{x:.3f} s"}]
-    rc = cm.record_targets(result, targets, args.quick)
-    if not args.no_save:
-        cm.save_result("startup", result, args.quick)
-    return rc
+    return cm.keep_result("startup", result, targets, args)
 
 
 if __name__ == "__main__":
