@@ -10,11 +10,12 @@ the last block). No pickle anywhere.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
 import tempfile
-from typing import Any, Dict, Iterator, Mapping, NamedTuple, Tuple
+from typing import Any, Callable, Dict, Iterator, Mapping, NamedTuple, Tuple
 
 import numpy as np
 from safetensors.numpy import load as parse_safetensors, save_file
@@ -67,6 +68,18 @@ def save(path: str | os.PathLike, kind: str, config: Mapping[str, Any],
         raise
 
 
+def _header(read: Callable[[int], bytes], size: int) -> Tuple[Dict[str, Any], int]:
+    """The JSON header of a safetensors file of ``size`` bytes and its length, ``read(n)``
+    reading on from the file's start; ValueError when either is damaged."""
+    header_len = int.from_bytes(read(8), "little")
+    if size < 8 or header_len > size - 8:
+        raise ValueError("header length beyond the end of the file")
+    header = json.loads(read(header_len))
+    if not isinstance(header, dict):
+        raise ValueError("header is not a JSON object")
+    return header, header_len
+
+
 def _check_size(path: str) -> None:
     from . import _core  # the memory limit lives in the kernel
     size = os.path.getsize(path)
@@ -90,12 +103,7 @@ def load(path: str | os.PathLike, kind: str) -> Tuple[Dict[str, Any], Dict[str, 
     except OSError as exc:
         raise ValueError(f"path: {path!r} cannot be read ({exc})") from exc
     try:
-        header_len = int.from_bytes(data[:8], "little")
-        if len(data) < 8 or header_len > len(data) - 8:
-            raise ValueError("header length beyond the end of the file")
-        header = json.loads(data[8:8 + header_len])
-        if not isinstance(header, dict):
-            raise ValueError("header is not a JSON object")
+        header, _ = _header(io.BytesIO(data).read, len(data))
         metadata = header.get("__metadata__") or {}
         arrays = parse_safetensors(data)
     except Exception as exc:  # any parse failure (incl. dtypes numpy lacks) is a bad file
@@ -203,12 +211,7 @@ class RowFile:
         f, path = self._file, self.path
         size = os.fstat(f.fileno()).st_size
         try:
-            header_len = int.from_bytes(f.read(8), "little")
-            if size < 8 or header_len > size - 8:
-                raise ValueError("header length beyond the end of the file")
-            header = json.loads(f.read(header_len))
-            if not isinstance(header, dict):
-                raise ValueError("header is not a JSON object")
+            header, header_len = _header(f.read, size)
             self._entries = _entries(header, size - 8 - header_len)
         except Exception as exc:
             raise ValueError(f"path: {path!r} is not a readable safetensors file ({exc})") \

@@ -70,7 +70,8 @@ def profiled(fn: F) -> F:
     plain = signature.replace(parameters=params, return_annotation=signature.empty)
     call = f"_fn({', '.join(forward)})"
     # a factory, so _fn, _label and the defaults are the wrapper's closure and everything
-    # else is this module's globals
+    # else is this module's globals; the first two lines are profiler_active() inlined (a
+    # call of it would add half the wrapper's cost again)
     source = (f"def _factory(_fn, _label, {', '.join(defaults)}):\n"
               f"    def {fn.__name__}{plain}:\n"
               f"        _p = _torch_profiler[0] or _find_torch_profiler()\n"

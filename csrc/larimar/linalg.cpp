@@ -47,6 +47,18 @@ namespace larimar {
 namespace {
 int as_int(index_t v) { return static_cast<int>(v); }
 
+// fn(lo, len) on `parts` contiguous blocks of [0, extent), one OpenMP thread each: the split
+// of a large product or solve into independent slices.
+template <class Fn>
+void for_blocks(index_t extent, index_t parts, Fn&& fn) {
+  const index_t step = (extent + parts - 1) / parts;
+#pragma omp parallel for num_threads(static_cast<int>(parts)) schedule(static)
+  for (index_t p = 0; p < parts; ++p) {
+    const index_t lo = p * step, len = std::min(step, extent - lo);
+    if (len > 0) fn(lo, len);
+  }
+}
+
 // Thin SVD of the column-major m x n matrix a (overwritten): u (m x p, leading dimension m)
 // and vt (p x n, leading dimension p) for p = min(m, n), both column-major.
 void thin_gesdd(int m, int n, double* a, double* s, double* u, double* vt) {
@@ -124,18 +136,13 @@ void gemm_parallel(bool ta, bool tb, index_t m, index_t n, index_t k, T alpha, c
   // transposed), op(B) columns likewise.
   const bool split_rows = m >= n;
   const index_t extent = split_rows ? m : n;
-  const index_t parts = std::min<index_t>(threads, (extent + 63) / 64);
-  const index_t step = (extent + parts - 1) / parts;
-#pragma omp parallel for num_threads(static_cast<int>(parts)) schedule(static)
-  for (index_t p = 0; p < parts; ++p) {
-    const index_t lo = p * step, len = std::min(step, extent - lo);
-    if (len <= 0) continue;
+  for_blocks(extent, std::min<index_t>(threads, (extent + 63) / 64), [&](index_t lo, index_t len) {
     if (split_rows)
       gemm<T>(ta, tb, len, n, k, alpha, ta ? a + lo : a + lo * lda, lda, b, ldb, beta, c + lo * ldc,
               ldc);
     else
       gemm<T>(ta, tb, m, len, k, alpha, a, lda, tb ? b + lo * ldb : b + lo, ldb, beta, c + lo, ldc);
-  }
+  });
 }
 template void gemm_parallel<float>(bool, bool, index_t, index_t, index_t, float, const float*,
                                    index_t, const float*, index_t, float, float*, index_t);
@@ -195,18 +202,14 @@ void Cholesky::solve(double* b, index_t nrhs) const {
   const double one = 1.0;
   const char right = 'R', upper = 'U', notrans = 'N', trans = 'T', nonunit = 'N';
   const int threads = omp_in_parallel() || n_ < 128 ? 1 : num_threads();
-  const index_t parts = std::max<index_t>(1, std::min<index_t>(threads, nrhs / 64));
-  const index_t step = (nrhs + parts - 1) / parts;
-#pragma omp parallel for num_threads(static_cast<int>(parts)) schedule(static)
-  for (index_t p = 0; p < parts; ++p) {
-    const index_t lo = p * step, len = std::min(step, nrhs - lo);
-    if (len <= 0) continue;
-    const int M = as_int(len);
-    BLAS_SYMBOL(dtrsm_)(&right, &upper, &notrans, &nonunit, &M, &N, &one, factor_.data(), &N,
-                        b + lo, &NRHS);
-    BLAS_SYMBOL(dtrsm_)(&right, &upper, &trans, &nonunit, &M, &N, &one, factor_.data(), &N, b + lo,
-                        &NRHS);
-  }
+  for_blocks(nrhs, std::max<index_t>(1, std::min<index_t>(threads, nrhs / 64)),
+             [&](index_t lo, index_t len) {
+               const int M = as_int(len);
+               BLAS_SYMBOL(dtrsm_)(&right, &upper, &notrans, &nonunit, &M, &N, &one, factor_.data(),
+                                   &N, b + lo, &NRHS);
+               BLAS_SYMBOL(dtrsm_)(&right, &upper, &trans, &nonunit, &M, &N, &one, factor_.data(),
+                                   &N, b + lo, &NRHS);
+             });
 }
 
 void thin_qr(const double* a, index_t rows, index_t cols, std::vector<double>& q,
