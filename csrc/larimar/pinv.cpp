@@ -227,14 +227,13 @@ bool LowRankPinv<T>::full_row_rank(const T* r, double rcond) {
   // holds when rcond(G) >= K rcond^2, since dpocon's 1-norm estimate is within a factor K
   // of the 2-norm one; and (b) the Gram loses nothing in T's precision
   // (cholesky_rcond_floor). Then W = Z R^+ is one product and the projection Z R^+ R two.
-  const std::vector<double> rd = convert<double>(r, k * c);
+  std::vector<double> x = convert<double>(r, k * c);  // R, then G^-1 R, in float64
   std::vector<double> gram(k * k);
-  blas::gemm_parallel<double>(false, true, k, k, c, 1.0, rd.data(), c, rd.data(), c, 0.0,
-                              gram.data(), k);
+  blas::gemm_parallel<double>(false, true, k, k, c, 1.0, x.data(), c, x.data(), c, 0.0, gram.data(),
+                              k);
   Cholesky chol;
   const double floor = std::max(cholesky_rcond_floor<T>(), double(k) * rcond * rcond);
   if (!chol.factor(gram, k) || !(chol.rcond() >= floor)) return false;
-  std::vector<double> x(rd);  // G^-1 R (K x C), in float64
   chol.solve(x.data(), c);
   dense_pinv_.resize(c * k);  // R^+ = R^T G^-1 = (G^-1 R)^T
   for (index_t i = 0; i < k; ++i)
