@@ -19,6 +19,8 @@ from larimar_ext._result_files import append_json_line, write_json
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 REPO_DIR = BENCH_DIR.parent
+# the essays haystack of the long-context benchmarks (../shared beside the checkout)
+ESSAYS_DIR = REPO_DIR.parent / "shared" / "data" / "paul_graham_essays"
 
 
 def md_table(headers: list[str], rows: list[list]) -> str:

@@ -55,7 +55,6 @@ mem = LongContextMemory.load(sys.argv[1], model)
 print(json.dumps({"peak_over_base": _rss.peak_rss_bytes() - base,
                   "nbytes": mem.store.nbytes, "rows": len(mem.store)}))
 """
-ESSAYS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "paul_graham_essays"
 
 
 def extra(p):
@@ -70,7 +69,7 @@ def long_context(context: str) -> dict:
     from larimar_ext.longcontext import LongContextMemory, tasks
     from larimar_ext.model import LarimarModel
     model = LarimarModel.from_pretrained()
-    ctx = tasks.needle_context(tasks.Haystack(str(ESSAYS), model.tokenizer),
+    ctx = tasks.needle_context(tasks.Haystack(str(cm.ESSAYS_DIR), model.tokenizer),
                                tasks.parse_context_size(context), 50)
     mem = LongContextMemory(model)
     st = mem.ingest(ctx.text)

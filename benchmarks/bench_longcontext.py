@@ -39,8 +39,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as cm  # noqa: E402
 
-ESSAYS = cm.REPO_DIR.parent / "shared" / "data" / "paul_graham_essays"
-
 
 def extra(p):
     p.add_argument("--part", choices=("ingest", "modes", "prefix", "all"), default="all")
@@ -52,7 +50,7 @@ def extra(p):
                    help="encode values with the int8 encoder (LongContextMemory(int8_values=True))")
     p.add_argument("--model", default=None,
                    help="a saved LarimarModel folder, or 'default' (default: MiniLM stand-in)")
-    p.add_argument("--haystack-dir", default=str(ESSAYS))
+    p.add_argument("--haystack-dir", default=str(cm.ESSAYS_DIR))
     p.add_argument("--queries", type=int, default=None, help="prefix sweep queries (400)")
 
 

@@ -14,15 +14,14 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import md_table  # noqa: E402
+from _results import ESSAYS_DIR, md_table  # noqa: E402
 
-ESSAYS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "paul_graham_essays"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--context", default="128k")
-    p.add_argument("--haystack-dir", default=str(ESSAYS))
+    p.add_argument("--haystack-dir", default=str(ESSAYS_DIR))
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default="benchmarks/results/stages.json")
     args = p.parse_args()
