@@ -360,6 +360,17 @@ index_t rows_of(const Array<T>& a, const char* name, index_t cols, const char* c
   return a.shape(0);
 }
 
+// A query method of a memory object: arg (n x cols()) in, op's (n x width()) result out.
+template <class T, class Self>
+auto rows_query(const char* arg, index_t (Self::*cols)() const, const char* cols_name,
+                index_t (Self::*width)() const, void (Self::*op)(const T*, index_t, T*) const) {
+  return [=](const Self& self, Array<T> z) {
+    const index_t n = rows_of(z, arg, (self.*cols)(), cols_name);
+    return compute(
+        arg, [&](T* out) { (self.*op)(z.data(), n, out); }, Out<T>{{n, (self.*width)()}});
+  };
+}
+
 // The rows of a load (keys, values, counts), checked against the store's sizes.
 template <class Store, class T>
 index_t saved_rows(const Store& self, const Array<T>& keys, const Array<T>& values,
@@ -383,22 +394,10 @@ void bind_prepared_pinv(py::module_& m, const char* name) {
              return pinv;
            }),
            array_arg("R"), py::arg("rcond").none(true))
-      .def(
-          "address",
-          [](const Pinv& self, Array<T> z) {
-            const index_t n = rows_of(z, "Z", self.cols(), "C");
-            return compute(
-                "Z", [&](T* w) { self.address(z.data(), n, w); }, Out<T>{{n, self.rows()}});
-          },
-          array_arg("Z"))
-      .def(
-          "project",
-          [](const Pinv& self, Array<T> z) {
-            const index_t n = rows_of(z, "Z", self.cols(), "C");
-            return compute(
-                "Z", [&](T* out) { self.project(z.data(), n, out); }, Out<T>{{n, self.cols()}});
-          },
-          array_arg("Z"))
+      .def("address", rows_query<T>("Z", &Pinv::cols, "C", &Pinv::rows, &Pinv::address),
+           array_arg("Z"))
+      .def("project", rows_query<T>("Z", &Pinv::cols, "C", &Pinv::cols, &Pinv::project),
+           array_arg("Z"))
       .def("matrix",
            [](const Pinv& self) {
              return compute(
@@ -445,22 +444,11 @@ void bind_sequential(py::module_& m, const char* name) {
             without_gil([&] { self.update(w.data(), z.data(), n, alpha); });
           },
           array_arg("W"), array_arg("Z"), py::arg("alpha"))
-      .def(
-          "address",
-          [](const Mem& self, Array<T> z) {
-            const index_t n = rows_of(z, "Z", self.code_size(), "code_size");
-            return compute(
-                "Z", [&](T* w) { self.address(z.data(), n, w); }, Out<T>{{n, self.memory_size()}});
-          },
-          array_arg("Z"))
-      .def(
-          "read",
-          [](const Mem& self, Array<T> z) {
-            const index_t n = rows_of(z, "Zq", self.code_size(), "code_size");
-            return compute(
-                "Zq", [&](T* out) { self.read(z.data(), n, out); }, Out<T>{{n, self.code_size()}});
-          },
-          array_arg("Zq"))
+      .def("address",
+           rows_query<T>("Z", &Mem::code_size, "code_size", &Mem::memory_size, &Mem::address),
+           array_arg("Z"))
+      .def("read", rows_query<T>("Zq", &Mem::code_size, "code_size", &Mem::code_size, &Mem::read),
+           array_arg("Zq"))
       .def("memory",
            [](const Mem& self) {
              return copy_out<T>({self.memory_size(), self.code_size()}, [&](T* out) {
