@@ -9,7 +9,7 @@ float dtype are typed with ``_F``: every float array of one call shares it, and 
 results. ``tests/test_stub.py`` checks this file against the module.
 """
 
-from typing import Dict, Final, Generic, Optional, Tuple, TypeVar, Union, overload
+from typing import Dict, Final, Generic, List, Optional, Tuple, TypeVar, Union, overload
 
 import numpy as np
 from numpy.typing import NDArray
@@ -21,7 +21,12 @@ __version__: str
 
 # ---------------------------------------------------------------------------- runtime
 def info() -> Dict[str, Union[str, int]]:
-    """blas_vendor, blas_threads, openmp_threads, openmp_version and simd of the kernel."""
+    """blas_vendor, blas_threads, openmp_threads, openmp_version, simd and int8_isa (the
+    int8 key scan's path) of the kernel."""
+def int8_isas() -> List[str]:
+    """The int8 scan paths this CPU runs, best first ("avx512-vnni", "avx2", "scalar")."""
+def set_int8_isa(isa: str) -> None:
+    """Runs the int8 key scan on one path of int8_isas() ("auto": the best); for tests."""
 def set_num_threads(n: int) -> None:
     """Threads of the kernel's OpenMP loops (n > 0)."""
 def get_num_threads() -> int:
@@ -125,17 +130,21 @@ class SequentialMemoryF64(_SequentialMemory[np.float64]):
 class _KeyValueStore(Generic[_F]):
     """Fixed-key memory (docs/DESIGN.md section 2.7): keys (n, key_dim), values (n, value_dim).
     Read-only: key_dim, value_dim, metric ("ip", "cosine" or "l2"), merge_identical (whether
-    a bitwise identical key shares its slot), nbytes (host bytes of what is stored) and
-    reserved_nbytes (host bytes held, allocated row capacity included)."""
+    a bitwise identical key shares its slot), key_codes ("none" or "int8": what search scans),
+    nbytes (host bytes of what is stored) and reserved_nbytes (host bytes held, allocated row
+    capacity included)."""
     key_dim: Final[int]
     value_dim: Final[int]
     metric: Final[str]
     merge_identical: Final[bool]
+    key_codes: Final[str]
     nbytes: Final[int]
     reserved_nbytes: Final[int]
     def __init__(self, key_dim: int, value_dim: int, metric: str,
-                 merge_identical: bool = True) -> None:
-        """Sizes, metric ("ip", "cosine" or "l2") and whether identical keys share a slot."""
+                 merge_identical: bool = True, key_codes: str = "none") -> None:
+        """Sizes, metric ("ip", "cosine" or "l2"), whether identical keys share a slot, and
+        the key codes search scans ("int8": the same exact result from a quarter of the
+        bytes)."""
     def add(self, keys: NDArray[_F], values: NDArray[_F]) -> _Ids:
         """Append rows keys (n, key_dim), values (n, value_dim); their slot ids (n,)."""
     def write(self, Q: NDArray[_F], values: NDArray[_F], k: int, alpha: float) -> None:

@@ -30,10 +30,17 @@ class KeyValueMemory:
         merge_identical: True (default) stores a bitwise identical key once (above); False
             gives every added row a slot of its own, for keys computed from content that two
             distinct items may share.
+        key_codes: None (default) searches the keys themselves; "int8" also keeps each key
+            as 7-bit integer codes with a scale of its own (a quarter of the float32 bytes
+            plus 20 bytes a row) and scans those: a bound on the codes' error picks the keys
+            that could be in the top k, and these are scored from the float keys, so every
+            search returns the same ids and the same score bits as without codes (docs/
+            DESIGN.md section 2.6). Faster where the scan is bound by memory or by multiplies.
     """
 
     def __init__(self, key_dim: int, value_dim: int, metric: str = "cosine",
-                 dtype: Any = np.float32, merge_identical: bool = True) -> None:
+                 dtype: Any = np.float32, merge_identical: bool = True,
+                 key_codes: Optional[str] = None) -> None:
         key_dim = integer(key_dim, "key_dim")
         value_dim = integer(value_dim, "value_dim")
         if not isinstance(metric, str):
@@ -43,8 +50,13 @@ class KeyValueMemory:
             raise TypeError(f"dtype: expected float32 or float64, got {self.dtype}")
         if not isinstance(merge_identical, (bool, np.bool_)):
             raise TypeError(f"merge_identical: expected True or False, got {merge_identical!r}")
+        if key_codes is not None and not isinstance(key_codes, str):
+            raise TypeError(f"key_codes: expected None or \"int8\", got {key_codes!r}")
+        if key_codes not in (None, "int8"):
+            raise ValueError(f"key_codes: expected None or \"int8\", got {key_codes!r}")
+        codes = "none" if key_codes is None else key_codes
         core = _core.KeyValueStoreF32 if self.dtype == np.float32 else _core.KeyValueStoreF64
-        self._core = core(key_dim, value_dim, metric, bool(merge_identical))
+        self._core = core(key_dim, value_dim, metric, bool(merge_identical), codes)
 
     def _boundary(self) -> Boundary:
         return Boundary(self.dtype, "the memory's dtype")
@@ -64,6 +76,12 @@ class KeyValueMemory:
     @property
     def merge_identical(self) -> bool:
         return self._core.merge_identical
+
+    @property
+    def key_codes(self) -> Optional[str]:
+        """None, or "int8" when search scans integer codes of the keys."""
+        codes = self._core.key_codes
+        return None if codes == "none" else codes
 
     @property
     def keys(self) -> np.ndarray:
@@ -149,7 +167,7 @@ class KeyValueMemory:
     def save(self, path: str | os.PathLike) -> None:
         config = {"key_dim": self.key_dim, "value_dim": self.value_dim, "metric": self.metric,
                   "dtype": self.dtype.name, "size": len(self),
-                  "merge_identical": self.merge_identical}
+                  "merge_identical": self.merge_identical, "key_codes": self._core.key_codes}
         arrays = {"keys": self.keys, "values": self.values, "counts": self._core.counts()}
         _persist.save(path, _KIND, config, arrays)
 
@@ -165,7 +183,8 @@ class KeyValueMemory:
             metric = _persist.config_value(config, "metric", str, path)
             dtype = _persist.config_value(config, "dtype", str, path)
             merge = config.get("merge_identical", True)   # files from before the option
-            if not isinstance(merge, bool):
+            codes = config.get("key_codes", "none")        # likewise
+            if not isinstance(merge, bool) or codes not in ("none", "int8"):
                 raise ValueError(f"path: {os.fspath(path)!r} has an invalid config {config}")
             if dtype not in ("float32", "float64") or d <= 0 or v <= 0 or n < 0:
                 raise ValueError(f"path: {os.fspath(path)!r} has an invalid config {config}")
@@ -176,7 +195,9 @@ class KeyValueMemory:
             _persist.expect(arrays, "counts", (n,), np.float64, path)
 
             def construct() -> "KeyValueMemory":
-                mem = cls(d, v, metric, dtype, merge_identical=merge)
+                # the codes are not saved: they are computed again from the keys, the same
+                mem = cls(d, v, metric, dtype, merge_identical=merge,
+                          key_codes=None if codes == "none" else codes)
                 for block in f.blocks():  # the digests are checked after the last block
                     mem._core.append_saved(block["keys"], block["values"], block["counts"])
                 return mem
@@ -185,5 +206,7 @@ class KeyValueMemory:
 
     def __repr__(self) -> str:
         merge = "" if self.merge_identical else ", merge_identical=False"
+        codes = "" if self.key_codes is None else f", key_codes={self.key_codes!r}"
         return (f"KeyValueMemory(key_dim={self.key_dim}, value_dim={self.value_dim}, "
-                f"metric={self.metric!r}, size={len(self)}, dtype={self.dtype.name}{merge})")
+                f"metric={self.metric!r}, size={len(self)}, dtype={self.dtype.name}{merge}"
+                f"{codes})")

@@ -502,11 +502,13 @@ void bind_kv(py::module_& m, const char* name) {
     return nq;
   };
   py::class_<Store>(m, name)
-      .def(py::init([](index_t d, index_t v, const std::string& metric, bool merge) {
-             return std::make_unique<Store>(d, v, larimar::parse_metric(metric), merge);
+      .def(py::init([](index_t d, index_t v, const std::string& metric, bool merge,
+                       const std::string& codes) {
+             return std::make_unique<Store>(d, v, larimar::parse_metric(metric), merge,
+                                            larimar::parse_key_codes(codes));
            }),
            py::arg("key_dim"), py::arg("value_dim"), py::arg("metric"),
-           py::arg("merge_identical") = true)
+           py::arg("merge_identical") = true, py::arg("key_codes") = "none")
       .def(
           "add",
           [](Store& self, Array<T> keys, Array<T> values) {
@@ -606,6 +608,8 @@ void bind_kv(py::module_& m, const char* name) {
           array_arg("keys"), array_arg("values"), array_arg("counts"))
       .def("__len__", &Store::size)
       .def_property_readonly("merge_identical", &Store::merge_identical)
+      .def_property_readonly(
+          "key_codes", [](const Store& self) { return larimar::key_codes_name(self.key_codes()); })
       .def_property_readonly("nbytes", [](const Store& self) { return self.bytes(false); })
       .def_property_readonly("reserved_nbytes", [](const Store& self) { return self.bytes(true); })
       .def_property_readonly("key_dim", &Store::key_dim)
@@ -627,8 +631,13 @@ PYBIND11_MODULE(_core, m) {
     d["openmp_threads"] = larimar::num_threads();
     d["openmp_version"] = _OPENMP;
     d["simd"] = larimar::simd_level();
+    d["int8_isa"] = larimar::int8_isa();
     return d;
   });
+  m.def("int8_isas", &larimar::int8_isas_supported,
+        "The int8 scan paths this CPU runs, best first (the first is the default)");
+  m.def("set_int8_isa", &larimar::set_int8_isa, py::arg("isa"),
+        "Runs the int8 key scan on one path (\"auto\": the best this CPU has); for tests");
   m.def("set_num_threads", &larimar::set_num_threads, py::arg("n"));
   m.def("set_memory_limit", &larimar::set_memory_limit, py::arg("limit"));
   m.def("get_memory_limit", &larimar::memory_limit);

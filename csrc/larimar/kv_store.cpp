@@ -9,15 +9,59 @@
 
 namespace larimar {
 
+KeyCodes parse_key_codes(const std::string& name) {
+  if (name == "none") return KeyCodes::None;
+  if (name == "int8") return KeyCodes::Int8;
+  fail("key_codes", "expected \"none\" or \"int8\", got \"" + name + "\"");
+}
+
+std::string key_codes_name(KeyCodes codes) { return codes == KeyCodes::Int8 ? "int8" : "none"; }
+
+namespace {
+// An int8 code row's integer dot products stay within int32: 127 * 127 * dims < 2^31.
+constexpr index_t kMaxInt8Dim = 65536;
+}  // namespace
+
 template <class T>
 KeyValueStore<T>::KeyValueStore(index_t key_dim, index_t value_dim, Metric metric,
-                                bool merge_identical)
-    : d_(key_dim), v_(value_dim), metric_(metric), merge_(merge_identical) {
+                                bool merge_identical, KeyCodes key_codes)
+    : d_(key_dim), v_(value_dim), metric_(metric), merge_(merge_identical), codes_(key_codes) {
   check_dim(key_dim, "key_dim", "key dimension");
   check_dim(value_dim, "value_dim", "value dimension");
+  if (codes_ == KeyCodes::Int8)
+    require(key_dim <= kMaxInt8Dim, "key_dim",
+            "expected at most " + str(kMaxInt8Dim) + " with int8 key codes, got " + str(key_dim));
   const double row_bytes = double(sizeof(T)) * (double(key_dim) + double(value_dim) + 1.0);
+  // Whole code tiles per chunk, so that a tile never spans two chunks.
   chunk_rows_ = static_cast<index_t>(
-      std::max(64.0, std::min(double(kMaxChunkRows), kMaxChunkBytes / row_bytes)));
+                    std::max(64.0, std::min(double(kMaxChunkRows), kMaxChunkBytes / row_bytes))) /
+                kInt8TileRows * kInt8TileRows;
+}
+
+template <class T>
+typename KeyValueStore<T>::Chunk KeyValueStore<T>::new_chunk() const {
+  Chunk chunk;
+  chunk.keys.reset(new T[chunk_rows_ * d_]);
+  chunk.values.reset(new T[chunk_rows_ * v_]);
+  chunk.sq_norms.reset(new T[chunk_rows_]);
+  if (codes_ == KeyCodes::Int8) {
+    chunk.codes.reset(new std::int8_t[chunk_rows_ * int8_padded_dim(d_)]());  // padding is 0
+    chunk.code_facts.reset(new T[4 * chunk_rows_]);
+    chunk.code_sums.reset(new std::int32_t[chunk_rows_]);
+  }
+  return chunk;
+}
+
+template <class T>
+std::vector<Int8Rows<T>> KeyValueStore<T>::int8_blocks() const {
+  std::vector<Int8Rows<T>> out;
+  for (index_t c = 0; c * chunk_rows_ < size_; ++c) {
+    const Chunk& ch = chunks_[c];
+    const T* f = ch.code_facts.get();
+    out.push_back({ch.codes.get(), f, ch.code_sums.get(), f + chunk_rows_, f + 2 * chunk_rows_,
+                   f + 3 * chunk_rows_});
+  }
+  return out;
 }
 
 template <class T>
@@ -112,17 +156,15 @@ void KeyValueStore<T>::add(const T* keys, const T* values, index_t n, index_t* i
 
   // Allocate everything that can fail before the first change.
   const index_t new_size = size_ + fresh;
-  check_allocation(double(fresh + chunk_rows_) * (sizeof(T) * double(d_ + v_ + 1) + 64.0), "keys",
-                   "storing " + str(fresh) + " new keys");
+  const double code_bytes =
+      codes_ == KeyCodes::Int8 ? double(int8_padded_dim(d_)) + 4.0 * sizeof(T) + 4.0 : 0.0;
+  check_allocation(
+      double(fresh + chunk_rows_) * (sizeof(T) * double(d_ + v_ + 1) + code_bytes + 64.0), "keys",
+      "storing " + str(fresh) + " new keys");
   std::vector<Chunk> new_chunks;
   for (index_t have = static_cast<index_t>(chunks_.size()) * chunk_rows_; have < new_size;
-       have += chunk_rows_) {
-    Chunk chunk;
-    chunk.keys.reset(new T[chunk_rows_ * d_]);
-    chunk.values.reset(new T[chunk_rows_ * v_]);
-    chunk.sq_norms.reset(new T[chunk_rows_]);
-    new_chunks.push_back(std::move(chunk));
-  }
+       have += chunk_rows_)
+    new_chunks.push_back(new_chunk());
   chunks_.reserve(chunks_.size() + new_chunks.size());
   counts_.reserve(new_size);
   if (merge_) by_hash_.reserve(new_size);
@@ -141,6 +183,14 @@ void KeyValueStore<T>::add(const T* keys, const T* values, index_t n, index_t* i
         std::memcpy(chunk.keys.get() + slot * d_, keys + i * d_, sizeof(T) * d_);
         std::memcpy(chunk.values.get() + slot * v_, value, sizeof(T) * v_);
         row_sq_norms(keys + i * d_, 1, d_, chunk.sq_norms.get() + slot);
+        if (codes_ == KeyCodes::Int8) {
+          T* f = chunk.code_facts.get();
+          const Int8Slots<T> codes{chunk.codes.get(),     f,
+                                   chunk.code_sums.get(), f + chunk_rows_,
+                                   f + 2 * chunk_rows_,   f + 3 * chunk_rows_};
+          quantize_int8_keys(keys + i * d_, chunk.sq_norms.get() + slot, 1, d_, metric_, codes,
+                             slot);
+        }
         counts_.push_back(1.0);
         if (merge_) by_hash_.emplace(hashes[i], id);
         ids_out[i] = id;
@@ -162,8 +212,11 @@ template <class T>
 void KeyValueStore<T>::search_checked(const T* queries, index_t nq, index_t k, index_t* ids,
                                       T* scores) const {
   // Stored keys and the queries are finite (checked on the way in): only overflow is left.
-  if (!larimar::search(queries, nq, d_, blocks(), k, metric_, ids, scores))
-    fail("Q", "scores overflow the range of the dtype (values too large to compare)");
+  const bool finite =
+      codes_ == KeyCodes::Int8
+          ? search_int8(queries, nq, d_, blocks(), int8_blocks(), k, metric_, ids, scores)
+          : larimar::search(queries, nq, d_, blocks(), k, metric_, ids, scores);
+  if (!finite) fail("Q", "scores overflow the range of the dtype (values too large to compare)");
 }
 
 template <class T>
@@ -316,7 +369,10 @@ std::size_t KeyValueStore<T>::bytes(bool reserved) const {
   const std::size_t rows = reserved ? chunks_.size() * static_cast<std::size_t>(chunk_rows_)
                                     : static_cast<std::size_t>(size_);
   const std::size_t counts = reserved ? counts_.capacity() : counts_.size();
-  return rows * sizeof(T) * static_cast<std::size_t>(d_ + v_ + 1) + counts * sizeof(double) +
+  const std::size_t codes =
+      codes_ == KeyCodes::Int8 ? int8_rows_bytes<T>(static_cast<index_t>(rows), d_) : 0;
+  return rows * sizeof(T) * static_cast<std::size_t>(d_ + v_ + 1) + codes +
+         counts * sizeof(double) +
          by_hash_.size() * (sizeof(std::uint64_t) + sizeof(index_t) + 2 * sizeof(void*)) +
          by_hash_.bucket_count() * sizeof(void*);
 }
@@ -368,7 +424,7 @@ void KeyValueStore<T>::append_saved(const T* keys, const T* values, const double
 
 template <class T>
 void KeyValueStore<T>::assign(const T* keys, const T* values, const double* counts, index_t n) {
-  KeyValueStore fresh(d_, v_, metric_, merge_);
+  KeyValueStore fresh(d_, v_, metric_, merge_, codes_);
   fresh.append_saved(keys, values, counts, n);
   std::unique_lock<std::shared_mutex> lock(mutex_);
   size_ = fresh.size_;

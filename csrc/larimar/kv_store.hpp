@@ -9,9 +9,17 @@
 #include <vector>
 
 #include "larimar/common.hpp"
+#include "larimar/int8_keys.hpp"
 #include "larimar/topk.hpp"
 
 namespace larimar {
+
+// What a store keeps beside its float keys for search: nothing (search scans the float keys)
+// or int8 codes (search_int8: a quarter of the bytes scanned, the same exact result).
+enum class KeyCodes { None, Int8 };
+// "none" or "int8"; anything else is an InvalidArgument naming `key_codes`.
+KeyCodes parse_key_codes(const std::string& name);
+std::string key_codes_name(KeyCodes codes);
 
 template <class T>
 class KeyValueStore {
@@ -19,7 +27,8 @@ class KeyValueStore {
   // merge_identical: a key bitwise identical to a stored one shares its slot (the fixed-key
   // memory of the paper); false keeps every row apart (rows keyed by content that may
   // coincide for distinct texts, e.g. an uncased encoder's "Apple." and "apple.").
-  KeyValueStore(index_t key_dim, index_t value_dim, Metric metric, bool merge_identical = true);
+  KeyValueStore(index_t key_dim, index_t value_dim, Metric metric, bool merge_identical = true,
+                KeyCodes key_codes = KeyCodes::None);
 
   // Appends rows. With merge_identical, a key bitwise identical to a stored key (or to an
   // earlier row of the same call) is not appended again: with one-hot addresses the
@@ -56,6 +65,7 @@ class KeyValueStore {
   index_t key_dim() const { return d_; }
   index_t value_dim() const { return v_; }
   Metric metric() const { return metric_; }
+  KeyCodes key_codes() const { return codes_; }
   // Host bytes of the stored rows, write counts and key index (reserved false), or of all
   // the memory the store holds, allocated row capacity included (reserved true).
   std::size_t bytes(bool reserved) const;
@@ -76,6 +86,11 @@ class KeyValueStore {
  private:
   struct Chunk {
     std::unique_ptr<T[]> keys, values, sq_norms;
+    // With int8 codes: the codes in tiles, and per row scale, err, norm, inv_norm (4 runs of
+    // chunk_rows_) and the code sums (see Int8Rows).
+    std::unique_ptr<std::int8_t[]> codes;
+    std::unique_ptr<T[]> code_facts;
+    std::unique_ptr<std::int32_t[]> code_sums;
   };
   // Rows per chunk: 16384, fewer for wide rows so that one chunk stays <= 64 MiB (a store
   // of a few wide rows must not reserve hundreds of MiB up front).
@@ -86,6 +101,8 @@ class KeyValueStore {
   T* value_row(index_t id);
   const T* value_row(index_t id) const;
   std::vector<KeyBlock<T>> blocks() const;
+  std::vector<Int8Rows<T>> int8_blocks() const;
+  Chunk new_chunk() const;
   std::uint64_t hash_key(const T* key) const;
   index_t find_key(const T* key, std::uint64_t hash) const;
   void check_queries(const T* queries, index_t nq, const char* arg) const;
@@ -105,6 +122,7 @@ class KeyValueStore {
   index_t d_, v_;
   Metric metric_;
   bool merge_;
+  KeyCodes codes_;
   index_t chunk_rows_ = kMaxChunkRows;
   index_t size_ = 0;
   std::vector<Chunk> chunks_;

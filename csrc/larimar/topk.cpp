@@ -11,8 +11,6 @@ namespace {
 
 // Keys per tile: a tile of scores (queries x tile) and the tile's keys stay in cache.
 constexpr index_t kTileRows = 1024;
-// Queries scored together; bounds the per-thread score buffer.
-constexpr index_t kQueryBlock = 256;
 
 template <class T>
 struct Candidate {
@@ -54,9 +52,10 @@ class TopK {
   index_t k_, size_ = 0;
 };
 
-// Below this many queries a tile is scored by dot products (each key read once and met by
+// Up to this many queries a tile is scored by dot products (each key read once and met by
 // every query while in L1) instead of a GEMM, whose packing of the tile costs a second pass
-// over memory.
+// over memory. One query too: the dot product's order of summation is the kernel's own, where
+// a BLAS gemv's may change with the number of rows.
 constexpr index_t kSmallBatch = 8;
 
 #define LARIMAR_SCORE_SMALL(T)                                                                    \
@@ -82,25 +81,99 @@ struct Tile {
 
 // Returns false when any score was NaN or Inf: a NaN or Inf in a key always reaches its
 // score, so callers need not scan the keys beforehand.
+// Candidates a GEMM-scanned query keeps beyond k: the band that its re-score examines (see
+// rescore_gemm_block) must fit in them, or the query is scanned again by dot products.
+constexpr index_t kExtraKept = 32;
+
+template <class T>
+bool search_query_block(const T* q, index_t nq, index_t d, const std::vector<KeyBlock<T>>& blocks,
+                        const std::vector<Tile>& tiles, index_t k, Metric metric, index_t* out_ids,
+                        T* out_scores);
+
+// A GEMM's sums run in an order that depends on the product's shape, so its scores are not
+// the bits search() returns (score_rows' dot products, the same for every batch). Each query
+// kept its top `keep` GEMM scores per thread; the dot-product scores lie within `slack` of
+// them (both sums are within gamma_d |q| |k| of the exact one), so the exact top k is among the
+// kept ones within 2 slack of the k-th, provided every thread's last kept one is below that.
+// Those are re-scored; a query whose band overflowed what was kept is scanned again alone.
+template <class T>
+bool rescore_gemm_block(const T* q, index_t nq, index_t d, const T* q_sq,
+                        const std::vector<KeyBlock<T>>& blocks, const std::vector<Tile>& tiles,
+                        index_t k, Metric metric, const std::vector<TopK<T>>& best, int team,
+                        index_t keep, double max_key_norm, index_t* out_ids, T* out_scores) {
+  const double u = epsilon<T>() / 2, gamma = double(d) * u / (1 - double(d) * u);
+  const double grow = 1 + 0x1p-16;
+  bool finite = true;
+  std::vector<Candidate<T>> all;
+  std::vector<T> rows, sq, scores;
+  for (index_t i = 0; i < nq; ++i) {
+    all.clear();
+    for (int t = 0; t < team; ++t)
+      all.insert(all.end(), best[t * nq + i].begin(), best[t * nq + i].end());
+    std::sort(all.begin(), all.end(), better<T>);
+    const double qn = std::sqrt(double(q_sq[i])), kn = max_key_norm;
+    double slack = 2 * gamma * qn * kn;                       // the two sums' distance, for "ip"
+    if (metric == Metric::Cosine) slack = 2 * gamma + 8 * u;  // each rounds its own quotient
+    if (metric == Metric::L2) slack = 4 * gamma * qn * kn + 8 * u * (qn + kn) * (qn + kn);
+    slack *= grow;
+    const double floor = double(all[k - 1].score) - 2 * slack;
+    bool covered = true;
+    for (int t = 0; t < team; ++t) {
+      const TopK<T>& h = best[t * nq + i];
+      if (h.end() - h.begin() == keep && double(h.threshold()) >= floor) covered = false;
+    }
+    if (!covered) {  // many near-ties at the k-th: this query alone, by dot products
+      finite &= search_query_block(q + i * d, 1, d, blocks, tiles, k, metric, out_ids + i * k,
+                                   out_scores + i * k);
+      continue;
+    }
+    index_t m = 0;
+    while (m < static_cast<index_t>(all.size()) && double(all[m].score) >= floor) ++m;
+    rows.resize(static_cast<std::size_t>(m * d));
+    sq.resize(static_cast<std::size_t>(m));
+    scores.resize(static_cast<std::size_t>(m));
+    for (index_t j = 0; j < m; ++j) {
+      const KeyRow<T> row = find_key_row(blocks, d, all[j].id);
+      std::copy(row.key, row.key + d, rows.begin() + j * d);
+      sq[j] = row.sq_norm;
+    }
+    score_rows(q + i * d, 1, q_sq + i, rows.data(), sq.data(), m, d, metric, scores.data());
+    for (index_t j = 0; j < m; ++j) {
+      finite = finite && std::isfinite(scores[j]);
+      all[j].score = scores[j];
+    }
+    std::partial_sort(all.begin(), all.begin() + k, all.begin() + m, better<T>);
+    for (index_t j = 0; j < k; ++j) {
+      out_ids[i * k + j] = all[j].id;
+      out_scores[i * k + j] = all[j].score;
+    }
+  }
+  return finite;
+}
+
 template <class T>
 bool search_query_block(const T* q, index_t nq, index_t d, const std::vector<KeyBlock<T>>& blocks,
                         const std::vector<Tile>& tiles, index_t k, Metric metric, index_t* out_ids,
                         T* out_scores) {
+  const bool gemm = nq > kSmallBatch;
   std::vector<T> q_sq(nq, T(0));
-  if (metric != Metric::InnerProduct) row_sq_norms(q, nq, d, q_sq.data());
+  if (metric != Metric::InnerProduct || gemm) row_sq_norms(q, nq, d, q_sq.data());
   const int team =
       static_cast<int>(std::min<index_t>(num_threads(), static_cast<index_t>(tiles.size())));
-  check_allocation(double(team) * nq * (16.0 * k + sizeof(T) * double(kTileRows)) + 16.0 * nq * k,
-                   "k", "keeping the top " + str(k) + " of " + str(nq) + " queries");
-  std::vector<Candidate<T>> storage(static_cast<std::size_t>(team) * nq * k);
+  const index_t keep = gemm ? k + kExtraKept : k;
+  check_allocation(
+      double(team) * nq * (16.0 * keep + sizeof(T) * double(kTileRows)) + 16.0 * nq * keep, "k",
+      "keeping the top " + str(k) + " of " + str(nq) + " queries");
+  std::vector<Candidate<T>> storage(static_cast<std::size_t>(team) * nq * keep);
   std::vector<T> score_buffers(static_cast<std::size_t>(team) * nq * kTileRows);
   std::vector<TopK<T>> best;
   best.reserve(static_cast<std::size_t>(team) * nq);
   for (index_t h = 0; h < static_cast<index_t>(team) * nq; ++h)
-    best.emplace_back(storage.data() + h * k, k);
+    best.emplace_back(storage.data() + h * keep, keep);
   bool finite = true;
+  T max_sq = 0;  // the largest |key|^2 scanned, for the GEMM's re-score
 
-#pragma omp parallel num_threads(team) reduction(&& : finite)
+#pragma omp parallel num_threads(team) reduction(&& : finite) reduction(max : max_sq)
   {
     const int tid = omp_get_thread_num();
     TopK<T>* mine = best.data() + tid * nq;
@@ -111,25 +184,13 @@ bool search_query_block(const T* q, index_t nq, index_t d, const std::vector<Key
       const KeyBlock<T>& block = blocks[tile.block];
       const T* keys = block.keys + tile.offset * d;
       const index_t rows = tile.rows;
-      if (nq == 1)
-        blas::gemv<T>(false, rows, d, T(1), keys, d, q, T(0), scores);
-      else if (nq <= kSmallBatch)
-        score_small(q, nq, keys, rows, d, scores);
-      else
-        blas::gemm<T>(false, true, nq, rows, d, T(1), q, d, keys, d, T(0), scores, rows);
-      const index_t first = block.first_id + tile.offset;
       const T* k_sq = metric == Metric::InnerProduct ? nullptr : block.sq_norms + tile.offset;
+      score_rows(q, nq, q_sq.data(), keys, k_sq, rows, d, metric, scores);
+      const index_t first = block.first_id + tile.offset;
+      for (index_t j = 0; gemm && j < rows; ++j)
+        max_sq = std::max(max_sq, block.sq_norms[tile.offset + j]);
       for (index_t i = 0; i < nq; ++i) {
         T* s = scores + i * rows;
-        if (metric == Metric::Cosine) {
-          const T qn = std::sqrt(q_sq[i]);
-          for (index_t j = 0; j < rows; ++j) {
-            const T denom = qn * std::sqrt(k_sq[j]);
-            s[j] = denom > T(0) ? s[j] / denom : T(0);
-          }
-        } else if (metric == Metric::L2) {
-          for (index_t j = 0; j < rows; ++j) s[j] = std::min(T(0), T(2) * s[j] - q_sq[i] - k_sq[j]);
-        }
         T sum = 0;
 #pragma omp simd reduction(+ : sum)
         for (index_t j = 0; j < rows; ++j) sum += s[j] * T(0);  // NaN iff some s[j] is not finite
@@ -145,6 +206,9 @@ bool search_query_block(const T* q, index_t nq, index_t d, const std::vector<Key
     }
   }
 
+  if (gemm)
+    return finite && rescore_gemm_block(q, nq, d, q_sq.data(), blocks, tiles, k, metric, best, team,
+                                        keep, std::sqrt(double(max_sq)), out_ids, out_scores);
   // Merge the per-thread candidates; order fully by (score desc, id asc).
   std::vector<Candidate<T>> all;
   for (index_t i = 0; i < nq; ++i) {
@@ -161,6 +225,27 @@ bool search_query_block(const T* q, index_t nq, index_t d, const std::vector<Key
 }
 
 }  // namespace
+
+template <class T>
+void score_rows(const T* q, index_t nq, const T* q_sq, const T* keys, const T* k_sq, index_t rows,
+                index_t d, Metric metric, T* out) {
+  if (nq <= kSmallBatch)
+    score_small(q, nq, keys, rows, d, out);
+  else
+    blas::gemm<T>(false, true, nq, rows, d, T(1), q, d, keys, d, T(0), out, rows);
+  for (index_t i = 0; metric != Metric::InnerProduct && i < nq; ++i) {
+    T* s = out + i * rows;
+    if (metric == Metric::Cosine) {
+      const T qn = std::sqrt(q_sq[i]);
+      for (index_t j = 0; j < rows; ++j) {
+        const T denom = qn * std::sqrt(k_sq[j]);
+        s[j] = denom > T(0) ? s[j] / denom : T(0);
+      }
+    } else {
+      for (index_t j = 0; j < rows; ++j) s[j] = std::min(T(0), T(2) * s[j] - q_sq[i] - k_sq[j]);
+    }
+  }
+}
 
 Metric parse_metric(const std::string& name) {
   if (name == "ip") return Metric::InnerProduct;
@@ -200,13 +285,10 @@ bool search(const T* queries, index_t nq, index_t d, const std::vector<KeyBlock<
   for (index_t b = 0; b < static_cast<index_t>(blocks.size()); ++b)
     for (index_t off = 0; off < blocks[b].rows; off += kTileRows)
       tiles.push_back({b, off, std::min(kTileRows, blocks[b].rows - off)});
-  bool finite = true;
-  for (index_t q0 = 0; q0 < nq; q0 += kQueryBlock) {
-    const index_t n = std::min(kQueryBlock, nq - q0);
-    finite &= search_query_block(queries + q0 * d, n, d, blocks, tiles, k, metric, out_ids + q0 * k,
-                                 out_scores + q0 * k);
-  }
-  return finite;
+  return for_query_blocks(nq, [&](index_t q0, index_t n) {
+    return search_query_block(queries + q0 * d, n, d, blocks, tiles, k, metric, out_ids + q0 * k,
+                              out_scores + q0 * k);
+  });
 }
 
 template <class T>
@@ -226,7 +308,7 @@ void topk(const T* queries, index_t nq, const T* keys, index_t nk, index_t d, in
     fail(keys_name, "scores overflow the range of the dtype (values too large to compare)");
   };
   std::vector<T> sq;
-  if (metric != Metric::InnerProduct) {
+  if (metric != Metric::InnerProduct || nq > kSmallBatch) {
     sq.resize(nk);
     row_sq_norms(keys, nk, d, sq.data());
     T sum = 0;
@@ -239,6 +321,8 @@ void topk(const T* queries, index_t nq, const T* keys, index_t nk, index_t d, in
 
 #define LARIMAR_INSTANTIATE(T)                                                                    \
   template void row_sq_norms<T>(const T*, index_t, index_t, T*);                                  \
+  template void score_rows<T>(const T*, index_t, const T*, const T*, const T*, index_t, index_t,  \
+                              Metric, T*);                                                        \
   template bool search<T>(const T*, index_t, index_t, const std::vector<KeyBlock<T>>&, index_t,   \
                           Metric, index_t*, T*);                                                  \
   template void topk<T>(const T*, index_t, const T*, index_t, index_t, index_t, Metric, index_t*, \

@@ -16,7 +16,7 @@ Metric parse_metric(const std::string& name);
 std::string metric_name(Metric metric);
 
 // A contiguous run of keys with ids first_id .. first_id + rows - 1. sq_norms (one per key)
-// is required for Cosine and L2 and ignored for InnerProduct.
+// is required for Cosine and L2, and for searches of more than 8 queries.
 template <class T>
 struct KeyBlock {
   const T* keys = nullptr;
@@ -24,6 +24,25 @@ struct KeyBlock {
   index_t rows = 0;
   index_t first_id = 0;
 };
+
+// The key row of id (and its squared norm, 0 when the block keeps none) among blocks sorted by
+// first_id; id must be one of theirs.
+template <class T>
+struct KeyRow {
+  const T* key;
+  T sq_norm;
+};
+template <class T>
+KeyRow<T> find_key_row(const std::vector<KeyBlock<T>>& blocks, index_t d, index_t id) {
+  index_t lo = 0, hi = static_cast<index_t>(blocks.size());
+  while (hi - lo > 1) {  // the last block whose first_id <= id
+    const index_t mid = (lo + hi) / 2;
+    (blocks[mid].first_id <= id ? lo : hi) = mid;
+  }
+  const KeyBlock<T>& b = blocks[lo];
+  const index_t row = id - b.first_id;
+  return {b.keys + row * d, b.sq_norms ? b.sq_norms[row] : T(0)};
+}
 
 // Squared L2 norm of each row of x (rows x d).
 template <class T>
@@ -36,6 +55,29 @@ void row_sq_norms(const T* x, index_t rows, index_t d, T* out);
 template <class T>
 bool search(const T* queries, index_t nq, index_t d, const std::vector<KeyBlock<T>>& blocks,
             index_t k, Metric metric, index_t* out_ids, T* out_scores);
+
+// Queries that search() scores together.
+constexpr index_t kSearchQueryBlock = 256;
+
+// Runs block(first query, count) over the query blocks of nq queries; true when every call
+// returned true (all scores finite).
+template <class Block>
+bool for_query_blocks(index_t nq, Block&& block) {
+  bool finite = true;
+  for (index_t q0 = 0; q0 < nq; q0 += kSearchQueryBlock)
+    finite &= block(q0, nq - q0 < kSearchQueryBlock ? nq - q0 : kSearchQueryBlock);
+  return finite;
+}
+
+// Scores (out, nq x rows) of queries q (nq x d) against rows of keys (rows x d). Up to 8
+// queries, by the kernel's own dot products: a pair gets the same bits whatever else is scored
+// with it, and these bits are what search() returns for every batch size. More queries go
+// through a GEMM, whose bits depend on the product's shape (search() re-scores its top
+// candidates). q_sq and k_sq are the squared norms (row_sq_norms) of the queries and keys,
+// read unless the metric is InnerProduct.
+template <class T>
+void score_rows(const T* q, index_t nq, const T* q_sq, const T* keys, const T* k_sq, index_t rows,
+                index_t d, Metric metric, T* out);
 
 // Convenience for one array of keys (nk x d): validates every argument, naming them
 // queries_name and keys_name in errors.

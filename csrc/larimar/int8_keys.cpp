@@ -1,0 +1,577 @@
+#include "larimar/int8_keys.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define LARIMAR_X86_INT8 1
+#endif
+
+namespace larimar {
+namespace {
+
+// Codes: a query's c in [-63, 63] stored as c + 64 in [1, 127], a key's in [-63, 63]. Seven
+// bits each, so that AVX2 can sum the u8 x s8 products of two groups in 16 bits (at most
+// 4 * 127 * 63 < 2^15) before widening them: one widening per 8 products, not per 4, on a
+// CPU whose integer multiplies are the scan's limit. VNNI and the portable path use the same
+// codes, so every path computes the same integers.
+constexpr int kQueryLevels = 63;
+constexpr int kQueryOffset = 64;
+constexpr int kKeyLevels = 63;
+// Keys scanned per task: their codes (1,024 x the padded dimension) stay in L2 while every
+// micro-block of queries passes over them.
+constexpr index_t kScanRows = 1024;
+constexpr index_t kScanTiles = kScanRows / kInt8TileRows;
+
+// Integer dot products of nq query codes (each dp bytes, dp a multiple of 4) with the keys of
+// ntiles tiles: out[i * stride + j] = sum_t u8(q_i)_t code_j,t, for the tiles' 16 * ntiles
+// keys j. nq is at most the path's micro-block.
+using DotsFn = void (*)(const std::uint8_t* q, int nq, index_t dp, const std::int8_t* tiles,
+                        index_t ntiles, std::int32_t* out, index_t stride);
+
+void dots_scalar(const std::uint8_t* q, int nq, index_t dp, const std::int8_t* tiles,
+                 index_t ntiles, std::int32_t* out, index_t stride) {
+  const index_t groups = dp / 4;
+  for (index_t t = 0; t < ntiles; ++t) {
+    const std::int8_t* tile = tiles + t * kInt8TileRows * dp;
+    for (int i = 0; i < nq; ++i) {
+      std::int32_t acc[kInt8TileRows] = {};
+      for (index_t g = 0; g < groups; ++g)
+        for (index_t j = 0; j < kInt8TileRows; ++j)
+          for (int b = 0; b < 4; ++b)
+            acc[j] += std::int32_t(q[i * dp + 4 * g + b]) * tile[g * 64 + j * 4 + b];
+      std::memcpy(out + i * stride + t * kInt8TileRows, acc, sizeof acc);
+    }
+  }
+}
+
+#ifdef LARIMAR_X86_INT8
+inline std::int32_t group_of(const std::uint8_t* q, index_t g) {
+  std::int32_t v;
+  std::memcpy(&v, q + 4 * g, 4);
+  return v;
+}
+
+__attribute__((target("avx2"))) inline __m256i tile_keys(const std::int8_t* tile, index_t g,
+                                                         int half) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tile + 64 * g + 32 * half));
+}
+
+// AVX2: u8 x s8 products summed in pairs to 16 bits (maddubs), the pairs of two groups added
+// in 16 bits (7-bit codes keep them below 2^15), then widened to 32 (madd).
+template <int NQ>
+__attribute__((target("avx2"))) void dots_avx2_tile(const std::uint8_t* q, index_t dp,
+                                                    const std::int8_t* tile, std::int32_t* out,
+                                                    index_t stride) {
+  __m256i acc[NQ][2];
+  for (int i = 0; i < NQ; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_si256();
+  const __m256i ones = _mm256_set1_epi16(1);
+  const index_t groups = dp / 4;
+  index_t g = 0;
+  for (; g + 1 < groups; g += 2) {
+    const __m256i a0 = tile_keys(tile, g, 0), a1 = tile_keys(tile, g, 1);
+    const __m256i b0 = tile_keys(tile, g + 1, 0), b1 = tile_keys(tile, g + 1, 1);
+    for (int i = 0; i < NQ; ++i) {
+      const __m256i qa = _mm256_set1_epi32(group_of(q + i * dp, g));
+      const __m256i qb = _mm256_set1_epi32(group_of(q + i * dp, g + 1));
+      const __m256i s0 =
+          _mm256_add_epi16(_mm256_maddubs_epi16(qa, a0), _mm256_maddubs_epi16(qb, b0));
+      const __m256i s1 =
+          _mm256_add_epi16(_mm256_maddubs_epi16(qa, a1), _mm256_maddubs_epi16(qb, b1));
+      acc[i][0] = _mm256_add_epi32(acc[i][0], _mm256_madd_epi16(s0, ones));
+      acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_madd_epi16(s1, ones));
+    }
+  }
+  if (g < groups) {  // an odd last group
+    const __m256i a0 = tile_keys(tile, g, 0), a1 = tile_keys(tile, g, 1);
+    for (int i = 0; i < NQ; ++i) {
+      const __m256i qa = _mm256_set1_epi32(group_of(q + i * dp, g));
+      acc[i][0] =
+          _mm256_add_epi32(acc[i][0], _mm256_madd_epi16(_mm256_maddubs_epi16(qa, a0), ones));
+      acc[i][1] =
+          _mm256_add_epi32(acc[i][1], _mm256_madd_epi16(_mm256_maddubs_epi16(qa, a1), ones));
+    }
+  }
+  for (int i = 0; i < NQ; ++i) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i * stride), acc[i][0]);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i * stride + 8), acc[i][1]);
+  }
+}
+
+// 6 accumulators, 4 key vectors, 2 broadcasts, the ones and 2 sums fill the 16 registers.
+constexpr int kAvx2Queries = 3;
+
+__attribute__((target("avx2"))) void dots_avx2(const std::uint8_t* q, int nq, index_t dp,
+                                               const std::int8_t* tiles, index_t ntiles,
+                                               std::int32_t* out, index_t stride) {
+  for (index_t t = 0; t < ntiles; ++t) {
+    const std::int8_t* tile = tiles + t * kInt8TileRows * dp;
+    std::int32_t* o = out + t * kInt8TileRows;
+    switch (nq) {
+      case 1:
+        dots_avx2_tile<1>(q, dp, tile, o, stride);
+        break;
+      case 2:
+        dots_avx2_tile<2>(q, dp, tile, o, stride);
+        break;
+      default:
+        dots_avx2_tile<3>(q, dp, tile, o, stride);
+        break;
+    }
+  }
+}
+
+// AVX-512 VNNI: one vpdpbusd per group does the 4 u8 x s8 products of 16 keys and their sum.
+// Two tiles at a time, so each broadcast query group feeds two instructions.
+template <int NQ, int NT>
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void dots_vnni_tiles(
+    const std::uint8_t* q, index_t dp, const std::int8_t* tiles, std::int32_t* out,
+    index_t stride) {
+  __m512i acc[NQ][NT];
+  for (int i = 0; i < NQ; ++i)
+    for (int t = 0; t < NT; ++t) acc[i][t] = _mm512_setzero_si512();
+  const index_t tile_bytes = kInt8TileRows * dp;
+  for (index_t g = 0; g < dp / 4; ++g) {
+    __m512i k[NT];
+    for (int t = 0; t < NT; ++t) k[t] = _mm512_loadu_si512(tiles + t * tile_bytes + 64 * g);
+    for (int i = 0; i < NQ; ++i) {
+      const __m512i b = _mm512_set1_epi32(group_of(q + i * dp, g));
+      for (int t = 0; t < NT; ++t) acc[i][t] = _mm512_dpbusd_epi32(acc[i][t], b, k[t]);
+    }
+  }
+  for (int i = 0; i < NQ; ++i)
+    for (int t = 0; t < NT; ++t)
+      _mm512_storeu_si512(out + i * stride + t * kInt8TileRows, acc[i][t]);
+}
+
+constexpr int kVnniQueries = 12;  // 24 accumulators, 2 key vectors, a broadcast
+
+template <int NT>
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void dots_vnni_nq(const std::uint8_t* q,
+                                                                         int nq, index_t dp,
+                                                                         const std::int8_t* tiles,
+                                                                         std::int32_t* out,
+                                                                         index_t stride) {
+  switch (nq) {
+#define LARIMAR_VNNI_CASE(N) \
+  case N:                    \
+    return dots_vnni_tiles<N, NT>(q, dp, tiles, out, stride);
+    LARIMAR_VNNI_CASE(1)
+    LARIMAR_VNNI_CASE(2)
+    LARIMAR_VNNI_CASE(3)
+    LARIMAR_VNNI_CASE(4)
+    LARIMAR_VNNI_CASE(5)
+    LARIMAR_VNNI_CASE(6)
+    LARIMAR_VNNI_CASE(7)
+    LARIMAR_VNNI_CASE(8)
+    LARIMAR_VNNI_CASE(9)
+    LARIMAR_VNNI_CASE(10)
+    LARIMAR_VNNI_CASE(11)
+#undef LARIMAR_VNNI_CASE
+    default:
+      return dots_vnni_tiles<12, NT>(q, dp, tiles, out, stride);
+  }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void dots_vnni(
+    const std::uint8_t* q, int nq, index_t dp, const std::int8_t* tiles, index_t ntiles,
+    std::int32_t* out, index_t stride) {
+  index_t t = 0;
+  for (; t + 2 <= ntiles; t += 2)
+    dots_vnni_nq<2>(q, nq, dp, tiles + t * kInt8TileRows * dp, out + t * kInt8TileRows, stride);
+  if (t < ntiles)
+    dots_vnni_nq<1>(q, nq, dp, tiles + t * kInt8TileRows * dp, out + t * kInt8TileRows, stride);
+}
+#endif
+
+struct IntPath {
+  const char* name;
+  DotsFn dots;
+  int max_queries;
+};
+
+std::vector<IntPath> supported_paths() {
+  std::vector<IntPath> paths;
+#ifdef LARIMAR_X86_INT8
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vnni"))
+    paths.push_back({"avx512-vnni", dots_vnni, kVnniQueries});
+  if (__builtin_cpu_supports("avx2")) paths.push_back({"avx2", dots_avx2, kAvx2Queries});
+#endif
+  paths.push_back({"scalar", dots_scalar, 4});
+  return paths;
+}
+
+// The path in use: an index into supported_paths() (0, the best, unless set).
+std::atomic<int> g_path{0};
+
+IntPath current_path() {
+  static const std::vector<IntPath> paths = supported_paths();
+  return paths[static_cast<std::size_t>(g_path.load())];
+}
+
+// Rounds a non-negative double up to the next representable T at or above it.
+template <class T>
+T round_up(double x) {
+  const T t = static_cast<T>(x);
+  return double(t) >= x ? t : std::nextafter(t, std::numeric_limits<T>::infinity());
+}
+
+// Relative slack on every bound: covers the few roundings of the bound's own arithmetic in T
+// and of the search's post-processing (cosine's sqrt, product and quotient; l2's sums).
+constexpr double kRelSlack = 1.0 / (1 << 18);
+// Squared norm below which a cosine key or query is not bounded (its 1 / |x| could overflow
+// or the search's denominator underflow): such keys are always re-scored, and a block with
+// such a query is searched in float.
+constexpr double kTinySq = 0x1p-80;
+
+// What the screen needs of one query: its scale and code error, its norm and the metric's
+// factors, all rounded up where they bound.
+template <class T>
+struct QueryFacts {
+  T scale, norm, err, inv_norm, sq;
+};
+
+template <class T>
+QueryFacts<T> quantize_query(const T* q, index_t d, index_t dp, T q_sq, Metric metric,
+                             std::uint8_t* code) {
+  double m = 0, sq = 0;
+  for (index_t t = 0; t < d; ++t)
+    m = std::max(m, std::abs(double(q[t]))), sq += double(q[t]) * q[t];
+  const T s = static_cast<T>(m / kQueryLevels);
+  double err = 0;
+  for (index_t t = 0; t < dp; ++t) {
+    int c = 0;
+    if (t < d && s > T(0))
+      c = static_cast<int>(std::max(
+          -double(kQueryLevels), std::min(double(kQueryLevels), std::nearbyint(double(q[t]) / s))));
+    code[t] = static_cast<std::uint8_t>(c + kQueryOffset);
+    if (t < d) err += (double(q[t]) - double(s) * c) * (double(q[t]) - double(s) * c);
+  }
+  QueryFacts<T> f;
+  f.scale = s;
+  f.norm = round_up<T>(std::sqrt(sq) * (1 + kRelSlack));
+  f.err = round_up<T>(std::sqrt(err) * (1 + kRelSlack));
+  f.inv_norm = metric == Metric::Cosine && double(q_sq) > 0
+                   ? round_up<T>(1.0 / std::sqrt(double(q_sq)))
+                   : T(0);
+  f.sq = q_sq;
+  return f;
+}
+
+// A min-heap of the k largest lower bounds seen: its top is the bar a key's upper bound must
+// reach to be kept.
+template <class T>
+class LowerBounds {
+ public:
+  explicit LowerBounds(index_t k) : k_(k) { heap_.reserve(static_cast<std::size_t>(k)); }
+  T bar() const {
+    return static_cast<index_t>(heap_.size()) < k_ ? -std::numeric_limits<T>::infinity()
+                                                   : heap_.front();
+  }
+  void push(T v) {
+    if (static_cast<index_t>(heap_.size()) < k_) {
+      heap_.push_back(v);
+      std::push_heap(heap_.begin(), heap_.end(), std::greater<T>());
+    } else if (v > heap_.front()) {
+      std::pop_heap(heap_.begin(), heap_.end(), std::greater<T>());
+      heap_.back() = v;
+      std::push_heap(heap_.begin(), heap_.end(), std::greater<T>());
+    }
+  }
+  const std::vector<T>& values() const { return heap_; }
+
+ private:
+  index_t k_;
+  std::vector<T> heap_;
+};
+
+template <class T>
+struct Kept {
+  T upper;
+  index_t id;
+};
+
+// [lo, hi] holds the search's score of one query against key j of kr, from their integer
+// dot product (dot_u8: the query's offset codes against the key's codes).
+template <Metric M, class T>
+inline void pair_bounds(std::int32_t dot_u8, index_t j, const QueryFacts<T>& qf,
+                        const Int8Rows<T>& kr, const T* k_sq, T& lo, T& hi) {
+  const T rel = T(kRelSlack), grow = T(1 + kRelSlack), tiny = T(0x1p-120);
+  const std::int32_t dot = dot_u8 - kQueryOffset * kr.code_sum[j];
+  const T approx = qf.scale * kr.scale[j] * T(dot);
+  const T b = (qf.norm * kr.err[j] + qf.err * kr.norm[j] + rel * std::abs(approx)) * grow + tiny;
+  T l = approx - b, h = approx + b;
+  if constexpr (M == Metric::Cosine) {
+    const T f = qf.inv_norm * kr.inv_norm[j];
+    l = l * f - rel * std::abs(l * f);
+    h = h * f + rel * std::abs(h * f);
+  } else if constexpr (M == Metric::L2) {
+    const T off = qf.sq + k_sq[j];
+    l = std::min(T(0), T(2) * l - off - rel * (T(2) * std::abs(l) + off));
+    h = std::min(T(0), T(2) * h - off + rel * (T(2) * std::abs(h) + off));
+  }
+  // inf - inf (a score past the dtype's range): no bound, so the key is kept and re-scored,
+  // where the search finds what it finds.
+  lo = std::isnan(l) ? -std::numeric_limits<T>::infinity() : l;
+  hi = std::isnan(h) ? std::numeric_limits<T>::infinity() : h;
+}
+
+// Upper bounds (hi, rows) of one query against rows keys: the screen's one pass over every
+// pair, vectorised; lower bounds are computed only for the keys that pass.
+// Returns the largest, so that a run none of whose keys can pass costs one comparison.
+template <Metric M, class T>
+LARIMAR_MULTIVERSION T upper_bounds(const std::int32_t* dots, index_t rows, QueryFacts<T> qf,
+                                    Int8Rows<T> kr, const T* k_sq, T* __restrict hi) {
+  T top = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(max : top)
+  for (index_t j = 0; j < rows; ++j) {
+    T l, h;
+    pair_bounds<M>(dots[j], j, qf, kr, k_sq, l, h);
+    hi[j] = h;
+    top = std::max(top, h);
+  }
+  return top;
+}
+
+// Screens one query against one run of keys: every key whose upper bound reaches the bar (the
+// k-th largest lower bound so far) is kept and its lower bound raises the bar.
+template <Metric M, class T>
+void screen(const std::int32_t* dots, index_t rows, index_t first_id, const QueryFacts<T>& qf,
+            const Int8Rows<T>& kr, const T* k_sq, T* hi, LowerBounds<T>& bar,
+            std::vector<Kept<T>>& kept) {
+  T at_least = bar.bar();
+  if (upper_bounds<M>(dots, rows, qf, kr, k_sq, hi) < at_least) return;
+  for (index_t j = 0; j < rows; ++j) {
+    if (hi[j] < at_least) continue;
+    T l, h;
+    pair_bounds<M>(dots[j], j, qf, kr, k_sq, l, h);
+    bar.push(l);
+    at_least = bar.bar();
+    kept.push_back({h, first_id + j});
+  }
+}
+
+template <class T>
+bool better(T sa, index_t ia, T sb, index_t ib) {
+  return sa > sb || (sa == sb && ia < ib);
+}
+
+// One query block (nq <= kSearchQueryBlock): screen every key by its bounds, then re-score
+// the kept ones with score_rows, whose bits search() returns.
+template <class T>
+bool search_block(const T* queries, index_t nq, index_t d, const std::vector<KeyBlock<T>>& blocks,
+                  const std::vector<Int8Rows<T>>& int8, index_t k, Metric metric, index_t* out_ids,
+                  T* out_scores) {
+  const index_t dp = int8_padded_dim(d);
+  std::vector<T> q_sq(nq, T(0));
+  row_sq_norms(queries, nq, d, q_sq.data());
+  if (metric == Metric::Cosine)
+    for (index_t i = 0; i < nq; ++i)
+      if (double(q_sq[i]) < kTinySq)
+        return search(queries, nq, d, blocks, k, metric, out_ids, out_scores);
+  std::vector<std::uint8_t> codes(static_cast<std::size_t>(nq * dp));
+  std::vector<QueryFacts<T>> facts(nq);
+  for (index_t i = 0; i < nq; ++i)
+    facts[i] = quantize_query(queries + i * d, d, dp, q_sq[i], metric, codes.data() + i * dp);
+
+  // Tasks: runs of up to kScanRows keys of one block.
+  struct Task {
+    index_t block, offset, rows;
+  };
+  std::vector<Task> tasks;
+  for (index_t b = 0; b < static_cast<index_t>(blocks.size()); ++b)
+    for (index_t off = 0; off < blocks[b].rows; off += kScanRows)
+      tasks.push_back({b, off, std::min(kScanRows, blocks[b].rows - off)});
+  // Each worker (a contiguous share of the tasks) keeps its own bounds and kept keys.
+  const index_t workers = std::min<index_t>(num_threads(), static_cast<index_t>(tasks.size()));
+  std::vector<std::vector<LowerBounds<T>>> bars(workers);
+  std::vector<std::vector<std::vector<Kept<T>>>> kept(workers);
+  const IntPath path = current_path();
+  parallel_for(workers, [&](index_t w) {
+    bars[w].assign(nq, LowerBounds<T>(k));
+    kept[w].resize(nq);
+    std::vector<std::int32_t> dots(static_cast<std::size_t>(path.max_queries) * kScanRows);
+    std::vector<T> hi(kScanRows);
+    const index_t first_task = w * static_cast<index_t>(tasks.size()) / workers;
+    const index_t end_task = (w + 1) * static_cast<index_t>(tasks.size()) / workers;
+    for (index_t t = first_task; t < end_task; ++t) {
+      const Task& task = tasks[t];
+      const KeyBlock<T>& block = blocks[task.block];
+      const Int8Rows<T>& all = int8[task.block];
+      const index_t o = task.offset;
+      const Int8Rows<T> kr{all.codes + o * dp, all.scale + o, all.code_sum + o,
+                           all.err + o,        all.norm + o,  all.inv_norm + o};
+      const T* k_sq = block.sq_norms ? block.sq_norms + o : nullptr;
+      const index_t ntiles = (task.rows + kInt8TileRows - 1) / kInt8TileRows;
+      for (index_t i0 = 0; i0 < nq; i0 += path.max_queries) {
+        const int m = static_cast<int>(std::min<index_t>(path.max_queries, nq - i0));
+        path.dots(codes.data() + i0 * dp, m, dp, kr.codes, ntiles, dots.data(), kScanRows);
+        for (int i = 0; i < m; ++i) {
+          const std::int32_t* di = dots.data() + i * kScanRows;
+          const index_t first = block.first_id + o;
+          LowerBounds<T>& bar = bars[w][i0 + i];
+          std::vector<Kept<T>>& mine = kept[w][i0 + i];
+          const QueryFacts<T>& qf = facts[i0 + i];
+          if (metric == Metric::Cosine)
+            screen<Metric::Cosine>(di, task.rows, first, qf, kr, k_sq, hi.data(), bar, mine);
+          else if (metric == Metric::L2)
+            screen<Metric::L2>(di, task.rows, first, qf, kr, k_sq, hi.data(), bar, mine);
+          else
+            screen<Metric::InnerProduct>(di, task.rows, first, qf, kr, k_sq, hi.data(), bar, mine);
+        }
+      }
+    }
+  });
+
+  // Per query: the bar is the k-th largest lower bound of all; a key whose upper bound is
+  // below it scores below k others in float too (the bounds hold the search's rounding), so
+  // only the rest are re-scored.
+  std::vector<std::vector<index_t>> shortlist(nq);
+  bool bounded = true;
+  for (index_t i = 0; i < nq && bounded; ++i) {
+    std::vector<T> lows;
+    for (index_t w = 0; w < workers; ++w)
+      lows.insert(lows.end(), bars[w][i].values().begin(), bars[w][i].values().end());
+    std::nth_element(lows.begin(), lows.begin() + (k - 1), lows.end(), std::greater<T>());
+    const T bar = lows[k - 1];
+    for (index_t w = 0; w < workers; ++w)
+      for (const Kept<T>& c : kept[w][i])
+        if (c.upper >= bar) shortlist[i].push_back(c.id);
+    std::sort(shortlist[i].begin(), shortlist[i].end());
+    bounded = static_cast<index_t>(shortlist[i].size()) >= k;
+  }
+  bars.clear();
+  kept.clear();
+  // Scores past the dtype's range leave no bound (NaN): the float search says what it says.
+  if (!bounded) return search(queries, nq, d, blocks, k, metric, out_ids, out_scores);
+
+  // Re-score each query's shortlist with score_rows, one key at a time and in place: the dot
+  // products whose bits search() returns for every batch size. Queries in parallel: the
+  // shortlisted rows are scattered, so this is latency-bound.
+  std::vector<char> finite(nq, 1);
+  parallel_for(nq, [&](index_t i) {
+    const index_t m = static_cast<index_t>(shortlist[i].size());
+    std::vector<std::pair<T, index_t>> scored(m);
+    for (index_t j = 0; j < m; ++j) {
+      const KeyRow<T> row = find_key_row(blocks, d, shortlist[i][j]);
+      T score;
+      score_rows(queries + i * d, 1, q_sq.data() + i, row.key, &row.sq_norm, 1, d, metric, &score);
+      finite[i] = finite[i] && std::isfinite(score);
+      scored[j] = {score, shortlist[i][j]};
+    }
+    std::partial_sort(
+        scored.begin(), scored.begin() + k, scored.end(),
+        [](const auto& x, const auto& y) { return better(x.first, x.second, y.first, y.second); });
+    for (index_t j = 0; j < k; ++j) {
+      out_ids[i * k + j] = scored[j].second;
+      out_scores[i * k + j] = scored[j].first;
+    }
+  });
+  return std::all_of(finite.begin(), finite.end(), [](char f) { return f != 0; });
+}
+
+}  // namespace
+
+void set_int8_isa(const std::string& name) {
+  static const std::vector<IntPath> paths = supported_paths();
+  if (name == "auto") {
+    g_path.store(0);
+    return;
+  }
+  std::string known;
+  for (std::size_t i = 0; i < paths.size(); ++i) {
+    if (paths[i].name == name) {
+      g_path.store(static_cast<int>(i));
+      return;
+    }
+    known += std::string(i ? ", " : "") + "\"" + paths[i].name + "\"";
+  }
+  fail("isa", "expected \"auto\" or one this CPU runs (" + known + "), got \"" + name + "\"");
+}
+
+std::string int8_isa() { return current_path().name; }
+
+std::vector<std::string> int8_isas_supported() {
+  std::vector<std::string> names;
+  for (const IntPath& p : supported_paths()) names.push_back(p.name);
+  return names;
+}
+
+template <class T>
+void quantize_int8_keys(const T* keys, const T* sq_norms, index_t n, index_t d, Metric metric,
+                        Int8Slots<T> out, index_t first) {
+  const index_t dp = int8_padded_dim(d);
+  // The search's float sum of d products is within gamma_d sum |q_t k_t| <= gamma_d |q| |k|
+  // of the exact inner product (Higham, Accuracy and Stability, section 3.1).
+  const double u = epsilon<T>() / 2, gamma = double(d) * u / (1 - double(d) * u);
+  for (index_t i = 0; i < n; ++i) {
+    const T* key = keys + i * d;
+    const index_t slot = first + i;
+    std::int8_t* tile = out.codes + (slot / kInt8TileRows) * kInt8TileRows * dp;
+    const index_t lane = slot % kInt8TileRows;
+    double m = 0, sq = 0;
+    for (index_t t = 0; t < d; ++t)
+      m = std::max(m, std::abs(double(key[t]))), sq += double(key[t]) * key[t];
+    const T s = static_cast<T>(m / kKeyLevels);
+    double err = 0, norm = 0;
+    std::int32_t sum = 0;
+    for (index_t t = 0; t < dp; ++t) {
+      int c = 0;
+      if (t < d && s > T(0))
+        c = static_cast<int>(std::max(
+            -double(kKeyLevels), std::min(double(kKeyLevels), std::nearbyint(double(key[t]) / s))));
+      tile[(t / 4) * 64 + lane * 4 + t % 4] = static_cast<std::int8_t>(c);
+      sum += c;
+      if (t < d) {
+        const double r = double(key[t]) - double(s) * c;
+        err += r * r;
+        norm += double(s) * c * double(s) * c;
+      }
+    }
+    out.scale[slot] = s;
+    out.code_sum[slot] = sum;
+    out.norm[slot] = round_up<T>(std::sqrt(norm) * (1 + kRelSlack));
+    const bool unbounded = metric == Metric::Cosine && double(sq_norms[i]) < kTinySq;
+    out.err[slot] = unbounded
+                        ? std::numeric_limits<T>::infinity()
+                        : round_up<T>((std::sqrt(err) + gamma * std::sqrt(sq)) * (1 + kRelSlack));
+    out.inv_norm[slot] = unbounded ? std::numeric_limits<T>::infinity()
+                         : metric == Metric::Cosine
+                             ? round_up<T>(1.0 / std::sqrt(double(sq_norms[i])))
+                             : T(0);
+  }
+}
+
+template <class T>
+std::size_t int8_rows_bytes(index_t rows, index_t d) {
+  const std::size_t padded_rows =
+      static_cast<std::size_t>((rows + kInt8TileRows - 1) / kInt8TileRows * kInt8TileRows);
+  return padded_rows * static_cast<std::size_t>(int8_padded_dim(d)) +
+         static_cast<std::size_t>(rows) * (4 * sizeof(T) + sizeof(std::int32_t));
+}
+
+template <class T>
+bool search_int8(const T* queries, index_t nq, index_t d, const std::vector<KeyBlock<T>>& blocks,
+                 const std::vector<Int8Rows<T>>& int8, index_t k, Metric metric, index_t* out_ids,
+                 T* out_scores) {
+  return for_query_blocks(nq, [&](index_t q0, index_t n) {
+    return search_block(queries + q0 * d, n, d, blocks, int8, k, metric, out_ids + q0 * k,
+                        out_scores + q0 * k);
+  });
+}
+
+#define LARIMAR_INSTANTIATE(T)                                                                    \
+  template void quantize_int8_keys<T>(const T*, const T*, index_t, index_t, Metric, Int8Slots<T>, \
+                                      index_t);                                                   \
+  template std::size_t int8_rows_bytes<T>(index_t, index_t);                                      \
+  template bool search_int8<T>(const T*, index_t, index_t, const std::vector<KeyBlock<T>>&,       \
+                               const std::vector<Int8Rows<T>>&, index_t, Metric, index_t*, T*);
+LARIMAR_INSTANTIATE(float)
+LARIMAR_INSTANTIATE(double)
+#undef LARIMAR_INSTANTIATE
+
+}  // namespace larimar

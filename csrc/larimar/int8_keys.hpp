@@ -1,0 +1,77 @@
+// Int8 key codes for exact search (docs/DESIGN.md section 2.6): each key is scalar-quantised
+// with a scale of its own, the scan runs integer dot products over the codes (a quarter of
+// the float32 bytes), and a rigorous bound on the quantisation error picks the shortlist that
+// is re-scored by the float search's own arithmetic, so the result is the float top-k, bit
+// for bit.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "larimar/common.hpp"
+#include "larimar/topk.hpp"
+
+namespace larimar {
+
+// Keys per code tile. A tile stores its keys 4 dimensions at a time: group g holds, for each
+// of the 16 keys, its bytes 4g .. 4g + 3 (64 bytes), so one vector load feeds a dot-product
+// step of 16 keys against one broadcast group of the query.
+constexpr index_t kInt8TileRows = 16;
+
+// Dimensions stored per code row: d rounded up to a whole group of 4 (padding is zero).
+inline index_t int8_padded_dim(index_t d) { return (d + 3) / 4 * 4; }
+
+// The integer dot products the scan runs: AVX-512 VNNI, AVX2 or portable C++, the best the
+// CPU has unless set otherwise (tests run every path the CPU can on one machine).
+// Names: "auto", "avx512-vnni", "avx2", "scalar"; one the CPU lacks is an InvalidArgument.
+void set_int8_isa(const std::string& name);
+std::string int8_isa();
+std::vector<std::string> int8_isas_supported();
+
+// What the scan needs of each key, for rows of one KeyBlock (id first_id + j is row j):
+// codes in tiles (rows rounded up to whole tiles, the padding rows zero), and per key
+// scale s_j (key ~ s_j * code), the code sum (the VNNI path's offset), err_j >= |key -
+// s_j code| + gamma_d |key| (quantisation error plus the float sum's rounding), norm_j >=
+// |s_j code|, and inv_norm_j = 1 / |key| as the search computes it (0 for a zero key).
+template <class T>
+struct Int8Rows {
+  const std::int8_t* codes = nullptr;
+  const T* scale = nullptr;
+  const std::int32_t* code_sum = nullptr;
+  const T* err = nullptr;
+  const T* norm = nullptr;
+  const T* inv_norm = nullptr;
+};
+
+// Codes and per-key facts of rows (n x d), written for slots first .. first + n - 1 of a
+// chunk whose arrays are laid out as Int8Rows describes; sq_norms (n) are the keys' squared
+// norms as the search keeps them. A cosine key of (near) zero norm gets unbounded facts: the
+// search always re-scores it.
+template <class T>
+struct Int8Slots {
+  std::int8_t* codes;
+  T* scale;
+  std::int32_t* code_sum;
+  T* err;
+  T* norm;
+  T* inv_norm;
+};
+
+template <class T>
+void quantize_int8_keys(const T* keys, const T* sq_norms, index_t n, index_t d, Metric metric,
+                        Int8Slots<T> out, index_t first);
+
+// Bytes of codes and per-key facts for `rows` rows (rows rounded up to whole tiles).
+template <class T>
+std::size_t int8_rows_bytes(index_t rows, index_t d);
+
+// The exact top-k of search() (same ids, scores and order), scanning the int8 codes of each
+// block (int8 must hold one Int8Rows per block) and re-scoring a shortlist from the float
+// keys. Returns false when a re-scored score was not finite (as search does).
+template <class T>
+bool search_int8(const T* queries, index_t nq, index_t d, const std::vector<KeyBlock<T>>& blocks,
+                 const std::vector<Int8Rows<T>>& int8, index_t k, Metric metric, index_t* out_ids,
+                 T* out_scores);
+
+}  // namespace larimar

@@ -1,0 +1,201 @@
+"""Int8 key codes: a store with key_codes="int8" returns exactly what the float store returns
+(same ids, same score bits, same order), on every scan path this CPU has, on data made to
+trip a bounded shortlist: near-ties, duplicates, norms spread over 1e-3..1e3, zero keys."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import larimar_ext as lx
+from larimar_ext import _core
+from references import DTYPE_IDS, DTYPES, METRICS
+
+ISAS = _core.int8_isas()
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    _core.set_int8_isa(request.param)
+    yield request.param
+    _core.set_int8_isa("auto")
+
+
+def pair(d, metric, dtype, merge=True):
+    """The same store twice: float search, and int8 codes."""
+    return (lx.KeyValueMemory(d, 1, metric, dtype, merge_identical=merge),
+            lx.KeyValueMemory(d, 1, metric, dtype, merge_identical=merge, key_codes="int8"))
+
+
+def fill(stores, keys, rows_per_add=None):
+    values = np.arange(len(keys), dtype=keys.dtype)[:, None]
+    step = rows_per_add or len(keys)
+    for lo in range(0, len(keys), step):
+        for s in stores:
+            s.add(keys[lo:lo + step], values[lo:lo + step])
+
+
+def assert_same_search(plain, coded, Q, k):
+    ids_f, scores_f = plain.search(Q, k)
+    ids_c, scores_c = coded.search(Q, k)
+    np.testing.assert_array_equal(ids_c, ids_f)
+    # bitwise: the int8 store re-scores with the float store's own arithmetic
+    width = np.int32 if scores_f.dtype == np.float32 else np.int64
+    np.testing.assert_array_equal(scores_c.view(width), scores_f.view(width))
+
+
+def adversarial_keys(rng, n, d, dtype):
+    """Rows with norms 1e-3..1e3, a block of near-ties (one direction, perturbed by a few
+    ulps), exact duplicates and a zero row."""
+    base = rng.standard_normal((n, d))
+    base *= np.exp(rng.uniform(np.log(1e-3), np.log(1e3), (n, 1)))
+    keys = base.astype(dtype)
+    ties = min(n // 4, 40)
+    direction = rng.standard_normal(d).astype(dtype)
+    for i in range(ties):
+        keys[i] = direction
+        keys[i, i % d] = np.nextafter(direction[i % d], np.inf, dtype=dtype)
+    keys[ties:2 * ties] = keys[2 * ties:3 * ties]   # duplicates (merge_identical=False)
+    keys[-1] = 0
+    return keys, direction
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("metric", METRICS)
+def test_int8_search_equals_float_search_on_adversarial_keys(rng, isa, metric, dtype):
+    n, d = 1500, 37  # d not a multiple of 4; rows end inside a tile
+    keys, direction = adversarial_keys(rng, n, d, dtype)
+    plain, coded = pair(d, metric, dtype, merge=False)
+    fill((plain, coded), keys, rows_per_add=257)
+    queries = rng.standard_normal((300, d)).astype(dtype)   # two query blocks of the search
+    queries[:20] = direction                                 # aimed at the near-ties
+    queries[20:40] *= 1e3
+    queries[40:60] *= 1e-3
+    queries[60] = keys[50]                                   # a stored duplicate
+    for nq in (1, 5, 9, 300):       # dot-product batches and GEMM batches
+        for k in (1, 7, 60):        # 60: more than the near-ties
+            assert_same_search(plain, coded, queries[:nq], k)
+    single = queries[:1]
+    assert_same_search(plain, coded, single, n)   # k = every key
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_int8_search_on_merging_store_and_many_chunks(rng, isa, metric):
+    # 20,000 rows: past one chunk (16,384) of the store; keys repeat, so slots merge
+    n, d = 20_000, 12
+    keys = rng.standard_normal((n, d)).astype(np.float32)
+    keys[n // 2:n // 2 + 500] = keys[:500]
+    plain, coded = pair(d, metric, np.float32)
+    fill((plain, coded), keys, rows_per_add=4096)
+    assert len(plain) == len(coded) == n - 500
+    queries = rng.standard_normal((40, d)).astype(np.float32)
+    for nq in (1, 40):
+        assert_same_search(plain, coded, queries[:nq], 5)
+
+
+def test_every_scan_path_computes_the_same_result(rng):
+    keys = rng.standard_normal((3000, 64)).astype(np.float32)
+    coded = lx.KeyValueMemory(64, 1, "ip", key_codes="int8")
+    fill((coded,), keys)
+    Q = rng.standard_normal((11, 64)).astype(np.float32)
+    results = []
+    try:
+        for name in ISAS:
+            _core.set_int8_isa(name)
+            results.append(coded.search(Q, 4))
+    finally:
+        _core.set_int8_isa("auto")
+    for ids, scores in results[1:]:
+        np.testing.assert_array_equal(ids, results[0][0])
+        np.testing.assert_array_equal(scores, results[0][1])
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 300), d=st.integers(1, 70),
+       nq=st.integers(1, 12), metric=st.sampled_from(METRICS),
+       scale=st.sampled_from([1e-3, 1.0, 1e3]), repeats=st.integers(0, 5))
+def test_int8_search_equals_float_search_property(seed, n, d, nq, metric, scale, repeats):
+    rng = np.random.default_rng(seed)
+    # few distinct values: many exact ties and duplicated rows
+    keys = (rng.integers(-3, 4, (n, d)) * scale).astype(np.float32)
+    if repeats:
+        keys[rng.integers(0, n, repeats)] = keys[0]
+    plain, coded = pair(d, metric, np.float32, merge=False)
+    fill((plain, coded), keys)
+    Q = (rng.integers(-3, 4, (nq, d)) * scale).astype(np.float32)
+    assert_same_search(plain, coded, Q, int(rng.integers(1, n + 1)))
+
+
+def test_float_search_gives_the_same_bits_for_every_batch_size(rng):
+    # batches of more than 8 queries are scanned by a GEMM and re-scored: the result is each
+    # query's own single-query search, bit for bit
+    keys = rng.standard_normal((5000, 48)).astype(np.float32)
+    keys[100:140] = keys[99]   # ties that fill the GEMM path's kept band: its fallback
+    store = lx.KeyValueMemory(48, 1, "ip", merge_identical=False)
+    fill((store,), keys)
+    Q = rng.standard_normal((20, 48)).astype(np.float32)
+    Q[3] = keys[99]
+    ids, scores = store.search(Q, 3)
+    for i in range(len(Q)):
+        one_ids, one_scores = store.search(Q[i:i + 1], 3)
+        np.testing.assert_array_equal(ids[i], one_ids[0])
+        np.testing.assert_array_equal(scores[i].view(np.int32), one_scores[0].view(np.int32))
+
+
+def test_reads_and_writes_go_through_the_codes(rng):
+    keys = rng.standard_normal((400, 16)).astype(np.float32)
+    values = rng.standard_normal((400, 3)).astype(np.float32)
+    plain = lx.KeyValueMemory(16, 3, "l2")
+    coded = lx.KeyValueMemory(16, 3, "l2", key_codes="int8")
+    for s in (plain, coded):
+        s.add(keys, values)
+    Q = rng.standard_normal((10, 16)).astype(np.float32)
+    np.testing.assert_array_equal(coded.read(Q), plain.read(Q))
+    np.testing.assert_array_equal(coded.read(Q, 4, alpha=0.5), plain.read(Q, 4, alpha=0.5))
+    for s in (plain, coded):
+        s.write(Q, values[:10], 3, 0.5)
+    np.testing.assert_array_equal(coded.values, plain.values)
+
+
+def test_codes_are_counted_in_nbytes_and_survive_save_and_load(rng, tmp_path):
+    n, d = 100, 10
+    keys = rng.standard_normal((n, d)).astype(np.float32)
+    plain, coded = pair(d, "cosine", np.float32)
+    fill((plain, coded), keys)
+    padded_rows, padded_dim = 112, 12       # whole tiles of 16 rows, groups of 4 dimensions
+    assert coded.nbytes - plain.nbytes == padded_rows * padded_dim + n * (4 * 4 + 4)
+    assert coded.key_codes == "int8" and plain.key_codes is None
+    coded.save(tmp_path / "m.safetensors")
+    loaded = lx.KeyValueMemory.load(tmp_path / "m.safetensors")
+    assert loaded.key_codes == "int8"
+    Q = rng.standard_normal((3, d)).astype(np.float32)
+    assert_same_search(plain, loaded, Q, 5)
+
+
+def test_overflowing_scores_are_refused_as_the_float_store_refuses_them(rng):
+    keys = rng.standard_normal((50, 8)).astype(np.float32)
+    keys[7] = 3e38
+    plain, coded = pair(8, "ip", np.float32)
+    fill((plain, coded), keys)
+    Q = np.full((1, 8), 3e38, np.float32)
+    for store in (plain, coded):
+        with pytest.raises(ValueError, match="overflow"):
+            store.search(Q, 1)
+
+
+@pytest.mark.parametrize("codes,error,match", [
+    ("int4", ValueError, "key_codes"), (8, TypeError, "key_codes"), ("", ValueError, "key_codes")])
+def test_bad_key_codes_are_refused(codes, error, match):
+    with pytest.raises(error, match=match):
+        lx.KeyValueMemory(4, 1, key_codes=codes)
+
+
+def test_int8_codes_refuse_keys_too_wide_for_int32_sums():
+    with pytest.raises(ValueError, match="key_dim"):
+        lx.KeyValueMemory(70_000, 1, key_codes="int8")
+
+
+def test_an_unknown_scan_path_is_refused_and_changes_nothing():
+    before = _core.info()["int8_isa"]
+    with pytest.raises(ValueError, match="isa"):
+        _core.set_int8_isa("avx9000")
+    assert _core.info()["int8_isa"] == before == ISAS[0]
