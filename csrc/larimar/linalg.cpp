@@ -23,6 +23,8 @@ void BLAS_SYMBOL(sgemv_)(const char*, const int*, const int*, const float*, cons
                          const int*, const float*, const int*, const float*, float*, const int*);
 void BLAS_SYMBOL(dgemv_)(const char*, const int*, const int*, const double*, const double*,
                          const int*, const double*, const int*, const double*, double*, const int*);
+void BLAS_SYMBOL(dsyrk_)(const char*, const char*, const int*, const int*, const double*,
+                         const double*, const int*, const double*, double*, const int*);
 void BLAS_SYMBOL(dtrsm_)(const char*, const char*, const char*, const char*, const int*, const int*,
                          const double*, const double*, const int*, double*, const int*);
 void BLAS_SYMBOL(dpotrf_)(const char*, const int*, double*, const int*, int*);
@@ -148,6 +150,41 @@ template void gemm_parallel<float>(bool, bool, index_t, index_t, index_t, float,
                                    index_t, const float*, index_t, float, float*, index_t);
 template void gemm_parallel<double>(bool, bool, index_t, index_t, index_t, double, const double*,
                                     index_t, const double*, index_t, double, double*, index_t);
+
+namespace {
+// The lower triangle (row-major) of G (n x n, leading dimension ldg) += X X^T, X row-major
+// (n x cols): column-major, X is X^T and its upper triangle is our lower one.
+void syrk_lower(const double* x, index_t n, index_t cols, double* g, index_t ldg) {
+  const char uplo = 'U', trans = 'T';
+  const int N = as_int(n), K = as_int(cols), LDA = as_int(cols), LDC = as_int(ldg);
+  const double one = 1.0, zero = 0.0;
+  BLAS_SYMBOL(dsyrk_)(&uplo, &trans, &N, &K, &one, x, &LDA, &zero, g, &LDC);
+}
+}  // namespace
+
+void gram(const double* x, index_t rows, index_t cols, double* g) {
+  // Half a GEMM's work (a symmetric rank-k update). On two threads, X = [X1; X2] by rows:
+  // one computes G12 = X1 X2^T (a quarter of a GEMM), the other the triangles of G11 and G22
+  // (an eighth each).
+  const index_t h = rows / 2;
+  const bool split = num_threads() > 1 && !omp_in_parallel() && rows * rows * cols >= (1 << 22);
+  if (!split) {
+    syrk_lower(x, rows, cols, g, rows);
+  } else {
+#pragma omp parallel for num_threads(2) schedule(static)
+    for (int part = 0; part < 2; ++part) {
+      if (part == 0) {
+        gemm<double>(false, true, rows - h, h, cols, 1.0, x + h * cols, cols, x, cols, 0.0,
+                     g + h * rows, rows);
+      } else {
+        syrk_lower(x, h, cols, g, rows);
+        syrk_lower(x + h * cols, rows - h, cols, g + h * rows + h, rows);
+      }
+    }
+  }
+  for (index_t i = 0; i < rows; ++i)
+    for (index_t j = i + 1; j < rows; ++j) g[i * rows + j] = g[j * rows + i];
+}
 
 // Row-major A (rows x cols) is column-major A^T: flip the transpose flag.
 template <class T>

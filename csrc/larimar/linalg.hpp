@@ -26,6 +26,10 @@ template <class T>
 void gemm_parallel(bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T alpha, const T* a,
                    index_t lda, const T* b, index_t ldb, T beta, T* c, index_t ldc);
 
+// G (rows x rows, row-major, both triangles) = X X^T for X row-major (rows x cols): a
+// symmetric rank-k update, split over two threads when large.
+void gram(const double* x, index_t rows, index_t cols, double* g);
+
 // y(m) = alpha * op(A) x + beta * y, A row-major (rows x cols).
 template <class T>
 void gemv(bool trans, index_t rows, index_t cols, T alpha, const T* a, index_t lda, const T* x,

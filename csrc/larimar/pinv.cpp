@@ -229,15 +229,18 @@ bool LowRankPinv<T>::full_row_rank(const T* r, double rcond) {
   // (cholesky_rcond_floor). Then W = Z R^+ is one product and the projection Z R^+ R two.
   std::vector<double> x = convert<double>(r, k * c);  // R, then G^-1 R, in float64
   std::vector<double> gram(k * k);
-  blas::gemm_parallel<double>(false, true, k, k, c, 1.0, x.data(), c, x.data(), c, 0.0, gram.data(),
-                              k);
+  blas::gram(x.data(), k, c, gram.data());
   Cholesky chol;
   const double floor = std::max(cholesky_rcond_floor<T>(), double(k) * rcond * rcond);
   if (!chol.factor(gram, k) || !(chol.rcond() >= floor)) return false;
   chol.solve(x.data(), c);
-  dense_pinv_.resize(c * k);  // R^+ = R^T G^-1 = (G^-1 R)^T
-  for (index_t i = 0; i < k; ++i)
-    for (index_t j = 0; j < c; ++j) dense_pinv_[j * k + i] = static_cast<T>(x[i * c + j]);
+  dense_pinv_.resize(c * k);  // R^+ = R^T G^-1 = (G^-1 R)^T, transposed in cache-sized tiles
+  constexpr index_t kTile = 32;
+  for (index_t i0 = 0; i0 < k; i0 += kTile)
+    for (index_t j0 = 0; j0 < c; j0 += kTile)
+      for (index_t i = i0; i < std::min(k, i0 + kTile); ++i)
+        for (index_t j = j0; j < std::min(c, j0 + kTile); ++j)
+          dense_pinv_[j * k + i] = static_cast<T>(x[i * c + j]);
   dense_r_.assign(r, r + k * c);
   rank_ = k;
   return true;
