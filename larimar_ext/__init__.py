@@ -12,6 +12,7 @@ from . import _core, ops
 from ._version import __version__
 from .episodic import EpisodicMemory
 from .kv_memory import KeyValueMemory
+from .mapped_memory import MappedKeyValueMemory
 from .ops import *  # noqa: F403  the functional ops: ops.__all__ is their one list
 from .prepared_pinv import PreparedPinv
 from .results import SearchAndReconstructResult, SearchResult
@@ -19,7 +20,8 @@ from .results import SearchAndReconstructResult, SearchResult
 if TYPE_CHECKING:  # at run time __getattr__ imports it on first use (it needs torch)
     from .longcontext.memory import LongContextMemory
 
-__all__ = ["EpisodicMemory", "KeyValueMemory", "LongContextMemory", "PreparedPinv",
+__all__ = ["EpisodicMemory", "KeyValueMemory", "LongContextMemory", "MappedKeyValueMemory",
+           "PreparedPinv",
            "get_memory_limit",
            "get_num_threads", "info", "set_memory_limit", "set_num_threads",
            "SearchAndReconstructResult", "SearchResult", "__version__"]

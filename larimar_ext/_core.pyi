@@ -180,3 +180,23 @@ class KeyValueStoreF32(_KeyValueStore[np.float32]):
     """_KeyValueStore with float32 keys and values."""
 class KeyValueStoreF64(_KeyValueStore[np.float64]):
     """_KeyValueStore with float64 keys and values."""
+
+class _KeyView(Generic[_F]):
+    """Exact search over keys (n, key_dim) the caller keeps alive (the view holds a
+    reference), e.g. a read-only memory map: the view builds and keeps their squared norms
+    and, with key_codes="int8", their codes; nbytes counts those, not the keys."""
+    key_dim: Final[int]
+    metric: Final[str]
+    key_codes: Final[str]
+    nbytes: Final[int]
+    def __init__(self, keys: NDArray[_F], metric: str, key_codes: str = "none") -> None:
+        """Checks the keys finite (ValueError naming keys) and builds norms and codes."""
+    def search(self, Q: NDArray[_F], k: int) -> Tuple[_Ids, NDArray[_F]]:
+        """Exact top-k (ids (nq, k), scores (nq, k)), as _KeyValueStore.search."""
+    def key_sq_norms(self, ids: _Ids) -> NDArray[_F]:
+        """|key|^2 (n,) of row ids (n,)."""
+    def __len__(self) -> int: ...
+class KeyViewF32(_KeyView[np.float32]):
+    """_KeyView of float32 keys."""
+class KeyViewF64(_KeyView[np.float64]):
+    """_KeyView of float64 keys."""

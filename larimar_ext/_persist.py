@@ -15,6 +15,7 @@ import json
 import math
 import os
 import tempfile
+from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, Mapping, NamedTuple, Tuple
 
 import numpy as np
@@ -36,24 +37,22 @@ def _header_digest(kind: str, config_json: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def save(path: str | os.PathLike, kind: str, config: Mapping[str, Any],
-         arrays: Mapping[str, np.ndarray]) -> None:
-    path = os.fspath(path)
-    arrays = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+def _metadata(kind: str, config: Mapping[str, Any], digests: Dict[str, str]) -> Dict[str, str]:
     config_json = json.dumps(dict(config), sort_keys=True)
-    digests = {name: _digest(a) for name, a in arrays.items()}
-    digests[_CONFIG_DIGEST] = _header_digest(kind, config_json)
-    metadata = {
-        "format": kind,
-        "version": str(FORMAT_VERSION),
-        "config": config_json,
-        "sha256": json.dumps(digests, sort_keys=True),
-    }
+    digests = dict(digests, **{_CONFIG_DIGEST: _header_digest(kind, config_json)})
+    return {"format": kind, "version": str(FORMAT_VERSION), "config": config_json,
+            "sha256": json.dumps(digests, sort_keys=True)}
+
+
+@contextmanager
+def _atomic(path: str) -> Iterator[str]:
+    """A temporary file beside ``path`` for the block to write; when the block ends without
+    error it is fsynced and renamed over ``path`` (and the folder fsynced), else removed."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".larimar-", suffix=".tmp", dir=directory)
     os.close(fd)
     try:
-        save_file(arrays, tmp, metadata=metadata)
+        yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -66,6 +65,56 @@ def save(path: str | os.PathLike, kind: str, config: Mapping[str, Any],
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def save(path: str | os.PathLike, kind: str, config: Mapping[str, Any],
+         arrays: Mapping[str, np.ndarray]) -> None:
+    arrays = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+    metadata = _metadata(kind, config, {name: _digest(a) for name, a in arrays.items()})
+    with _atomic(os.fspath(path)) as tmp:
+        save_file(arrays, tmp, metadata=metadata)
+
+
+# safetensors dtype names of the arrays the memories save
+_DTYPES = {"F32": np.float32, "F64": np.float64, "I64": np.int64, "I32": np.int32,
+           "U8": np.uint8}
+
+
+def save_streamed(path: str | os.PathLike, kind: str, config: Mapping[str, Any],
+                  specs: Mapping[str, Tuple[Any, Tuple[int, ...]]],
+                  blocks: Callable[[], Iterator[Dict[str, np.ndarray]]]) -> None:
+    """``save`` for arrays too large to hold: ``specs`` name -> (dtype, shape), every array
+    with the same number of rows, and ``blocks()`` a fresh iterator over consecutive rows of
+    all of them at once (called twice: once for the digests the header holds, once to write).
+    Writes ``save``'s format, atomically as ``save`` does."""
+    names = sorted(specs)
+    specs = {n: (np.dtype(specs[n][0]), tuple(specs[n][1])) for n in names}
+    hashers = {n: hashlib.sha256() for n in names}
+    for block in blocks():
+        for n in names:
+            hashers[n].update(np.ascontiguousarray(block[n], specs[n][0]).tobytes())
+    header: Dict[str, Any] = {"__metadata__": _metadata(
+        kind, config, {n: h.hexdigest() for n, h in hashers.items()})}
+    codes = {np.dtype(t): code for code, t in _DTYPES.items()}
+    at, starts = 0, {}
+    for n in names:
+        dtype, shape = specs[n]
+        size = math.prod(shape) * dtype.itemsize
+        header[n] = {"dtype": codes[dtype], "shape": list(shape), "data_offsets": [at, at + size]}
+        starts[n], at = at, at + size
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors does
+    base = 8 + len(text)
+    with _atomic(os.fspath(path)) as tmp, open(tmp, "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text)
+        row = dict.fromkeys(names, 0)
+        for block in blocks():
+            for n in names:
+                a = np.ascontiguousarray(block[n], specs[n][0])
+                f.seek(base + starts[n] + row[n] * a.dtype.itemsize * math.prod(specs[n][1][1:]))
+                f.write(a.tobytes())
+                row[n] += len(a)
+        f.truncate(base + at)
 
 
 def _header(read: Callable[[int], bytes], size: int) -> Tuple[Dict[str, Any], int]:
@@ -141,11 +190,6 @@ def _check_metadata(path: str, kind: str, metadata: Any,
     return config, digests
 
 
-# safetensors dtype names of the arrays the memories save
-_DTYPES = {"F32": np.float32, "F64": np.float64, "I64": np.int64, "I32": np.int32,
-           "U8": np.uint8}
-
-
 def _entries(header: Dict[str, Any], data_size: int) -> Dict[str, Tuple[np.dtype, tuple, int]]:
     """name -> (dtype, shape, data offset) of a safetensors header, every field checked: the
     dtype known, the shape non-negative integers, the byte range exactly the array's size,
@@ -190,13 +234,16 @@ class RowFile:
     every array's digest after the last block, so a caller builds a fresh object from the
     blocks and drops it if that raises (ValueError on a bad file, as ``load``).
 
-    Use as a context manager: ``config``, ``arrays`` (name -> ArraySpec) and ``rows``."""
+    Use as a context manager: ``config``, ``arrays`` (name -> ArraySpec) and ``rows``.
+    ``to_memory=False`` for a file that is mapped, not loaded: it may exceed the memory
+    limit."""
 
-    def __init__(self, path: str | os.PathLike, kind: str) -> None:
+    def __init__(self, path: str | os.PathLike, kind: str, to_memory: bool = True) -> None:
         self.path = path = os.fspath(path)
         if not os.path.isfile(path):
             raise ValueError(f"path: no such file: {path!r}")
-        _check_size(path)
+        if to_memory:
+            _check_size(path)
         try:
             self._file = open(path, "rb")
         except OSError as exc:
@@ -249,6 +296,17 @@ class RowFile:
             if h.hexdigest() != self._digests[name]:
                 raise ValueError(f"path: {self.path!r} array {name!r} fails its checksum "
                                  "(corrupted)")
+
+    def verify(self) -> None:
+        """Reads the file once through and checks every array's digest (ValueError)."""
+        for _ in self.blocks():
+            pass
+
+    def mapped(self, name: str) -> np.ndarray:
+        """Array ``name`` as a read-only memory map of the file: no read until it is used."""
+        dtype, shape, offset = self._entries[name]
+        return np.memmap(self.path, dtype=dtype, mode="r", offset=self._base + offset,
+                         shape=shape)
 
     def __enter__(self) -> "RowFile":
         return self

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 import numpy as np
 
@@ -12,10 +12,74 @@ from ._profiling import profiled
 from ._arrays import ArrayLike, Boundary, integer, optional_scalar, scalar
 from .results import SearchAndReconstructResult, SearchResult
 
+if TYPE_CHECKING:
+    from .mapped_memory import MappedKeyValueMemory
+
 _KIND = "larimar_ext.KeyValueMemory"
 
 
-class KeyValueMemory:
+class SavedConfig(NamedTuple):
+    key_dim: int
+    value_dim: int
+    size: int
+    metric: str
+    dtype: str
+    merge_identical: bool
+    key_codes: Optional[str]
+
+
+def saved_config(f: "_persist.RowFile", path: Any) -> SavedConfig:
+    """The config of a file ``KeyValueMemory.save`` wrote, and its arrays' shapes, checked
+    (ValueError naming the file)."""
+    config, arrays = f.config, f.arrays
+    d = _persist.config_value(config, "key_dim", int, path)
+    v = _persist.config_value(config, "value_dim", int, path)
+    n = _persist.config_value(config, "size", int, path)
+    metric = _persist.config_value(config, "metric", str, path)
+    dtype = _persist.config_value(config, "dtype", str, path)
+    merge = config.get("merge_identical", True)   # files from before the option
+    codes = config.get("key_codes", "none")        # likewise
+    if not isinstance(merge, bool) or codes not in ("none", "int8"):
+        raise ValueError(f"path: {os.fspath(path)!r} has an invalid config {config}")
+    if dtype not in ("float32", "float64") or d <= 0 or v <= 0 or n < 0:
+        raise ValueError(f"path: {os.fspath(path)!r} has an invalid config {config}")
+    if set(arrays) != {"keys", "values", "counts"}:
+        raise ValueError(f"path: {os.fspath(path)!r} holds arrays {sorted(arrays)}")
+    _persist.expect(arrays, "keys", (n, d), dtype, path)
+    _persist.expect(arrays, "values", (n, v), dtype, path)
+    _persist.expect(arrays, "counts", (n,), np.float64, path)
+    return SavedConfig(d, v, n, metric, dtype, merge, None if codes == "none" else codes)
+
+
+class _KeyedCore:
+    """What a key-value memory and its read-only mapped view share over their kernel object
+    (``_core``) and ``dtype``."""
+
+    _core: Any
+    dtype: np.dtype
+
+    def _boundary(self) -> Boundary:
+        return Boundary(self.dtype, "the memory's dtype")
+
+    @property
+    def key_dim(self) -> int:
+        return self._core.key_dim
+
+    @property
+    def metric(self) -> str:
+        return self._core.metric
+
+    @property
+    def key_codes(self) -> Optional[str]:
+        """None, or "int8" when search scans integer codes of the keys."""
+        codes = self._core.key_codes
+        return None if codes == "none" else codes
+
+    def __len__(self) -> int:
+        return len(self._core)
+
+
+class KeyValueMemory(_KeyedCore):
     """Keys R (n, key_dim) and values M (n, value_dim) in host memory, searched exactly.
 
     A write addresses each new row by its nearest key: its own, so a distinct key's value is
@@ -58,30 +122,13 @@ class KeyValueMemory:
         core = _core.KeyValueStoreF32 if self.dtype == np.float32 else _core.KeyValueStoreF64
         self._core = core(key_dim, value_dim, metric, bool(merge_identical), codes)
 
-    def _boundary(self) -> Boundary:
-        return Boundary(self.dtype, "the memory's dtype")
-
-    @property
-    def key_dim(self) -> int:
-        return self._core.key_dim
-
     @property
     def value_dim(self) -> int:
         return self._core.value_dim
 
     @property
-    def metric(self) -> str:
-        return self._core.metric
-
-    @property
     def merge_identical(self) -> bool:
         return self._core.merge_identical
-
-    @property
-    def key_codes(self) -> Optional[str]:
-        """None, or "int8" when search scans integer codes of the keys."""
-        codes = self._core.key_codes
-        return None if codes == "none" else codes
 
     @property
     def keys(self) -> np.ndarray:
@@ -102,9 +149,6 @@ class KeyValueMemory:
         """Host bytes the store holds, the row capacity allocated ahead included (rows come
         in chunks of up to 16,384 or 64 MiB): what the process pays."""
         return self._core.reserved_nbytes
-
-    def __len__(self) -> int:
-        return len(self._core)
 
     @profiled
     def add(self, keys: ArrayLike, values: ArrayLike) -> ArrayLike:
@@ -176,33 +220,25 @@ class KeyValueMemory:
         """The memory ``save`` wrote, read in blocks of rows straight into the new store:
         the load's peak memory is the store and one block, not the file as well."""
         with _persist.RowFile(path, _KIND) as f:
-            config, arrays = f.config, f.arrays
-            d = _persist.config_value(config, "key_dim", int, path)
-            v = _persist.config_value(config, "value_dim", int, path)
-            n = _persist.config_value(config, "size", int, path)
-            metric = _persist.config_value(config, "metric", str, path)
-            dtype = _persist.config_value(config, "dtype", str, path)
-            merge = config.get("merge_identical", True)   # files from before the option
-            codes = config.get("key_codes", "none")        # likewise
-            if not isinstance(merge, bool) or codes not in ("none", "int8"):
-                raise ValueError(f"path: {os.fspath(path)!r} has an invalid config {config}")
-            if dtype not in ("float32", "float64") or d <= 0 or v <= 0 or n < 0:
-                raise ValueError(f"path: {os.fspath(path)!r} has an invalid config {config}")
-            if set(arrays) != {"keys", "values", "counts"}:
-                raise ValueError(f"path: {os.fspath(path)!r} holds arrays {sorted(arrays)}")
-            _persist.expect(arrays, "keys", (n, d), dtype, path)
-            _persist.expect(arrays, "values", (n, v), dtype, path)
-            _persist.expect(arrays, "counts", (n,), np.float64, path)
+            c = saved_config(f, path)
 
             def construct() -> "KeyValueMemory":
                 # the codes are not saved: they are computed again from the keys, the same
-                mem = cls(d, v, metric, dtype, merge_identical=merge,
-                          key_codes=None if codes == "none" else codes)
+                mem = cls(c.key_dim, c.value_dim, c.metric, c.dtype,
+                          merge_identical=c.merge_identical, key_codes=c.key_codes)
                 for block in f.blocks():  # the digests are checked after the last block
                     mem._core.append_saved(block["keys"], block["values"], block["counts"])
                 return mem
 
             return _persist.build(path, construct)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, key_codes: Optional[str] = None,
+             verify: bool = True) -> "MappedKeyValueMemory":
+        """The memory ``save`` wrote, opened read-only in place: see
+        ``MappedKeyValueMemory`` (a memory larger than RAM can be searched)."""
+        from .mapped_memory import MappedKeyValueMemory
+        return MappedKeyValueMemory(path, key_codes=key_codes, verify=verify)
 
     def __repr__(self) -> str:
         merge = "" if self.merge_identical else ", merge_identical=False"

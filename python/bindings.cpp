@@ -491,16 +491,34 @@ void bind_sequential(py::module_& m, const char* name) {
       .def_property_readonly("ridge", &Mem::ridge);
 }
 
+// The number of queries of a search of a store or key view, once Q fits its keys and k its
+// size (before the (nq, k) results are allocated).
+template <class Keys, class T>
+index_t search_rows(const Keys& self, const Array<T>& q, index_t k) {
+  const index_t nq = rows_of(q, "Q", self.key_dim(), "key_dim");
+  check_k(k, self.size(), "k", "stored keys");
+  return nq;
+}
+
+// search(Q, k) -> (ids (nq, k), scores (nq, k)) of a store or key view.
+template <class Keys, class T>
+py::object search_method(const Keys& self, Array<T> q, index_t k) {
+  const index_t nq = search_rows(self, q, k);
+  return compute(
+      "k", [&](index_t* ids, T* scores) { self.search(q.data(), nq, k, ids, scores); },
+      Out<index_t>{{nq, k}}, Out<T>{{nq, k}});
+}
+
+// key_sq_norms(ids (n,)) -> (n,) of a store or key view.
+template <class Keys, class T>
+Array<T> key_sq_norms_method(const Keys& self, Array<index_t> ids) {
+  const index_t n = ids.shape(0);
+  return compute("ids", [&](T* out) { self.key_sq_norms(ids.data(), n, out); }, Out<T>{{n}});
+}
+
 template <class T>
 void bind_kv(py::module_& m, const char* name) {
   using Store = larimar::KeyValueStore<T>;
-  // The number of queries of a search, once Q fits the store and k its size (before the
-  // (nq, k) results are allocated).
-  auto search_rows = [](const Store& self, const Array<T>& q, index_t k) {
-    const index_t nq = rows_of(q, "Q", self.key_dim(), "key_dim");
-    check_k(k, self.size(), "k", "stored keys");
-    return nq;
-  };
   py::class_<Store>(m, name)
       .def(py::init([](index_t d, index_t v, const std::string& metric, bool merge,
                        const std::string& codes) {
@@ -528,18 +546,10 @@ void bind_kv(py::module_& m, const char* name) {
             without_gil([&] { self.write(q.data(), values.data(), n, k, alpha); });
           },
           array_arg("Q"), array_arg("values"), py::arg("k"), py::arg("alpha"))
-      .def(
-          "search",
-          [search_rows](const Store& self, Array<T> q, index_t k) {
-            const index_t nq = search_rows(self, q, k);
-            return compute(
-                "k", [&](index_t* ids, T* scores) { self.search(q.data(), nq, k, ids, scores); },
-                Out<index_t>{{nq, k}}, Out<T>{{nq, k}});
-          },
-          array_arg("Q"), py::arg("k"))
+      .def("search", &search_method<Store, T>, array_arg("Q"), py::arg("k"))
       .def(
           "search_and_reconstruct",
-          [search_rows](const Store& self, Array<T> q, index_t k) {
+          [](const Store& self, Array<T> q, index_t k) {
             const index_t nq = search_rows(self, q, k);
             return compute(
                 "k",
@@ -567,14 +577,7 @@ void bind_kv(py::module_& m, const char* name) {
                 Out<T>{{n, self.value_dim()}});
           },
           array_arg("ids"))
-      .def(
-          "key_sq_norms",
-          [](const Store& self, Array<index_t> ids) {
-            const index_t n = ids.shape(0);
-            return compute(
-                "ids", [&](T* out) { self.key_sq_norms(ids.data(), n, out); }, Out<T>{{n}});
-          },
-          array_arg("ids"))
+      .def("key_sq_norms", &key_sq_norms_method<Store, T>, array_arg("ids"))
       .def("keys",
            [](const Store& self) {
              const index_t n = self.size();
@@ -616,6 +619,30 @@ void bind_kv(py::module_& m, const char* name) {
       .def_property_readonly("value_dim", &Store::value_dim)
       .def_property_readonly("metric",
                              [](const Store& self) { return larimar::metric_name(self.metric()); });
+}
+
+template <class T>
+void bind_key_view(py::module_& m, const char* name) {
+  using View = larimar::KeyView<T>;
+  py::class_<View>(m, name)
+      .def(py::init([](Array<T> keys, const std::string& metric, const std::string& codes) {
+             if (keys.ndim() != 2) throw py::value_error("keys: expected a 2-D array");
+             return std::make_unique<View>(keys.data(), keys.shape(0), keys.shape(1),
+                                           larimar::parse_metric(metric),
+                                           larimar::parse_key_codes(codes));
+           }),
+           py::keep_alive<1, 2>(),  // the view reads keys for as long as it lives
+           array_arg("keys"), py::arg("metric"), py::arg("key_codes") = "none",
+           py::call_guard<py::gil_scoped_release>())
+      .def("search", &search_method<View, T>, array_arg("Q"), py::arg("k"))
+      .def("key_sq_norms", &key_sq_norms_method<View, T>, array_arg("ids"))
+      .def("__len__", &View::size)
+      .def_property_readonly("nbytes", &View::bytes)
+      .def_property_readonly("key_dim", &View::key_dim)
+      .def_property_readonly(
+          "key_codes", [](const View& self) { return larimar::key_codes_name(self.key_codes()); })
+      .def_property_readonly("metric",
+                             [](const View& self) { return larimar::metric_name(self.metric()); });
 }
 
 }  // namespace
@@ -694,4 +721,6 @@ PYBIND11_MODULE(_core, m) {
   bind_sequential<double>(m, "SequentialMemoryF64");
   bind_kv<float>(m, "KeyValueStoreF32");
   bind_kv<double>(m, "KeyValueStoreF64");
+  bind_key_view<float>(m, "KeyViewF32");
+  bind_key_view<double>(m, "KeyViewF64");
 }

@@ -1,5 +1,8 @@
 #include "larimar/int8_keys.hpp"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstring>
@@ -362,10 +365,23 @@ bool better(T sa, index_t ia, T sb, index_t ib) {
 
 // One query block (nq <= kSearchQueryBlock): screen every key by its bounds, then re-score
 // the kept ones with score_rows, whose bits search() returns.
+// Asks the OS for the pages of the shortlisted key rows at once (a hint: errors are ignored).
+template <class T>
+void request_rows(const std::vector<KeyBlock<T>>& blocks, index_t d,
+                  const std::vector<std::vector<index_t>>& shortlist) {
+  const std::uintptr_t page = static_cast<std::uintptr_t>(sysconf(_SC_PAGESIZE));
+  for (const auto& ids : shortlist)
+    for (index_t id : ids) {
+      const auto at = reinterpret_cast<std::uintptr_t>(find_key_row(blocks, d, id).key);
+      const std::uintptr_t lo = at / page * page, hi = at + sizeof(T) * d;
+      posix_madvise(reinterpret_cast<void*>(lo), hi - lo, POSIX_MADV_WILLNEED);
+    }
+}
+
 template <class T>
 bool search_block(const T* queries, index_t nq, index_t d, const std::vector<KeyBlock<T>>& blocks,
                   const std::vector<Int8Rows<T>>& int8, index_t k, Metric metric, index_t* out_ids,
-                  T* out_scores) {
+                  T* out_scores, bool keys_may_be_mapped) {
   const index_t dp = int8_padded_dim(d);
   std::vector<T> q_sq(nq, T(0));
   row_sq_norms(queries, nq, d, q_sq.data());
@@ -448,6 +464,7 @@ bool search_block(const T* queries, index_t nq, index_t d, const std::vector<Key
   kept.clear();
   // Scores past the dtype's range leave no bound (NaN): the float search says what it says.
   if (!bounded) return search(queries, nq, d, blocks, k, metric, out_ids, out_scores);
+  if (keys_may_be_mapped) request_rows(blocks, d, shortlist);
 
   // Re-score each query's shortlist with score_rows, one key at a time and in place: the dot
   // products whose bits search() returns for every batch size. Queries in parallel: the
@@ -557,10 +574,10 @@ std::size_t int8_rows_bytes(index_t rows, index_t d) {
 template <class T>
 bool search_int8(const T* queries, index_t nq, index_t d, const std::vector<KeyBlock<T>>& blocks,
                  const std::vector<Int8Rows<T>>& int8, index_t k, Metric metric, index_t* out_ids,
-                 T* out_scores) {
+                 T* out_scores, bool keys_may_be_mapped) {
   return for_query_blocks(nq, [&](index_t q0, index_t n) {
     return search_block(queries + q0 * d, n, d, blocks, int8, k, metric, out_ids + q0 * k,
-                        out_scores + q0 * k);
+                        out_scores + q0 * k, keys_may_be_mapped);
   });
 }
 
@@ -569,7 +586,8 @@ bool search_int8(const T* queries, index_t nq, index_t d, const std::vector<KeyB
                                       index_t);                                                   \
   template std::size_t int8_rows_bytes<T>(index_t, index_t);                                      \
   template bool search_int8<T>(const T*, index_t, index_t, const std::vector<KeyBlock<T>>&,       \
-                               const std::vector<Int8Rows<T>>&, index_t, Metric, index_t*, T*);
+                               const std::vector<Int8Rows<T>>&, index_t, Metric, index_t*, T*,    \
+                               bool);
 LARIMAR_INSTANTIATE(float)
 LARIMAR_INSTANTIATE(double)
 #undef LARIMAR_INSTANTIATE

@@ -69,9 +69,12 @@ std::size_t int8_rows_bytes(index_t rows, index_t d);
 // The exact top-k of search() (same ids, scores and order), scanning the int8 codes of each
 // block (int8 must hold one Int8Rows per block) and re-scoring a shortlist from the float
 // keys. Returns false when a re-scored score was not finite (as search does).
+// keys_may_be_mapped: the float keys may be a file's memory map, so the shortlisted rows are
+// asked of the OS together (posix_madvise WILLNEED) before they are read: their page faults
+// overlap instead of waiting on the disk one row at a time.
 template <class T>
 bool search_int8(const T* queries, index_t nq, index_t d, const std::vector<KeyBlock<T>>& blocks,
                  const std::vector<Int8Rows<T>>& int8, index_t k, Metric metric, index_t* out_ids,
-                 T* out_scores);
+                 T* out_scores, bool keys_may_be_mapped = false);
 
 }  // namespace larimar

@@ -433,7 +433,75 @@ void KeyValueStore<T>::assign(const T* keys, const T* values, const double* coun
   by_hash_.swap(fresh.by_hash_);
 }
 
+template <class T>
+KeyView<T>::KeyView(const T* keys, index_t n, index_t d, Metric metric, KeyCodes key_codes)
+    : keys_(keys), n_(n), d_(d), metric_(metric), codes_(key_codes) {
+  check_dim(n, "keys", "number of rows");
+  check_dim(d, "keys", "key dimension");
+  const bool int8 = codes_ == KeyCodes::Int8;
+  if (int8)
+    require(d <= kMaxInt8Dim, "keys",
+            "expected at most " + str(kMaxInt8Dim) + " columns with int8 key codes, got " + str(d));
+  const index_t rows = (n + kInt8TileRows - 1) / kInt8TileRows * kInt8TileRows;
+  check_allocation(
+      double(n) * sizeof(T) +
+          (int8 ? double(rows) * int8_padded_dim(d) + double(n) * (4 * sizeof(T) + 4) : 0.0),
+      "keys", "the norms and codes of " + str(n) + " keys");
+  sq_norms_.resize(static_cast<std::size_t>(n));
+  codes_buf_.assign(int8 ? static_cast<std::size_t>(rows * int8_padded_dim(d)) : 0, 0);
+  facts_.resize(int8 ? static_cast<std::size_t>(4 * n) : 0);
+  sums_.resize(int8 ? static_cast<std::size_t>(n) : 0);
+  T* f = facts_.data();
+  const Int8Slots<T> slots{codes_buf_.data(), f, sums_.data(), f + n, f + 2 * n, f + 3 * n};
+  // One pass over the keys, a block at a time (whole code tiles): the check, the norms and
+  // the codes of a block read it while it is in cache, so a file is read from disk once.
+  constexpr index_t kRows = 4096;
+  parallel_for((n + kRows - 1) / kRows, [&](index_t t) {
+    const index_t first = t * kRows, count = std::min(kRows, n - first);
+    const T* block = keys + first * d;
+    check_finite(block, count * d, "keys");
+    row_sq_norms(block, count, d, sq_norms_.data() + first);
+    if (int8) quantize_int8_keys(block, sq_norms_.data() + first, count, d, metric, slots, first);
+  });
+}
+
+template <class T>
+void KeyView<T>::search(const T* queries, index_t nq, index_t k, index_t* ids, T* scores) const {
+  check_dim(nq, "Q", "number of queries");
+  check_finite(queries, nq * d_, "Q");
+  require(k >= 1 && k <= n_, "k",
+          "expected 1 <= k <= number of stored keys (" + str(n_) + "), got " + str(k));
+  bool finite;
+  if (codes_ == KeyCodes::Int8) {
+    const T* f = facts_.data();
+    const std::vector<Int8Rows<T>> int8{
+        {codes_buf_.data(), f, sums_.data(), f + n_, f + 2 * n_, f + 3 * n_}};
+    finite = search_int8(queries, nq, d_, blocks(), int8, k, metric_, ids, scores,
+                         /*keys_may_be_mapped=*/true);
+  } else {
+    finite = larimar::search(queries, nq, d_, blocks(), k, metric_, ids, scores);
+  }
+  if (!finite) fail("Q", "scores overflow the range of the dtype (values too large to compare)");
+}
+
+template <class T>
+void KeyView<T>::key_sq_norms(const index_t* ids, index_t n, T* out) const {
+  require(n >= 0, "ids", "expected a non-negative number of ids");
+  for (index_t i = 0; i < n; ++i)
+    require(ids[i] >= 0 && ids[i] < n_, "ids",
+            "expected row ids in [0, " + str(n_) + "), got " + str(ids[i]));
+  for (index_t i = 0; i < n; ++i) out[i] = sq_norms_[ids[i]];
+}
+
+template <class T>
+std::size_t KeyView<T>::bytes() const {
+  return sq_norms_.size() * sizeof(T) + codes_buf_.size() + facts_.size() * sizeof(T) +
+         sums_.size() * sizeof(std::int32_t);
+}
+
 template class KeyValueStore<float>;
 template class KeyValueStore<double>;
+template class KeyView<float>;
+template class KeyView<double>;
 
 }  // namespace larimar

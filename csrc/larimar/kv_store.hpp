@@ -131,4 +131,36 @@ class KeyValueStore {
   mutable std::shared_mutex mutex_;  // readers share, writers are exclusive
 };
 
+// Exact search over keys the caller owns and keeps alive (n x d, e.g. memory-mapped read-only
+// from a saved store's file): one pass checks them finite and builds their squared norms,
+// and the int8 codes when asked, which the view keeps; the keys themselves are only read,
+// so a view over a file larger than RAM holds only d / 4 + 24 bytes a key (codes) or 4.
+template <class T>
+class KeyView {
+ public:
+  KeyView(const T* keys, index_t n, index_t d, Metric metric, KeyCodes key_codes);
+  // As KeyValueStore::search: the same ids and score bits for the same keys.
+  void search(const T* queries, index_t nq, index_t k, index_t* ids, T* scores) const;
+  // Squared norms of row ids (out (n)), ids checked first.
+  void key_sq_norms(const index_t* ids, index_t n, T* out) const;
+  index_t size() const { return n_; }
+  index_t key_dim() const { return d_; }
+  Metric metric() const { return metric_; }
+  KeyCodes key_codes() const { return codes_; }
+  // Bytes the view itself holds (norms, codes and their facts), not the keys'.
+  std::size_t bytes() const;
+
+ private:
+  std::vector<KeyBlock<T>> blocks() const { return {{keys_, sq_norms_.data(), n_, 0}}; }
+
+  const T* keys_;
+  index_t n_, d_;
+  Metric metric_;
+  KeyCodes codes_;
+  std::vector<T> sq_norms_;
+  std::vector<std::int8_t> codes_buf_;
+  std::vector<T> facts_;  // scale, err, norm, inv_norm: 4 runs of n
+  std::vector<std::int32_t> sums_;
+};
+
 }  // namespace larimar
