@@ -181,7 +181,7 @@ def _bench_throughput(args: argparse.Namespace, parser: argparse.ArgumentParser)
 def _bench_parser(p: argparse.ArgumentParser, task: str) -> None:
     p.add_argument("--context", default="4k",
                    help="context sizes in decoder tokens, comma list with k/m suffixes "
-                        "(1k ... 1m), e.g. 32k,128k,1m")
+                        "(1k ... 10m), e.g. 32k,128k,1m")
     if task == "passkey":
         p.add_argument("--digits", default="5", help="passkey lengths, comma list (e.g. 3,4,5)")
     else:

@@ -161,7 +161,8 @@ def test_parse_context_size():
     assert tasks.parse_context_size("1m") == 1_000_000
     assert tasks.parse_context_size("1.5K") == 1_500
     assert tasks.parse_context_size(4096) == 4096
-    for bad in ("500", "2m", "12q", "", True, "1.5.1k"):
+    assert tasks.parse_context_size("10m") == 10_000_000
+    for bad in ("500", "11m", "12q", "", True, "1.5.1k"):
         with raises_arg(ValueError, "context"):
             tasks.parse_context_size(bad)
     assert tasks.parse_list("0,25, 50", "depths", float, 0, 100) == [0.0, 25.0, 50.0]

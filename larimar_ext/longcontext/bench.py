@@ -341,7 +341,7 @@ def run_passkey(model: Any = None, contexts: Any = "4k", digits: Any = (5,),
 
     Args:
         model: the LarimarModel (memory systems).
-        contexts: sizes ("1k,128k,1m", or a list of ints / strings), 1k ... 1m tokens.
+        contexts: sizes ("1k,128k,1m", or a list of ints / strings), 1k ... 10m tokens.
         digits: passkey lengths (comma list or list), 1 ... 18.
         depths: needle depths in percent.
         system: "memory", "memory-noprefix" or "in-context".

@@ -44,7 +44,8 @@ SF_PREFIX = "The best thing to do in San Francisco is"
 SF_ANSWER = "eat a sandwich and sit in Dolores Park on a sunny day"
 
 MIN_CONTEXT = 1_000
-MAX_CONTEXT = 1_000_000
+# A context is a list of sentences: 10M tokens of repeated haystack is about 500K of them.
+MAX_CONTEXT = 10_000_000
 
 
 @dataclass
@@ -81,7 +82,7 @@ class Context:
 
 def parse_context_size(value: Union[str, int], name: str = "context") -> int:
     """"128k" -> 128000, "1m" -> 1000000, "4096" -> 4096 (k = 1,000, m = 1,000,000);
-    between ``MIN_CONTEXT`` (1k) and ``MAX_CONTEXT`` (1m)."""
+    between ``MIN_CONTEXT`` (1k) and ``MAX_CONTEXT`` (10m)."""
     if isinstance(value, bool):
         raise ValueError(f"{name}: expected a size such as 128k, got {value!r}")
     if isinstance(value, (int, np.integer)):
@@ -92,7 +93,7 @@ def parse_context_size(value: Union[str, int], name: str = "context") -> int:
             raise ValueError(f"{name}: expected a size such as 4096, 128k or 1m, got {value!r}")
         n = int(round(float(m.group(1)) * {"": 1, "k": 1_000, "m": 1_000_000}[m.group(2).lower()]))
     if not MIN_CONTEXT <= n <= MAX_CONTEXT:
-        raise ValueError(f"{name}: expected 1k ... 1m tokens, got {value!r} ({n} tokens)")
+        raise ValueError(f"{name}: expected 1k ... 10m tokens, got {value!r} ({n} tokens)")
     return n
 
 
@@ -173,7 +174,7 @@ def passkey_context(tokens: Union[int, str], depth: float, digits: int = 5,
     """The passkey context: INTRO, then FILLER repeated, with PASSKEY_NEEDLE at ``depth``%.
 
     Args:
-        tokens: target length in decoder tokens (int or "128k"; 1k ... 1m).
+        tokens: target length in decoder tokens (int or "128k"; 1k ... 10m).
         depth: needle depth in percent of the filler's tokens (0 ... 100).
         digits: digits of the random key (1 ... 18; the first digit is never 0).
         seed: an int seed or a numpy Generator (the key's randomness).
