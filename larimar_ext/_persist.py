@@ -108,12 +108,20 @@ def save_streamed(path: str | os.PathLike, kind: str, config: Mapping[str, Any],
     with _atomic(os.fspath(path)) as tmp, open(tmp, "wb") as f:
         f.write(len(text).to_bytes(8, "little") + text)
         row = dict.fromkeys(names, 0)
+        again = {n: hashlib.sha256() for n in names}
         for block in blocks():
             for n in names:
                 a = np.ascontiguousarray(block[n], specs[n][0])
                 f.seek(base + starts[n] + row[n] * a.dtype.itemsize * math.prod(specs[n][1][1:]))
-                f.write(a.tobytes())
+                data = a.tobytes()
+                f.write(data)
+                again[n].update(data)
                 row[n] += len(a)
+        for n in names:  # the file is dropped (not renamed) when either check fails
+            if row[n] != specs[n][1][0]:
+                raise ValueError(f"blocks: gave {row[n]} rows of {n!r}, expected {specs[n][1][0]}")
+            if again[n].hexdigest() != hashers[n].hexdigest():
+                raise ValueError(f"blocks: the second pass over {n!r} differed from the first")
         f.truncate(base + at)
 
 

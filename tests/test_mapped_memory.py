@@ -171,3 +171,23 @@ def test_a_streamed_file_with_a_nan_key_is_refused_on_open(tmp_path, rng):
                             "counts": (np.float64, (20,))}, rows_of(keys, values, counts, 8))
     with pytest.raises(ValueError, match="keys"):
         lx.KeyValueMemory.open(path)
+
+
+def test_save_streamed_refuses_blocks_that_do_not_match_the_specs(tmp_path, rng):
+    keys = rng.standard_normal((10, 3)).astype(np.float32)
+    config = {"key_dim": 3, "value_dim": 1, "metric": "ip", "dtype": "float32", "size": 10,
+              "merge_identical": False, "key_codes": "none"}
+    specs = {"keys": (np.float32, (10, 3)), "values": (np.float32, (10, 1)),
+             "counts": (np.float64, (10,))}
+    short = rows_of(keys[:7], np.zeros((7, 1), np.float32), np.ones(7), 4)
+    path = tmp_path / "bad.safetensors"
+    with pytest.raises(ValueError, match="blocks"):
+        _persist.save_streamed(path, "larimar_ext.KeyValueMemory", config, specs, short)
+    passes = iter([keys, keys + 1])   # a generator that changes between its two passes
+
+    def changing():
+        yield {"keys": next(passes), "values": np.zeros((10, 1), np.float32),
+               "counts": np.ones(10)}
+    with pytest.raises(ValueError, match="second pass"):
+        _persist.save_streamed(path, "larimar_ext.KeyValueMemory", config, specs, changing)
+    assert not path.exists() and not list(tmp_path.glob(".larimar-*"))

@@ -18,7 +18,8 @@ KeyCodes parse_key_codes(const std::string& name) {
 std::string key_codes_name(KeyCodes codes) { return codes == KeyCodes::Int8 ? "int8" : "none"; }
 
 namespace {
-// An int8 code row's integer dot products stay within int32: 127 * 127 * dims < 2^31.
+// The codes' integer dot products stay within int32: 127 * 127 * dims < 2^31 (query codes
+// reach 127, key codes 63).
 constexpr index_t kMaxInt8Dim = 65536;
 }  // namespace
 

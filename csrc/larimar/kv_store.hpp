@@ -134,7 +134,8 @@ class KeyValueStore {
 // Exact search over keys the caller owns and keeps alive (n x d, e.g. memory-mapped read-only
 // from a saved store's file): one pass checks them finite and builds their squared norms,
 // and the int8 codes when asked, which the view keeps; the keys themselves are only read,
-// so a view over a file larger than RAM holds only d / 4 + 24 bytes a key (codes) or 4.
+// so a view over a file of float32 keys holds 4 bytes a key, or d + 24 with codes (a quarter
+// of the keys' 4 d bytes): a file larger than RAM can be searched.
 template <class T>
 class KeyView {
  public:

@@ -79,8 +79,6 @@ struct Tile {
   index_t block, offset, rows;
 };
 
-// Returns false when any score was NaN or Inf: a NaN or Inf in a key always reaches its
-// score, so callers need not scan the keys beforehand.
 // Candidates a GEMM-scanned query keeps beyond k: the band that its re-score examines (see
 // rescore_gemm_block) must fit in them, or the query is scanned again by dot products.
 constexpr index_t kExtraKept = 32;
@@ -151,6 +149,8 @@ bool rescore_gemm_block(const T* q, index_t nq, index_t d, const T* q_sq,
   return finite;
 }
 
+// Returns false when any score was NaN or Inf: a NaN or Inf in a key always reaches its
+// score, so callers need not scan the keys beforehand.
 template <class T>
 bool search_query_block(const T* q, index_t nq, index_t d, const std::vector<KeyBlock<T>>& blocks,
                         const std::vector<Tile>& tiles, index_t k, Metric metric, index_t* out_ids,
