@@ -358,11 +358,6 @@ void screen(const std::int32_t* dots, index_t rows, index_t first_id, const Quer
   }
 }
 
-template <class T>
-bool better(T sa, index_t ia, T sb, index_t ib) {
-  return sa > sb || (sa == sb && ia < ib);
-}
-
 // One query block (nq <= kSearchQueryBlock): screen every key by its bounds, then re-score
 // the kept ones with score_rows, whose bits search() returns.
 // Asks the OS for the pages of the shortlisted key rows at once (a hint: errors are ignored).
@@ -466,27 +461,13 @@ bool search_block(const T* queries, index_t nq, index_t d, const std::vector<Key
   if (!bounded) return search(queries, nq, d, blocks, k, metric, out_ids, out_scores);
   if (keys_may_be_mapped) request_rows(blocks, d, shortlist);
 
-  // Re-score each query's shortlist with score_rows, one key at a time and in place: the dot
-  // products whose bits search() returns for every batch size. Queries in parallel: the
+  // The exact step, each query's shortlist re-scored in place. Queries in parallel: the
   // shortlisted rows are scattered, so this is latency-bound.
   std::vector<char> finite(nq, 1);
   parallel_for(nq, [&](index_t i) {
-    const index_t m = static_cast<index_t>(shortlist[i].size());
-    std::vector<std::pair<T, index_t>> scored(m);
-    for (index_t j = 0; j < m; ++j) {
-      const KeyRow<T> row = find_key_row(blocks, d, shortlist[i][j]);
-      T score;
-      score_rows(queries + i * d, 1, q_sq.data() + i, row.key, &row.sq_norm, 1, d, metric, &score);
-      finite[i] = finite[i] && std::isfinite(score);
-      scored[j] = {score, shortlist[i][j]};
-    }
-    std::partial_sort(
-        scored.begin(), scored.begin() + k, scored.end(),
-        [](const auto& x, const auto& y) { return better(x.first, x.second, y.first, y.second); });
-    for (index_t j = 0; j < k; ++j) {
-      out_ids[i * k + j] = scored[j].second;
-      out_scores[i * k + j] = scored[j].first;
-    }
+    finite[i] = rescore_top_k(queries + i * d, q_sq.data() + i, blocks, d, metric,
+                              shortlist[i].data(), static_cast<index_t>(shortlist[i].size()), k,
+                              out_ids + i * k, out_scores + i * k);
   });
   return std::all_of(finite.begin(), finite.end(), [](char f) { return f != 0; });
 }

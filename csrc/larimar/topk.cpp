@@ -103,12 +103,12 @@ bool rescore_gemm_block(const T* q, index_t nq, index_t d, const T* q_sq,
   const double grow = 1 + 0x1p-16;
   bool finite = true;
   std::vector<Candidate<T>> all;
-  std::vector<T> rows, sq, scores;
+  std::vector<index_t> ids;
   for (index_t i = 0; i < nq; ++i) {
     all.clear();
     for (int t = 0; t < team; ++t)
       all.insert(all.end(), best[t * nq + i].begin(), best[t * nq + i].end());
-    std::sort(all.begin(), all.end(), better<T>);
+    std::nth_element(all.begin(), all.begin() + (k - 1), all.end(), better<T>);
     const double qn = std::sqrt(double(q_sq[i])), kn = max_key_norm;
     double slack = 2 * gamma * qn * kn;                       // the two sums' distance, for "ip"
     if (metric == Metric::Cosine) slack = 2 * gamma + 8 * u;  // each rounds its own quotient
@@ -125,26 +125,12 @@ bool rescore_gemm_block(const T* q, index_t nq, index_t d, const T* q_sq,
                                    out_scores + i * k);
       continue;
     }
-    index_t m = 0;
-    while (m < static_cast<index_t>(all.size()) && double(all[m].score) >= floor) ++m;
-    rows.resize(static_cast<std::size_t>(m * d));
-    sq.resize(static_cast<std::size_t>(m));
-    scores.resize(static_cast<std::size_t>(m));
-    for (index_t j = 0; j < m; ++j) {
-      const KeyRow<T> row = find_key_row(blocks, d, all[j].id);
-      std::copy(row.key, row.key + d, rows.begin() + j * d);
-      sq[j] = row.sq_norm;
-    }
-    score_rows(q + i * d, 1, q_sq + i, rows.data(), sq.data(), m, d, metric, scores.data());
-    for (index_t j = 0; j < m; ++j) {
-      finite = finite && std::isfinite(scores[j]);
-      all[j].score = scores[j];
-    }
-    std::partial_sort(all.begin(), all.begin() + k, all.begin() + m, better<T>);
-    for (index_t j = 0; j < k; ++j) {
-      out_ids[i * k + j] = all[j].id;
-      out_scores[i * k + j] = all[j].score;
-    }
+    ids.clear();
+    for (const Candidate<T>& c : all)
+      if (double(c.score) >= floor) ids.push_back(c.id);
+    finite &=
+        rescore_top_k(q + i * d, q_sq + i, blocks, d, metric, ids.data(),
+                      static_cast<index_t>(ids.size()), k, out_ids + i * k, out_scores + i * k);
   }
   return finite;
 }
@@ -247,6 +233,26 @@ void score_rows(const T* q, index_t nq, const T* q_sq, const T* keys, const T* k
   }
 }
 
+template <class T>
+bool rescore_top_k(const T* q, const T* q_sq, const std::vector<KeyBlock<T>>& blocks, index_t d,
+                   Metric metric, const index_t* ids, index_t n, index_t k, index_t* out_ids,
+                   T* out_scores) {
+  std::vector<Candidate<T>> scored(static_cast<std::size_t>(n));
+  bool finite = true;
+  for (index_t j = 0; j < n; ++j) {
+    const KeyRow<T> row = find_key_row(blocks, d, ids[j]);
+    scored[j].id = ids[j];
+    score_rows(q, 1, q_sq, row.key, &row.sq_norm, 1, d, metric, &scored[j].score);
+    finite = finite && std::isfinite(scored[j].score);
+  }
+  std::partial_sort(scored.begin(), scored.begin() + k, scored.end(), better<T>);
+  for (index_t j = 0; j < k; ++j) {
+    out_ids[j] = scored[j].id;
+    out_scores[j] = scored[j].score;
+  }
+  return finite;
+}
+
 Metric parse_metric(const std::string& name) {
   if (name == "ip") return Metric::InnerProduct;
   if (name == "cosine") return Metric::Cosine;
@@ -323,6 +329,8 @@ void topk(const T* queries, index_t nq, const T* keys, index_t nk, index_t d, in
   template void row_sq_norms<T>(const T*, index_t, index_t, T*);                                  \
   template void score_rows<T>(const T*, index_t, const T*, const T*, const T*, index_t, index_t,  \
                               Metric, T*);                                                        \
+  template bool rescore_top_k<T>(const T*, const T*, const std::vector<KeyBlock<T>>&, index_t,    \
+                                 Metric, const index_t*, index_t, index_t, index_t*, T*);         \
   template bool search<T>(const T*, index_t, index_t, const std::vector<KeyBlock<T>>&, index_t,   \
                           Metric, index_t*, T*);                                                  \
   template void topk<T>(const T*, index_t, const T*, index_t, index_t, index_t, Metric, index_t*, \

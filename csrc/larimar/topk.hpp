@@ -79,6 +79,15 @@ template <class T>
 void score_rows(const T* q, index_t nq, const T* q_sq, const T* keys, const T* k_sq, index_t rows,
                 index_t d, Metric metric, T* out);
 
+// The k best of n candidate key ids (n >= k, ids among the blocks') for one query q (d; q_sq its
+// squared norm, read unless InnerProduct), each scored by score_rows' dot products in place:
+// best first, equal scores by ascending id, into out_ids and out_scores (k). Returns false
+// when a score was not finite. The exact step of every search that screens first.
+template <class T>
+bool rescore_top_k(const T* q, const T* q_sq, const std::vector<KeyBlock<T>>& blocks, index_t d,
+                   Metric metric, const index_t* ids, index_t n, index_t k, index_t* out_ids,
+                   T* out_scores);
+
 // Convenience for one array of keys (nk x d): validates every argument, naming them
 // queries_name and keys_name in errors.
 template <class T>
