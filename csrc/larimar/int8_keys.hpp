@@ -58,6 +58,18 @@ struct Int8Slots {
   T* inv_norm;
 };
 
+// The two views over codes, facts and sums as the stores keep them: the facts are 4 runs of
+// `stride` (scale, err, norm, inv_norm).
+template <class T>
+Int8Slots<T> int8_slots(std::int8_t* codes, T* facts, std::int32_t* sums, index_t stride) {
+  return {codes, facts, sums, facts + stride, facts + 2 * stride, facts + 3 * stride};
+}
+template <class T>
+Int8Rows<T> int8_rows(const std::int8_t* codes, const T* facts, const std::int32_t* sums,
+                      index_t stride) {
+  return {codes, facts, sums, facts + stride, facts + 2 * stride, facts + 3 * stride};
+}
+
 template <class T>
 void quantize_int8_keys(const T* keys, const T* sq_norms, index_t n, index_t d, Metric metric,
                         Int8Slots<T> out, index_t first);

@@ -21,6 +21,32 @@ namespace {
 // The codes' integer dot products stay within int32: 127 * 127 * dims < 2^31 (query codes
 // reach 127, key codes 63).
 constexpr index_t kMaxInt8Dim = 65536;
+
+// 1 <= k <= the keys there are: what every search, read and write through the keys needs.
+void check_search_k(index_t k, index_t size) {
+  require(k >= 1 && k <= size, "k",
+          "expected 1 <= k <= number of stored keys (" + str(size) + "), got " + str(k));
+}
+
+// Every row id in [0, size), all checked before any is used.
+void check_row_ids(const index_t* ids, index_t n, index_t size) {
+  require(n >= 0, "ids", "expected a non-negative number of ids");
+  for (index_t i = 0; i < n; ++i)
+    require(ids[i] >= 0 && ids[i] < size, "ids",
+            "expected row ids in [0, " + str(size) + "), got " + str(ids[i]));
+}
+
+// The exact top k over the blocks, through their int8 codes when there are some (int8 empty:
+// none); finite keys and queries are the caller's, so only overflow is left to refuse.
+template <class T>
+void search_keys(const T* queries, index_t nq, index_t d, const std::vector<KeyBlock<T>>& blocks,
+                 const std::vector<Int8Rows<T>>& int8, index_t k, Metric metric, index_t* ids,
+                 T* scores, bool keys_may_be_mapped) {
+  const bool finite = int8.empty() ? search(queries, nq, d, blocks, k, metric, ids, scores)
+                                   : search_int8(queries, nq, d, blocks, int8, k, metric, ids,
+                                                 scores, keys_may_be_mapped);
+  if (!finite) fail("Q", "scores overflow the range of the dtype (values too large to compare)");
+}
 }  // namespace
 
 template <class T>
@@ -56,11 +82,9 @@ typename KeyValueStore<T>::Chunk KeyValueStore<T>::new_chunk() const {
 template <class T>
 std::vector<Int8Rows<T>> KeyValueStore<T>::int8_blocks() const {
   std::vector<Int8Rows<T>> out;
-  for (index_t c = 0; c * chunk_rows_ < size_; ++c) {
+  for (index_t c = 0; codes_ == KeyCodes::Int8 && c * chunk_rows_ < size_; ++c) {
     const Chunk& ch = chunks_[c];
-    const T* f = ch.code_facts.get();
-    out.push_back({ch.codes.get(), f, ch.code_sums.get(), f + chunk_rows_, f + 2 * chunk_rows_,
-                   f + 3 * chunk_rows_});
+    out.push_back(int8_rows(ch.codes.get(), ch.code_facts.get(), ch.code_sums.get(), chunk_rows_));
   }
   return out;
 }
@@ -157,11 +181,10 @@ void KeyValueStore<T>::add(const T* keys, const T* values, index_t n, index_t* i
 
   // Allocate everything that can fail before the first change.
   const index_t new_size = size_ + fresh;
-  const double code_bytes =
-      codes_ == KeyCodes::Int8 ? double(int8_padded_dim(d_)) + 4.0 * sizeof(T) + 4.0 : 0.0;
-  check_allocation(
-      double(fresh + chunk_rows_) * (sizeof(T) * double(d_ + v_ + 1) + code_bytes + 64.0), "keys",
-      "storing " + str(fresh) + " new keys");
+  const index_t rows = fresh + chunk_rows_;
+  check_allocation(double(rows) * (sizeof(T) * double(d_ + v_ + 1) + 64.0) +
+                       (codes_ == KeyCodes::Int8 ? double(int8_rows_bytes<T>(rows, d_)) : 0.0),
+                   "keys", "storing " + str(fresh) + " new keys");
   std::vector<Chunk> new_chunks;
   for (index_t have = static_cast<index_t>(chunks_.size()) * chunk_rows_; have < new_size;
        have += chunk_rows_)
@@ -184,14 +207,11 @@ void KeyValueStore<T>::add(const T* keys, const T* values, index_t n, index_t* i
         std::memcpy(chunk.keys.get() + slot * d_, keys + i * d_, sizeof(T) * d_);
         std::memcpy(chunk.values.get() + slot * v_, value, sizeof(T) * v_);
         row_sq_norms(keys + i * d_, 1, d_, chunk.sq_norms.get() + slot);
-        if (codes_ == KeyCodes::Int8) {
-          T* f = chunk.code_facts.get();
-          const Int8Slots<T> codes{chunk.codes.get(),     f,
-                                   chunk.code_sums.get(), f + chunk_rows_,
-                                   f + 2 * chunk_rows_,   f + 3 * chunk_rows_};
-          quantize_int8_keys(keys + i * d_, chunk.sq_norms.get() + slot, 1, d_, metric_, codes,
+        if (codes_ == KeyCodes::Int8)
+          quantize_int8_keys(keys + i * d_, chunk.sq_norms.get() + slot, 1, d_, metric_,
+                             int8_slots(chunk.codes.get(), chunk.code_facts.get(),
+                                        chunk.code_sums.get(), chunk_rows_),
                              slot);
-        }
         counts_.push_back(1.0);
         if (merge_) by_hash_.emplace(hashes[i], id);
         ids_out[i] = id;
@@ -212,12 +232,8 @@ void KeyValueStore<T>::add(const T* keys, const T* values, index_t n, index_t* i
 template <class T>
 void KeyValueStore<T>::search_checked(const T* queries, index_t nq, index_t k, index_t* ids,
                                       T* scores) const {
-  // Stored keys and the queries are finite (checked on the way in): only overflow is left.
-  const bool finite =
-      codes_ == KeyCodes::Int8
-          ? search_int8(queries, nq, d_, blocks(), int8_blocks(), k, metric_, ids, scores)
-          : larimar::search(queries, nq, d_, blocks(), k, metric_, ids, scores);
-  if (!finite) fail("Q", "scores overflow the range of the dtype (values too large to compare)");
+  // Stored keys and the queries are finite (checked on the way in).
+  search_keys(queries, nq, d_, blocks(), int8_blocks(), k, metric_, ids, scores, false);
 }
 
 template <class T>
@@ -246,8 +262,7 @@ void KeyValueStore<T>::search(const T* queries, index_t nq, index_t k, index_t* 
                               T* scores) const {
   check_queries(queries, nq, "Q");
   std::shared_lock<std::shared_mutex> lock(mutex_);
-  require(k >= 1 && k <= size_, "k",
-          "expected 1 <= k <= number of stored keys (" + str(size_) + "), got " + str(k));
+  check_search_k(k, size_);
   search_checked(queries, nq, k, ids, scores);
 }
 
@@ -263,8 +278,7 @@ void KeyValueStore<T>::read(const T* queries, index_t nq, index_t k, std::option
 template <class T>
 void KeyValueStore<T>::read_unlocked(const T* queries, index_t nq, index_t k,
                                      std::optional<double> alpha, T* out) const {
-  require(k >= 1 && k <= size_, "k",
-          "expected 1 <= k <= number of stored keys (" + str(size_) + "), got " + str(k));
+  check_search_k(k, size_);
   const bool soft = alpha.has_value();
   if (!soft) check_hard_read_k(k);
   std::vector<index_t> ids(nq * k);
@@ -281,25 +295,16 @@ void KeyValueStore<T>::read_unlocked(const T* queries, index_t nq, index_t k,
 }
 
 template <class T>
-void KeyValueStore<T>::check_ids(const index_t* ids, index_t n) const {
-  for (index_t i = 0; i < n; ++i)
-    require(ids[i] >= 0 && ids[i] < size_, "ids",
-            "expected row ids in [0, " + str(size_) + "), got " + str(ids[i]));
-}
-
-template <class T>
 void KeyValueStore<T>::reconstruct(const index_t* ids, index_t n, T* out) const {
-  require(n >= 0, "ids", "expected a non-negative number of ids");
   std::shared_lock<std::shared_mutex> lock(mutex_);
-  check_ids(ids, n);
+  check_row_ids(ids, n, size_);
   for (index_t i = 0; i < n; ++i) std::memcpy(out + i * v_, value_row(ids[i]), sizeof(T) * v_);
 }
 
 template <class T>
 void KeyValueStore<T>::key_sq_norms(const index_t* ids, index_t n, T* out) const {
-  require(n >= 0, "ids", "expected a non-negative number of ids");
   std::shared_lock<std::shared_mutex> lock(mutex_);
-  check_ids(ids, n);
+  check_row_ids(ids, n, size_);
   for (index_t i = 0; i < n; ++i) out[i] = key_sq_norm(ids[i]);
 }
 
@@ -308,8 +313,7 @@ void KeyValueStore<T>::search_and_reconstruct(const T* queries, index_t nq, inde
                                               T* scores, T* values_out) const {
   check_queries(queries, nq, "Q");
   std::shared_lock<std::shared_mutex> lock(mutex_);
-  require(k >= 1 && k <= size_, "k",
-          "expected 1 <= k <= number of stored keys (" + str(size_) + "), got " + str(k));
+  check_search_k(k, size_);
   search_checked(queries, nq, k, ids, scores);
   for (index_t i = 0; i < nq * k; ++i)
     std::memcpy(values_out + i * v_, value_row(ids[i]), sizeof(T) * v_);
@@ -322,8 +326,7 @@ void KeyValueStore<T>::write(const T* queries, const T* values, index_t n, index
   check_finite(values, n * v_, "values");
   check_alpha(alpha);
   std::unique_lock<std::shared_mutex> lock(mutex_);
-  require(top_k >= 1 && top_k <= size_, "k",
-          "expected 1 <= k <= number of stored keys (" + str(size_) + "), got " + str(top_k));
+  check_search_k(top_k, size_);
   std::vector<index_t> ids(n * top_k);
   std::vector<T> weights(n * top_k);
   // Address by the store's metric, weigh by squared distance (as read does).
@@ -444,16 +447,13 @@ KeyView<T>::KeyView(const T* keys, index_t n, index_t d, Metric metric, KeyCodes
     require(d <= kMaxInt8Dim, "keys",
             "expected at most " + str(kMaxInt8Dim) + " columns with int8 key codes, got " + str(d));
   const index_t rows = (n + kInt8TileRows - 1) / kInt8TileRows * kInt8TileRows;
-  check_allocation(
-      double(n) * sizeof(T) +
-          (int8 ? double(rows) * int8_padded_dim(d) + double(n) * (4 * sizeof(T) + 4) : 0.0),
-      "keys", "the norms and codes of " + str(n) + " keys");
+  check_allocation(double(n) * sizeof(T) + (int8 ? double(int8_rows_bytes<T>(n, d)) : 0.0), "keys",
+                   "the norms and codes of " + str(n) + " keys");
   sq_norms_.resize(static_cast<std::size_t>(n));
   codes_buf_.assign(int8 ? static_cast<std::size_t>(rows * int8_padded_dim(d)) : 0, 0);
   facts_.resize(int8 ? static_cast<std::size_t>(4 * n) : 0);
   sums_.resize(int8 ? static_cast<std::size_t>(n) : 0);
-  T* f = facts_.data();
-  const Int8Slots<T> slots{codes_buf_.data(), f, sums_.data(), f + n, f + 2 * n, f + 3 * n};
+  const Int8Slots<T> slots = int8_slots(codes_buf_.data(), facts_.data(), sums_.data(), n);
   // One pass over the keys, a block at a time (whole code tiles): the check, the norms and
   // the codes of a block read it while it is in cache, so a file is read from disk once.
   constexpr index_t kRows = 4096;
@@ -470,27 +470,17 @@ template <class T>
 void KeyView<T>::search(const T* queries, index_t nq, index_t k, index_t* ids, T* scores) const {
   check_dim(nq, "Q", "number of queries");
   check_finite(queries, nq * d_, "Q");
-  require(k >= 1 && k <= n_, "k",
-          "expected 1 <= k <= number of stored keys (" + str(n_) + "), got " + str(k));
-  bool finite;
-  if (codes_ == KeyCodes::Int8) {
-    const T* f = facts_.data();
-    const std::vector<Int8Rows<T>> int8{
-        {codes_buf_.data(), f, sums_.data(), f + n_, f + 2 * n_, f + 3 * n_}};
-    finite = search_int8(queries, nq, d_, blocks(), int8, k, metric_, ids, scores,
-                         /*keys_may_be_mapped=*/true);
-  } else {
-    finite = larimar::search(queries, nq, d_, blocks(), k, metric_, ids, scores);
-  }
-  if (!finite) fail("Q", "scores overflow the range of the dtype (values too large to compare)");
+  check_search_k(k, n_);
+  std::vector<Int8Rows<T>> int8;
+  if (codes_ == KeyCodes::Int8)
+    int8.push_back(int8_rows(codes_buf_.data(), facts_.data(), sums_.data(), n_));
+  search_keys(queries, nq, d_, blocks(), int8, k, metric_, ids, scores,
+              /*keys_may_be_mapped=*/true);
 }
 
 template <class T>
 void KeyView<T>::key_sq_norms(const index_t* ids, index_t n, T* out) const {
-  require(n >= 0, "ids", "expected a non-negative number of ids");
-  for (index_t i = 0; i < n; ++i)
-    require(ids[i] >= 0 && ids[i] < n_, "ids",
-            "expected row ids in [0, " + str(n_) + "), got " + str(ids[i]));
+  check_row_ids(ids, n, n_);
   for (index_t i = 0; i < n; ++i) out[i] = sq_norms_[ids[i]];
 }
 

@@ -101,13 +101,12 @@ class KeyValueStore {
   T* value_row(index_t id);
   const T* value_row(index_t id) const;
   std::vector<KeyBlock<T>> blocks() const;
-  std::vector<Int8Rows<T>> int8_blocks() const;
+  std::vector<Int8Rows<T>> int8_blocks() const;  // empty without codes
   Chunk new_chunk() const;
   std::uint64_t hash_key(const T* key) const;
   index_t find_key(const T* key, std::uint64_t hash) const;
   void check_queries(const T* queries, index_t nq, const char* arg) const;
   T key_sq_norm(index_t id) const;
-  void check_ids(const index_t* ids, index_t n) const;
   // copy_keys and copy_values: min(size, max_rows) rows of `width` values, row(i) pointing
   // at row i, under the read lock; returns the rows copied.
   template <class Row>
