@@ -238,26 +238,45 @@ struct QueryFacts {
   T scale, norm, err, inv_norm, sq;
 };
 
-template <class T>
-QueryFacts<T> quantize_query(const T* q, index_t d, index_t dp, T q_sq, Metric metric,
-                             std::uint8_t* code) {
-  double m = 0, sq = 0;
+// Scalar quantisation of one row x (d values; dp >= d codes, 0 past d): scale s = max|x| /
+// levels, codes c_t = round(x_t / s) clamped to +-levels, each handed to put(t, c). Returns s
+// with |x|^2, |x - s c|^2 and |s c|^2, in float64 (the bounds are rounded up from these).
+struct RowCode {
+  double sq, err2, norm2;
+};
+
+template <class T, class Put>
+T quantize_row(const T* x, index_t d, index_t dp, int levels, RowCode& rc, Put&& put) {
+  double m = 0;
+  rc = {0, 0, 0};
   for (index_t t = 0; t < d; ++t)
-    m = std::max(m, std::abs(double(q[t]))), sq += double(q[t]) * q[t];
-  const T s = static_cast<T>(m / kQueryLevels);
-  double err = 0;
+    m = std::max(m, std::abs(double(x[t]))), rc.sq += double(x[t]) * x[t];
+  const T s = static_cast<T>(m / levels);
   for (index_t t = 0; t < dp; ++t) {
     int c = 0;
     if (t < d && s > T(0))
-      c = static_cast<int>(std::max(
-          -double(kQueryLevels), std::min(double(kQueryLevels), std::nearbyint(double(q[t]) / s))));
-    code[t] = static_cast<std::uint8_t>(c + kQueryOffset);
-    if (t < d) err += (double(q[t]) - double(s) * c) * (double(q[t]) - double(s) * c);
+      c = static_cast<int>(
+          std::max(-double(levels), std::min(double(levels), std::nearbyint(double(x[t]) / s))));
+    put(t, c);
+    if (t < d) {
+      const double r = double(x[t]) - double(s) * c;
+      rc.err2 += r * r;
+      rc.norm2 += double(s) * c * double(s) * c;
+    }
   }
+  return s;
+}
+
+template <class T>
+QueryFacts<T> quantize_query(const T* q, index_t d, index_t dp, T q_sq, Metric metric,
+                             std::uint8_t* code) {
+  RowCode rc;
   QueryFacts<T> f;
-  f.scale = s;
-  f.norm = round_up<T>(std::sqrt(sq) * (1 + kRelSlack));
-  f.err = round_up<T>(std::sqrt(err) * (1 + kRelSlack));
+  f.scale = quantize_row(q, d, dp, kQueryLevels, rc, [code](index_t t, int c) {
+    code[t] = static_cast<std::uint8_t>(c + kQueryOffset);
+  });
+  f.norm = round_up<T>(std::sqrt(rc.sq) * (1 + kRelSlack));
+  f.err = round_up<T>(std::sqrt(rc.err2) * (1 + kRelSlack));
   f.inv_norm = metric == Metric::Cosine && double(q_sq) > 0
                    ? round_up<T>(1.0 / std::sqrt(double(q_sq)))
                    : T(0);
@@ -511,32 +530,19 @@ void quantize_int8_keys(const T* keys, const T* sq_norms, index_t n, index_t d, 
     const index_t slot = first + i;
     std::int8_t* tile = out.codes + (slot / kInt8TileRows) * kInt8TileRows * dp;
     const index_t lane = slot % kInt8TileRows;
-    double m = 0, sq = 0;
-    for (index_t t = 0; t < d; ++t)
-      m = std::max(m, std::abs(double(key[t]))), sq += double(key[t]) * key[t];
-    const T s = static_cast<T>(m / kKeyLevels);
-    double err = 0, norm = 0;
     std::int32_t sum = 0;
-    for (index_t t = 0; t < dp; ++t) {
-      int c = 0;
-      if (t < d && s > T(0))
-        c = static_cast<int>(std::max(
-            -double(kKeyLevels), std::min(double(kKeyLevels), std::nearbyint(double(key[t]) / s))));
+    RowCode rc;
+    const T s = quantize_row(key, d, dp, kKeyLevels, rc, [&](index_t t, int c) {
       tile[(t / 4) * 64 + lane * 4 + t % 4] = static_cast<std::int8_t>(c);
       sum += c;
-      if (t < d) {
-        const double r = double(key[t]) - double(s) * c;
-        err += r * r;
-        norm += double(s) * c * double(s) * c;
-      }
-    }
+    });
     out.scale[slot] = s;
     out.code_sum[slot] = sum;
-    out.norm[slot] = round_up<T>(std::sqrt(norm) * (1 + kRelSlack));
+    out.norm[slot] = round_up<T>(std::sqrt(rc.norm2) * (1 + kRelSlack));
     const bool unbounded = metric == Metric::Cosine && double(sq_norms[i]) < kTinySq;
-    out.err[slot] = unbounded
-                        ? std::numeric_limits<T>::infinity()
-                        : round_up<T>((std::sqrt(err) + gamma * std::sqrt(sq)) * (1 + kRelSlack));
+    out.err[slot] =
+        unbounded ? std::numeric_limits<T>::infinity()
+                  : round_up<T>((std::sqrt(rc.err2) + gamma * std::sqrt(rc.sq)) * (1 + kRelSlack));
     out.inv_norm[slot] = unbounded ? std::numeric_limits<T>::infinity()
                          : metric == Metric::Cosine
                              ? round_up<T>(1.0 / std::sqrt(double(sq_norms[i])))
