@@ -86,6 +86,11 @@ class MappedKeyValueMemory(_KeyedCore):
             raise ValueError(f"ids: expected row ids in [0, {n}), got {int(bad)}")
         return np.asarray(self._values[ids])  # a copy: the map stays read-only
 
+    def _hits(self, q: np.ndarray, k: int):
+        """ids (nq, k), scores (nq, k) and the hits' values (nq, k, value_dim)."""
+        ids, scores = self._core.search(q, integer(k, "k"))
+        return ids, scores, self._rows(ids.reshape(-1)).reshape(ids.shape + (self.value_dim,))
+
     @profiled
     def search(self, Q: ArrayLike, k: int) -> SearchResult:
         """``SearchResult(ids int64 (nq, k), scores (nq, k))``, as ``KeyValueMemory.search``."""
@@ -108,9 +113,7 @@ class MappedKeyValueMemory(_KeyedCore):
     def search_and_reconstruct(self, Q: ArrayLike, k: int) -> SearchAndReconstructResult:
         """``search`` and the values (nq, k, value_dim) of its hits."""
         b = self._boundary()
-        ids, scores = self._core.search(b.floats(Q, "Q"), integer(k, "k"))
-        values = self._rows(ids.reshape(-1)).reshape(ids.shape + (self.value_dim,))
-        return SearchAndReconstructResult(*b.wrap((ids, scores, values)))
+        return SearchAndReconstructResult(*b.wrap(self._hits(b.floats(Q, "Q"), k)))
 
     @profiled
     def read(self, Q: ArrayLike, k: int = 1, alpha: Optional[float] = None) -> ArrayLike:
@@ -120,8 +123,7 @@ class MappedKeyValueMemory(_KeyedCore):
         b = self._boundary()
         q = b.floats(Q, "Q")
         alpha = _core.check_alpha(optional_scalar(alpha, "alpha"), integer(k, "k"))
-        ids, scores = self._core.search(q, integer(k, "k"))
-        values = self._rows(ids.reshape(-1)).reshape(ids.shape + (self.value_dim,))
+        ids, scores, values = self._hits(q, k)
         if alpha is None:
             return b.wrap(values[:, 0])
         ip = self.metric == "ip"

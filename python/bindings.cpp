@@ -371,14 +371,16 @@ auto rows_query(const char* arg, index_t (Self::*cols)() const, const char* cols
   };
 }
 
-// The rows of a load (keys, values, counts), checked against the store's sizes.
-template <class Store, class T>
-index_t saved_rows(const Store& self, const Array<T>& keys, const Array<T>& values,
-                   const Array<double>& counts) {
-  const index_t n = rows_of(keys, "keys", self.key_dim(), "key_dim");
-  rows_of(values, "values", self.value_dim(), "value_dim", n, "expected one row per key");
-  same_dim(counts.shape(0), n, "counts", "expected one count per key");
-  return n;
+// A store method that takes saved rows (keys, values, counts), checked against the store's
+// sizes and run without the GIL.
+template <class T, class Store>
+auto saved_rows_method(void (Store::*op)(const T*, const T*, const double*, index_t)) {
+  return [op](Store& self, Array<T> keys, Array<T> values, Array<double> counts) {
+    const index_t n = rows_of(keys, "keys", self.key_dim(), "key_dim");
+    rows_of(values, "values", self.value_dim(), "value_dim", n, "expected one row per key");
+    same_dim(counts.shape(0), n, "counts", "expected one count per key");
+    without_gil([&] { (self.*op)(keys.data(), values.data(), counts.data(), n); });
+  };
 }
 
 template <class T>
@@ -595,20 +597,10 @@ void bind_kv(py::module_& m, const char* name) {
              const index_t n = self.size();
              return copy_out<double>({n}, [&](double* out) { return self.copy_counts(out, n); });
            })
-      .def(
-          "assign",
-          [](Store& self, Array<T> keys, Array<T> values, Array<double> counts) {
-            const index_t n = saved_rows(self, keys, values, counts);
-            without_gil([&] { self.assign(keys.data(), values.data(), counts.data(), n); });
-          },
-          array_arg("keys"), array_arg("values"), array_arg("counts"))
-      .def(
-          "append_saved",
-          [](Store& self, Array<T> keys, Array<T> values, Array<double> counts) {
-            const index_t n = saved_rows(self, keys, values, counts);
-            without_gil([&] { self.append_saved(keys.data(), values.data(), counts.data(), n); });
-          },
-          array_arg("keys"), array_arg("values"), array_arg("counts"))
+      .def("assign", saved_rows_method<T>(&Store::assign), array_arg("keys"), array_arg("values"),
+           array_arg("counts"))
+      .def("append_saved", saved_rows_method<T>(&Store::append_saved), array_arg("keys"),
+           array_arg("values"), array_arg("counts"))
       .def("__len__", &Store::size)
       .def_property_readonly("merge_identical", &Store::merge_identical)
       .def_property_readonly(
