@@ -141,6 +141,17 @@ def test_float_search_gives_the_same_bits_for_every_batch_size(rng):
         np.testing.assert_array_equal(scores[i].view(np.int32), one_scores[0].view(np.int32))
 
 
+@pytest.mark.parametrize("key_codes", [None, "int8"])
+def test_a_gemm_batch_whose_error_band_is_nan_is_searched_exactly(key_codes):
+    # |q|^2 overflows float32 and every key is zero: the GEMM band is inf * 0. The scores
+    # themselves are finite (all 0), so the search answers: ids in order, every score 0.
+    store = lx.KeyValueMemory(4, 1, "ip", merge_identical=False, key_codes=key_codes)
+    store.add(np.zeros((5, 4), np.float32), np.zeros((5, 1), np.float32))
+    ids, scores = store.search(np.full((9, 4), 1e20, np.float32), 3)
+    np.testing.assert_array_equal(ids, np.tile([0, 1, 2], (9, 1)))
+    np.testing.assert_array_equal(scores, np.zeros((9, 3), np.float32))
+
+
 def test_reads_and_writes_go_through_the_codes(rng):
     keys = rng.standard_normal((400, 16)).astype(np.float32)
     values = rng.standard_normal((400, 3)).astype(np.float32)

@@ -115,7 +115,8 @@ bool rescore_gemm_block(const T* q, index_t nq, index_t d, const T* q_sq,
     if (metric == Metric::L2) slack = 4 * gamma * qn * kn + 8 * u * (qn + kn) * (qn + kn);
     slack *= grow;
     const double floor = double(all[k - 1].score) - 2 * slack;
-    bool covered = true;
+    // A NaN band (|q|^2 past the dtype's range times all-zero keys: inf * 0) bounds nothing.
+    bool covered = !std::isnan(floor);
     for (int t = 0; t < team; ++t) {
       const TopK<T>& h = best[t * nq + i];
       if (h.end() - h.begin() == keep && double(h.threshold()) >= floor) covered = false;
