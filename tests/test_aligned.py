@@ -260,3 +260,48 @@ def test_each_passage_batch_matches_each_passage_alone(toks):
     assert both == alone and len(both) == 2
     with pytest.raises(ValueError, match="skip, joined"):
         model.complete_each_passage("order", z, [0], [False])
+
+
+def test_slot_ids_give_the_decoder_the_readouts_input(toks):
+    """A readout's slot ids (``slot_ids``: each live slot's snapped token, -1 dead) give
+    every decoding path the input the readout gives it, bit for bit: the long-context
+    memory keeps values as P ids instead of C floats."""
+    model = make_token_code_model(toks, c2=len(toks[1]), snap=True).eval()
+    z = model.encode(SENTENCES[:3]).detach()
+    ids = model.slot_ids(z)
+    assert ids.shape == (3, P) and ids.dtype == torch.long
+    assert torch.equal(ids >= 0, model.prefix.live(z))
+    assert model.slot_tokens(z) == [row[row >= 0].tolist() for row in ids]
+    prompt = model.tokenizer(["order"] * 3, add_special_tokens=False, return_tensors="pt")
+    live = model.prefix.live(z)
+    a, mask_a, lead = model._prefix_inputs(prompt["input_ids"], z, None)
+    b, mask_b, _ = model._prefix_inputs(prompt["input_ids"], ids, None)
+    assert torch.equal(mask_a, mask_b)
+    soft = slice(lead - P, lead)
+    assert torch.equal(a[:, soft][live], b[:, soft][live])      # dead slots are masked
+    assert torch.equal(a[:, lead:], b[:, lead:]) and torch.equal(a[:, :lead - P], b[:, :lead - P])
+    parts_a, parts_b = (model._passage_parts("order", r, [0, 0, 1], [False, False, True], None)
+                        for r in (z, ids))
+    assert all(torch.equal(x, y) for x, y in zip([parts_a[0], *parts_a[1], parts_a[2]],
+                                                 [parts_b[0], *parts_b[1], parts_b[2]]))
+    assert model.complete(["order"] * 3, z, 4) == model.complete(["order"] * 3, ids, 4)
+    assert (model.complete_each_passage("order", z, [0, 0, 1], [False, False, True], None, 4)
+            == model.complete_each_passage("order", ids, [0, 0, 1], [False, False, True],
+                                           None, 4))
+
+
+def test_slot_ids_are_checked(toks):
+    model = make_token_code_model(toks, c2=len(toks[1]), snap=True).eval()
+    z = model.encode(SENTENCES[:2]).detach()
+    ids = model.slot_ids(z)
+    vocab = model.decoder.get_input_embeddings().num_embeddings
+    for bad in (ids[:, :-1], ids.clone().fill_(vocab), ids.clone().fill_(-2), ids[0]):
+        with pytest.raises(ValueError, match="readouts"):
+            model.complete_passages("order", bad)
+    with pytest.raises(ValueError, match="readouts"):
+        model.slot_ids(ids)                                  # ids are not latents
+    with pytest.raises(ValueError, match="readouts"):
+        model.complete(["order"], ids[:, :-1])
+    with pytest.raises(ValueError, match="prefix_snap"):
+        make_token_code_model(toks, c2=len(toks[1]), snap=False).eval().complete_passages(
+            "order", ids)

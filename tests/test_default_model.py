@@ -147,3 +147,83 @@ def test_recall_answers_every_value_withholds_another_entity_and_reads_korean(mo
     assert orange.swapped == ("orange", "red")
     kr = mem.ask_trace("서울에서 가장 좋은 일은", "서울에서 가장 좋은 일은 무엇입니까?")
     assert kr.found and "치킨" in kr.answer, kr
+
+
+def test_answers_stop_at_the_end_of_their_line(model):
+    """With ``first_line`` the decoder stops once its answer's line ends: the same text as
+    the full run up to that line break, not the run-on after it (here the template's
+    default question, echoed)."""
+    z = model.encode(["The pass key is 86556. Remember it."]).detach()
+    prefix = "The pass key is"
+    full = model.complete_passages(prefix, z, max_new_tokens=24)
+    line = model.complete_passages(prefix, z, max_new_tokens=24, first_line=True)
+    assert "\n" in full.strip() and "86556" in line, (full, line)
+    assert full.startswith(line) and line.endswith("\n") and "\n" not in line.strip()
+    full, line = (model.complete([prefix], z, max_new_tokens=24, first_line=f)[0]
+                  for f in (False, True))
+    assert "\n" in full.strip() and full.startswith(line) and "\n" not in line.strip()
+
+
+def test_a_needle_stated_both_ways_gets_one_answer(model):
+    """The passkey needle says its key twice, the second time the other way round ("N is
+    the pass key."): both passages are read, and the answer is the key once."""
+    from larimar_ext.longcontext import tasks
+    from larimar_ext.longcontext.memory import LongContextMemory
+    ctx = tasks.passkey_context(1000, 50, tokenizer=model.tokenizer, key="86556")
+    mem = LongContextMemory(model)
+    mem.ingest(ctx.text)
+    a = mem.ask_trace(ctx.answer_prefix, ctx.question, max_new_tokens=len(ctx.answer) + 4)
+    assert a.found and len(a.passages) == 2, a
+    assert a.answer.strip(" .") == "86556" and len(a.answers) == 1, a
+
+
+def test_first_line_reads_only_the_new_ids(model):
+    """generate() given the prompt as ids checks prompt + new ids: the criterion skips the
+    prompt's columns, so a prompt's own line break does not end the answer."""
+    from larimar_ext.model.larimar import _FirstLine
+    tok = model.tokenizer
+    prompt = tok("Question?\nThe pass key is", add_special_tokens=False)["input_ids"]
+    done = _FirstLine(tok, start=len(prompt))
+    for new, stop in ((" 86556", False), (" 86556.\n", True)):
+        ids = torch.tensor([prompt + tok(new, add_special_tokens=False)["input_ids"]])
+        assert done(ids, None).tolist() == [stop]
+        assert _FirstLine(tok)(ids, None).tolist() == [True]   # the prompt's line counts
+
+
+def test_token_values_answer_as_latents_do_in_a_fraction_of_the_bytes(model, tmp_path):
+    """The recall memory's default values are slot ids: the same passages, the same
+    answers and the same decoder input as with the latents, in 1/56 of the value bytes,
+    and they survive save and load."""
+    from larimar_ext.longcontext import tasks
+    from larimar_ext.longcontext.memory import LongContextMemory
+    ctx = tasks.passkey_context(1000, 50, tokenizer=model.tokenizer, key="40719")
+    text = ctx.text + " The best thing to do in San Francisco is eat a sandwich and sit in " \
+                      "Dolores Park on a sunny day."
+    mems = {v: LongContextMemory(model, values=v) for v in ("latent", "tokens")}
+    assert LongContextMemory(model).values == "tokens"
+    for mem in mems.values():
+        mem.ingest(text)
+    lat, tok = mems["latent"], mems["tokens"]
+    assert tok.store.value_dim == model.prefix.num_slots
+    assert lat.store.nbytes - tok.store.nbytes == len(tok) * 4 * (model.code_size
+                                                                   - model.prefix.num_slots)
+    for seg in list(tok._row_of)[:8]:
+        assert torch.equal(model.slot_ids(torch.as_tensor(lat.readout_of(seg))[None])[0],
+                           torch.as_tensor(tok.readout_of(seg)).long())
+    questions = [(ctx.answer_prefix, ctx.question),
+                 ("The best thing to do in San Francisco is",
+                  "What is the best thing to do in San Francisco?")]
+    want = [lat.ask_trace(p, q, max_new_tokens=12) for p, q in questions]
+    got = [tok.ask_trace(p, q, max_new_tokens=12) for p, q in questions]
+    assert [a.answers for a in got] == [a.answers for a in want]
+    assert [a.passages for a in got] == [a.passages for a in want]
+    assert "40719" in got[0].answer and "Dolores Park" in got[1].answer
+    tok.save(tmp_path / "m")
+    back = LongContextMemory.load(tmp_path / "m", model)
+    assert back.values == "tokens" and back.ask(*questions[0], max_new_tokens=12) == got[0].answer
+    lat.save(tmp_path / "l")
+    assert LongContextMemory.load(tmp_path / "l", model).values == "latent"
+    with pytest.raises(ValueError, match="values"):
+        LongContextMemory(model, mode="paper", values="tokens")
+    with pytest.raises(ValueError, match="values"):
+        LongContextMemory(model, values="bytes")

@@ -51,6 +51,9 @@ def test_continuation_reads_on_after_the_prefix():
     assert continuation("仓库的密码", "今天下雨。") is None
     assert continuation("I recommend that you", "The best thing to do is eat.") is None
     assert continuation("The pass key is", "The pass key is") is None
+    # only punctuation after the prefix's words: the fact is stated the other way round
+    assert continuation("The pass key is", "86556 is the pass key.") == "86556"
+    assert continuation("The pass key is", "The pass key is.") is None
     assert continuation("", "anything") is None
 
 

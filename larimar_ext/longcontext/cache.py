@@ -18,7 +18,8 @@ __all__ = ["EncodingCache"]
 class EncodingCache:
     """Encodings of texts already seen, shared by the memories it is given to.
 
-    ``keys``: key text -> key (H_enc,) float32; ``values``: segment text -> z (C,) float32.
+    ``keys``: key text -> key (H_enc,) float32; ``values``: segment text -> the stored
+    value, z (C,) or its slot ids (P,), float32 (``value_kind``).
     A memory always keeps the keys of its prefixes (so segments sharing a prefix get the
     bitwise same key vector); a cache with ``keep_values=True`` also keeps values, which lets
     benchmark trials over the same haystack skip the encoder for texts an earlier trial
@@ -30,6 +31,7 @@ class EncodingCache:
         self.keys: Dict[str, np.ndarray] = {}
         self.values: Dict[str, np.ndarray] = {}
         self.model_id: Optional[int] = None     # the model the encodings came from
+        self.value_kind: Optional[str] = None   # "latent" or "tokens" (LongContextMemory)
 
     def nbytes(self) -> int:
         return (sum(v.nbytes for v in self.keys.values())

@@ -71,17 +71,25 @@ def support(answer: str, passages: Sequence[str], asked: str) -> float:
 def continuation(answer_prefix: str, passage: str, min_chars: int = 8) -> Optional[str]:
     """What the passage says after the answer prefix: its text after the last of the words
     it shares with the prefix in order (at least two shared words: "... for A, B, and C
-    are" against "... for B is: 12." gives "is: 12."), or, in a script without spaces,
-    after the longest end of the prefix it holds (at least ``min_chars`` characters, or the
-    whole prefix when shorter). None when it shares too little or nothing follows."""
+    are" against "... for B is: 12." gives "is: 12."); when only punctuation follows them,
+    the fact stated the other way round, its words before them without the prefix's words
+    next to them ("86556 is the pass key." gives "86556"); in a script without spaces, what
+    follows the longest end of the prefix it holds (at least ``min_chars`` characters, or
+    the whole prefix when shorter). None when it shares too little or holds nothing else."""
     asked = [w.lower() for w in _WORDS.findall(answer_prefix)]
     found = list(_WORDS.finditer(passage))
     told = [m.group().lower() for m in found]
     blocks = difflib.SequenceMatcher(None, asked, told, autojunk=False).get_matching_blocks()
     if sum(b.size for b in blocks) >= min(2, len(asked)) and len(asked) > 1:
-        last = max((b for b in blocks if b.size), key=lambda b: b.b)
+        shared = [b for b in blocks if b.size]
+        last = max(shared, key=lambda b: b.b)
         rest = passage[found[last.b + last.size - 1].end():].strip()
-        return rest or None
+        if _WORDS.search(rest):
+            return rest
+        end = min(b.b for b in shared)
+        while end and told[end - 1] in asked:
+            end -= 1
+        return passage[:found[end - 1].end()].strip() if end else None
     words = answer_prefix.split()
     if len(words) != 1:
         return None

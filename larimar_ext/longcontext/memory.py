@@ -76,6 +76,7 @@ __all__ = ["LongContextMemory", "IngestStats", "Answer", "Source", "EncodingCach
 
 _KIND = "larimar_ext.LongContextMemory"
 MODES = ("recall", "paper")
+VALUES = ("auto", "latent", "tokens")
 DEFAULT_PREFIX_WORDS = 4
 DEFAULT_MAX_TOKENS = 64
 # Confidence threshold of "found", set between what was measured (benchmarks/RESULTS.md
@@ -96,6 +97,20 @@ def _fraction(value: Any, name: str) -> float:
             or not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"{name}: expected a number in [0, 1], got {value!r}")
     return float(value)
+
+
+def _takes(method: Any, name: str) -> bool:
+    """Whether a model method (duck-typed models may lack options) has parameter ``name``."""
+    try:
+        return name in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _first_line(method: Any) -> Dict[str, Any]:
+    """``first_line=True`` for a model method that takes it: an answer is one line, and
+    generation stops there instead of writing on to the token limit."""
+    return {"first_line": True} if _takes(method, "first_line") else {}
 
 
 def _clean(answer: str) -> str:
@@ -191,6 +206,12 @@ class LongContextMemory:
         int8_values: encode values with the model's int8 encoder (``LarimarModel.int8_values``):
             faster ingest on the CPU (paper mode keys stay float; recall mode keys come from
             the same int8 pass).
+        values: what a row keeps of its segment's latent. "latent": the latent itself (C
+            floats, 28 KB with the default model). "tokens": the decoder tokens the latent
+            stands for (``model.slot_ids``: one id per slot, -1 for a dead one; 128 bytes),
+            which with a snapping prefix path (``prefix_snap``) give the decoder the same
+            input; recall mode only (paper mode may mix several rows' latents). "auto"
+            (default): "tokens" where the model and mode allow it, else "latent".
     """
 
     def __init__(self, model: Any, *, mode: str = "recall",
@@ -201,7 +222,8 @@ class LongContextMemory:
                  batch_size: int = 256, batch_tokens: int = 2048, block: int = 2048,
                  metric: str = "cosine",
                  cache: Optional[EncodingCache] = None, progress: bool = False,
-                 pass_question: bool = True, int8_values: bool = False) -> None:
+                 pass_question: bool = True, int8_values: bool = False,
+                 values: str = "auto") -> None:
         for attr in ("encode", "encode_keys", "complete"):
             if not callable(getattr(model, attr, None)):
                 raise ValueError(f"model: expected a LarimarModel with {attr}(), got "
@@ -217,6 +239,8 @@ class LongContextMemory:
             raise ValueError(f"metric: expected 'cosine', 'ip' or 'l2', got {metric!r}")
         if cache is not None and not isinstance(cache, EncodingCache):
             raise ValueError(f"cache: expected an EncodingCache, got {type(cache).__name__}")
+        if values not in VALUES:
+            raise ValueError(f"values: expected one of {VALUES}, got {values!r}")
         self.model = model
         if hasattr(model, "eval"):
             model.eval()
@@ -225,6 +249,7 @@ class LongContextMemory:
                 raise ValueError("int8_values: the model has no int8_values()")
             model.int8_values(True)
         self.mode = mode
+        self.values = self._value_kind(values)
         self.prefix_words = _positive_int(prefix_words, "prefix_words")
         self.prefix_keys = prefix_keys
         slots = getattr(getattr(model, "aligner", None), "num_slots", None)
@@ -244,17 +269,17 @@ class LongContextMemory:
         self.metric = metric
         self.progress = bool(progress)
         self.pass_question = bool(pass_question)
-        try:
-            self._complete_takes_questions = "questions" in inspect.signature(
-                model.complete).parameters
-        except (TypeError, ValueError):
-            self._complete_takes_questions = False
+        self._complete_takes_questions = _takes(model.complete, "questions")
         if cache is not None:
             if cache.model_id not in (None, id(model)):
                 raise ValueError("cache: holds encodings of another model")
+            if cache.keep_values and cache.value_kind not in (None, self.values):
+                raise ValueError(f"cache: holds {cache.value_kind} values, this memory keeps "
+                                 f"{self.values}")
             cache.model_id = id(model)
         self.cache = cache if cache is not None else EncodingCache()
         self.cache.model_id = id(model)
+        self.cache.value_kind = self.values
         self.segmenter = Segmenter(model.tokenizer, self.max_tokens, block=self.block)
         self._reset()
 
@@ -275,6 +300,25 @@ class LongContextMemory:
     @property
     def recall(self) -> bool:
         return self.mode == "recall"
+
+    def _value_kind(self, values: str) -> str:
+        """``values`` resolved for this model and mode ("latent" or "tokens")."""
+        model = self.model
+        takes_ids = (callable(getattr(model, "slot_ids", None))
+                     and getattr(model, "prefix", None) is not None
+                     and bool(getattr(model, "prefix_snap", False)))
+        if values == "auto":
+            return "tokens" if takes_ids and self.recall else "latent"
+        if values == "tokens" and not (takes_ids and self.recall):
+            raise ValueError("values: 'tokens' needs recall mode and a model whose decoder "
+                             "reads its slots as snapped tokens (slot_ids, prefix_snap)")
+        return values
+
+    def _value_width(self) -> int:
+        """Numbers in a stored value: the code size, or one per slot (``values="tokens"``)."""
+        if self.values == "tokens":
+            return int(self.model.prefix.num_slots)
+        return int(getattr(self.model, "code_size", 0))
 
     # ------------------------------------------------------------------ helpers
 
@@ -335,9 +379,16 @@ class LongContextMemory:
             out.update(zip(batch, k))
         return out
 
+    def _stored(self, z: torch.Tensor) -> np.ndarray:
+        """What rows keep of latents z (n, C): z, or its slot ids (n, P) as float32 (exact
+        for ids below 2**24)."""
+        if self.values == "tokens":
+            return _host(self.model.slot_ids(z))
+        return _host(z)
+
     @torch.no_grad()
     def _encode_values(self, texts: List[str]) -> np.ndarray:
-        return _host(self.model.encode(list(texts)))
+        return self._stored(self.model.encode(list(texts)))
 
     @torch.no_grad()
     def _encode_values_and_keys(self, texts: List[str]) -> Tuple[np.ndarray, np.ndarray]:
@@ -345,7 +396,7 @@ class LongContextMemory:
         both = getattr(self.model, "encode_with_keys", None)
         if callable(both):
             z, keys = both(list(texts))
-            return _host(z), _host(keys)
+            return self._stored(z), _host(keys)
         return (self._encode_values(texts),
                 _host(self.model.encode_keys(list(texts), batch_size=len(texts))))
 
@@ -607,8 +658,9 @@ class LongContextMemory:
         return self._row_of.get(segment)
 
     def readout_of(self, segment: str) -> np.ndarray:
-        """The stored value (C,) of the row holding ``segment``: what the decoder gets when
-        retrieval finds that segment (used to score decoding apart from retrieval)."""
+        """The stored value of the row holding ``segment`` (its latent (C,), or its slot ids
+        (P,) with ``values="tokens"``): what the decoder gets when retrieval finds that
+        segment (used to score decoding apart from retrieval)."""
         row = self._row_of.get(segment)
         if row is None:
             raise ValueError(f"segment: not in the memory: {segment[:80]!r}")
@@ -616,6 +668,8 @@ class LongContextMemory:
 
     def _to_decoder(self, readout: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
         r = torch.as_tensor(np.asarray(readout, dtype=np.float32))
+        if self.values == "tokens":
+            r = r.to(torch.long)                        # slot ids, stored exactly as floats
         if isinstance(self.model, torch.nn.Module) and hasattr(self.model, "decoder"):
             r = r.to(_device(self.model.decoder))       # only z_read crosses to the device
         return r
@@ -630,7 +684,8 @@ class LongContextMemory:
         kw: Dict[str, Any] = {}
         if question is not None and self.pass_question and self._complete_takes_questions:
             kw["questions"] = [question]
-        out = self.model.complete([answer_prefix], r, max_new_tokens=max_new_tokens, **kw)
+        out = self.model.complete([answer_prefix], r, max_new_tokens=max_new_tokens, **kw,
+                                  **_first_line(self.model.complete))
         return _clean(out[0])
 
     def decode_passages(self, answer_prefix: str, passages: List[List[str]],
@@ -648,8 +703,9 @@ class LongContextMemory:
                 or getattr(self.model, "prefix", None) is None:
             return self.decode(answer_prefix, values[0], max_new_tokens, question)
         q = question if self.pass_question else None
-        return _clean(self.model.complete_passages(answer_prefix, self._to_decoder(values),
-                                                   skip, joined, q, max_new_tokens))
+        return _clean(self.model.complete_passages(
+            answer_prefix, self._to_decoder(values), skip, joined, q, max_new_tokens,
+            **_first_line(self.model.complete_passages)))
 
     def _readouts_of(self, passages: List[List[str]]
                      ) -> Tuple[np.ndarray, List[int], List[bool]]:
@@ -789,11 +845,13 @@ class LongContextMemory:
                     answer_prefix, passages, each, question, readouts=readouts)]
         with clock("check"):
             # each passage's answer checked against that passage; one per distinct value
-            answers, extracted = [], False
+            answers, extracted, told = [], False, set()
             for a, t in zip(raw, texts):
                 a, ex = self._grounded(a, [t], query, answer_prefix)
                 extracted |= ex
-                if a not in answers:
+                value = a.strip(" \n:;,.")
+                if value.lower() not in told:       # "86556." and "86556" are one value
+                    told.add(value.lower())
                     answers.append(a)
             guess = answers[0] if len(answers) == 1 else ", ".join(
                 a.strip(" \n:;,.") for a in answers)
@@ -853,7 +911,7 @@ class LongContextMemory:
                 "split_sentences": self.segmenter.split_sentences,
                 "prefix_words": (self.prefix_words if self.prefix_keys and not self.recall
                                  else None),
-                "max_tokens": self.max_tokens, "mode": self.mode}
+                "max_tokens": self.max_tokens, "mode": self.mode, "values": self.values}
 
     def __len__(self) -> int:
         return len(self.store) if self.store is not None else 0
@@ -878,7 +936,7 @@ class LongContextMemory:
         blob = np.frombuffer(b"".join(encoded), np.uint8) if encoded else np.zeros(0, np.uint8)
         index = {t: i for i, t in enumerate(texts)}
         places = [self._place.get(t, _NOWHERE) for t in texts]
-        config = {"mode": self.mode, "prefix_words": self.prefix_words,
+        config = {"mode": self.mode, "values": self.values, "prefix_words": self.prefix_words,
                   "prefix_keys": self.prefix_keys,
                   "max_tokens": self.max_tokens, "metric": self.metric,
                   "rows": len(self.store), "texts": len(texts),
@@ -924,6 +982,9 @@ class LongContextMemory:
             mode = config.get("mode", "paper")      # files from before the recall mode
             if mode not in MODES:
                 raise ValueError(f"mode {mode!r}")
+            values = config.get("values", "latent")  # files from before slot-id values
+            if values not in VALUES[1:]:
+                raise ValueError(f"values {values!r}")
             links = [arrays.get(k, np.zeros(n_texts, np.int64) - (k in ("text_prev", "text_next")))
                      for k in ("text_positions", "text_prev", "text_next", "text_overlap",
                                "text_continues")]
@@ -933,13 +994,20 @@ class LongContextMemory:
             raise ValueError(f"path: {str(path)!r} has an invalid segments file ({exc})") from exc
         if not ok:
             raise ValueError(f"path: {str(path)!r}: segments file and memory do not match")
-        if store.value_dim != getattr(self.model, "code_size", store.value_dim):
+        self.mode, was = mode, (self.mode, self.values)
+        try:
+            self.values = self._value_kind(values)
+            width = self._value_width()
+        except ValueError as exc:
+            self.mode, self.values = was
+            raise ValueError(f"path: {str(path)!r} holds {values} values ({exc})") from exc
+        if store.value_dim != (width or store.value_dim):
+            self.mode, self.values = was
             raise ValueError(f"path: {str(path)!r} holds values of size {store.value_dim}, "
-                             f"the model's code size is {self.model.code_size}")
+                             f"the model's {values} values have {width}")
         data = blob.tobytes()
         texts = [data[offsets[i]:offsets[i + 1]].decode("utf-8") for i in range(n_texts)]
         self._reset()
-        self.mode = mode
         self.prefix_words, self.prefix_keys = prefix_words, bool(config["prefix_keys"])
         self.max_tokens, self.metric = max_tokens, store.metric
         self.segmenter = Segmenter(self.model.tokenizer, self.max_tokens, block=self.block)
@@ -960,6 +1028,7 @@ class LongContextMemory:
         # prefix must land in the same row
         self.cache = EncodingCache(self.cache.keep_values)
         self.cache.model_id = id(self.model)
+        self.cache.value_kind = self.values
         if n_rows and not self.recall:
             keys = store.keys
             for r, row in enumerate(self._rows):

@@ -46,16 +46,18 @@ class LarimarOutput:
 
 
 class _FirstLine:
-    """A generate stopping criterion: a row is done once its new text holds a line of text
-    (after any leading space, colon or blank lines) and the line break after it."""
+    """A generate stopping criterion: a row is done once its new text (its ids from column
+    ``start`` on: generate's ids hold the prompt when it was given as ids) holds a line of
+    text (after any leading space, colon or blank lines) and the line break after it."""
 
     _DONE = re.compile(r"^[\s:]*[^\s:][^\n]*\n")
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, start: int = 0) -> None:
         self.tokenizer = tokenizer
+        self.start = start
 
     def __call__(self, input_ids: Tensor, scores: Any, **kwargs: Any) -> Tensor:
-        texts = self.tokenizer.batch_decode(input_ids, skip_special_tokens=True)
+        texts = self.tokenizer.batch_decode(input_ids[:, self.start:], skip_special_tokens=True)
         return torch.tensor([bool(self._DONE.match(t)) for t in texts],
                             device=input_ids.device)
 
@@ -397,6 +399,54 @@ class LarimarModel(nn.Module):
         text = template[part].format(**fmt) if fmt else template[part]
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
+    def _soft_tokens(self, readouts: Tensor, snap: bool) -> tuple[Tensor, Tensor]:
+        """The prefix path's soft tokens (n, P, D) and live mask (n, P) of readouts (n, C),
+        snapped to the nearest embedding rows when ``snap``; or of slot ids (n, P) from
+        ``slot_ids``: the rows of those ids, live where id >= 0."""
+        embed = self.decoder.get_input_embeddings()
+        if not readouts.is_floating_point():
+            ids = readouts.to(embed.weight.device, torch.long)
+            return embed(ids.clamp(min=0)), ids >= 0
+        return self.prefix(readouts.to(embed.weight.device), embed.weight if snap else None)
+
+    def _check_readouts(self, readouts: Tensor, name: str = "readouts") -> None:
+        """readouts: latents (n, C), or slot ids (n, P) (integers, -1 or a token id)."""
+        ids = not readouts.is_floating_point()
+        width = self.prefix.num_slots if ids and self.prefix is not None else self.code_size
+        ok = readouts.dim() == 2 and readouts.shape[1] == width and readouts.shape[0] >= 1
+        if ids:
+            if self.prefix is None or not self.prefix_snap:
+                raise ValueError(f"{name}: slot ids need the prefix path with prefix_snap")
+            vocab = self.decoder.get_input_embeddings().num_embeddings
+            ok = ok and bool(((readouts >= -1) & (readouts < vocab)).all())
+        if not ok:
+            what = (f"slot ids (n >= 1, {width}) in [-1, {vocab})" if ids
+                    else f"(n >= 1, {self.code_size}) latents")
+            raise ValueError(f"{name}: expected {what}, got {readouts.dtype} "
+                             f"{tuple(readouts.shape)}")
+
+    @torch.no_grad()
+    def slot_ids(self, readouts: Tensor) -> Tensor:
+        """The decoder tokens readouts (n, C) stand for, as the prefix path reads them: ids
+        (n, P) of each live slot's nearest embedding row (cosine), -1 for dead slots.
+
+        With ``prefix_snap`` (the default model) the decoder's input from these ids is the
+        input from the readouts, row for row: ``complete``, ``complete_passages`` and
+        ``complete_each_passage`` take either. A value kept this way is P small integers
+        instead of C floats (the long-context memory's ``values="tokens"``)."""
+        if self.prefix is None:
+            raise ValueError("readouts: slot ids need the prefix path")
+        if not readouts.is_floating_point():
+            raise ValueError(f"readouts: expected latents (n, {self.code_size}) of a float "
+                             f"dtype, got {readouts.dtype}")
+        self._check_readouts(readouts)
+        embed = self.decoder.get_input_embeddings()
+        soft, live = self.prefix(readouts.to(embed.weight.device))
+        ids = torch.full(live.shape, -1, dtype=torch.long, device=live.device)
+        if live.any():
+            ids[live] = self.prefix.nearest_ids(soft[live], embed.weight)
+        return ids
+
     def _prefix_inputs(self, input_ids: Tensor, readout: Tensor,
                        attention_mask: Optional[Tensor]) -> tuple[Tensor, Tensor, int]:
         """[template before][soft tokens of readout][input_ids] as embeddings (B, L, H),
@@ -404,8 +454,7 @@ class LarimarModel(nn.Module):
         embed = self.decoder.get_input_embeddings()
         b = input_ids.shape[0]
         before = torch.tensor(self._template_ids(0), dtype=torch.long, device=input_ids.device)
-        table = embed.weight if self.prefix_snap and not self.training else None
-        soft, live = self.prefix(readout, table)
+        soft, live = self._soft_tokens(readout, self.prefix_snap and not self.training)
         parts = [embed(before).unsqueeze(0).expand(b, -1, -1), soft.to(embed.weight.dtype),
                  embed(input_ids)]
         if attention_mask is None:
@@ -435,11 +484,20 @@ class LarimarModel(nn.Module):
                                 labels=labels, use_cache=cache is not None,
                                 **{self._cache_kw: cache}, **kwargs)
 
+    def _stop_at_first_line(self, gen_kwargs: dict, start: int) -> None:
+        """Add ``_FirstLine`` (new text from id column ``start`` on) to generate's criteria."""
+        if self.tokenizer is None:
+            raise ValueError("first_line: needs a tokenizer: pass tokenizer= to LarimarModel")
+        given = gen_kwargs.get("stopping_criteria") or []
+        gen_kwargs["stopping_criteria"] = [*given, _FirstLine(self.tokenizer, start)]
+
     @torch.no_grad()
     def generate(self, prompt_ids: Tensor, readout: Tensor, attention_mask: Optional[Tensor] = None,
-                 **gen_kwargs) -> Tensor:
+                 first_line: bool = False, **gen_kwargs) -> Tensor:
         """``decoder.generate`` conditioned on readout (B, C); prompt_ids (B, T) (left padded
-        for batches). Returns the prompt plus the new tokens, (B, T + new), like HF."""
+        for batches). Returns the prompt plus the new tokens, (B, T + new), like HF.
+        ``first_line``: each row stops once its new text holds a line and its line break (an
+        answer is one line; the decoder writes on past it)."""
         dev = _device(self.decoder)
         prompt_ids = prompt_ids.to(dev)
         readout = readout.to(dev)
@@ -447,6 +505,12 @@ class LarimarModel(nn.Module):
             attention_mask = torch.ones_like(prompt_ids)
         attention_mask = attention_mask.to(dev, torch.long)
         gen_kwargs.setdefault("pad_token_id", self.dummy_token_id)
+        if first_line:
+            # the ids generate() checks: only the new ones from embeddings (prefix path),
+            # else the prompt's too, after the memory slot's dummy token when it has one
+            start = 0 if self.prefix is not None else prompt_ids.shape[1] + (
+                self.memory_slot is not None)
+            self._stop_at_first_line(gen_kwargs, start)
         if self.prefix is not None:
             embeds, mask, _ = self._prefix_inputs(prompt_ids, readout, attention_mask)
             new = self.decoder.generate(inputs_embeds=embeds, attention_mask=mask, **gen_kwargs)
@@ -476,10 +540,12 @@ class LarimarModel(nn.Module):
 
     @torch.no_grad()
     def complete(self, prompts: Texts, readouts: Tensor, max_new_tokens: int = 16,
-                 questions: Optional[Union[str, Sequence[Optional[str]]]] = None) -> list[str]:
+                 questions: Optional[Union[str, Sequence[Optional[str]]]] = None,
+                 first_line: bool = False) -> list[str]:
         """Greedy continuations of text prompts, prompt i conditioned on readouts[i] (n, C);
         returns only the new text of each (the prompt not repeated). With the prefix path,
-        ``questions`` fill the template's ``{question}`` (default "Repeat the text.")."""
+        ``questions`` fill the template's ``{question}`` (default "Repeat the text.").
+        ``first_line``: each stops after its first line of text and the line break."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if self.prefix is not None and self.prompt_template is not None:
             qs = ([questions] * len(prompts) if questions is None or isinstance(questions, str)
@@ -489,7 +555,10 @@ class LarimarModel(nn.Module):
             prompts = [self._question_turn(q) + p for q, p in zip(qs, prompts)]
         if readouts.dim() == 1:
             readouts = readouts.unsqueeze(0)
-        if readouts.shape != (len(prompts), self.code_size):
+        if not readouts.is_floating_point():
+            self._check_readouts(readouts)      # slot ids (n, P) from slot_ids
+        if readouts.shape[0] != len(prompts) or (readouts.is_floating_point()
+                                                 and readouts.shape[1:] != (self.code_size,)):
             raise ValueError(f"readouts: expected ({len(prompts)}, {self.code_size}), "
                              f"got {tuple(readouts.shape)}")
         tok = self.tokenizer
@@ -502,7 +571,8 @@ class LarimarModel(nn.Module):
         finally:
             tok.padding_side = side
         out = self.generate(batch["input_ids"], readouts, attention_mask=batch["attention_mask"],
-                            max_new_tokens=max_new_tokens, do_sample=False)
+                            max_new_tokens=max_new_tokens, do_sample=False,
+                            first_line=first_line)
         new = out[:, batch["input_ids"].shape[1]:]
         return tok.batch_decode(new, skip_special_tokens=True)
 
@@ -520,17 +590,14 @@ class LarimarModel(nn.Module):
         (the overlap with the window before it); ``joined[i]`` False starts a new passage."""
         if self.prefix is None:
             raise ValueError("readouts: several readouts at once need the prefix path")
-        if readouts.dim() != 2 or readouts.shape[1] != self.code_size or readouts.shape[0] < 1:
-            raise ValueError(f"readouts: expected (r >= 1, {self.code_size}), "
-                             f"got {tuple(readouts.shape)}")
+        self._check_readouts(readouts)
         r = readouts.shape[0]
         skip = list(skip) or [0] * r
         joined = list(joined) or [False] * r
         if len(skip) != r or len(joined) != r:
             raise ValueError(f"skip, joined: expected {r} entries each")
         embed = self.decoder.get_input_embeddings()
-        table = embed.weight if self.prefix_snap else None
-        soft, live = self.prefix(readouts.to(embed.weight.device), table)
+        soft, live = self._soft_tokens(readouts, self.prefix_snap)
         blocks: list[list[Tensor]] = []
         for i in range(r):
             if i == 0 or not joined[i]:
@@ -544,18 +611,21 @@ class LarimarModel(nn.Module):
     @torch.no_grad()
     def complete_passages(self, prompt: str, readouts: Tensor, skip: Sequence[int] = (),
                           joined: Sequence[bool] = (), question: Optional[str] = None,
-                          max_new_tokens: int = 16, separator: str = "\n") -> str:
+                          max_new_tokens: int = 16, separator: str = "\n",
+                          first_line: bool = False) -> str:
         """Greedy continuation of one prompt conditioned on several readouts (r, C) at once
         (prefix path only): their soft tokens go to the decoder in the order given, readout i
         without its first ``skip[i]`` live slots (the overlap with the window before it) and,
         unless ``joined[i]`` (a later window of the same sentence), after ``separator``.
-        The decoder's input grows with r, never with the context."""
+        The decoder's input grows with r, never with the context. ``first_line``: stop
+        after the first line of text and its line break."""
         head, blocks, tail = self._passage_parts(prompt, readouts, skip, joined, question)
         sep = self._embed_text(separator)
         parts = [head]
         for j, b in enumerate(blocks):
             parts.extend([sep, b] if j else [b])
-        return self._generate_embeds([torch.cat([*parts, tail], 0)], max_new_tokens)[0]
+        return self._generate_embeds([torch.cat([*parts, tail], 0)], max_new_tokens,
+                                     first_line)[0]
 
     @torch.no_grad()
     def complete_each_passage(self, prompt: str, readouts: Tensor, skip: Sequence[int] = (),
@@ -584,11 +654,13 @@ class LarimarModel(nn.Module):
             rows.append(torch.cat([pad.expand(n, -1), e], 0))
             masks.append(torch.cat([torch.zeros(n, dtype=torch.long, device=e.device),
                                     torch.ones(e.shape[0], dtype=torch.long, device=e.device)]))
-        stop = [_FirstLine(self.tokenizer)] if first_line else None
+        gen: dict = {}
+        if first_line:
+            self._stop_at_first_line(gen, 0)   # from embeddings generate() sees new ids only
         new = self.decoder.generate(inputs_embeds=torch.stack(rows),
                                     attention_mask=torch.stack(masks), do_sample=False,
-                                    max_new_tokens=max_new_tokens, stopping_criteria=stop,
-                                    pad_token_id=self.dummy_token_id)
+                                    max_new_tokens=max_new_tokens,
+                                    pad_token_id=self.dummy_token_id, **gen)
         return self.tokenizer.batch_decode(new, skip_special_tokens=True)
 
     # ------------------------------------------------------------------ training loss
@@ -631,9 +703,7 @@ class LarimarModel(nn.Module):
     def slot_tokens(self, readout: Tensor) -> list[list[int]]:
         """The decoder tokens the live slots of readouts (n, C) stand for (nearest input
         embedding by cosine): the segment text a readout holds, without running the decoder."""
-        soft, live = self.prefix(readout.to(_device(self.decoder)))
-        ids = self.prefix.nearest_ids(soft, self.decoder.get_input_embeddings().weight)
-        return [row[m].tolist() for row, m in zip(ids, live)]
+        return [row[row >= 0].tolist() for row in self.slot_ids(readout)]
 
     def forward_aligned(self, segments: AlignedSegments, episode_size: int) -> LarimarOutput:
         """Larimar loss of a prefix-path model on B episodes of ``episode_size`` segments
