@@ -137,7 +137,7 @@ def main() -> int:
 
     from larimar_ext.longcontext.memory import LongContextMemory
     from larimar_ext.model import LarimarModel
-    torch.set_num_threads(args.threads)
+    cm.set_all_threads(torch=torch, lx=cm.import_larimar(), n=args.threads)
     target = 50_000 if args.quick else args.tokens
     check = 200 if args.quick else args.check
     model = LarimarModel.from_pretrained()

@@ -15,6 +15,16 @@ import numpy as np
 from . import EpisodicMemory, KeyValueMemory, info, lstsq_write, pinv_address, read
 
 
+
+def _set_threads(n: int) -> None:
+    """Both thread pools, torch's and the kernel's (it searches and snaps to tokens): an
+    OpenMP pool wider than the cores a run is given spins against the other run."""
+    import torch
+
+    from . import set_num_threads
+    torch.set_num_threads(n)
+    set_num_threads(n)
+
 def _demo(args: argparse.Namespace) -> int:
     rng = np.random.default_rng(args.seed)
     print("larimar-ext", json.dumps(info(), indent=2))
@@ -214,7 +224,8 @@ def _bench_parser(p: argparse.ArgumentParser, task: str) -> None:
                         "the context in its prompt (truncated beyond 8192 tokens; slow)")
     p.add_argument("--out", default="longcontext-results",
                    help="folder for the JSON of every trial and the PNG heatmaps")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch and kernel threads (default: theirs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -246,8 +257,7 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     if args.threads is not None:
-        import torch
-        torch.set_num_threads(args.threads)
+        _set_threads(args.threads)
     system = "in-context" if args.baseline == "in-context" else (
         "memory-noprefix" if args.no_prefix else
         "memory-paper" if args.mode == "paper" else "memory")
@@ -287,7 +297,7 @@ def _ruler_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="a saved LarimarModel folder")
     p.add_argument("--threshold", type=float, default=None,
                    help="confidence below which the memory answers 'not found'")
-    p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--threads", type=int, default=None, help="torch and kernel threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -308,8 +318,7 @@ def _ruler(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     if args.threads is not None:
-        import torch
-        torch.set_num_threads(args.threads)
+        _set_threads(args.threads)
     if args.system == "in-context":
         system, name = ruler.InContextSystem(), "in-context"
     else:

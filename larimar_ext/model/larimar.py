@@ -555,12 +555,10 @@ class LarimarModel(nn.Module):
             prompts = [self._question_turn(q) + p for q, p in zip(qs, prompts)]
         if readouts.dim() == 1:
             readouts = readouts.unsqueeze(0)
-        if not readouts.is_floating_point():
-            self._check_readouts(readouts)      # slot ids (n, P) from slot_ids
-        if readouts.shape[0] != len(prompts) or (readouts.is_floating_point()
-                                                 and readouts.shape[1:] != (self.code_size,)):
-            raise ValueError(f"readouts: expected ({len(prompts)}, {self.code_size}), "
-                             f"got {tuple(readouts.shape)}")
+        self._check_readouts(readouts)          # latents (n, C) or slot ids (n, P)
+        if readouts.shape[0] != len(prompts):
+            raise ValueError(f"readouts: expected one per prompt ({len(prompts)}), "
+                             f"got {readouts.shape[0]}")
         tok = self.tokenizer
         if tok is None:
             raise ValueError("complete() needs a tokenizer: pass tokenizer= to LarimarModel")
