@@ -153,6 +153,15 @@ def test_token_counter_word_estimate():
     assert prefix_text("x y", None) == "x y"
 
 
+def test_token_counter_counts_when_its_cache_fills():
+    """A batch of new texts that fills the cache clears it; the texts of that batch already
+    counted before still get their counts (they were read before the clear)."""
+    c = TokenCounter(None, cache_limit=2)
+    assert c.counts(["a b"]) == [3]
+    assert c.counts(["a b", "c", "d e f"]) == [3, 2, 5]
+    assert len(c._cache) <= 2 + 2 and c.count("a b") == 3
+
+
 # ----------------------------------------------------------------------------- tasks
 
 

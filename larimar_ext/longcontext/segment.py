@@ -226,11 +226,14 @@ class TokenCounter:
     def counts(self, texts: Sequence[str]) -> List[int]:
         """Token counts (len(texts),), one batched tokenizer call for the unseen texts."""
         todo = list(dict.fromkeys(t for t in texts if t not in self._cache))
-        if todo:
-            if len(self._cache) + len(todo) > self.cache_limit:
+        fresh = dict(zip(todo, self._raw(todo))) if todo else {}
+        # read before the cache may be cleared: a text counted earlier is not counted again
+        out = [fresh[t] if t in fresh else self._cache[t] for t in texts]
+        if fresh:
+            if len(self._cache) + len(fresh) > self.cache_limit:
                 self._cache.clear()
-            self._cache.update(zip(todo, self._raw(todo)))
-        return [self._cache[t] for t in texts]
+            self._cache.update(fresh)
+        return out
 
     def count(self, text: str) -> int:
         return self.counts([text])[0]
