@@ -249,7 +249,7 @@ class LongContextMemory:
                 raise ValueError("int8_values: the model has no int8_values()")
             model.int8_values(True)
         self.mode = mode
-        self.values = self._value_kind(values)
+        self.values = self._value_kind(values, mode)
         self.prefix_words = _positive_int(prefix_words, "prefix_words")
         self.prefix_keys = prefix_keys
         slots = getattr(getattr(model, "aligner", None), "num_slots", None)
@@ -301,22 +301,23 @@ class LongContextMemory:
     def recall(self) -> bool:
         return self.mode == "recall"
 
-    def _value_kind(self, values: str) -> str:
-        """``values`` resolved for this model and mode ("latent" or "tokens")."""
+    def _value_kind(self, values: str, mode: str) -> str:
+        """``values`` resolved for this model in ``mode`` ("latent" or "tokens")."""
         model = self.model
+        recall = mode == "recall"
         takes_ids = (callable(getattr(model, "slot_ids", None))
                      and getattr(model, "prefix", None) is not None
                      and bool(getattr(model, "prefix_snap", False)))
         if values == "auto":
-            return "tokens" if takes_ids and self.recall else "latent"
-        if values == "tokens" and not (takes_ids and self.recall):
+            return "tokens" if takes_ids and recall else "latent"
+        if values == "tokens" and not (takes_ids and recall):
             raise ValueError("values: 'tokens' needs recall mode and a model whose decoder "
                              "reads its slots as snapped tokens (slot_ids, prefix_snap)")
         return values
 
-    def _value_width(self) -> int:
+    def _value_width(self, values: str) -> int:
         """Numbers in a stored value: the code size, or one per slot (``values="tokens"``)."""
-        if self.values == "tokens":
+        if values == "tokens":
             return int(self.model.prefix.num_slots)
         return int(getattr(self.model, "code_size", 0))
 
@@ -994,20 +995,18 @@ class LongContextMemory:
             raise ValueError(f"path: {str(path)!r} has an invalid segments file ({exc})") from exc
         if not ok:
             raise ValueError(f"path: {str(path)!r}: segments file and memory do not match")
-        self.mode, was = mode, (self.mode, self.values)
         try:
-            self.values = self._value_kind(values)
-            width = self._value_width()
+            values = self._value_kind(values, mode)
         except ValueError as exc:
-            self.mode, self.values = was
             raise ValueError(f"path: {str(path)!r} holds {values} values ({exc})") from exc
+        width = self._value_width(values)
         if store.value_dim != (width or store.value_dim):
-            self.mode, self.values = was
             raise ValueError(f"path: {str(path)!r} holds values of size {store.value_dim}, "
                              f"the model's {values} values have {width}")
         data = blob.tobytes()
         texts = [data[offsets[i]:offsets[i + 1]].decode("utf-8") for i in range(n_texts)]
         self._reset()
+        self.mode, self.values = mode, values
         self.prefix_words, self.prefix_keys = prefix_words, bool(config["prefix_keys"])
         self.max_tokens, self.metric = max_tokens, store.metric
         self.segmenter = Segmenter(self.model.tokenizer, self.max_tokens, block=self.block)
