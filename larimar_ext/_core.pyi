@@ -130,7 +130,8 @@ class SequentialMemoryF64(_SequentialMemory[np.float64]):
 class _KeyValueStore(Generic[_F]):
     """Fixed-key memory (docs/DESIGN.md section 2.7): keys (n, key_dim), values (n, value_dim).
     Read-only: key_dim, value_dim, metric ("ip", "cosine" or "l2"), merge_identical (whether
-    a bitwise identical key shares its slot), key_codes ("none" or "int8": what search scans),
+    a bitwise identical key shares its slot), key_codes ("none", "int8" or "int8-only": what
+    search scans, and whether the float keys are kept),
     nbytes (host bytes of what is stored) and reserved_nbytes (host bytes held, allocated row
     capacity included)."""
     key_dim: Final[int]
@@ -144,7 +145,7 @@ class _KeyValueStore(Generic[_F]):
                  merge_identical: bool = True, key_codes: str = "none") -> None:
         """Sizes, metric ("ip", "cosine" or "l2"), whether identical keys share a slot, and
         the key codes search scans ("int8": the same exact result from a quarter of the
-        bytes)."""
+        bytes; "int8-only": the codes instead of the keys, each key its codes' decoding)."""
     def add(self, keys: NDArray[_F], values: NDArray[_F]) -> _Ids:
         """Append rows keys (n, key_dim), values (n, value_dim); their slot ids (n,)."""
     def write(self, Q: NDArray[_F], values: NDArray[_F], k: int, alpha: float) -> None:
@@ -173,6 +174,13 @@ class _KeyValueStore(Generic[_F]):
                      counts: NDArray[np.float64]) -> None:
         """Append saved rows with their counts (a load in blocks, into a fresh store); every
         key must be new."""
+    def codes(self) -> Tuple[NDArray[np.int8], NDArray[_F]]:
+        """A copy of the key codes (n, key_dim), in [-63, 63], and scales (n,) (a store with
+        codes; key i is about scales[i] * codes[i], exactly with "int8-only")."""
+    def append_codes(self, codes: NDArray[np.int8], scales: NDArray[_F], values: NDArray[_F],
+                     counts: NDArray[np.float64]) -> None:
+        """append_saved for an int8-only store: its keys as codes (n, key_dim) and scales
+        (n,), kept bit for bit."""
     def __len__(self) -> int:
         """n, the number of stored rows."""
 

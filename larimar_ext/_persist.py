@@ -77,7 +77,7 @@ def save(path: str | os.PathLike, kind: str, config: Mapping[str, Any],
 
 # safetensors dtype names of the arrays the memories save
 _DTYPES = {"F32": np.float32, "F64": np.float64, "I64": np.int64, "I32": np.int32,
-           "U8": np.uint8}
+           "U8": np.uint8, "I8": np.int8}
 
 
 def save_streamed(path: str | os.PathLike, kind: str, config: Mapping[str, Any],

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from .mapped_memory import MappedKeyValueMemory
 
 _KIND = "larimar_ext.KeyValueMemory"
+# key_codes values: None, codes beside the float keys, or codes instead of them
+KEY_CODES = (None, "int8", "int8-only")
 
 
 class SavedConfig(NamedTuple):
@@ -39,13 +41,19 @@ def saved_config(f: "_persist.RowFile", path: Any) -> SavedConfig:
     dtype = _persist.config_value(config, "dtype", str, path)
     merge = config.get("merge_identical", True)   # files from before the option
     codes = config.get("key_codes", "none")        # likewise
-    if not isinstance(merge, bool) or codes not in ("none", "int8"):
+    if not isinstance(merge, bool) or codes not in KEY_CODES[1:] + ("none",):
         raise ValueError(f"path: {os.fspath(path)!r} has an invalid config {config}")
     if dtype not in ("float32", "float64") or d <= 0 or v <= 0 or n < 0:
         raise ValueError(f"path: {os.fspath(path)!r} has an invalid config {config}")
-    if set(arrays) != {"keys", "values", "counts"}:
+    # an int8-only store saves its keys as they are kept: codes and scales
+    key_arrays = ("key_codes", "key_scales") if codes == "int8-only" else ("keys",)
+    if set(arrays) != {*key_arrays, "values", "counts"}:
         raise ValueError(f"path: {os.fspath(path)!r} holds arrays {sorted(arrays)}")
-    _persist.expect(arrays, "keys", (n, d), dtype, path)
+    if codes == "int8-only":
+        _persist.expect(arrays, "key_codes", (n, d), np.int8, path)
+        _persist.expect(arrays, "key_scales", (n,), dtype, path)
+    else:
+        _persist.expect(arrays, "keys", (n, d), dtype, path)
     _persist.expect(arrays, "values", (n, v), dtype, path)
     _persist.expect(arrays, "counts", (n,), np.float64, path)
     return SavedConfig(d, v, n, metric, dtype, merge, None if codes == "none" else codes)
@@ -71,7 +79,8 @@ class _KeyedCore:
 
     @property
     def key_codes(self) -> Optional[str]:
-        """None, or "int8" when search scans integer codes of the keys."""
+        """None; "int8" when search scans integer codes of the float keys; "int8-only" when
+        the keys are kept as those codes alone."""
         codes = self._core.key_codes
         return None if codes == "none" else codes
 
@@ -100,6 +109,13 @@ class KeyValueMemory(_KeyedCore):
             that could be in the top k, and these are scored from the float keys, so every
             search returns the same ids and the same score bits as without codes (docs/
             DESIGN.md section 2.6). Faster where the scan is bound by memory or by multiplies.
+            "int8-only" keeps the codes instead of the float keys (384 + 24 bytes a row for
+            384 float32 numbers, not 1,540): a key, once added, is its codes' decoding
+            ``scale * code`` (each number within half a step of the key's, a step being
+            max|key| / 63), and every search, read, ``keys`` and file returns the decoded
+            keys, searched exactly as above. Lossy: two keys that decode alike count as
+            identical for ``merge_identical``. For memories whose bytes matter more than
+            the last digits of a score (``LongContextMemory``).
     """
 
     def __init__(self, key_dim: int, value_dim: int, metric: str = "cosine",
@@ -115,9 +131,9 @@ class KeyValueMemory(_KeyedCore):
         if not isinstance(merge_identical, (bool, np.bool_)):
             raise TypeError(f"merge_identical: expected True or False, got {merge_identical!r}")
         if key_codes is not None and not isinstance(key_codes, str):
-            raise TypeError(f"key_codes: expected None or \"int8\", got {key_codes!r}")
-        if key_codes not in (None, "int8"):
-            raise ValueError(f"key_codes: expected None or \"int8\", got {key_codes!r}")
+            raise TypeError(f"key_codes: expected one of {KEY_CODES}, got {key_codes!r}")
+        if key_codes not in KEY_CODES:
+            raise ValueError(f"key_codes: expected one of {KEY_CODES}, got {key_codes!r}")
         codes = "none" if key_codes is None else key_codes
         core = _core.KeyValueStoreF32 if self.dtype == np.float32 else _core.KeyValueStoreF64
         self._core = core(key_dim, value_dim, metric, bool(merge_identical), codes)
@@ -132,7 +148,14 @@ class KeyValueMemory(_KeyedCore):
 
     @property
     def keys(self) -> np.ndarray:
+        """A copy of the keys (n, key_dim) as stored (an int8-only store's decoded)."""
         return self._core.keys()
+
+    @property
+    def codes(self) -> tuple[np.ndarray, np.ndarray]:
+        """(codes int8 (n, key_dim), scales (n,)) of a store with key codes: key i is about
+        ``scales[i] * codes[i]`` (exactly so with "int8-only")."""
+        return self._core.codes()
 
     @property
     def values(self) -> np.ndarray:
@@ -212,7 +235,12 @@ class KeyValueMemory(_KeyedCore):
         config = {"key_dim": self.key_dim, "value_dim": self.value_dim, "metric": self.metric,
                   "dtype": self.dtype.name, "size": len(self),
                   "merge_identical": self.merge_identical, "key_codes": self._core.key_codes}
-        arrays = {"keys": self.keys, "values": self.values, "counts": self._core.counts()}
+        if self.key_codes == "int8-only":
+            codes, scales = self.codes
+            arrays = {"key_codes": codes, "key_scales": scales}
+        else:
+            arrays = {"keys": self.keys}
+        arrays.update(values=self.values, counts=self._core.counts())
         _persist.save(path, _KIND, config, arrays)
 
     @classmethod
@@ -223,11 +251,16 @@ class KeyValueMemory(_KeyedCore):
             c = saved_config(f, path)
 
             def construct() -> "KeyValueMemory":
-                # the codes are not saved: they are computed again from the keys, the same
+                # codes beside float keys are not saved: they are computed again from the
+                # keys, the same; an int8-only store's codes are its keys
                 mem = cls(c.key_dim, c.value_dim, c.metric, c.dtype,
                           merge_identical=c.merge_identical, key_codes=c.key_codes)
                 for block in f.blocks():  # the digests are checked after the last block
-                    mem._core.append_saved(block["keys"], block["values"], block["counts"])
+                    if c.key_codes == "int8-only":
+                        mem._core.append_codes(block["key_codes"], block["key_scales"],
+                                               block["values"], block["counts"])
+                    else:
+                        mem._core.append_saved(block["keys"], block["values"], block["counts"])
                 return mem
 
             return _persist.build(path, construct)

@@ -46,6 +46,9 @@ class MappedKeyValueMemory(_KeyedCore):
             raise TypeError(f"verify: expected True or False, got {verify!r}")
         with _persist.RowFile(path, _KIND, to_memory=False) as f:
             c = saved_config(f, path)
+            if c.key_codes == "int8-only":
+                raise ValueError(f"path: {os.fspath(path)!r} holds int8-only keys (codes, not "
+                                 "float keys to map): open it with KeyValueMemory.load")
             if c.size == 0:
                 raise ValueError(f"path: {os.fspath(path)!r} holds no rows: nothing to map")
             if verify:

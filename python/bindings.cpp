@@ -601,6 +601,30 @@ void bind_kv(py::module_& m, const char* name) {
            array_arg("counts"))
       .def("append_saved", saved_rows_method<T>(&Store::append_saved), array_arg("keys"),
            array_arg("values"), array_arg("counts"))
+      .def("codes",
+           [](const Store& self) -> py::tuple {
+             const index_t n = self.size();
+             py::array_t<std::int8_t> codes({n, self.key_dim()});
+             py::array_t<T> scales({n});
+             index_t rows = 0;
+             without_gil(
+                 [&] { rows = self.copy_codes(codes.mutable_data(), scales.mutable_data(), n); });
+             if (rows == n) return py::make_tuple(codes, scales);
+             return py::make_tuple(codes[py::slice(0, rows, 1)], scales[py::slice(0, rows, 1)]);
+           })
+      .def(
+          "append_codes",
+          [](Store& self, Array<std::int8_t> codes, Array<T> scales, Array<T> values,
+             Array<double> counts) {
+            const index_t n = rows_of(codes, "codes", self.key_dim(), "key_dim");
+            same_dim(scales.shape(0), n, "scales", "expected one scale per key");
+            rows_of(values, "values", self.value_dim(), "value_dim", n, "expected one row per key");
+            same_dim(counts.shape(0), n, "counts", "expected one count per key");
+            without_gil([&] {
+              self.append_codes(codes.data(), scales.data(), values.data(), counts.data(), n);
+            });
+          },
+          array_arg("codes"), array_arg("scales"), array_arg("values"), array_arg("counts"))
       .def("__len__", &Store::size)
       .def_property_readonly("merge_identical", &Store::merge_identical)
       .def_property_readonly(

@@ -6,6 +6,7 @@ import json
 import random
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -227,3 +228,36 @@ def test_token_values_answer_as_latents_do_in_a_fraction_of_the_bytes(model, tmp
         LongContextMemory(model, mode="paper", values="tokens")
     with pytest.raises(ValueError, match="values"):
         LongContextMemory(model, values="bytes")
+
+
+def test_int8_keys_find_what_float_keys_find_in_a_quarter_of_the_bytes(model, tmp_path):
+    """The recall memory's default keys are int8 codes: the same rows, passages and
+    answers as float keys on these questions, a key in 408 bytes instead of 1,540, and
+    the codes survive save and load."""
+    from larimar_ext.longcontext import tasks
+    from larimar_ext.longcontext.memory import LongContextMemory
+    ctx = tasks.passkey_context(1500, 40, tokenizer=model.tokenizer, key="52810")
+    text = ctx.text + " One of the special magic numbers for lazy-otter is: 7731904. " \
+                      "One of the special magic numbers for lazy-heron is: 2093318."
+    mems = {k: LongContextMemory(model, keys=k) for k in ("float", "int8")}
+    assert LongContextMemory(model).keys == "int8"
+    assert LongContextMemory(model, mode="paper").keys == "float"
+    for mem in mems.values():
+        mem.ingest(text)
+    flt, int8 = mems["float"], mems["int8"]
+    assert int8.store.key_codes == "int8-only" and flt.store.key_codes is None
+    assert flt.store.nbytes - int8.store.nbytes == len(flt) * (384 * 4 - 384 - 20) - \
+        (-len(flt) % 16) * 384   # codes come in tiles of 16 rows
+    questions = [(ctx.answer_prefix, ctx.question),
+                 ("One of the special magic numbers for lazy-heron is:",
+                  "What is the special magic number for lazy-heron?")]
+    want = [flt.ask_trace(p, q, max_new_tokens=12) for p, q in questions]
+    got = [int8.ask_trace(p, q, max_new_tokens=12) for p, q in questions]
+    assert [[s.row for s in a.sources] for a in got] == [[s.row for s in a.sources] for a in want]
+    assert [(a.answers, a.passages) for a in got] == [(a.answers, a.passages) for a in want]
+    assert "52810" in got[0].answer and "2093318" in got[1].answer
+    int8.save(tmp_path / "m")
+    back = LongContextMemory.load(tmp_path / "m", model)
+    assert back.keys == "int8"
+    np.testing.assert_array_equal(back.store.keys, int8.store.keys)
+    assert back.ask(*questions[1], max_new_tokens=12) == got[1].answer

@@ -109,10 +109,14 @@ def test_every_scan_path_computes_the_same_result(rng):
         np.testing.assert_array_equal(scores, results[0][1])
 
 
+# Stores of 1-300 keys of 1-70 dimensions at three scales, some rows repeated.
+STORE_CASES = dict(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 300), d=st.integers(1, 70),
+                   nq=st.integers(1, 12), metric=st.sampled_from(METRICS),
+                   scale=st.sampled_from([1e-3, 1.0, 1e3]), repeats=st.integers(0, 5))
+
+
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 300), d=st.integers(1, 70),
-       nq=st.integers(1, 12), metric=st.sampled_from(METRICS),
-       scale=st.sampled_from([1e-3, 1.0, 1e3]), repeats=st.integers(0, 5))
+@given(**STORE_CASES)
 def test_int8_search_equals_float_search_property(seed, n, d, nq, metric, scale, repeats):
     rng = np.random.default_rng(seed)
     # few distinct values: many exact ties and duplicated rows

@@ -509,7 +509,8 @@ def test_bad_arguments_name_the_argument(model, tok):
                      ({"batch_size": 0}, "batch_size"), ({"block": 0}, "block"),
                      ({"batch_tokens": 0}, "batch_tokens"),
                      ({"metric": "dot"}, "metric"), ({"prefix_keys": 1}, "prefix_keys"),
-                     ({"cache": {}}, "cache")):
+                     ({"cache": {}}, "cache"), ({"keys": "fp8"}, "keys"),
+                     ({"keys": "int8", "mode": "paper"}, "keys")):
         with raises_arg(ValueError, name):
             LongContextMemory(model, **kw)
     with raises_arg(ValueError, "model"):

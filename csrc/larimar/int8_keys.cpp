@@ -22,7 +22,6 @@ namespace {
 // codes, so every path computes the same integers.
 constexpr int kQueryLevels = 63;
 constexpr int kQueryOffset = 64;
-constexpr int kKeyLevels = 63;
 // Keys scanned per task: their codes (1,024 x the padded dimension) stay in L2 while every
 // micro-block of queries passes over them.
 constexpr index_t kScanRows = 1024;
@@ -392,6 +391,16 @@ void request_rows(const std::vector<KeyBlock<T>>& blocks, index_t d,
     }
 }
 
+// The key of slot `slot` of a chunk's codes decoded into out (d): what an int8-only store
+// searches, by decode_int8_key's products.
+template <class T>
+void decode_slot(const std::int8_t* codes, T scale, index_t d, index_t slot, T* out) {
+  const std::int8_t* tile = codes + (slot / kInt8TileRows) * kInt8TileRows * int8_padded_dim(d);
+  const index_t lane = slot % kInt8TileRows;
+  for (index_t t = 0; t < d; ++t)
+    out[t] = scale * static_cast<T>(tile[(t / 4) * 64 + lane * 4 + t % 4]);
+}
+
 template <class T>
 bool search_block(const T* queries, index_t nq, index_t d, const std::vector<KeyBlock<T>>& blocks,
                   const std::vector<Int8Rows<T>>& int8, index_t k, Metric metric, index_t* out_ids,
@@ -399,10 +408,33 @@ bool search_block(const T* queries, index_t nq, index_t d, const std::vector<Key
   const index_t dp = int8_padded_dim(d);
   std::vector<T> q_sq(nq, T(0));
   row_sq_norms(queries, nq, d, q_sq.data());
+  // Blocks without float keys (an int8-only store): a key is scored on its codes' decoding,
+  // made when it is needed.
+  const bool decoded = blocks.front().keys == nullptr;
+  const KeyRowOf<T> decoded_row = [&](index_t id, T* buffer) {
+    const index_t b = block_of(blocks, id), row = id - blocks[b].first_id;
+    decode_slot(int8[b].codes, int8[b].scale[row], d, row, buffer);
+    return KeyRow<T>{buffer, blocks[b].sq_norms ? blocks[b].sq_norms[row] : T(0)};
+  };
+  // The float search, for what the codes cannot bound. Without float keys to scan, every key
+  // is scored from its decoding: slow, but only a query of (near) zero norm or scores past the
+  // dtype's range come here.
+  auto float_search = [&]() {
+    if (!decoded) return search(queries, nq, d, blocks, k, metric, out_ids, out_scores);
+    std::vector<index_t> all;
+    for (const KeyBlock<T>& b : blocks)
+      for (index_t j = 0; j < b.rows; ++j) all.push_back(b.first_id + j);
+    std::vector<char> finite(nq, 1);
+    parallel_for(nq, [&](index_t i) {
+      finite[i] =
+          rescore_top_k(queries + i * d, q_sq.data() + i, decoded_row, d, metric, all.data(),
+                        static_cast<index_t>(all.size()), k, out_ids + i * k, out_scores + i * k);
+    });
+    return std::all_of(finite.begin(), finite.end(), [](char f) { return f != 0; });
+  };
   if (metric == Metric::Cosine)
     for (index_t i = 0; i < nq; ++i)
-      if (double(q_sq[i]) < kTinySq)
-        return search(queries, nq, d, blocks, k, metric, out_ids, out_scores);
+      if (double(q_sq[i]) < kTinySq) return float_search();
   std::vector<std::uint8_t> codes(static_cast<std::size_t>(nq * dp));
   std::vector<QueryFacts<T>> facts(nq);
   for (index_t i = 0; i < nq; ++i)
@@ -477,16 +509,19 @@ bool search_block(const T* queries, index_t nq, index_t d, const std::vector<Key
   bars.clear();
   kept.clear();
   // Scores past the dtype's range leave no bound (NaN): the float search says what it says.
-  if (!bounded) return search(queries, nq, d, blocks, k, metric, out_ids, out_scores);
-  if (keys_may_be_mapped) request_rows(blocks, d, shortlist);
+  if (!bounded) return float_search();
+  if (keys_may_be_mapped && !decoded) request_rows(blocks, d, shortlist);
 
   // The exact step, each query's shortlist re-scored in place. Queries in parallel: the
   // shortlisted rows are scattered, so this is latency-bound.
   std::vector<char> finite(nq, 1);
   parallel_for(nq, [&](index_t i) {
-    finite[i] = rescore_top_k(queries + i * d, q_sq.data() + i, blocks, d, metric,
-                              shortlist[i].data(), static_cast<index_t>(shortlist[i].size()), k,
-                              out_ids + i * k, out_scores + i * k);
+    const index_t n = static_cast<index_t>(shortlist[i].size());
+    finite[i] = decoded
+                    ? rescore_top_k(queries + i * d, q_sq.data() + i, decoded_row, d, metric,
+                                    shortlist[i].data(), n, k, out_ids + i * k, out_scores + i * k)
+                    : rescore_top_k(queries + i * d, q_sq.data() + i, blocks, d, metric,
+                                    shortlist[i].data(), n, k, out_ids + i * k, out_scores + i * k);
   });
   return std::all_of(finite.begin(), finite.end(), [](char f) { return f != 0; });
 }
@@ -519,34 +554,61 @@ std::vector<std::string> int8_isas_supported() {
 }
 
 template <class T>
-void quantize_int8_keys(const T* keys, const T* sq_norms, index_t n, index_t d, Metric metric,
-                        Int8Slots<T> out, index_t first) {
+T quantize_int8_key(const T* key, index_t d, std::int8_t* code) {
+  RowCode rc;
+  return quantize_row(key, d, d, kInt8KeyLevels, rc,
+                      [code](index_t t, int c) { code[t] = static_cast<std::int8_t>(c); });
+}
+
+template <class T>
+void decode_int8_key(const std::int8_t* code, T scale, index_t d, T* out) {
+  for (index_t t = 0; t < d; ++t) out[t] = scale * static_cast<T>(code[t]);
+}
+
+void int8_slot_codes(const std::int8_t* codes, index_t d, index_t slot, std::int8_t* out) {
+  const std::int8_t* tile = codes + (slot / kInt8TileRows) * kInt8TileRows * int8_padded_dim(d);
+  const index_t lane = slot % kInt8TileRows;
+  for (index_t t = 0; t < d; ++t) out[t] = tile[(t / 4) * 64 + lane * 4 + t % 4];
+}
+
+template <class T>
+void put_int8_key(const T* key, T sq_norm, const std::int8_t* code, T scale, index_t d,
+                  Metric metric, Int8Slots<T> out, index_t slot) {
   const index_t dp = int8_padded_dim(d);
   // The search's float sum of d products is within gamma_d sum |q_t k_t| <= gamma_d |q| |k|
   // of the exact inner product (Higham, Accuracy and Stability, section 3.1).
   const double u = epsilon<T>() / 2, gamma = double(d) * u / (1 - double(d) * u);
+  std::int8_t* tile = out.codes + (slot / kInt8TileRows) * kInt8TileRows * dp;
+  const index_t lane = slot % kInt8TileRows;
+  std::int32_t sum = 0;
+  double sq = 0, err2 = 0, norm2 = 0;
+  for (index_t t = 0; t < dp; ++t) {
+    const int c = t < d ? code[t] : 0;
+    tile[(t / 4) * 64 + lane * 4 + t % 4] = static_cast<std::int8_t>(c);
+    if (t >= d) continue;
+    sum += c;
+    const double x = double(key[t]), sc = double(scale) * c;
+    sq += x * x, err2 += (x - sc) * (x - sc), norm2 += double(scale) * c * double(scale) * c;
+  }
+  out.scale[slot] = scale;
+  out.code_sum[slot] = sum;
+  out.norm[slot] = round_up<T>(std::sqrt(norm2) * (1 + kRelSlack));
+  const bool unbounded = metric == Metric::Cosine && double(sq_norm) < kTinySq;
+  out.err[slot] = unbounded
+                      ? std::numeric_limits<T>::infinity()
+                      : round_up<T>((std::sqrt(err2) + gamma * std::sqrt(sq)) * (1 + kRelSlack));
+  out.inv_norm[slot] = unbounded                  ? std::numeric_limits<T>::infinity()
+                       : metric == Metric::Cosine ? round_up<T>(1.0 / std::sqrt(double(sq_norm)))
+                                                  : T(0);
+}
+
+template <class T>
+void quantize_int8_keys(const T* keys, const T* sq_norms, index_t n, index_t d, Metric metric,
+                        Int8Slots<T> out, index_t first) {
+  std::vector<std::int8_t> code(static_cast<std::size_t>(d));
   for (index_t i = 0; i < n; ++i) {
-    const T* key = keys + i * d;
-    const index_t slot = first + i;
-    std::int8_t* tile = out.codes + (slot / kInt8TileRows) * kInt8TileRows * dp;
-    const index_t lane = slot % kInt8TileRows;
-    std::int32_t sum = 0;
-    RowCode rc;
-    const T s = quantize_row(key, d, dp, kKeyLevels, rc, [&](index_t t, int c) {
-      tile[(t / 4) * 64 + lane * 4 + t % 4] = static_cast<std::int8_t>(c);
-      sum += c;
-    });
-    out.scale[slot] = s;
-    out.code_sum[slot] = sum;
-    out.norm[slot] = round_up<T>(std::sqrt(rc.norm2) * (1 + kRelSlack));
-    const bool unbounded = metric == Metric::Cosine && double(sq_norms[i]) < kTinySq;
-    out.err[slot] =
-        unbounded ? std::numeric_limits<T>::infinity()
-                  : round_up<T>((std::sqrt(rc.err2) + gamma * std::sqrt(rc.sq)) * (1 + kRelSlack));
-    out.inv_norm[slot] = unbounded ? std::numeric_limits<T>::infinity()
-                         : metric == Metric::Cosine
-                             ? round_up<T>(1.0 / std::sqrt(double(sq_norms[i])))
-                             : T(0);
+    const T s = quantize_int8_key(keys + i * d, d, code.data());
+    put_int8_key(keys + i * d, sq_norms[i], code.data(), s, d, metric, out, first + i);
   }
 }
 
@@ -568,12 +630,16 @@ bool search_int8(const T* queries, index_t nq, index_t d, const std::vector<KeyB
   });
 }
 
-#define LARIMAR_INSTANTIATE(T)                                                                    \
-  template void quantize_int8_keys<T>(const T*, const T*, index_t, index_t, Metric, Int8Slots<T>, \
-                                      index_t);                                                   \
-  template std::size_t int8_rows_bytes<T>(index_t, index_t);                                      \
-  template bool search_int8<T>(const T*, index_t, index_t, const std::vector<KeyBlock<T>>&,       \
-                               const std::vector<Int8Rows<T>>&, index_t, Metric, index_t*, T*,    \
+#define LARIMAR_INSTANTIATE(T)                                                                     \
+  template T quantize_int8_key<T>(const T*, index_t, std::int8_t*);                                \
+  template void decode_int8_key<T>(const std::int8_t*, T, index_t, T*);                            \
+  template void put_int8_key<T>(const T*, T, const std::int8_t*, T, index_t, Metric, Int8Slots<T>, \
+                                index_t);                                                          \
+  template void quantize_int8_keys<T>(const T*, const T*, index_t, index_t, Metric, Int8Slots<T>,  \
+                                      index_t);                                                    \
+  template std::size_t int8_rows_bytes<T>(index_t, index_t);                                       \
+  template bool search_int8<T>(const T*, index_t, index_t, const std::vector<KeyBlock<T>>&,        \
+                               const std::vector<Int8Rows<T>>&, index_t, Metric, index_t*, T*,     \
                                bool);
 LARIMAR_INSTANTIATE(float)
 LARIMAR_INSTANTIATE(double)

@@ -74,16 +74,36 @@ template <class T>
 void quantize_int8_keys(const T* keys, const T* sq_norms, index_t n, index_t d, Metric metric,
                         Int8Slots<T> out, index_t first);
 
+// Keys kept as their codes only (KeyCodes::Int8Only): such a key is, from then on, its
+// decoding scale * code computed in T, and the search is exact over these decoded keys.
+// The largest code magnitude: a code row is refused outside [-kInt8KeyLevels, kInt8KeyLevels].
+constexpr int kInt8KeyLevels = 63;
+// A key's codes (d) by the same scalar quantisation as quantize_int8_keys; returns its scale.
+template <class T>
+T quantize_int8_key(const T* key, index_t d, std::int8_t* code);
+// The key that codes (d) and scale stand for: out_t = scale * code_t, in T.
+template <class T>
+void decode_int8_key(const std::int8_t* code, T scale, index_t d, T* out);
+// Slot `slot` of a chunk (as quantize_int8_keys writes it) takes the codes (d) and scale as
+// given, with the facts that bound its scan against key (the float key the search scores:
+// for an int8-only store, the decoding itself, so that only the float sum's rounding is left).
+template <class T>
+void put_int8_key(const T* key, T sq_norm, const std::int8_t* code, T scale, index_t d,
+                  Metric metric, Int8Slots<T> out, index_t slot);
+// The codes (d) of slot `slot` out of its tile.
+void int8_slot_codes(const std::int8_t* codes, index_t d, index_t slot, std::int8_t* out);
+
 // Bytes of codes and per-key facts for `rows` rows (rows rounded up to whole tiles).
 template <class T>
 std::size_t int8_rows_bytes(index_t rows, index_t d);
 
 // The exact top-k of search() (same ids, scores and order), scanning the int8 codes of each
 // block (int8 must hold one Int8Rows per block) and re-scoring a shortlist from the float
-// keys. Returns false when a re-scored score was not finite (as search does).
-// keys_may_be_mapped: the float keys may be a file's memory map, so the shortlisted rows are
-// asked of the OS together (posix_madvise WILLNEED) before they are read: their page faults
-// overlap instead of waiting on the disk one row at a time.
+// keys. A block without float keys (keys null: an int8-only store) is scored on its codes'
+// decoding (decode_int8_key), as if those were its keys. Returns false when a re-scored score was
+// not finite (as search does). keys_may_be_mapped: the float keys may be a file's memory map, so
+// the shortlisted rows are asked of the OS together (posix_madvise WILLNEED) before they are read:
+// their page faults overlap instead of waiting on the disk one row at a time.
 template <class T>
 bool search_int8(const T* queries, index_t nq, index_t d, const std::vector<KeyBlock<T>>& blocks,
                  const std::vector<Int8Rows<T>>& int8, index_t k, Metric metric, index_t* out_ids,

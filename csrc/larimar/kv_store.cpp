@@ -12,10 +12,13 @@ namespace larimar {
 KeyCodes parse_key_codes(const std::string& name) {
   if (name == "none") return KeyCodes::None;
   if (name == "int8") return KeyCodes::Int8;
-  fail("key_codes", "expected \"none\" or \"int8\", got \"" + name + "\"");
+  if (name == "int8-only") return KeyCodes::Int8Only;
+  fail("key_codes", "expected \"none\", \"int8\" or \"int8-only\", got \"" + name + "\"");
 }
 
-std::string key_codes_name(KeyCodes codes) { return codes == KeyCodes::Int8 ? "int8" : "none"; }
+std::string key_codes_name(KeyCodes codes) {
+  return codes == KeyCodes::Int8 ? "int8" : codes == KeyCodes::Int8Only ? "int8-only" : "none";
+}
 
 namespace {
 // The codes' integer dot products stay within int32: 127 * 127 * dims < 2^31 (query codes
@@ -55,10 +58,12 @@ KeyValueStore<T>::KeyValueStore(index_t key_dim, index_t value_dim, Metric metri
     : d_(key_dim), v_(value_dim), metric_(metric), merge_(merge_identical), codes_(key_codes) {
   check_dim(key_dim, "key_dim", "key dimension");
   check_dim(value_dim, "value_dim", "value dimension");
-  if (codes_ == KeyCodes::Int8)
+  if (has_codes())
     require(key_dim <= kMaxInt8Dim, "key_dim",
             "expected at most " + str(kMaxInt8Dim) + " with int8 key codes, got " + str(key_dim));
-  const double row_bytes = double(sizeof(T)) * (double(key_dim) + double(value_dim) + 1.0);
+  const double row_bytes =
+      double(sizeof(T)) * ((float_keys() ? double(key_dim) : 0.0) + double(value_dim) + 1.0) +
+      (has_codes() ? double(int8_padded_dim(key_dim)) : 0.0);
   // Whole code tiles per chunk, so that a tile never spans two chunks.
   chunk_rows_ = static_cast<index_t>(
                     std::max(64.0, std::min(double(kMaxChunkRows), kMaxChunkBytes / row_bytes))) /
@@ -68,10 +73,10 @@ KeyValueStore<T>::KeyValueStore(index_t key_dim, index_t value_dim, Metric metri
 template <class T>
 typename KeyValueStore<T>::Chunk KeyValueStore<T>::new_chunk() const {
   Chunk chunk;
-  chunk.keys.reset(new T[chunk_rows_ * d_]);
+  if (float_keys()) chunk.keys.reset(new T[chunk_rows_ * d_]);
   chunk.values.reset(new T[chunk_rows_ * v_]);
   chunk.sq_norms.reset(new T[chunk_rows_]);
-  if (codes_ == KeyCodes::Int8) {
+  if (has_codes()) {
     chunk.codes.reset(new std::int8_t[chunk_rows_ * int8_padded_dim(d_)]());  // padding is 0
     chunk.code_facts.reset(new T[4 * chunk_rows_]);
     chunk.code_sums.reset(new std::int32_t[chunk_rows_]);
@@ -82,7 +87,7 @@ typename KeyValueStore<T>::Chunk KeyValueStore<T>::new_chunk() const {
 template <class T>
 std::vector<Int8Rows<T>> KeyValueStore<T>::int8_blocks() const {
   std::vector<Int8Rows<T>> out;
-  for (index_t c = 0; codes_ == KeyCodes::Int8 && c * chunk_rows_ < size_; ++c) {
+  for (index_t c = 0; has_codes() && c * chunk_rows_ < size_; ++c) {
     const Chunk& ch = chunks_[c];
     out.push_back(int8_rows(ch.codes.get(), ch.code_facts.get(), ch.code_sums.get(), chunk_rows_));
   }
@@ -92,6 +97,19 @@ std::vector<Int8Rows<T>> KeyValueStore<T>::int8_blocks() const {
 template <class T>
 const T* KeyValueStore<T>::key_row(index_t id) const {
   return chunks_[id / chunk_rows_].keys.get() + (id % chunk_rows_) * d_;
+}
+
+template <class T>
+void KeyValueStore<T>::key_of(index_t id, T* out) const {
+  if (float_keys()) {
+    std::memcpy(out, key_row(id), sizeof(T) * d_);
+    return;
+  }
+  const Chunk& chunk = chunks_[id / chunk_rows_];
+  const index_t slot = id % chunk_rows_;
+  std::vector<std::int8_t> code(static_cast<std::size_t>(d_));
+  int8_slot_codes(chunk.codes.get(), d_, slot, code.data());
+  decode_int8_key(code.data(), chunk.code_facts[slot], d_, out);  // facts: the scales first
 }
 
 template <class T>
@@ -130,8 +148,12 @@ std::uint64_t KeyValueStore<T>::hash_key(const T* key) const {
 template <class T>
 index_t KeyValueStore<T>::find_key(const T* key, std::uint64_t hash) const {
   auto range = by_hash_.equal_range(hash);
-  for (auto it = range.first; it != range.second; ++it)
-    if (std::memcmp(key_row(it->second), key, sizeof(T) * d_) == 0) return it->second;
+  std::vector<T> stored(range.first != range.second && !float_keys() ? d_ : 0);
+  for (auto it = range.first; it != range.second; ++it) {
+    const T* row = float_keys() ? key_row(it->second) : stored.data();
+    if (!float_keys()) key_of(it->second, stored.data());
+    if (std::memcmp(row, key, sizeof(T) * d_) == 0) return it->second;
+  }
   return -1;
 }
 
@@ -151,6 +173,21 @@ void KeyValueStore<T>::add(const T* keys, const T* values, index_t n, index_t* i
   check_dim(n, "keys", "number of rows");
   check_finite(keys, n * d_, "keys");
   check_finite(values, n * v_, "values");
+  if (float_keys()) return add_rows(keys, nullptr, nullptr, values, n, ids_out);
+  // An int8-only store keeps each key as its codes: from here on the key is their decoding.
+  check_allocation(double(n) * d_ * (sizeof(T) + 1.0), "keys", "coding " + str(n) + " keys");
+  std::vector<std::int8_t> codes(static_cast<std::size_t>(n * d_));
+  std::vector<T> scales(static_cast<std::size_t>(n)), decoded(static_cast<std::size_t>(n * d_));
+  for (index_t i = 0; i < n; ++i) {
+    scales[i] = quantize_int8_key(keys + i * d_, d_, codes.data() + i * d_);
+    decode_int8_key(codes.data() + i * d_, scales[i], d_, decoded.data() + i * d_);
+  }
+  add_rows(decoded.data(), codes.data(), scales.data(), values, n, ids_out);
+}
+
+template <class T>
+void KeyValueStore<T>::add_rows(const T* keys, const std::int8_t* codes, const T* scales,
+                                const T* values, index_t n, index_t* ids_out) {
   std::unique_lock<std::shared_mutex> lock(mutex_);
 
   // Plan without touching the store: which rows are new, which repeat a key.
@@ -182,8 +219,8 @@ void KeyValueStore<T>::add(const T* keys, const T* values, index_t n, index_t* i
   // Allocate everything that can fail before the first change.
   const index_t new_size = size_ + fresh;
   const index_t rows = fresh + chunk_rows_;
-  check_allocation(double(rows) * (sizeof(T) * double(d_ + v_ + 1) + 64.0) +
-                       (codes_ == KeyCodes::Int8 ? double(int8_rows_bytes<T>(rows, d_)) : 0.0),
+  check_allocation(double(rows) * (sizeof(T) * double((float_keys() ? d_ : 0) + v_ + 1) + 64.0) +
+                       (has_codes() ? double(int8_rows_bytes<T>(rows, d_)) : 0.0),
                    "keys", "storing " + str(fresh) + " new keys");
   std::vector<Chunk> new_chunks;
   for (index_t have = static_cast<index_t>(chunks_.size()) * chunk_rows_; have < new_size;
@@ -204,14 +241,17 @@ void KeyValueStore<T>::add(const T* keys, const T* values, index_t n, index_t* i
       if (id == static_cast<index_t>(counts_.size())) {  // first row with this key
         const index_t slot = id % chunk_rows_;
         Chunk& chunk = chunks_[id / chunk_rows_];
-        std::memcpy(chunk.keys.get() + slot * d_, keys + i * d_, sizeof(T) * d_);
+        if (float_keys()) std::memcpy(chunk.keys.get() + slot * d_, keys + i * d_, sizeof(T) * d_);
         std::memcpy(chunk.values.get() + slot * v_, value, sizeof(T) * v_);
         row_sq_norms(keys + i * d_, 1, d_, chunk.sq_norms.get() + slot);
+        const Int8Slots<T> code_slots = int8_slots(chunk.codes.get(), chunk.code_facts.get(),
+                                                   chunk.code_sums.get(), chunk_rows_);
         if (codes_ == KeyCodes::Int8)
-          quantize_int8_keys(keys + i * d_, chunk.sq_norms.get() + slot, 1, d_, metric_,
-                             int8_slots(chunk.codes.get(), chunk.code_facts.get(),
-                                        chunk.code_sums.get(), chunk_rows_),
+          quantize_int8_keys(keys + i * d_, chunk.sq_norms.get() + slot, 1, d_, metric_, code_slots,
                              slot);
+        else if (codes_ == KeyCodes::Int8Only)
+          put_int8_key(keys + i * d_, chunk.sq_norms[slot], codes + i * d_, scales[i], d_, metric_,
+                       code_slots, slot);
         counts_.push_back(1.0);
         if (merge_) by_hash_.emplace(hashes[i], id);
         ids_out[i] = id;
@@ -373,9 +413,8 @@ std::size_t KeyValueStore<T>::bytes(bool reserved) const {
   const std::size_t rows = reserved ? chunks_.size() * static_cast<std::size_t>(chunk_rows_)
                                     : static_cast<std::size_t>(size_);
   const std::size_t counts = reserved ? counts_.capacity() : counts_.size();
-  const std::size_t codes =
-      codes_ == KeyCodes::Int8 ? int8_rows_bytes<T>(static_cast<index_t>(rows), d_) : 0;
-  return rows * sizeof(T) * static_cast<std::size_t>(d_ + v_ + 1) + codes +
+  const std::size_t codes = has_codes() ? int8_rows_bytes<T>(static_cast<index_t>(rows), d_) : 0;
+  return rows * sizeof(T) * static_cast<std::size_t>((float_keys() ? d_ : 0) + v_ + 1) + codes +
          counts * sizeof(double) +
          by_hash_.size() * (sizeof(std::uint64_t) + sizeof(index_t) + 2 * sizeof(void*)) +
          by_hash_.bucket_count() * sizeof(void*);
@@ -392,7 +431,24 @@ index_t KeyValueStore<T>::copy_rows(T* out, index_t max_rows, index_t width, Row
 
 template <class T>
 index_t KeyValueStore<T>::copy_keys(T* out, index_t max_rows) const {
-  return copy_rows(out, max_rows, d_, [this](index_t i) { return key_row(i); });
+  if (float_keys()) return copy_rows(out, max_rows, d_, [this](index_t i) { return key_row(i); });
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  const index_t n = std::min(size_, max_rows);
+  for (index_t i = 0; i < n; ++i) key_of(i, out + i * d_);
+  return n;
+}
+
+template <class T>
+index_t KeyValueStore<T>::copy_codes(std::int8_t* codes, T* scales, index_t max_rows) const {
+  require(has_codes(), "key_codes", "the store keeps no codes (key_codes \"none\")");
+  std::shared_lock<std::shared_mutex> lock(mutex_);
+  const index_t n = std::min(size_, max_rows);
+  for (index_t i = 0; i < n; ++i) {
+    const Chunk& chunk = chunks_[i / chunk_rows_];
+    int8_slot_codes(chunk.codes.get(), d_, i % chunk_rows_, codes + i * d_);
+    scales[i] = chunk.code_facts[i % chunk_rows_];  // facts: the scales first
+  }
+  return n;
 }
 
 template <class T>
@@ -427,6 +483,35 @@ void KeyValueStore<T>::append_saved(const T* keys, const T* values, const double
 }
 
 template <class T>
+void KeyValueStore<T>::append_codes(const std::int8_t* codes, const T* scales, const T* values,
+                                    const double* counts, index_t n) {
+  require(codes_ == KeyCodes::Int8Only, "codes",
+          "only an int8-only store takes its keys as codes (key_codes \"int8-only\")");
+  require(n >= 0, "codes", "expected a non-negative number of rows");
+  if (n == 0) return;
+  for (index_t i = 0; i < n * d_; ++i)
+    require(codes[i] >= -kInt8KeyLevels && codes[i] <= kInt8KeyLevels, "codes",
+            "expected codes in [-" + str(kInt8KeyLevels) + ", " + str(kInt8KeyLevels) + "]");
+  check_finite(scales, n, "scales");
+  for (index_t i = 0; i < n; ++i) require(scales[i] >= 0, "scales", "expected non-negative scales");
+  check_finite(values, n * v_, "values");
+  check_finite(counts, n, "counts");
+  for (index_t i = 0; i < n; ++i)
+    require(counts[i] > 0, "counts", "expected positive write counts");
+  check_allocation(double(n) * d_ * sizeof(T), "codes", "decoding " + str(n) + " keys");
+  std::vector<T> decoded(static_cast<std::size_t>(n * d_));
+  for (index_t i = 0; i < n; ++i)
+    decode_int8_key(codes + i * d_, scales[i], d_, decoded.data() + i * d_);
+  check_finite(decoded.data(), n * d_, "scales");  // a scale too large for 63 times it
+  const index_t before = size();
+  std::vector<index_t> ids(n);
+  add_rows(decoded.data(), codes, scales, values, n, ids.data());
+  std::unique_lock<std::shared_mutex> lock(mutex_);
+  require(size_ == before + n, "codes", "holds duplicate keys; a saved merging store never does");
+  std::copy(counts, counts + n, counts_.begin() + before);
+}
+
+template <class T>
 void KeyValueStore<T>::assign(const T* keys, const T* values, const double* counts, index_t n) {
   KeyValueStore fresh(d_, v_, metric_, merge_, codes_);
   fresh.append_saved(keys, values, counts, n);
@@ -440,6 +525,8 @@ void KeyValueStore<T>::assign(const T* keys, const T* values, const double* coun
 template <class T>
 KeyView<T>::KeyView(const T* keys, index_t n, index_t d, Metric metric, KeyCodes key_codes)
     : keys_(keys), n_(n), d_(d), metric_(metric), codes_(key_codes) {
+  require(key_codes != KeyCodes::Int8Only, "key_codes",
+          "expected \"none\" or \"int8\" (a view searches float keys it does not own)");
   check_dim(n, "keys", "number of rows");
   check_dim(d, "keys", "key dimension");
   const bool int8 = codes_ == KeyCodes::Int8;

@@ -14,10 +14,12 @@
 
 namespace larimar {
 
-// What a store keeps beside its float keys for search: nothing (search scans the float keys)
-// or int8 codes (search_int8: a quarter of the bytes scanned, the same exact result).
-enum class KeyCodes { None, Int8 };
-// "none" or "int8"; anything else is an InvalidArgument naming `key_codes`.
+// What a store keeps of its keys for search: the float keys only (search scans them); the
+// float keys and their int8 codes (search_int8: a quarter of the bytes scanned, the same
+// exact result); or the codes only, each key becoming its codes' decoding scale * code
+// (lossy, about a quarter of the float32 bytes; search is exact over the decoded keys).
+enum class KeyCodes { None, Int8, Int8Only };
+// "none", "int8" or "int8-only"; anything else is an InvalidArgument naming `key_codes`.
 KeyCodes parse_key_codes(const std::string& name);
 std::string key_codes_name(KeyCodes codes);
 
@@ -76,6 +78,14 @@ class KeyValueStore {
   index_t copy_keys(T* out, index_t max_rows) const;
   index_t copy_values(T* out, index_t max_rows) const;
   index_t copy_counts(double* out, index_t max_rows) const;
+  // An int8-only store's (or an int8 one's) codes (n x key_dim, as quantize_int8_key writes
+  // them) and scales (n), at most max_rows rows, under one read lock; returns the rows copied.
+  index_t copy_codes(std::int8_t* codes, T* scales, index_t max_rows) const;
+  // Appends saved rows of an int8-only store: keys as their codes (n x key_dim, each in
+  // [-63, 63]) and scales (n, finite, >= 0), so that a loaded store holds the saved keys bit for
+  // bit (quantising their decoding again need not give the same codes). As append_saved.
+  void append_codes(const std::int8_t* codes, const T* scales, const T* values,
+                    const double* counts, index_t n);
   // Replaces the whole content (used by load). counts: rows written per slot.
   void assign(const T* keys, const T* values, const double* counts, index_t n);
   // Appends saved rows with their counts (a load read in blocks, into a fresh store): every
@@ -97,7 +107,15 @@ class KeyValueStore {
   static constexpr index_t kMaxChunkRows = 16384;
   static constexpr double kMaxChunkBytes = 64.0 * 1024 * 1024;
 
-  const T* key_row(index_t id) const;
+  bool float_keys() const { return codes_ != KeyCodes::Int8Only; }
+  bool has_codes() const { return codes_ != KeyCodes::None; }
+  // add() of keys (n x d) as stored: with codes (n x d) and scales (n) given, an int8-only
+  // store's decoded keys and their codes.
+  void add_rows(const T* keys, const std::int8_t* codes, const T* scales, const T* values,
+                index_t n, index_t* ids_out);
+  const T* key_row(index_t id) const;  // float keys only
+  // The stored key of id into out (d): its float row, or its codes' decoding.
+  void key_of(index_t id, T* out) const;
   T* value_row(index_t id);
   const T* value_row(index_t id) const;
   std::vector<KeyBlock<T>> blocks() const;

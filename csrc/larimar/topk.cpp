@@ -238,10 +238,18 @@ template <class T>
 bool rescore_top_k(const T* q, const T* q_sq, const std::vector<KeyBlock<T>>& blocks, index_t d,
                    Metric metric, const index_t* ids, index_t n, index_t k, index_t* out_ids,
                    T* out_scores) {
+  const KeyRowOf<T> row_of = [&](index_t id, T*) { return find_key_row(blocks, d, id); };
+  return rescore_top_k(q, q_sq, row_of, d, metric, ids, n, k, out_ids, out_scores);
+}
+
+template <class T>
+bool rescore_top_k(const T* q, const T* q_sq, const KeyRowOf<T>& row_of, index_t d, Metric metric,
+                   const index_t* ids, index_t n, index_t k, index_t* out_ids, T* out_scores) {
   std::vector<Candidate<T>> scored(static_cast<std::size_t>(n));
+  std::vector<T> buffer(static_cast<std::size_t>(d));
   bool finite = true;
   for (index_t j = 0; j < n; ++j) {
-    const KeyRow<T> row = find_key_row(blocks, d, ids[j]);
+    const KeyRow<T> row = row_of(ids[j], buffer.data());
     scored[j].id = ids[j];
     score_rows(q, 1, q_sq, row.key, &row.sq_norm, 1, d, metric, &scored[j].score);
     finite = finite && std::isfinite(scored[j].score);
@@ -332,6 +340,8 @@ void topk(const T* queries, index_t nq, const T* keys, index_t nk, index_t d, in
                               Metric, T*);                                                        \
   template bool rescore_top_k<T>(const T*, const T*, const std::vector<KeyBlock<T>>&, index_t,    \
                                  Metric, const index_t*, index_t, index_t, index_t*, T*);         \
+  template bool rescore_top_k<T>(const T*, const T*, const KeyRowOf<T>&, index_t, Metric,         \
+                                 const index_t*, index_t, index_t, index_t*, T*);                 \
   template bool search<T>(const T*, index_t, index_t, const std::vector<KeyBlock<T>>&, index_t,   \
                           Metric, index_t*, T*);                                                  \
   template void topk<T>(const T*, index_t, const T*, index_t, index_t, index_t, Metric, index_t*, \

@@ -2,6 +2,7 @@
 // against key tiles with the per-query top-k selection fused into each tile.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -32,14 +33,19 @@ struct KeyRow {
   const T* key;
   T sq_norm;
 };
+// The index of the block that holds id: the last whose first_id <= id.
 template <class T>
-KeyRow<T> find_key_row(const std::vector<KeyBlock<T>>& blocks, index_t d, index_t id) {
+index_t block_of(const std::vector<KeyBlock<T>>& blocks, index_t id) {
   index_t lo = 0, hi = static_cast<index_t>(blocks.size());
-  while (hi - lo > 1) {  // the last block whose first_id <= id
+  while (hi - lo > 1) {
     const index_t mid = (lo + hi) / 2;
     (blocks[mid].first_id <= id ? lo : hi) = mid;
   }
-  const KeyBlock<T>& b = blocks[lo];
+  return lo;
+}
+template <class T>
+KeyRow<T> find_key_row(const std::vector<KeyBlock<T>>& blocks, index_t d, index_t id) {
+  const KeyBlock<T>& b = blocks[block_of(blocks, id)];
   const index_t row = id - b.first_id;
   return {b.keys + row * d, b.sq_norms ? b.sq_norms[row] : T(0)};
 }
@@ -87,6 +93,13 @@ template <class T>
 bool rescore_top_k(const T* q, const T* q_sq, const std::vector<KeyBlock<T>>& blocks, index_t d,
                    Metric metric, const index_t* ids, index_t n, index_t k, index_t* out_ids,
                    T* out_scores);
+// The same, for keys made on demand: row_of(id, buffer) returns the key row of id, written
+// into buffer (d) when it has none of its own (an int8-only store decodes its codes there).
+template <class T>
+using KeyRowOf = std::function<KeyRow<T>(index_t id, T* buffer)>;
+template <class T>
+bool rescore_top_k(const T* q, const T* q_sq, const KeyRowOf<T>& row_of, index_t d, Metric metric,
+                   const index_t* ids, index_t n, index_t k, index_t* out_ids, T* out_scores);
 
 // Convenience for one array of keys (nk x d): validates every argument, naming them
 // queries_name and keys_name in errors.

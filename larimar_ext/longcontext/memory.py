@@ -77,6 +77,7 @@ __all__ = ["LongContextMemory", "IngestStats", "Answer", "Source", "EncodingCach
 _KIND = "larimar_ext.LongContextMemory"
 MODES = ("recall", "paper")
 VALUES = ("auto", "latent", "tokens")
+KEYS = ("auto", "float", "int8")
 DEFAULT_PREFIX_WORDS = 4
 DEFAULT_MAX_TOKENS = 64
 # Confidence threshold of "found", set between what was measured (benchmarks/RESULTS.md
@@ -212,6 +213,12 @@ class LongContextMemory:
             which with a snapping prefix path (``prefix_snap``) give the decoder the same
             input; recall mode only (paper mode may mix several rows' latents). "auto"
             (default): "tokens" where the model and mode allow it, else "latent".
+        keys: how the store keeps a row's key. "float": as encoded (4 bytes a number).
+            "int8": as 7-bit codes with a scale of its own (``KeyValueMemory(key_codes=
+            "int8-only")``: 408 bytes a 384-number key, not 1,540), each key then its codes'
+            decoding, searched exactly. "auto" (default): "int8" in recall mode, whose rows
+            are found by the search's ranking and fused with the lexical index's, "float"
+            in paper mode, whose rows merge on bitwise identical keys.
     """
 
     def __init__(self, model: Any, *, mode: str = "recall",
@@ -223,7 +230,7 @@ class LongContextMemory:
                  metric: str = "cosine",
                  cache: Optional[EncodingCache] = None, progress: bool = False,
                  pass_question: bool = True, int8_values: bool = False,
-                 values: str = "auto") -> None:
+                 values: str = "auto", keys: str = "auto") -> None:
         for attr in ("encode", "encode_keys", "complete"):
             if not callable(getattr(model, attr, None)):
                 raise ValueError(f"model: expected a LarimarModel with {attr}(), got "
@@ -241,6 +248,8 @@ class LongContextMemory:
             raise ValueError(f"cache: expected an EncodingCache, got {type(cache).__name__}")
         if values not in VALUES:
             raise ValueError(f"values: expected one of {VALUES}, got {values!r}")
+        if keys not in KEYS:
+            raise ValueError(f"keys: expected one of {KEYS}, got {keys!r}")
         self.model = model
         if hasattr(model, "eval"):
             model.eval()
@@ -250,6 +259,10 @@ class LongContextMemory:
             model.int8_values(True)
         self.mode = mode
         self.values = self._value_kind(values, mode)
+        if keys == "int8" and mode != "recall":
+            raise ValueError("keys: 'int8' needs recall mode (paper mode merges rows on "
+                             "bitwise identical keys, which a key's codes are not)")
+        self.keys = ("int8" if mode == "recall" else "float") if keys == "auto" else keys
         self.prefix_words = _positive_int(prefix_words, "prefix_words")
         self.prefix_keys = prefix_keys
         slots = getattr(getattr(model, "aligner", None), "num_slots", None)
@@ -333,7 +346,8 @@ class LongContextMemory:
     def _store_for(self, key_dim: int, value_dim: int) -> KeyValueMemory:
         if self.store is None:
             self.store = KeyValueMemory(key_dim, value_dim, metric=self.metric,
-                                        merge_identical=not self.recall)
+                                        merge_identical=not self.recall,
+                                        key_codes="int8-only" if self.keys == "int8" else None)
         return self.store
 
     def _record(self, rows: np.ndarray, texts: List[str]) -> None:
@@ -912,7 +926,8 @@ class LongContextMemory:
                 "split_sentences": self.segmenter.split_sentences,
                 "prefix_words": (self.prefix_words if self.prefix_keys and not self.recall
                                  else None),
-                "max_tokens": self.max_tokens, "mode": self.mode, "values": self.values}
+                "max_tokens": self.max_tokens, "mode": self.mode, "values": self.values,
+                "keys": self.keys}
 
     def __len__(self) -> int:
         return len(self.store) if self.store is not None else 0
@@ -1007,6 +1022,7 @@ class LongContextMemory:
         texts = [data[offsets[i]:offsets[i + 1]].decode("utf-8") for i in range(n_texts)]
         self._reset()
         self.mode, self.values = mode, values
+        self.keys = "int8" if store.key_codes == "int8-only" else "float"
         self.prefix_words, self.prefix_keys = prefix_words, bool(config["prefix_keys"])
         self.max_tokens, self.metric = max_tokens, store.metric
         self.segmenter = Segmenter(self.model.tokenizer, self.max_tokens, block=self.block)
