@@ -79,7 +79,7 @@ def distinct_tokens(mem, texts) -> int:
     """Decoder tokens of distinct segments, each window's overlap with the one before it
     counted once (what the memory holds that no other row holds)."""
     counts = mem.segmenter.counter.counts(list(texts))
-    return int(sum(counts) - sum(mem._place[t].overlap for t in texts))
+    return int(sum(counts) - sum(mem.segments.place(t).overlap for t in texts))
 
 
 def folder_bytes(folder: Path) -> int:
@@ -89,9 +89,9 @@ def folder_bytes(folder: Path) -> int:
 def check_same_input(model, torch, lat, tok) -> dict:
     """Each live slot's stored id against the question-time snap of its stored latent."""
     table = model.decoder.get_input_embeddings().weight
-    segs = [s for s in lat._row_of if s in tok._row_of]
-    rows_l = np.array([lat._row_of[s] for s in segs])
-    rows_t = np.array([tok._row_of[s] for s in segs])
+    segs = [s for s in lat.segments.stored() if tok.segments.row_of(s) is not None]
+    rows_l = np.array([lat.segments.row_of(s) for s in segs])
+    rows_t = np.array([tok.segments.row_of(s) for s in segs])
     z = torch.as_tensor(lat.store.reconstruct(rows_l))
     ids = torch.as_tensor(tok.store.reconstruct(rows_t)).long()
     slots = mismatched = masks = 0
@@ -118,9 +118,9 @@ def ingest(mem, files, target, progress=True):
         text = read_text(f)
         if not text or not text.strip():
             continue
-        before = len(mem._row_of)
+        before = len(mem.segments)
         mem.ingest(text + "\n\n")
-        new = list(mem._row_of)[before:]
+        new = mem.segments.texts(before)
         held += distinct_tokens(mem, new) if new else 0
         used += 1
         seen += len(text)

@@ -208,7 +208,7 @@ def test_token_values_answer_as_latents_do_in_a_fraction_of_the_bytes(model, tmp
     assert tok.store.value_dim == model.prefix.num_slots
     assert lat.store.nbytes - tok.store.nbytes == len(tok) * 4 * (model.code_size
                                                                    - model.prefix.num_slots)
-    for seg in list(tok._row_of)[:8]:
+    for seg in list(tok.segments.stored())[:8]:
         assert torch.equal(model.slot_ids(torch.as_tensor(lat.readout_of(seg))[None])[0],
                            torch.as_tensor(tok.readout_of(seg)).long())
     questions = [(ctx.answer_prefix, ctx.question),

@@ -492,7 +492,11 @@ def test_recall_save_load_keeps_rows_links_and_answers(model, tok, tmp_path):
     mem.save(tmp_path / "mem")
     back = LongContextMemory.load(tmp_path / "mem", model)
     assert back.mode == "recall" and len(back) == len(mem) and not back.store.merge_identical
-    assert back._place == mem._place and back._next == mem._next
+    table, saved = back.segments, mem.segments
+    assert list(table.stored()) == list(saved.stored())
+    for t in saved.texts():
+        assert (table.place(t), table.next_of(t), table.row_of(t), table.count(t)) == \
+            (saved.place(t), saved.next_of(t), saved.row_of(t), saved.count(t))
     assert len(back.lexical) == len(mem.lexical)
     for q in ("What is the pass key?", "Which alpha beta gamma iota?"):
         x, y = mem.ask_trace("The pass key is", q, max_new_tokens=4), \

@@ -52,7 +52,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -67,7 +67,8 @@ from .answer import NOT_FOUND, Answer, Source
 from .cache import EncodingCache
 from .grounding import continuation, snap_codes, support, swapped_term
 from .lexical import LexicalIndex, terms
-from .segment import Segment, Segmenter, prefix_text
+from .segment import Segmenter, prefix_text
+from .segments_table import SegmentTable
 from .stats import IngestStats
 from .writer import _Writer
 
@@ -156,18 +157,6 @@ def _device(module: torch.nn.Module) -> torch.device:
 def _host(x: torch.Tensor) -> np.ndarray:
     """(n, d) tensor on any device -> C-contiguous float32 numpy array on the host."""
     return np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
-
-
-class _Place(NamedTuple):
-    """Where a distinct segment first occurs: its ordinal in the stream, the segment before
-    it, how many of its own tokens repeat that one, and whether it continues its sentence."""
-    position: int = 0
-    prev: Optional[str] = None
-    overlap: int = 0
-    continues: bool = False
-
-
-_NOWHERE = _Place()
 
 
 class LongContextMemory:
@@ -299,13 +288,7 @@ class LongContextMemory:
     def _reset(self) -> None:
         self.store: Optional[KeyValueMemory] = None
         self.lexical = LexicalIndex()
-        self._count: Dict[str, int] = {}          # segment text -> occurrences
-        self._row_of: Dict[str, int] = {}         # segment text -> memory row
-        self._rows: List[List[str]] = []          # row -> distinct segment texts in it
-        # where each distinct segment first occurs, and the text after it there
-        self._place: Dict[str, _Place] = {}
-        self._next: Dict[str, str] = {}
-        self._prev_text: Optional[str] = None
+        self.segments = SegmentTable()
         self._lock = threading.Lock()
         self.totals = IngestStats()
         self.last: Optional[IngestStats] = None
@@ -353,10 +336,7 @@ class LongContextMemory:
     def _record(self, rows: np.ndarray, texts: List[str]) -> None:
         with self._lock:
             for r, t in zip(rows.tolist(), texts):
-                while len(self._rows) <= r:
-                    self._rows.append([])
-                self._rows[r].append(t)
-                self._row_of[t] = r
+                self.segments.store(r, t)
                 if self.recall:
                     self.lexical.add(r, t)
 
@@ -460,11 +440,9 @@ class LongContextMemory:
                 st.segments += 1
                 st.tokens += piece.tokens
                 pending_tokens += piece.tokens
-                self._place_segment(piece, self.totals.segments + st.segments - 1)
-                if seg in self._count:
-                    self._count[seg] += 1
+                if not self.segments.see(seg, self.totals.segments + st.segments - 1,
+                                         piece.overlap, piece.continues):
                     continue
-                self._count[seg] = 1
                 pending.append(seg)
                 if len(pending) >= self.block:
                     t1 = time.perf_counter()
@@ -504,15 +482,6 @@ class LongContextMemory:
         t.rows, t.host_bytes, t.split_sentences = st.rows, st.host_bytes, st.split_sentences
         self.last = st
         return st
-
-    def _place_segment(self, piece: Segment, position: int) -> None:
-        """Remember where a segment first occurs and what comes before and after it."""
-        text, prev = piece.text, self._prev_text
-        if text not in self._place:
-            self._place[text] = _Place(position, prev, piece.overlap, piece.continues)
-        if prev is not None and prev not in self._next and prev != text:
-            self._next[prev] = text
-        self._prev_text = text
 
     def _flush(self, segs: List[str], writer: _Writer, st: IngestStats) -> None:
         """Encode a block of distinct new segments and hand its batches to the writer."""
@@ -608,9 +577,9 @@ class LongContextMemory:
         out = []
         for r in dict.fromkeys([*dense, *lexical]):
             d, lx = dense.get(r, floor), lexical.get(r, 0.0)
-            text_r = self._rows[r][0]
+            text_r = self.segments.row_texts(r)[0]
             out.append(Source(row=r, text=text_r, score=0.5 * (d + lx), dense=d, lexical=lx,
-                              position=self._place.get(text_r, _NOWHERE).position))
+                              position=self.segments.place(text_r).position))
         out.sort(key=lambda s: (-s.score, s.row))
         return out
 
@@ -618,22 +587,23 @@ class LongContextMemory:
         """A segment and the neighbouring windows of its sentence (a long sentence is
         several windows), up to ``context_tokens`` decoder tokens, in document order."""
         count = self.segmenter.counter.count
+        table = self.segments
         budget = self.context_tokens - count(text)
         before: List[str] = []
         after: List[str] = []
         cur_back, cur_fwd = text, text
         while budget > 0:
             grew = False
-            place = self._place.get(cur_back, _NOWHERE)
-            if place.continues and place.prev in self._row_of:
+            place = table.place(cur_back)
+            if place.continues and table.row_of(place.prev) is not None:
                 # cur_back repeats the end of place.prev: the new tokens are the rest
                 budget -= count(place.prev) - place.overlap
                 cur_back = place.prev
                 before.append(cur_back)
                 grew = True
-            nxt = self._next.get(cur_fwd)
-            nxt_place = self._place.get(nxt, _NOWHERE) if nxt is not None else _NOWHERE
-            if budget > 0 and nxt_place.continues and nxt in self._row_of:
+            nxt = table.next_of(cur_fwd)
+            nxt_place = table.place(nxt)
+            if budget > 0 and nxt_place.continues and table.row_of(nxt) is not None:
                 cur_fwd = nxt
                 after.append(cur_fwd)
                 budget -= count(cur_fwd) - nxt_place.overlap
@@ -654,10 +624,10 @@ class LongContextMemory:
             for t in group:
                 seen[t] = len(groups)
             groups.append(group)
-        groups.sort(key=lambda g: self._place.get(g[0], _NOWHERE).position)
+        groups.sort(key=lambda g: self.segments.place(g[0]).position)
         merged: List[List[str]] = []
         for g in groups:
-            place = self._place.get(g[0], _NOWHERE)
+            place = self.segments.place(g[0])
             if merged and place.continues and place.prev == merged[-1][-1]:
                 merged[-1].extend(g)          # continues the passage before it
             else:
@@ -666,17 +636,17 @@ class LongContextMemory:
 
     def segments_of(self, row: int) -> List[str]:
         """The distinct segment texts stored in a memory row."""
-        return list(self._rows[row])
+        return self.segments.row_texts(row)
 
     def row_of(self, segment: str) -> Optional[int]:
         """The memory row holding a segment text (None when it was never ingested)."""
-        return self._row_of.get(segment)
+        return self.segments.row_of(segment)
 
     def readout_of(self, segment: str) -> np.ndarray:
         """The stored value of the row holding ``segment`` (its latent (C,), or its slot ids
         (P,) with ``values="tokens"``): what the decoder gets when retrieval finds that
         segment (used to score decoding apart from retrieval)."""
-        row = self._row_of.get(segment)
+        row = self.segments.row_of(segment)
         if row is None:
             raise ValueError(f"segment: not in the memory: {segment[:80]!r}")
         return self.store.reconstruct(np.array([row]))[0]
@@ -727,11 +697,12 @@ class LongContextMemory:
         """The stored values (r, C) of the passages' segments (read by row id), each
         window's overlap with the one before it, and whether it continues a passage."""
         texts = [t for p in passages for t in p]
-        values = self.store.reconstruct(np.array([self._row_of[t] for t in texts], np.int64))
+        values = self.store.reconstruct(np.array([self.segments.row_of(t) for t in texts],
+                                                 np.int64))
         skip, joined = [], []
         for p in passages:
             for j, t in enumerate(p):
-                skip.append(self._place[t].overlap if j else 0)
+                skip.append(self.segments.place(t).overlap if j else 0)
                 joined.append(j > 0)
         return values, skip, joined
 
@@ -785,7 +756,7 @@ class LongContextMemory:
         segs = self.segments_of(top)
         src = Source(row=top, text=segs[0], score=float(scores[0, 0]),
                      dense=float(scores[0, 0]), lexical=0.0,
-                     position=self._place.get(segs[0], _NOWHERE).position)
+                     position=self.segments.place(segs[0]).position)
         return Answer(answer=answer, answer_prefix=answer_prefix, question=question,
                       rows=rows[0].tolist(), scores=scores[0].tolist(), segments=segs,
                       readout=readout, confidence=src.score, found=True, guess=answer,
@@ -888,7 +859,7 @@ class LongContextMemory:
         offsets = self.segmenter.counter.offsets(passage[1:])
         parts = [passage[0]]
         for t, offs in zip(passage[1:], offsets):
-            skip = self._place[t].overlap
+            skip = self.segments.place(t).overlap
             if skip < len(offs):
                 at = offs[skip][0]
                 parts.append((" " if at and t[at - 1].isspace() else "") + t[at:])
@@ -914,9 +885,9 @@ class LongContextMemory:
         """Running totals: segments, distinct segments, rows, rows shared by distinct
         segments (paper mode only), decoder tokens, host bytes, ingest seconds and tokens/s."""
         t = self.totals
-        return {"segments": t.segments, "unique_segments": len(self._count),
+        return {"segments": t.segments, "unique_segments": len(self.segments),
                 "rows": len(self.store) if self.store is not None else 0,
-                "rows_shared": sum(len(r) > 1 for r in self._rows),
+                "rows_shared": self.segments.rows_shared(),
                 "tokens": t.tokens,
                 "host_bytes": self.store.nbytes if self.store is not None else 0,
                 "reserved_host_bytes": (self.store.reserved_nbytes if self.store is not None
@@ -944,28 +915,12 @@ class LongContextMemory:
             raise ValueError(f"path: {str(path)!r} exists and is not a folder")
         folder.mkdir(parents=True, exist_ok=True)
         with self._lock:
-            texts = [t for row in self._rows for t in row]
-            rows = [r for r, row in enumerate(self._rows) for _ in row]
-        encoded = [t.encode("utf-8") for t in texts]
-        offsets = np.zeros(len(encoded) + 1, np.int64)
-        np.cumsum([len(b) for b in encoded], out=offsets[1:])
-        blob = np.frombuffer(b"".join(encoded), np.uint8) if encoded else np.zeros(0, np.uint8)
-        index = {t: i for i, t in enumerate(texts)}
-        places = [self._place.get(t, _NOWHERE) for t in texts]
+            arrays = self.segments.saved()
         config = {"mode": self.mode, "values": self.values, "prefix_words": self.prefix_words,
                   "prefix_keys": self.prefix_keys,
                   "max_tokens": self.max_tokens, "metric": self.metric,
-                  "rows": len(self.store), "texts": len(texts),
+                  "rows": len(self.store), "texts": len(arrays["text_rows"]),
                   "totals": self.totals.as_dict()}
-        arrays = {"text_bytes": blob.copy(), "text_offsets": offsets,
-                  "text_rows": np.asarray(rows, np.int64),
-                  "text_counts": np.asarray([self._count.get(t, 1) for t in texts], np.int64),
-                  "text_positions": np.asarray([p.position for p in places], np.int64),
-                  "text_prev": np.asarray([index.get(p.prev, -1) for p in places], np.int64),
-                  "text_next": np.asarray([index.get(self._next.get(t), -1) for t in texts],
-                                          np.int64),
-                  "text_overlap": np.asarray([p.overlap for p in places], np.int64),
-                  "text_continues": np.asarray([p.continues for p in places], np.int64)}
         self.store.save(folder / "memory.safetensors")
         _persist.save(folder / "segments.safetensors", _KIND, config, arrays)
 
@@ -1020,6 +975,12 @@ class LongContextMemory:
                              f"the model's {values} values have {width}")
         data = blob.tobytes()
         texts = [data[offsets[i]:offsets[i + 1]].decode("utf-8") for i in range(n_texts)]
+        try:
+            table = SegmentTable.from_saved(texts, rows, counts, *links)
+        except ValueError as exc:   # rows out of order
+            raise ValueError(f"path: {str(path)!r} has an invalid segments file ({exc})") from exc
+        if table.rows != n_rows:
+            raise ValueError(f"path: {str(path)!r}: segments file and memory do not match")
         self._reset()
         self.mode, self.values = mode, values
         self.keys = "int8" if store.key_codes == "int8-only" else "float"
@@ -1027,17 +988,9 @@ class LongContextMemory:
         self.max_tokens, self.metric = max_tokens, store.metric
         self.segmenter = Segmenter(self.model.tokenizer, self.max_tokens, block=self.block)
         self.store = store
-        self._rows = [[] for _ in range(n_rows)]
-        pos, prev, nxt, overlap, cont = (x.tolist() for x in links)
-        for i, (t, r, c) in enumerate(zip(texts, rows.tolist(), counts.tolist())):
-            self._rows[r].append(t)
-            self._row_of[t] = r
-            self._count[t] = int(c)
-            self._place[t] = _Place(pos[i], texts[prev[i]] if prev[i] >= 0 else None,
-                                    overlap[i], bool(cont[i]))
-            if nxt[i] >= 0:
-                self._next[t] = texts[nxt[i]]
-            if self.recall:
+        self.segments = table
+        if self.recall:
+            for r, t in zip(rows.tolist(), texts):
                 self.lexical.add(r, t)
         # the keys of the stored prefixes, bitwise as stored: a new segment with a known
         # prefix must land in the same row
@@ -1046,8 +999,8 @@ class LongContextMemory:
         self.cache.value_kind = self.values
         if n_rows and not self.recall:
             keys = store.keys
-            for r, row in enumerate(self._rows):
-                for t in row:
+            for r in range(table.rows):
+                for t in table.row_texts(r):
                     self.cache.keys.setdefault(self.key_text(t), keys[r])
         totals = config.get("totals") or {}
         self.totals = IngestStats(**{k: v for k, v in totals.items()
