@@ -12,6 +12,10 @@ Methods
                   codes (a quarter of the bytes), re-scores a shortlist chosen by a bound on
                   the codes' error from the float keys; must equal the float32 store's ids
                   and score bits exactly (checked here on every query)
+  int8-only store KeyValueMemory(..., key_codes="int8-only"): the codes alone, each key its
+                  codes' decoding (what LongContextMemory keeps); exact over the decoded keys,
+                  so against the float keys it is approximate like FAISS's SQ8 and shown with
+                  its recall@10 beside it (no target attached)
   faiss flat      faiss.IndexFlatIP(384), the exact baseline of the issue
   faiss SQ8/bf16  faiss.IndexScalarQuantizer(384, QT_8bit | QT_bf16, METRIC_INNER_PRODUCT):
                   the same kind of codes searched without a re-rank, so approximate; shown
@@ -44,15 +48,17 @@ NQ_BIG = 256
 def build_stores(lx, n):
     plain = lx.KeyValueMemory(keyset.DIM, 1, "ip")
     coded = lx.KeyValueMemory(keyset.DIM, 1, "ip", key_codes="int8")
-    seconds = {"float32 store": 0.0, "int8 store": 0.0}
+    codes_only = lx.KeyValueMemory(keyset.DIM, 1, "ip", key_codes="int8-only")
+    stores = {"float32 store": plain, "int8 store": coded, "int8-only store": codes_only}
+    seconds = dict.fromkeys(stores, 0.0)
     for i in range(keyset.n_chunks(n)):
         kc = keyset.gen_chunk(i, n)
         vc = np.zeros((len(kc), 1), np.float32)
-        for name, store in (("float32 store", plain), ("int8 store", coded)):
+        for name, store in stores.items():
             t0 = time.perf_counter()
             store.add(kc, vc)
             seconds[name] += time.perf_counter() - t0
-    return plain, coded, seconds
+    return plain, coded, codes_only, seconds
 
 
 def recall(ids, exact):
@@ -72,7 +78,7 @@ def run(args):
     print(f"\n## Exact top-k over int8 key codes (ip): {n:,} keys x {keyset.DIM}, "
           f"{cm.NUM_THREADS} threads, int8 scan: {info['int8_isa']}\n")
 
-    plain, coded, add_seconds = build_stores(lx, n)
+    plain, coded, codes_only, add_seconds = build_stores(lx, n)
     keys = np.empty((n, keyset.DIM), np.float32)
     for i in range(keyset.n_chunks(n)):
         keys[i * keyset.CHUNK:(i + 1) * keyset.CHUNK] = keyset.gen_chunk(i, n)
@@ -93,6 +99,7 @@ def run(args):
     for K in KS:
         methods = {"float32 store": lambda q, K=K: plain.search(q, K),
                    "int8 store": lambda q, K=K: coded.search(q, K),
+                   "int8-only store": lambda q, K=K: codes_only.search(q, K),
                    "faiss flat": lambda q, K=K: flat.search(q, K)[::-1],
                    **{name: (lambda q, i=i, K=K: i.search(q, K)[::-1]) for name, i in sq.items()}}
         # correctness first, untimed: the int8 store against the float32 store, every query
@@ -105,6 +112,10 @@ def run(args):
                                                            for j in range(len(q1))]), exact1),
                           f"batch{NQ_BIG}": recall(i.search(Qb, K)[1], exactb)}
                    for name, i in {"faiss flat": flat, **sq}.items()}
+        recalls["int8-only store"] = {
+            "batch1": recall(np.concatenate([codes_only.search(q1[j:j + 1], K)[0]
+                                             for j in range(len(q1))]), exact1),
+            f"batch{NQ_BIG}": recall(codes_only.search(Qb, K)[0], exactb)}
         t1 = cm.timeit_interleaved({m: keyset.cycling(f, q1) for m, f in methods.items()}, rounds=4,
                                    inner=len(q1), warm=2, first_warmup=2, settle=0.3)
         big = {m: (lambda f=f: f(Qb)) for m, f in methods.items()}
@@ -138,6 +149,7 @@ def run(args):
                               f"batch{NQ_BIG}_float32_over_int8": med(tb, "float32 store")
                               / med(tb, "int8 store")}}
     bytes_row = {"float32 store": plain.nbytes, "int8 store": coded.nbytes,
+                 "int8-only store": codes_only.nbytes,
                  "faiss SQ8 codes": sq["faiss SQ8"].sa_code_size() * n,
                  "faiss SQ bf16 codes": sq["faiss SQ bf16"].sa_code_size() * n}
     print(cm.md_table(["store", "bytes"], [[m, cm.fmt_bytes(v)] for m, v in bytes_row.items()]))
