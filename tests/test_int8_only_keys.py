@@ -172,3 +172,15 @@ def test_codes_are_refused_where_a_store_keeps_float_keys(rng):
     assert len(plain) == 0
     with pytest.raises(ValueError, match="key_codes"):
         _core.KeyViewF32(np.ones((3, 4), np.float32), "ip", "int8-only")
+
+
+def test_a_load_of_many_pieces_and_chunks_keeps_every_row(rng, tmp_path):
+    # 20,000 rows: codes come back 4,096 at a time, into more than one chunk of the store
+    keys = rng.standard_normal((20_000, 8)).astype(np.float32)
+    store = lx.KeyValueMemory(8, 1, merge_identical=False, key_codes="int8-only")
+    fill((store,), keys, rows_per_add=3000)
+    store.save(tmp_path / "m.safetensors")
+    back = lx.KeyValueMemory.load(tmp_path / "m.safetensors")
+    np.testing.assert_array_equal(back.keys, store.keys)
+    np.testing.assert_array_equal(back.values, store.values)
+    assert_same_search(store, back, rng.standard_normal((9, 8)).astype(np.float32), 4)

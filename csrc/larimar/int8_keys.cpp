@@ -391,16 +391,6 @@ void request_rows(const std::vector<KeyBlock<T>>& blocks, index_t d,
     }
 }
 
-// The key of slot `slot` of a chunk's codes decoded into out (d): what an int8-only store
-// searches, by decode_int8_key's products.
-template <class T>
-void decode_slot(const std::int8_t* codes, T scale, index_t d, index_t slot, T* out) {
-  const std::int8_t* tile = codes + (slot / kInt8TileRows) * kInt8TileRows * int8_padded_dim(d);
-  const index_t lane = slot % kInt8TileRows;
-  for (index_t t = 0; t < d; ++t)
-    out[t] = scale * static_cast<T>(tile[(t / 4) * 64 + lane * 4 + t % 4]);
-}
-
 template <class T>
 bool search_block(const T* queries, index_t nq, index_t d, const std::vector<KeyBlock<T>>& blocks,
                   const std::vector<Int8Rows<T>>& int8, index_t k, Metric metric, index_t* out_ids,
@@ -413,7 +403,7 @@ bool search_block(const T* queries, index_t nq, index_t d, const std::vector<Key
   const bool decoded = blocks.front().keys == nullptr;
   const KeyRowOf<T> decoded_row = [&](index_t id, T* buffer) {
     const index_t b = block_of(blocks, id), row = id - blocks[b].first_id;
-    decode_slot(int8[b].codes, int8[b].scale[row], d, row, buffer);
+    decode_int8_slot(int8[b].codes, int8[b].scale[row], d, row, buffer);
     return KeyRow<T>{buffer, blocks[b].sq_norms ? blocks[b].sq_norms[row] : T(0)};
   };
   // The float search, for what the codes cannot bound. Without float keys to scan, every key
@@ -565,6 +555,14 @@ void decode_int8_key(const std::int8_t* code, T scale, index_t d, T* out) {
   for (index_t t = 0; t < d; ++t) out[t] = scale * static_cast<T>(code[t]);
 }
 
+template <class T>
+void decode_int8_slot(const std::int8_t* codes, T scale, index_t d, index_t slot, T* out) {
+  const std::int8_t* tile = codes + (slot / kInt8TileRows) * kInt8TileRows * int8_padded_dim(d);
+  const index_t lane = slot % kInt8TileRows;
+  for (index_t t = 0; t < d; ++t)  // decode_int8_key's products
+    out[t] = scale * static_cast<T>(tile[(t / 4) * 64 + lane * 4 + t % 4]);
+}
+
 void int8_slot_codes(const std::int8_t* codes, index_t d, index_t slot, std::int8_t* out) {
   const std::int8_t* tile = codes + (slot / kInt8TileRows) * kInt8TileRows * int8_padded_dim(d);
   const index_t lane = slot % kInt8TileRows;
@@ -633,6 +631,7 @@ bool search_int8(const T* queries, index_t nq, index_t d, const std::vector<KeyB
 #define LARIMAR_INSTANTIATE(T)                                                                     \
   template T quantize_int8_key<T>(const T*, index_t, std::int8_t*);                                \
   template void decode_int8_key<T>(const std::int8_t*, T, index_t, T*);                            \
+  template void decode_int8_slot<T>(const std::int8_t*, T, index_t, index_t, T*);                  \
   template void put_int8_key<T>(const T*, T, const std::int8_t*, T, index_t, Metric, Int8Slots<T>, \
                                 index_t);                                                          \
   template void quantize_int8_keys<T>(const T*, const T*, index_t, index_t, Metric, Int8Slots<T>,  \

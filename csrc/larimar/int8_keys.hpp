@@ -90,8 +90,11 @@ void decode_int8_key(const std::int8_t* code, T scale, index_t d, T* out);
 template <class T>
 void put_int8_key(const T* key, T sq_norm, const std::int8_t* code, T scale, index_t d,
                   Metric metric, Int8Slots<T> out, index_t slot);
-// The codes (d) of slot `slot` out of its tile.
+// The codes (d) of slot `slot` out of its tile, and the key they decode to (decode_int8_key,
+// bit for bit) with the slot's scale.
 void int8_slot_codes(const std::int8_t* codes, index_t d, index_t slot, std::int8_t* out);
+template <class T>
+void decode_int8_slot(const std::int8_t* codes, T scale, index_t d, index_t slot, T* out);
 
 // Bytes of codes and per-key facts for `rows` rows (rows rounded up to whole tiles).
 template <class T>

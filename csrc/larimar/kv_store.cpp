@@ -31,6 +31,13 @@ void check_search_k(index_t k, index_t size) {
           "expected 1 <= k <= number of stored keys (" + str(size) + "), got " + str(k));
 }
 
+// Saved write counts: finite and positive (every saved slot was written).
+void check_saved_counts(const double* counts, index_t n) {
+  check_finite(counts, n, "counts");
+  for (index_t i = 0; i < n; ++i)
+    require(counts[i] > 0, "counts", "expected positive write counts");
+}
+
 // Every row id in [0, size), all checked before any is used.
 void check_row_ids(const index_t* ids, index_t n, index_t size) {
   require(n >= 0, "ids", "expected a non-negative number of ids");
@@ -107,9 +114,7 @@ void KeyValueStore<T>::key_of(index_t id, T* out) const {
   }
   const Chunk& chunk = chunks_[id / chunk_rows_];
   const index_t slot = id % chunk_rows_;
-  std::vector<std::int8_t> code(static_cast<std::size_t>(d_));
-  int8_slot_codes(chunk.codes.get(), d_, slot, code.data());
-  decode_int8_key(code.data(), chunk.code_facts[slot], d_, out);  // facts: the scales first
+  decode_int8_slot(chunk.codes.get(), chunk.code_facts[slot], d_, slot, out);  // scales first
 }
 
 template <class T>
@@ -471,9 +476,7 @@ void KeyValueStore<T>::append_saved(const T* keys, const T* values, const double
   if (n == 0) return;
   check_finite(keys, n * d_, "keys");
   check_finite(values, n * v_, "values");
-  check_finite(counts, n, "counts");
-  for (index_t i = 0; i < n; ++i)
-    require(counts[i] > 0, "counts", "expected positive write counts");
+  check_saved_counts(counts, n);
   const index_t before = size();
   std::vector<index_t> ids(n);
   add(keys, values, n, ids.data());
@@ -493,19 +496,22 @@ void KeyValueStore<T>::append_codes(const std::int8_t* codes, const T* scales, c
     require(codes[i] >= -kInt8KeyLevels && codes[i] <= kInt8KeyLevels, "codes",
             "expected codes in [-" + str(kInt8KeyLevels) + ", " + str(kInt8KeyLevels) + "]");
   check_finite(scales, n, "scales");
-  for (index_t i = 0; i < n; ++i) require(scales[i] >= 0, "scales", "expected non-negative scales");
+  for (index_t i = 0; i < n; ++i)  // codes reach 63: 63 times a scale must stay finite
+    require(scales[i] >= 0 && std::isfinite(scales[i] * T(kInt8KeyLevels)), "scales",
+            "expected non-negative scales whose codes decode to finite keys");
   check_finite(values, n * v_, "values");
-  check_finite(counts, n, "counts");
-  for (index_t i = 0; i < n; ++i)
-    require(counts[i] > 0, "counts", "expected positive write counts");
-  check_allocation(double(n) * d_ * sizeof(T), "codes", "decoding " + str(n) + " keys");
-  std::vector<T> decoded(static_cast<std::size_t>(n * d_));
-  for (index_t i = 0; i < n; ++i)
-    decode_int8_key(codes + i * d_, scales[i], d_, decoded.data() + i * d_);
-  check_finite(decoded.data(), n * d_, "scales");  // a scale too large for 63 times it
+  check_saved_counts(counts, n);
   const index_t before = size();
-  std::vector<index_t> ids(n);
-  add_rows(decoded.data(), codes, scales, values, n, ids.data());
+  // Decoded a piece at a time, so that a load's peak is the store and one small buffer.
+  constexpr index_t kPiece = 4096;
+  std::vector<T> decoded(static_cast<std::size_t>(std::min(n, kPiece) * d_));
+  std::vector<index_t> ids(std::min(n, kPiece));
+  for (index_t lo = 0; lo < n; lo += kPiece) {
+    const index_t m = std::min(kPiece, n - lo);
+    for (index_t i = 0; i < m; ++i)
+      decode_int8_key(codes + (lo + i) * d_, scales[lo + i], d_, decoded.data() + i * d_);
+    add_rows(decoded.data(), codes + lo * d_, scales + lo, values + lo * v_, m, ids.data());
+  }
   std::unique_lock<std::shared_mutex> lock(mutex_);
   require(size_ == before + n, "codes", "holds duplicate keys; a saved merging store never does");
   std::copy(counts, counts + n, counts_.begin() + before);
