@@ -255,7 +255,9 @@ class KeyValueMemory(_KeyedCore):
                 # keys, the same; an int8-only store's codes are its keys
                 mem = cls(c.key_dim, c.value_dim, c.metric, c.dtype,
                           merge_identical=c.merge_identical, key_codes=c.key_codes)
-                for block in f.blocks():  # the digests are checked after the last block
+                # blocks of 1 MiB: small beside a store of compact rows, too (the digests
+                # are checked after the last block)
+                for block in f.blocks(1 << 20):
                     if c.key_codes == "int8-only":
                         mem._core.append_codes(block["key_codes"], block["key_scales"],
                                                block["values"], block["counts"])

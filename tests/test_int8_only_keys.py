@@ -175,7 +175,7 @@ def test_codes_are_refused_where_a_store_keeps_float_keys(rng):
 
 
 def test_a_load_of_many_pieces_and_chunks_keeps_every_row(rng, tmp_path):
-    # 20,000 rows: codes come back 4,096 at a time, into more than one chunk of the store
+    # 20,000 rows: codes come back 256 at a time, into more than one chunk of the store
     keys = rng.standard_normal((20_000, 8)).astype(np.float32)
     store = lx.KeyValueMemory(8, 1, merge_identical=False, key_codes="int8-only")
     fill((store,), keys, rows_per_add=3000)

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <mutex>
+#include <new>
 
 #include "larimar/address.hpp"
 #include "larimar/sparse_lstsq.hpp"
@@ -84,7 +85,9 @@ typename KeyValueStore<T>::Chunk KeyValueStore<T>::new_chunk() const {
   chunk.values.reset(new T[chunk_rows_ * v_]);
   chunk.sq_norms.reset(new T[chunk_rows_]);
   if (has_codes()) {
-    chunk.codes.reset(new std::int8_t[chunk_rows_ * int8_padded_dim(d_)]());  // padding is 0
+    const std::size_t code_bytes = static_cast<std::size_t>(chunk_rows_ * int8_padded_dim(d_));
+    chunk.codes.reset(static_cast<std::int8_t*>(std::calloc(code_bytes, 1)));  // padding is 0
+    if (!chunk.codes) throw std::bad_alloc();
     chunk.code_facts.reset(new T[4 * chunk_rows_]);
     chunk.code_sums.reset(new std::int32_t[chunk_rows_]);
   }
@@ -502,8 +505,8 @@ void KeyValueStore<T>::append_codes(const std::int8_t* codes, const T* scales, c
   check_finite(values, n * v_, "values");
   check_saved_counts(counts, n);
   const index_t before = size();
-  // Decoded a piece at a time, so that a load's peak is the store and one small buffer.
-  constexpr index_t kPiece = 4096;
+  // Decoded 256 rows at a time (384 KB for 384-number keys): a load's peak is the store.
+  constexpr index_t kPiece = 256;
   std::vector<T> decoded(static_cast<std::size_t>(std::min(n, kPiece) * d_));
   std::vector<index_t> ids(std::min(n, kPiece));
   for (index_t lo = 0; lo < n; lo += kPiece) {

@@ -2,6 +2,7 @@
 // context, values M hold the least-squares write of what each key addressed.
 #pragma once
 
+#include <cstdlib>
 #include <memory>
 #include <optional>
 #include <shared_mutex>
@@ -22,6 +23,10 @@ enum class KeyCodes { None, Int8, Int8Only };
 // "none", "int8" or "int8-only"; anything else is an InvalidArgument naming `key_codes`.
 KeyCodes parse_key_codes(const std::string& name);
 std::string key_codes_name(KeyCodes codes);
+
+struct FreeDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
 
 template <class T>
 class KeyValueStore {
@@ -98,7 +103,9 @@ class KeyValueStore {
     std::unique_ptr<T[]> keys, values, sq_norms;
     // With int8 codes: the codes in tiles, and per row scale, err, norm, inv_norm (4 runs of
     // chunk_rows_) and the code sums (see Int8Rows).
-    std::unique_ptr<std::int8_t[]> codes;
+    // calloc'd: zero (the padding rows of a tile) without touching the pages, so that a
+    // chunk's unused capacity costs no resident memory until rows arrive
+    std::unique_ptr<std::int8_t[], FreeDeleter> codes;
     std::unique_ptr<T[]> code_facts;
     std::unique_ptr<std::int32_t[]> code_sums;
   };
