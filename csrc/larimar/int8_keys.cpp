@@ -27,6 +27,16 @@ constexpr int kQueryOffset = 64;
 constexpr index_t kScanRows = 1024;
 constexpr index_t kScanTiles = kScanRows / kInt8TileRows;
 
+// Where a slot's codes live: its tile (dp the padded dimension), and code t of the slot within
+// the tile (groups of 4 dimensions of the 16 keys, as int8_keys.hpp lays them out).
+template <class Byte>
+Byte* slot_tile(Byte* codes, index_t dp, index_t slot) {
+  return codes + (slot / kInt8TileRows) * kInt8TileRows * dp;
+}
+inline index_t tile_offset(index_t slot, index_t t) {
+  return (t / 4) * 64 + (slot % kInt8TileRows) * 4 + t % 4;
+}
+
 // Integer dot products of nq query codes (each dp bytes, dp a multiple of 4) with the keys of
 // ntiles tiles: out[i * stride + j] = sum_t u8(q_i)_t code_j,t, for the tiles' 16 * ntiles
 // keys j. nq is at most the path's micro-block.
@@ -401,7 +411,8 @@ bool search_block(const T* queries, index_t nq, index_t d, const std::vector<Key
   // Blocks without float keys (an int8-only store): a key is scored on its codes' decoding,
   // made when it is needed.
   const bool decoded = blocks.front().keys == nullptr;
-  const KeyRowOf<T> decoded_row = [&](index_t id, T* buffer) {
+  const KeyRowOf<T> key_row = [&](index_t id, T* buffer) {
+    if (!decoded) return find_key_row(blocks, d, id);
     const index_t b = block_of(blocks, id), row = id - blocks[b].first_id;
     decode_int8_slot(int8[b].codes, int8[b].scale[row], d, row, buffer);
     return KeyRow<T>{buffer, blocks[b].sq_norms ? blocks[b].sq_norms[row] : T(0)};
@@ -417,7 +428,7 @@ bool search_block(const T* queries, index_t nq, index_t d, const std::vector<Key
     std::vector<char> finite(nq, 1);
     parallel_for(nq, [&](index_t i) {
       finite[i] =
-          rescore_top_k(queries + i * d, q_sq.data() + i, decoded_row, d, metric, all.data(),
+          rescore_top_k(queries + i * d, q_sq.data() + i, key_row, d, metric, all.data(),
                         static_cast<index_t>(all.size()), k, out_ids + i * k, out_scores + i * k);
     });
     return std::all_of(finite.begin(), finite.end(), [](char f) { return f != 0; });
@@ -506,12 +517,9 @@ bool search_block(const T* queries, index_t nq, index_t d, const std::vector<Key
   // shortlisted rows are scattered, so this is latency-bound.
   std::vector<char> finite(nq, 1);
   parallel_for(nq, [&](index_t i) {
-    const index_t n = static_cast<index_t>(shortlist[i].size());
-    finite[i] = decoded
-                    ? rescore_top_k(queries + i * d, q_sq.data() + i, decoded_row, d, metric,
-                                    shortlist[i].data(), n, k, out_ids + i * k, out_scores + i * k)
-                    : rescore_top_k(queries + i * d, q_sq.data() + i, blocks, d, metric,
-                                    shortlist[i].data(), n, k, out_ids + i * k, out_scores + i * k);
+    finite[i] = rescore_top_k(queries + i * d, q_sq.data() + i, key_row, d, metric,
+                              shortlist[i].data(), static_cast<index_t>(shortlist[i].size()), k,
+                              out_ids + i * k, out_scores + i * k);
   });
   return std::all_of(finite.begin(), finite.end(), [](char f) { return f != 0; });
 }
@@ -557,16 +565,14 @@ void decode_int8_key(const std::int8_t* code, T scale, index_t d, T* out) {
 
 template <class T>
 void decode_int8_slot(const std::int8_t* codes, T scale, index_t d, index_t slot, T* out) {
-  const std::int8_t* tile = codes + (slot / kInt8TileRows) * kInt8TileRows * int8_padded_dim(d);
-  const index_t lane = slot % kInt8TileRows;
+  const std::int8_t* tile = slot_tile(codes, int8_padded_dim(d), slot);
   for (index_t t = 0; t < d; ++t)  // decode_int8_key's products
-    out[t] = scale * static_cast<T>(tile[(t / 4) * 64 + lane * 4 + t % 4]);
+    out[t] = scale * static_cast<T>(tile[tile_offset(slot, t)]);
 }
 
 void int8_slot_codes(const std::int8_t* codes, index_t d, index_t slot, std::int8_t* out) {
-  const std::int8_t* tile = codes + (slot / kInt8TileRows) * kInt8TileRows * int8_padded_dim(d);
-  const index_t lane = slot % kInt8TileRows;
-  for (index_t t = 0; t < d; ++t) out[t] = tile[(t / 4) * 64 + lane * 4 + t % 4];
+  const std::int8_t* tile = slot_tile(codes, int8_padded_dim(d), slot);
+  for (index_t t = 0; t < d; ++t) out[t] = tile[tile_offset(slot, t)];
 }
 
 template <class T>
@@ -576,13 +582,12 @@ void put_int8_key(const T* key, T sq_norm, const std::int8_t* code, T scale, ind
   // The search's float sum of d products is within gamma_d sum |q_t k_t| <= gamma_d |q| |k|
   // of the exact inner product (Higham, Accuracy and Stability, section 3.1).
   const double u = epsilon<T>() / 2, gamma = double(d) * u / (1 - double(d) * u);
-  std::int8_t* tile = out.codes + (slot / kInt8TileRows) * kInt8TileRows * dp;
-  const index_t lane = slot % kInt8TileRows;
+  std::int8_t* tile = slot_tile(out.codes, dp, slot);
   std::int32_t sum = 0;
   double sq = 0, err2 = 0, norm2 = 0;
   for (index_t t = 0; t < dp; ++t) {
     const int c = t < d ? code[t] : 0;
-    tile[(t / 4) * 64 + lane * 4 + t % 4] = static_cast<std::int8_t>(c);
+    tile[tile_offset(slot, t)] = static_cast<std::int8_t>(c);
     if (t >= d) continue;
     sum += c;
     const double x = double(key[t]), sc = double(scale) * c;

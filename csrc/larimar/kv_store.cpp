@@ -69,9 +69,8 @@ KeyValueStore<T>::KeyValueStore(index_t key_dim, index_t value_dim, Metric metri
   if (has_codes())
     require(key_dim <= kMaxInt8Dim, "key_dim",
             "expected at most " + str(kMaxInt8Dim) + " with int8 key codes, got " + str(key_dim));
-  const double row_bytes =
-      double(sizeof(T)) * ((float_keys() ? double(key_dim) : 0.0) + double(value_dim) + 1.0) +
-      (has_codes() ? double(int8_padded_dim(key_dim)) : 0.0);
+  const double row_bytes = double(sizeof(T)) * double(floats_per_row()) +
+                           (has_codes() ? double(int8_padded_dim(key_dim)) : 0.0);
   // Whole code tiles per chunk, so that a tile never spans two chunks.
   chunk_rows_ = static_cast<index_t>(
                     std::max(64.0, std::min(double(kMaxChunkRows), kMaxChunkBytes / row_bytes))) /
@@ -227,7 +226,7 @@ void KeyValueStore<T>::add_rows(const T* keys, const std::int8_t* codes, const T
   // Allocate everything that can fail before the first change.
   const index_t new_size = size_ + fresh;
   const index_t rows = fresh + chunk_rows_;
-  check_allocation(double(rows) * (sizeof(T) * double((float_keys() ? d_ : 0) + v_ + 1) + 64.0) +
+  check_allocation(double(rows) * (sizeof(T) * double(floats_per_row()) + 64.0) +
                        (has_codes() ? double(int8_rows_bytes<T>(rows, d_)) : 0.0),
                    "keys", "storing " + str(fresh) + " new keys");
   std::vector<Chunk> new_chunks;
@@ -422,46 +421,40 @@ std::size_t KeyValueStore<T>::bytes(bool reserved) const {
                                     : static_cast<std::size_t>(size_);
   const std::size_t counts = reserved ? counts_.capacity() : counts_.size();
   const std::size_t codes = has_codes() ? int8_rows_bytes<T>(static_cast<index_t>(rows), d_) : 0;
-  return rows * sizeof(T) * static_cast<std::size_t>((float_keys() ? d_ : 0) + v_ + 1) + codes +
+  return rows * sizeof(T) * static_cast<std::size_t>(floats_per_row()) + codes +
          counts * sizeof(double) +
          by_hash_.size() * (sizeof(std::uint64_t) + sizeof(index_t) + 2 * sizeof(void*)) +
          by_hash_.bucket_count() * sizeof(void*);
 }
 
 template <class T>
-template <class Row>
-index_t KeyValueStore<T>::copy_rows(T* out, index_t max_rows, index_t width, Row row) const {
+template <class Copy>
+index_t KeyValueStore<T>::copy_rows(index_t max_rows, Copy copy) const {
   std::shared_lock<std::shared_mutex> lock(mutex_);
   const index_t n = std::min(size_, max_rows);
-  for (index_t i = 0; i < n; ++i) std::memcpy(out + i * width, row(i), sizeof(T) * width);
+  for (index_t i = 0; i < n; ++i) copy(i);
   return n;
 }
 
 template <class T>
 index_t KeyValueStore<T>::copy_keys(T* out, index_t max_rows) const {
-  if (float_keys()) return copy_rows(out, max_rows, d_, [this](index_t i) { return key_row(i); });
-  std::shared_lock<std::shared_mutex> lock(mutex_);
-  const index_t n = std::min(size_, max_rows);
-  for (index_t i = 0; i < n; ++i) key_of(i, out + i * d_);
-  return n;
+  return copy_rows(max_rows, [&](index_t i) { key_of(i, out + i * d_); });
 }
 
 template <class T>
 index_t KeyValueStore<T>::copy_codes(std::int8_t* codes, T* scales, index_t max_rows) const {
   require(has_codes(), "key_codes", "the store keeps no codes (key_codes \"none\")");
-  std::shared_lock<std::shared_mutex> lock(mutex_);
-  const index_t n = std::min(size_, max_rows);
-  for (index_t i = 0; i < n; ++i) {
+  return copy_rows(max_rows, [&](index_t i) {
     const Chunk& chunk = chunks_[i / chunk_rows_];
     int8_slot_codes(chunk.codes.get(), d_, i % chunk_rows_, codes + i * d_);
     scales[i] = chunk.code_facts[i % chunk_rows_];  // facts: the scales first
-  }
-  return n;
+  });
 }
 
 template <class T>
 index_t KeyValueStore<T>::copy_values(T* out, index_t max_rows) const {
-  return copy_rows(out, max_rows, v_, [this](index_t i) { return value_row(i); });
+  return copy_rows(max_rows,
+                   [&](index_t i) { std::memcpy(out + i * v_, value_row(i), sizeof(T) * v_); });
 }
 
 template <class T>

@@ -116,6 +116,8 @@ class KeyValueStore {
 
   bool float_keys() const { return codes_ != KeyCodes::Int8Only; }
   bool has_codes() const { return codes_ != KeyCodes::None; }
+  // Numbers of T a row keeps: its float key (unless int8-only), value and squared norm.
+  index_t floats_per_row() const { return (float_keys() ? d_ : 0) + v_ + 1; }
   // add() of keys (n x d) as stored: with codes (n x d) and scales (n) given, an int8-only
   // store's decoded keys and their codes.
   void add_rows(const T* keys, const std::int8_t* codes, const T* scales, const T* values,
@@ -132,10 +134,10 @@ class KeyValueStore {
   index_t find_key(const T* key, std::uint64_t hash) const;
   void check_queries(const T* queries, index_t nq, const char* arg) const;
   T key_sq_norm(index_t id) const;
-  // copy_keys and copy_values: min(size, max_rows) rows of `width` values, row(i) pointing
-  // at row i, under the read lock; returns the rows copied.
-  template <class Row>
-  index_t copy_rows(T* out, index_t max_rows, index_t width, Row row) const;
+  // copy_keys, copy_values and copy_codes: copy(i) for the first min(size, max_rows) rows,
+  // under the read lock; returns the rows copied.
+  template <class Copy>
+  index_t copy_rows(index_t max_rows, Copy copy) const;
   // Turns the top-k scores of each query (nq x k, in place) into Gaussian weights.
   void hit_weights(const T* queries, index_t nq, index_t k, const index_t* ids, T* scores,
                    double alpha) const;
