@@ -115,10 +115,12 @@ class SegmentTable:
         nxt = self._next[sid] if sid is not None else -1
         return self._texts[nxt] if nxt >= 0 else None
 
+    def _row_ids(self, row: int) -> List[int]:
+        return [self._row_first[row], *self._row_more.get(row, ())]
+
     def row_texts(self, row: int) -> List[str]:
         """The distinct segments stored in ``row``, in the order stored."""
-        ids = [self._row_first[row], *self._row_more.get(row, ())]
-        return [self._texts[i] for i in ids]
+        return [self._texts[i] for i in self._row_ids(row)]
 
     def rows_shared(self) -> int:
         """Rows that hold more than one distinct segment."""
@@ -138,8 +140,7 @@ class SegmentTable:
         """The stored segments, row by row, as ``LongContextMemory.save`` writes them: their
         texts (UTF-8 bytes and offsets), rows, counts and first places, with the segments
         before and after given as indices into this order (-1: none)."""
-        ids = [i for row in range(self.rows)
-               for i in (self._row_first[row], *self._row_more.get(row, ()))]
+        ids = [i for row in range(self.rows) for i in self._row_ids(row)]
         index = np.full(len(self._texts) + 1, -1, np.int64)   # id -> saved index; -1 -> -1
         index[ids] = np.arange(len(ids))
         encoded = [self._texts[i].encode("utf-8") for i in ids]
@@ -166,9 +167,9 @@ class SegmentTable:
         table._texts = list(texts)
         table._ids = {t: i for i, t in enumerate(table._texts)}
         for name, col in (("_counts", counts), ("_positions", positions), ("_prev", prev),
-                          ("_next", nxt), ("_overlap", overlap), ("_continues", continues),
-                          ("_row", rows)):
+                          ("_next", nxt), ("_overlap", overlap), ("_continues", continues)):
             getattr(table, name).extend(int(x) for x in col)
-        for i, row in enumerate(table._row):
-            table.store(row, table._texts[i])
+        table._row.extend([-1] * len(table._texts))   # until store() places each
+        for row, text in zip(rows, table._texts):
+            table.store(int(row), text)
         return table
