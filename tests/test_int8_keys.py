@@ -163,11 +163,16 @@ def test_reads_and_writes_go_through_the_codes(rng):
     coded = lx.KeyValueMemory(16, 3, "l2", key_codes="int8")
     for s in (plain, coded):
         s.add(keys, values)
-    Q = rng.standard_normal((10, 16)).astype(np.float32)
+    assert_same_reads_and_writes(plain, coded, rng.standard_normal((10, 16)).astype(np.float32),
+                                 values[:10])
+
+
+def assert_same_reads_and_writes(plain, coded, Q, values):
+    """Hard and soft reads at Q agree, and so do the values after the same soft write."""
     np.testing.assert_array_equal(coded.read(Q), plain.read(Q))
     np.testing.assert_array_equal(coded.read(Q, 4, alpha=0.5), plain.read(Q, 4, alpha=0.5))
     for s in (plain, coded):
-        s.write(Q, values[:10], 3, 0.5)
+        s.write(Q, values, 3, 0.5)
     np.testing.assert_array_equal(coded.values, plain.values)
 
 

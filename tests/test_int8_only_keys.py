@@ -10,8 +10,8 @@ from hypothesis import given, settings
 import larimar_ext as lx
 from larimar_ext import _core
 from references import DTYPE_IDS, DTYPES, METRICS
-from test_int8_keys import (STORE_CASES, adversarial_keys, assert_same_search, fill,  # noqa: F401
-                            isa)
+from test_int8_keys import (STORE_CASES, adversarial_keys, assert_same_reads_and_writes,  # noqa: F401
+                            assert_same_search, fill, isa)
 
 LEVELS = 63
 
@@ -100,12 +100,8 @@ def test_reads_writes_and_merges_go_through_the_decoded_keys(rng):
     plain = lx.KeyValueMemory(16, 3, "l2")
     plain.add(coded.keys, values)
     plain.add(coded.keys[:10], values[:10])
-    Q = rng.standard_normal((10, 16)).astype(np.float32)
-    np.testing.assert_array_equal(coded.read(Q), plain.read(Q))
-    np.testing.assert_array_equal(coded.read(Q, 4, alpha=0.5), plain.read(Q, 4, alpha=0.5))
-    for s in (plain, coded):
-        s.write(Q, values[:10], 3, 0.5)
-    np.testing.assert_array_equal(coded.values, plain.values)
+    assert_same_reads_and_writes(plain, coded, rng.standard_normal((10, 16)).astype(np.float32),
+                                 values[:10])
     ids = np.arange(5)
     np.testing.assert_array_equal(coded.key_sq_norms(ids), plain.key_sq_norms(ids))
 
