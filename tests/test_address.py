@@ -181,6 +181,45 @@ def test_pinv_of_a_full_row_rank_matrix_keeps_numpys_cutoff(rng, dtype, lo, hi, 
     assert_rel(lx.pinv_read(Zq, R, rcond=rcond), f64(Zq) @ ref @ f64(R), tol(dtype, 1e-5, 1e-9))
 
 
+@pytest.fixture
+def two_threads():
+    before = lx.get_num_threads()
+    lx.set_num_threads(2)
+    yield
+    lx.set_num_threads(before)
+
+
+@pytest.mark.parametrize("log_cond", [0.5, 1, 1.5, 2.5, 4])
+def test_float32_gram_route_error_follows_the_condition(rng, two_threads, log_cond):
+    """A well-conditioned float32 R of full row rank takes the triangular solves in float32:
+    R^+ errs by about cond(R) eps32 there, at most 1e-5 by the kernel's bound, and a worse
+    condition takes the float64 solves (a float32 rounding's error). Both threads split the
+    Gram, the blocked Cholesky (K >= 384) and the solves."""
+    K, C = 400, 600
+    R = spread_spectrum(rng, K, C, -log_cond, 0, np.float32)
+    ref = np.linalg.pinv(f64(R), rcond=1e-7)
+    got = lx.pinv_address(np.eye(C, dtype=np.float32), R, rcond=1e-7)
+    cond = 10.0 ** log_cond
+    err = np.linalg.norm(f64(got) - ref) / np.linalg.norm(ref)
+    assert err <= min(1e-5, max(1e-6, 4 * cond * np.finfo(np.float32).eps)), err
+    if cond >= 300:  # float64 solves: the float32 output's rounding only
+        assert err <= 1e-6, err
+
+
+@pytest.mark.parametrize("rank", [380, 399, 400])
+def test_blocked_cholesky_in_float64(rng, two_threads, rank):
+    """K = 400 (blocks of the Cholesky on both threads). Full rank: the Gram route, to
+    float64 accuracy. A rank the probe takes for full: the blocked Cholesky fails (or its
+    condition does), and the rank-revealing path gives numpy's pseudo-inverse."""
+    K, C = 400, 600
+    if rank == K:
+        R = spread_spectrum(rng, K, C, -1, 0, np.float64)
+    else:
+        R = rank_deficient(rng, K, C, rank)
+    got = lx.pinv_address(np.eye(C), R)
+    assert_rel(got, np.linalg.pinv(R, rcond=default_rcond(K, C, np.float64)), 1e-9)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("below", [True, False])
 def test_a_singular_value_at_the_cutoff_decides_like_numpy(rng, dtype, below):

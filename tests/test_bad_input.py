@@ -294,3 +294,20 @@ def test_names_arg_helper():
     assert not names_arg("Wrong shape", "W")
     assert names_arg("argument 'top_k' must be > 0", "top_k")
     assert not names_arg("top_k must be > 0", "k")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", [0, 16383, 16384, 40000, 70001])
+def test_a_bad_entry_anywhere_in_a_large_input_is_caught(dtype, bad, where):
+    """The finiteness check runs in vectorised blocks of 16K entries over both threads: a
+    NaN or Inf in any block, at a block's edge or in the short last one, names its
+    argument, and a large finite value passes."""
+    rng = np.random.default_rng(0)
+    M = rng.standard_normal((70002 // 6, 6)).astype(dtype)  # 70,002 entries: 5 blocks
+    Zq = rng.standard_normal((2, 6)).astype(dtype)
+    M.flat[70001] = np.finfo(dtype).max / 1e10  # large but finite: no error
+    lx.pinv_read(Zq, M)
+    M.flat[where] = bad
+    with pytest.raises(ValueError, match="^M: contains NaN or Inf"):
+        lx.pinv_read(Zq, M)

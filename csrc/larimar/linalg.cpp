@@ -23,8 +23,8 @@ void BLAS_SYMBOL(sgemv_)(const char*, const int*, const int*, const float*, cons
                          const int*, const float*, const int*, const float*, float*, const int*);
 void BLAS_SYMBOL(dgemv_)(const char*, const int*, const int*, const double*, const double*,
                          const int*, const double*, const int*, const double*, double*, const int*);
-void BLAS_SYMBOL(dsyrk_)(const char*, const char*, const int*, const int*, const double*,
-                         const double*, const int*, const double*, double*, const int*);
+void BLAS_SYMBOL(strsm_)(const char*, const char*, const char*, const char*, const int*, const int*,
+                         const float*, const float*, const int*, float*, const int*);
 void BLAS_SYMBOL(dtrsm_)(const char*, const char*, const char*, const char*, const int*, const int*,
                          const double*, const double*, const int*, double*, const int*);
 void BLAS_SYMBOL(dpotrf_)(const char*, const int*, double*, const int*, int*);
@@ -151,39 +151,33 @@ template void gemm_parallel<float>(bool, bool, index_t, index_t, index_t, float,
 template void gemm_parallel<double>(bool, bool, index_t, index_t, index_t, double, const double*,
                                     index_t, const double*, index_t, double, double*, index_t);
 
-namespace {
-// The lower triangle (row-major) of G (n x n, leading dimension ldg) += X X^T, X row-major
-// (n x cols): column-major, X is X^T and its upper triangle is our lower one.
-void syrk_lower(const double* x, index_t n, index_t cols, double* g, index_t ldg) {
-  const char uplo = 'U', trans = 'T';
-  const int N = as_int(n), K = as_int(cols), LDA = as_int(cols), LDC = as_int(ldg);
-  const double one = 1.0, zero = 0.0;
-  BLAS_SYMBOL(dsyrk_)(&uplo, &trans, &N, &K, &one, x, &LDA, &zero, g, &LDC);
-}
-}  // namespace
-
 void gram(const double* x, index_t rows, index_t cols, double* g) {
-  // Half a GEMM's work (a symmetric rank-k update). On two threads, X = [X1; X2] by rows:
-  // one computes G12 = X1 X2^T (a quarter of a GEMM), the other the triangles of G11 and G22
-  // (an eighth each).
-  const index_t h = rows / 2;
-  const bool split = num_threads() > 1 && !omp_in_parallel() && rows * rows * cols >= (1 << 22);
-  if (!split) {
-    syrk_lower(x, rows, cols, g, rows);
-  } else {
-#pragma omp parallel for num_threads(2) schedule(static)
-    for (int part = 0; part < 2; ++part) {
-      if (part == 0) {
-        gemm<double>(false, true, rows - h, h, cols, 1.0, x + h * cols, cols, x, cols, 0.0,
-                     g + h * rows, rows);
-      } else {
-        syrk_lower(x, h, cols, g, rows);
-        syrk_lower(x + h * cols, rows - h, cols, g + h * rows + h, rows);
-      }
-    }
+  // The lower triangle by row panels, each one GEMM: G[lo:hi, :hi] = X[lo:hi] X[:hi]^T.
+  // OpenBLAS's dsyrk runs at about 60% of its dgemm's rate here; P panels of GEMMs do
+  // (P + 1) / 2P of a GEMM's work at the GEMM's rate. Thread t takes panels t and
+  // P - 1 - t, so that every thread gets the same share.
+  const int threads = omp_in_parallel() ? 1 : num_threads();
+  const index_t panels = std::max<index_t>(1, std::min<index_t>(2 * threads, rows / 32));
+  const index_t step = (rows + panels - 1) / panels, pairs = (panels + 1) / 2;
+  auto panel = [&](index_t p) {
+    const index_t lo = std::min(rows, p * step), hi = std::min(rows, lo + step);
+    if (hi > lo)
+      gemm<double>(false, true, hi - lo, hi, cols, 1.0, x + lo * cols, cols, x, cols, 0.0,
+                   g + lo * rows, rows);
+  };
+  const bool split = rows * rows * cols >= (index_t(1) << 22);
+  const int team = split ? static_cast<int>(std::min<index_t>(threads, pairs)) : 1;
+#pragma omp parallel for num_threads(team) schedule(static)
+  for (index_t t = 0; t < pairs; ++t) {
+    panel(t);
+    if (panels - 1 - t != t) panel(panels - 1 - t);
   }
-  for (index_t i = 0; i < rows; ++i)
-    for (index_t j = i + 1; j < rows; ++j) g[i * rows + j] = g[j * rows + i];
+  constexpr index_t kTile = 32;  // the upper triangle mirrored in cache-sized tiles
+  for (index_t i0 = 0; i0 < rows; i0 += kTile)
+    for (index_t j0 = i0; j0 < rows; j0 += kTile)
+      for (index_t i = i0; i < std::min(rows, i0 + kTile); ++i)
+        for (index_t j = std::max(j0, i + 1); j < std::min(rows, j0 + kTile); ++j)
+          g[i * rows + j] = g[j * rows + i];
 }
 
 // Row-major A (rows x cols) is column-major A^T: flip the transpose flag.
@@ -201,22 +195,76 @@ template void gemv<double>(bool, index_t, index_t, double, const double*, index_
 
 }  // namespace blas
 
+namespace {
+
+// The upper Cholesky factor (column-major) of the n x n matrix a, lda n, in place: blocks
+// of kBlock columns, each factored by dpotrf, its row panel solved and the trailing matrix
+// updated by GEMMs split over the kernel's threads. OpenBLAS's dpotrf runs on one thread
+// (the BLAS is single-threaded, common.hpp) at a third of its GEMM's rate here. The
+// updates also write below the diagonal, which no reader of the factor looks at. Returns
+// dpotrf's info (0: positive definite).
+int blocked_potrf(double* a, index_t n) {
+  const char uplo = 'U', left = 'L', trans = 'T', notrans = 'N', nonunit = 'N';
+  const int threads = omp_in_parallel() ? 1 : num_threads();
+  constexpr index_t kBlock = 192;
+  const int lda = as_int(n);
+  if (threads <= 1 || n < 2 * kBlock) {
+    const int N = as_int(n);
+    int info = 0;
+    BLAS_SYMBOL(dpotrf_)(&uplo, &N, a, &lda, &info);
+    return info;
+  }
+  for (index_t j0 = 0; j0 < n; j0 += kBlock) {
+    const index_t jb = std::min(kBlock, n - j0), rest = n - j0 - jb;
+    double* a11 = a + j0 + j0 * n;
+    const int JB = as_int(jb);
+    int info = 0;
+    BLAS_SYMBOL(dpotrf_)(&uplo, &JB, a11, &lda, &info);
+    if (info != 0) return as_int(j0) + info;
+    if (rest == 0) break;
+    double* a12 = a + j0 + (j0 + jb) * n;  // jb x rest: U12 = U11^-T A12
+    double* a22 = a + (j0 + jb) + (j0 + jb) * n;
+    const double one = 1.0, minus_one = -1.0;
+    for_blocks(rest, threads, [&](index_t lo, index_t len) {
+      const int L = as_int(len);
+      BLAS_SYMBOL(dtrsm_)(&left, &uplo, &trans, &nonunit, &JB, &L, &one, a11, &lda, a12 + lo * n,
+                          &lda);
+    });
+    // Upper triangle of A22 -= U12^T U12 by column panels [lo, hi), rows [0, hi): panel p
+    // costs ~ p + 1, so thread t takes panels t and P - 1 - t.
+    const index_t panels = std::min<index_t>(2 * threads, std::max<index_t>(1, rest / 32));
+    const index_t step = (rest + panels - 1) / panels, pairs = (panels + 1) / 2;
+    auto panel = [&](index_t p) {
+      const index_t lo = std::min(rest, p * step), hi = std::min(rest, lo + step);
+      if (hi <= lo) return;
+      const int M = as_int(hi), W = as_int(hi - lo);
+      BLAS_SYMBOL(dgemm_)(&trans, &notrans, &M, &W, &JB, &minus_one, a12, &lda, a12 + lo * n, &lda,
+                          &one, a22 + lo * n, &lda);
+    };
+#pragma omp parallel for num_threads(static_cast<int>(std::min<index_t>(threads, pairs))) \
+    schedule(static)
+    for (index_t t = 0; t < pairs; ++t) {
+      panel(t);
+      if (panels - 1 - t != t) panel(panels - 1 - t);
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
 // The row-major symmetric matrix is its own column-major image; 'U' in column-major is the
 // upper triangle of the column-major view. We factor A = U^T U (column-major upper).
 bool Cholesky::factor(std::vector<double>& a, index_t n) {
   n_ = n;
-  norm1_ = 0;
-  for (index_t j = 0; j < n; ++j) {
+  norm1_ = 0;  // symmetric: the largest row sum is the largest column sum, read contiguously
+  for (index_t i = 0; i < n; ++i) {
     double s = 0;
-    for (index_t i = 0; i < n; ++i) s += std::abs(a[i * n + j]);
+    for (index_t j = 0; j < n; ++j) s += std::abs(a[i * n + j]);
     norm1_ = std::max(norm1_, s);
   }
   factor_.swap(a);
-  const char uplo = 'U';
-  const int N = as_int(n);
-  int info = 0;
-  BLAS_SYMBOL(dpotrf_)(&uplo, &N, factor_.data(), &N, &info);
-  return info == 0;
+  return blocked_potrf(factor_.data(), n) == 0;
 }
 
 double Cholesky::rcond() const {
@@ -231,22 +279,41 @@ double Cholesky::rcond() const {
   return info == 0 ? rc : 0.0;
 }
 
+namespace {
+void xtrsm(const char* side, const char* uplo, const char* trans, const char* diag, const int* m,
+           const int* n, const double* alpha, const double* a, const int* lda, double* b,
+           const int* ldb) {
+  BLAS_SYMBOL(dtrsm_)(side, uplo, trans, diag, m, n, alpha, a, lda, b, ldb);
+}
+void xtrsm(const char* side, const char* uplo, const char* trans, const char* diag, const int* m,
+           const int* n, const float* alpha, const float* a, const int* lda, float* b,
+           const int* ldb) {
+  BLAS_SYMBOL(strsm_)(side, uplo, trans, diag, m, n, alpha, a, lda, b, ldb);
+}
+
 // Row-major B (n x nrhs) is column-major B^T (nrhs x n). A^-1 B in row-major is
 // B^T A^-1 = B^T U^-1 U^-T in column-major: two right-side triangular solves. Columns of B
 // (rows of B^T) are independent: wide right-hand sides split over the kernel's threads.
-void Cholesky::solve(double* b, index_t nrhs) const {
-  const int N = as_int(n_), NRHS = as_int(nrhs);
-  const double one = 1.0;
+template <class T>
+void cholesky_solve(const T* factor, index_t n, T* b, index_t nrhs) {
+  const int N = as_int(n), NRHS = as_int(nrhs);
+  const T one = 1;
   const char right = 'R', upper = 'U', notrans = 'N', trans = 'T', nonunit = 'N';
-  const int threads = omp_in_parallel() || n_ < 128 ? 1 : num_threads();
+  const int threads = omp_in_parallel() || n < 128 ? 1 : num_threads();
   for_blocks(nrhs, std::max<index_t>(1, std::min<index_t>(threads, nrhs / 64)),
              [&](index_t lo, index_t len) {
                const int M = as_int(len);
-               BLAS_SYMBOL(dtrsm_)(&right, &upper, &notrans, &nonunit, &M, &N, &one, factor_.data(),
-                                   &N, b + lo, &NRHS);
-               BLAS_SYMBOL(dtrsm_)(&right, &upper, &trans, &nonunit, &M, &N, &one, factor_.data(),
-                                   &N, b + lo, &NRHS);
+               xtrsm(&right, &upper, &notrans, &nonunit, &M, &N, &one, factor, &N, b + lo, &NRHS);
+               xtrsm(&right, &upper, &trans, &nonunit, &M, &N, &one, factor, &N, b + lo, &NRHS);
              });
+}
+}  // namespace
+
+void Cholesky::solve(double* b, index_t nrhs) const { cholesky_solve(factor_.data(), n_, b, nrhs); }
+
+void Cholesky::solve(float* b, index_t nrhs) const {
+  const std::vector<float> factor(factor_.begin(), factor_.end());
+  cholesky_solve(factor.data(), n_, b, nrhs);
 }
 
 void thin_qr(const double* a, index_t rows, index_t cols, std::vector<double>& q,

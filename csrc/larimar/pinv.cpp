@@ -1,6 +1,9 @@
 #include "larimar/pinv.hpp"
 
+#include <omp.h>
+
 #include <algorithm>
+#include <memory>
 #include <type_traits>
 
 #include "larimar/linalg.hpp"
@@ -12,13 +15,23 @@ namespace {
 // costs no accuracy and half the memory traffic of a converted copy). The overloads come
 // from a macro because target_clones does not apply to templates.
 #define LARIMAR_ROWS_TIMES(T)                                                                   \
+  /* 16 partial sums (four AVX2 registers): one accumulator would wait on each FMA's            \
+     latency. */                                                                                \
   LARIMAR_MULTIVERSION                                                                          \
   void dot_rows(const T* r, index_t k, index_t c, const T* x, double* out) {                    \
+    constexpr index_t kLanes = 16;                                                              \
+    const index_t body = c - c % kLanes;                                                        \
     for (index_t i = 0; i < k; ++i) {                                                           \
       const T* row = r + i * c;                                                                 \
+      double acc[kLanes] = {};                                                                  \
+      for (index_t j = 0; j < body; j += kLanes) {                                              \
+        _Pragma("omp simd") for (index_t u = 0; u < kLanes; ++u) acc[u] +=                      \
+            static_cast<double>(row[j + u]) * static_cast<double>(x[j + u]);                    \
+      }                                                                                         \
       double s = 0;                                                                             \
-      _Pragma("omp simd reduction(+ : s)") for (index_t j = 0; j < c; ++j) s +=                 \
-          static_cast<double>(row[j]) * static_cast<double>(x[j]);                              \
+      for (index_t j = body; j < c; ++j)                                                        \
+        s += static_cast<double>(row[j]) * static_cast<double>(x[j]);                           \
+      for (index_t u = 0; u < kLanes; ++u) s += acc[u];                                         \
       out[i] = s;                                                                               \
     }                                                                                           \
   }                                                                                             \
@@ -56,6 +69,27 @@ LARIMAR_ROWS_TIMES(float)
 LARIMAR_ROWS_TIMES(double)
 #undef LARIMAR_ROWS_TIMES
 
+// body(lo, hi) on the kernel's threads, each taking the same block of R's rows in every
+// call: a block then stays in that core's L2 across the passes over R (the passes of a
+// pivoted Cholesky), where one core would stream all of R from L3 each pass.
+template <class Body>
+void for_row_blocks(index_t k, index_t c, Body&& body) {
+  const int team = omp_in_parallel() || k * c < (index_t(1) << 17) ? 1 : num_threads();
+  const index_t step = (k + team - 1) / team;
+#pragma omp parallel for num_threads(team) schedule(static)
+  for (int t = 0; t < team; ++t) {
+    const index_t lo = std::min(k, t * step), hi = std::min(k, lo + step);
+    if (hi > lo) body(lo, hi);
+  }
+}
+
+// out[i] = R_i . x, the rows split over the kernel's threads.
+template <class T>
+void dot_rows_parallel(const T* r, index_t k, index_t c, const T* x, double* out) {
+  for_row_blocks(k, c,
+                 [&](index_t lo, index_t hi) { dot_rows(r + lo * c, hi - lo, c, x, out + lo); });
+}
+
 // Rows of R (K x C) that span its row space, in pivot order: pivoted Cholesky of the Gram
 // R R^T, one Gram column (a pass over R) per pivot, until every residual row norm^2 is
 // below tol2 (absolute).
@@ -87,7 +121,7 @@ std::vector<index_t> gram_pivots(const T* r, index_t k, index_t c,
       }
     }
     // column = (R R_p^T - L[:, :j] L[p, :j]^T) / sqrt(residual_p)
-    dot_rows(r, k, c, r + p * c, column.data());
+    dot_rows_parallel(r, k, c, r + p * c, column.data());
     raw_columns.insert(raw_columns.end(), column.begin(), column.end());  // R R_p^T, exact
     if (j > 0) {
       lp.resize(j);
@@ -123,7 +157,9 @@ RowSpace row_space(const T* r, index_t k, index_t c, double rcond, index_t stop_
   RowSpace out;
   std::vector<double>& sq = out.sq_norms;
   sq.resize(k);
-  for (index_t i = 0; i < k; ++i) dot_rows(r + i * c, 1, c, r + i * c, &sq[i]);
+  for_row_blocks(k, c, [&](index_t lo, index_t hi) {
+    for (index_t i = lo; i < hi; ++i) dot_rows(r + i * c, 1, c, r + i * c, &sq[i]);
+  });
   const double largest = *std::max_element(sq.begin(), sq.end());
   if (largest == 0) return out;
   // The Gram squares R: its pivots cannot resolve residuals below ~sqrt(eps64) of the
@@ -218,6 +254,15 @@ RowSpace row_space(const T* r, index_t k, index_t c, double rcond, index_t stop_
   return out;
 }
 
+namespace {
+
+// Largest error of R^+ accepted from a float32 solve. Its error is about cond(R) eps32
+// (measured: 1.5e-8 times the estimate below, for cond 3 to 1000), and the estimate
+// eps32 / sqrt(rcond(G)) bounds it: the float32 solve runs while that is <= 1e-5.
+constexpr double kFloat32SolveError = 1e-5;
+
+}  // namespace
+
 template <class T>
 bool LowRankPinv<T>::full_row_rank(const T* r, double rcond) {
   const index_t k = k_, c = c_;
@@ -227,20 +272,28 @@ bool LowRankPinv<T>::full_row_rank(const T* r, double rcond) {
   // holds when rcond(G) >= K rcond^2, since dpocon's 1-norm estimate is within a factor K
   // of the 2-norm one; and (b) the Gram loses nothing in T's precision
   // (cholesky_rcond_floor). Then W = Z R^+ is one product and the projection Z R^+ R two.
-  std::vector<double> x = convert<double>(r, k * c);  // R, then G^-1 R, in float64
+  // R, then G^-1 R, in float64 (uninitialised: each thread writes, and so first touches,
+  // its own rows)
+  std::unique_ptr<double[]> x(new double[k * c]);
+  for_row_blocks(
+      k, c, [&](index_t lo, index_t hi) { std::copy(r + lo * c, r + hi * c, x.get() + lo * c); });
   std::vector<double> gram(k * k);
-  blas::gram(x.data(), k, c, gram.data());
+  blas::gram(x.get(), k, c, gram.data());
   Cholesky chol;
   const double floor = std::max(cholesky_rcond_floor<T>(), double(k) * rcond * rcond);
-  if (!chol.factor(gram, k) || !(chol.rcond() >= floor)) return false;
-  chol.solve(x.data(), c);
-  dense_pinv_.resize(c * k);  // R^+ = R^T G^-1 = (G^-1 R)^T, transposed in cache-sized tiles
-  constexpr index_t kTile = 32;
-  for (index_t i0 = 0; i0 < k; i0 += kTile)
-    for (index_t j0 = 0; j0 < c; j0 += kTile)
-      for (index_t i = i0; i < std::min(k, i0 + kTile); ++i)
-        for (index_t j = j0; j < std::min(c, j0 + kTile); ++j)
-          dense_pinv_[j * k + i] = static_cast<T>(x[i * c + j]);
+  if (!chol.factor(gram, k)) return false;
+  const double gram_rcond = chol.rcond();
+  if (!(gram_rcond >= floor)) return false;
+  // The two triangular solves cost about what the Gram does: a well-conditioned float32 R
+  // takes them in float32, at about twice the speed (kFloat32SolveError).
+  if (std::is_same<T, float>::value &&
+      epsilon<float>() <= kFloat32SolveError * std::sqrt(gram_rcond)) {
+    dense_pinv_t_.assign(r, r + k * c);
+    chol.solve(dense_pinv_t_.data(), c);
+  } else {
+    chol.solve(x.get(), c);
+    dense_pinv_t_.assign(x.get(), x.get() + k * c);
+  }
   dense_r_.assign(r, r + k * c);
   rank_ = k;
   return true;
@@ -323,8 +376,8 @@ void low_rank_product(const T* z, index_t n, index_t c, const std::vector<T>& f,
 
 template <class T>
 void LowRankPinv<T>::apply(const T* z, index_t n, T* w) const {
-  if (!dense_pinv_.empty()) {
-    blas::gemm_parallel<T>(false, false, n, k_, c_, T(1), z, c_, dense_pinv_.data(), k_, T(0), w,
+  if (!dense_pinv_t_.empty()) {
+    blas::gemm_parallel<T>(false, true, n, k_, c_, T(1), z, c_, dense_pinv_t_.data(), c_, T(0), w,
                            k_);
     return;
   }
@@ -333,8 +386,11 @@ void LowRankPinv<T>::apply(const T* z, index_t n, T* w) const {
 
 template <class T>
 void LowRankPinv<T>::project(const T* z, index_t n, T* out) const {
-  if (!dense_pinv_.empty()) {
-    low_rank_product(z, n, c_, dense_pinv_, k_, dense_r_, false, c_, out);
+  if (!dense_pinv_t_.empty()) {  // (Z R^+) R
+    std::vector<T> w(n * k_);
+    apply(z, n, w.data());
+    blas::gemm_parallel<T>(false, false, n, c_, k_, T(1), w.data(), k_, dense_r_.data(), c_, T(0),
+                           out, c_);
     return;
   }
   low_rank_product(z, n, c_, basis_, rank_, basis_, true, c_, out);
@@ -342,8 +398,13 @@ void LowRankPinv<T>::project(const T* z, index_t n, T* out) const {
 
 template <class T>
 void LowRankPinv<T>::matrix(T* out) const {
-  if (!dense_pinv_.empty()) {
-    std::copy(dense_pinv_.begin(), dense_pinv_.end(), out);
+  if (!dense_pinv_t_.empty()) {  // R^+ = (G^-1 R)^T, transposed in cache-sized tiles
+    constexpr index_t kTile = 32;
+    for (index_t i0 = 0; i0 < k_; i0 += kTile)
+      for (index_t j0 = 0; j0 < c_; j0 += kTile)
+        for (index_t i = i0; i < std::min(k_, i0 + kTile); ++i)
+          for (index_t j = j0; j < std::min(c_, j0 + kTile); ++j)
+            out[j * k_ + i] = dense_pinv_t_[i * c_ + j];
     return;
   }
   if (rank_ == 0) {

@@ -40,11 +40,13 @@ class LowRankPinv {
   bool full_row_rank(const T* r, double rcond);
 
   index_t k_ = 0, c_ = 0, rank_ = 0;
-  std::vector<T> left_;        // C x r
-  std::vector<T> right_;       // r x K
-  std::vector<T> basis_;       // C x r, orthonormal basis Q of R's row space
-  std::vector<T> dense_pinv_;  // the full-row-rank route: R^+ (C x K), else empty
-  std::vector<T> dense_r_;     // and R (K x C), for the projection Z R^+ R
+  std::vector<T> left_;   // C x r
+  std::vector<T> right_;  // r x K
+  std::vector<T> basis_;  // C x r, orthonormal basis Q of R's row space
+  // The full-row-rank route, else empty: (R^+)^T = G^-1 R (K x C), the solve's own layout
+  // (the products read it transposed), and R (K x C) for the projection Z R^+ R.
+  std::vector<T> dense_pinv_t_;
+  std::vector<T> dense_r_;
 };
 
 // A prior's pseudo-inverse prepared once for the addresses of many calls (an inference
