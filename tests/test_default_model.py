@@ -165,6 +165,34 @@ def test_answers_stop_at_the_end_of_their_line(model):
     assert "\n" in full.strip() and full.startswith(line) and "\n" not in line.strip()
 
 
+@pytest.mark.parametrize("first_line", [False, True])
+def test_prompt_lookup_gives_the_tokens_of_one_step_at_a_time(model, first_line):
+    """With prefix_snap the decoder drafts from its input ids (prompt_lookup_tokens) and
+    checks several tokens a pass: the same text as one token a pass, for latents and for
+    slot ids, several passages, an answer copied from a passage (the key, then its line's
+    run-on) and one that is not; a first_line answer still ends at its line break."""
+    texts = ["The pass key is 86556. Remember it.", "The grass is green and the sky is blue.",
+             "Der Zug nach Berlin fährt um 17:42 Uhr von Gleis 9."]
+    z = model.encode(texts).detach()
+    ids = model.slot_ids(z)
+    asks = [("The pass key is", z, None), ("The train leaves from", ids, "Where from?"),
+            ("The colour of the sky is", z[1:2], None)]
+    before = model.prompt_lookup_tokens
+    try:
+        for prefix, readouts, question in asks:
+            got = []
+            for tokens in (before, 0):
+                model.prompt_lookup_tokens = tokens
+                got.append(model.complete_passages(prefix, readouts, question=question,
+                                                   max_new_tokens=20, first_line=first_line))
+            assert got[0] == got[1], (prefix, got)
+            if first_line:
+                assert "\n" not in got[0].strip(), got
+    finally:
+        model.prompt_lookup_tokens = before
+    assert before > 0
+
+
 def test_a_needle_stated_both_ways_gets_one_answer(model):
     """The passkey needle says its key twice, the second time the other way round ("N is
     the pass key."): both passages are read, and the answer is the key once."""

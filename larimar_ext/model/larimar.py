@@ -105,7 +105,14 @@ class LarimarModel(nn.Module):
         prompt_template: (before, after) text around the soft tokens in ``complete``;
             ``after`` may hold ``{question}``. Default: the decoder's chat turn, where a
             small instruct model reads its context best.
+
+    Attribute ``prompt_lookup_tokens`` (default 10; 0 turns it off): with ``prefix_snap``,
+    ``complete_passages`` lets the decoder draft up to this many tokens from its own input
+    and check them in one pass (an answer copied from a passage costs a few passes, not
+    one per token); greedy decoding gives the same tokens either way.
     """
+
+    prompt_lookup_tokens: int = 10
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, memory_size: int, code_size: int,
                  *, tokenizer: Any = None, encoder_tokenizer: Any = None,
@@ -574,18 +581,24 @@ class LarimarModel(nn.Module):
         new = out[:, batch["input_ids"].shape[1]:]
         return tok.batch_decode(new, skip_special_tokens=True)
 
+    def _text_ids(self, text: str) -> list[int]:
+        """The decoder's token ids of a text (no special tokens)."""
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
     def _embed_text(self, text: str) -> Tensor:
         """The decoder's input embeddings (L, D) of a text (no special tokens)."""
         embed = self.decoder.get_input_embeddings()
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
-        return embed(torch.tensor(ids, dtype=torch.long, device=embed.weight.device))
+        return embed(torch.tensor(self._text_ids(text), dtype=torch.long,
+                                  device=embed.weight.device))
 
     def _passage_parts(self, prompt: str, readouts: Tensor, skip: Sequence[int],
                        joined: Sequence[bool], question: Optional[str]
-                       ) -> tuple[Tensor, list[Tensor], Tensor]:
+                       ) -> tuple[Tensor, list[Tensor], Tensor, Optional[list[Tensor]]]:
         """(template head, one (n_j, D) soft-token block per passage, question turn +
-        prompt) as decoder input embeddings. Readout i loses its first ``skip[i]`` live slots
-        (the overlap with the window before it); ``joined[i]`` False starts a new passage."""
+        prompt) as decoder input embeddings, and with ``prefix_snap`` the token ids of each
+        block (its soft tokens are exactly those ids' embedding rows), else None. Readout i
+        loses its first ``skip[i]`` live slots (the overlap with the window before it);
+        ``joined[i]`` False starts a new passage."""
         if self.prefix is None:
             raise ValueError("readouts: several readouts at once need the prefix path")
         self._check_readouts(readouts)
@@ -595,16 +608,30 @@ class LarimarModel(nn.Module):
         if len(skip) != r or len(joined) != r:
             raise ValueError(f"skip, joined: expected {r} entries each")
         embed = self.decoder.get_input_embeddings()
-        soft, live = self._soft_tokens(readouts, self.prefix_snap)
+        slot_ids: Optional[Tensor] = None
+        if self.prefix_snap:
+            # the snapped soft tokens are embedding rows: keep their ids (the same search
+            # as the prefix's snap: the kernel's ids do not depend on the batch)
+            slot_ids = (readouts.to(embed.weight.device, torch.long)
+                        if not readouts.is_floating_point() else self.slot_ids(readouts))
+            soft, live = embed(slot_ids.clamp(min=0)), slot_ids >= 0
+        else:
+            soft, live = self._soft_tokens(readouts, False)
         blocks: list[list[Tensor]] = []
+        block_ids: list[list[Tensor]] = []
         for i in range(r):
             if i == 0 or not joined[i]:
                 blocks.append([])
+                block_ids.append([])
             blocks[-1].append(soft[i][live[i]][int(skip[i]):].to(embed.weight.dtype))
+            if slot_ids is not None:
+                block_ids[-1].append(slot_ids[i][live[i]][int(skip[i]):])
         head = embed(torch.tensor(self._template_ids(0), dtype=torch.long,
                                   device=embed.weight.device))
         after = self._question_turn(question) if self.prompt_template is not None else ""
-        return head, [torch.cat(b, 0) for b in blocks], self._embed_text(after + prompt)
+        ids = [torch.cat(b, 0) for b in block_ids] if slot_ids is not None else None
+        return (head, [torch.cat(b, 0) for b in blocks], self._embed_text(after + prompt),
+                ids)
 
     @torch.no_grad()
     def complete_passages(self, prompt: str, readouts: Tensor, skip: Sequence[int] = (),
@@ -616,14 +643,48 @@ class LarimarModel(nn.Module):
         without its first ``skip[i]`` live slots (the overlap with the window before it) and,
         unless ``joined[i]`` (a later window of the same sentence), after ``separator``.
         The decoder's input grows with r, never with the context. ``first_line``: stop
-        after the first line of text and its line break."""
-        head, blocks, tail = self._passage_parts(prompt, readouts, skip, joined, question)
+        after the first line of text and its line break.
+
+        With ``prefix_snap`` the whole input is token ids, and the decoder drafts from them
+        (``prompt_lookup_tokens``): an answer copied from a passage is checked several tokens
+        per forward pass instead of one, and greedy decoding gives the same tokens."""
+        head, blocks, tail, ids = self._passage_parts(prompt, readouts, skip, joined, question)
+        if ids is not None and self.prompt_lookup_tokens > 0:
+            after = self._question_turn(question) if self.prompt_template is not None else ""
+            sep_ids = torch.tensor(self._text_ids(separator), dtype=torch.long)
+            pieces = [torch.tensor(self._template_ids(0), dtype=torch.long)]
+            for j, b in enumerate(ids):
+                pieces.extend([sep_ids, b.cpu()] if j else [b.cpu()])
+            pieces.append(torch.tensor(self._text_ids(after + prompt), dtype=torch.long))
+            return self._generate_ids(torch.cat(pieces), max_new_tokens, first_line)
         sep = self._embed_text(separator)
         parts = [head]
         for j, b in enumerate(blocks):
             parts.extend([sep, b] if j else [b])
         return self._generate_embeds([torch.cat([*parts, tail], 0)], max_new_tokens,
                                      first_line)[0]
+
+    def _generate_ids(self, ids: Tensor, max_new_tokens: int, first_line: bool) -> str:
+        """Greedy continuation of one input of token ids (L,), the decoder drafting up to
+        ``prompt_lookup_tokens`` tokens from the input (transformers' prompt lookup) and
+        checking them in one pass. A pass may accept tokens past the line break that ends a
+        ``first_line`` answer; they are cut where one token at a time would have stopped."""
+        dev = _device(self.decoder)
+        ids = ids.to(dev)[None]
+        gen: dict = {}
+        if first_line:
+            self._stop_at_first_line(gen, ids.shape[1])
+        out = self.decoder.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                    do_sample=False, max_new_tokens=max_new_tokens,
+                                    pad_token_id=self.dummy_token_id,
+                                    prompt_lookup_num_tokens=self.prompt_lookup_tokens, **gen)
+        new = out[0, ids.shape[1]:]
+        if first_line:
+            done = _FirstLine(self.tokenizer)
+            n = next((n for n in range(1, new.numel() + 1) if done(new[None, :n], None)[0]),
+                     new.numel())
+            new = new[:n]
+        return self.tokenizer.decode(new, skip_special_tokens=True)
 
     @torch.no_grad()
     def complete_each_passage(self, prompt: str, readouts: Tensor, skip: Sequence[int] = (),
@@ -635,7 +696,7 @@ class LarimarModel(nn.Module):
         values) gets each from the passage that holds it. Each continuation stops after its
         first line of text (a passage holds one answer; the decoder, asked for "all the
         numbers", would list on)."""
-        head, blocks, tail = self._passage_parts(prompt, readouts, skip, joined, question)
+        head, blocks, tail, _ = self._passage_parts(prompt, readouts, skip, joined, question)
         return self._generate_embeds([torch.cat([head, b, tail], 0) for b in blocks],
                                      max_new_tokens, first_line=True)
 
