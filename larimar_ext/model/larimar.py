@@ -593,10 +593,11 @@ class LarimarModel(nn.Module):
 
     def _passage_parts(self, prompt: str, readouts: Tensor, skip: Sequence[int],
                        joined: Sequence[bool], question: Optional[str]
-                       ) -> tuple[Tensor, list[Tensor], Tensor, Optional[list[Tensor]]]:
+                       ) -> tuple[Tensor, list[Tensor], Tensor, Optional[tuple]]:
         """(template head, one (n_j, D) soft-token block per passage, question turn +
-        prompt) as decoder input embeddings, and with ``prefix_snap`` the token ids of each
-        block (its soft tokens are exactly those ids' embedding rows), else None. Readout i
+        prompt) as decoder input embeddings, and with ``prefix_snap`` the same three as
+        token ids (head, [block ids], tail): the snapped soft tokens are exactly those ids'
+        embedding rows; else None. Readout i
         loses its first ``skip[i]`` live slots (the overlap with the window before it);
         ``joined[i]`` False starts a new passage."""
         if self.prefix is None:
@@ -626,12 +627,14 @@ class LarimarModel(nn.Module):
             blocks[-1].append(soft[i][live[i]][int(skip[i]):].to(embed.weight.dtype))
             if slot_ids is not None:
                 block_ids[-1].append(slot_ids[i][live[i]][int(skip[i]):])
-        head = embed(torch.tensor(self._template_ids(0), dtype=torch.long,
-                                  device=embed.weight.device))
+        head_ids = torch.tensor(self._template_ids(0), dtype=torch.long)
         after = self._question_turn(question) if self.prompt_template is not None else ""
-        ids = [torch.cat(b, 0) for b in block_ids] if slot_ids is not None else None
-        return (head, [torch.cat(b, 0) for b in blocks], self._embed_text(after + prompt),
-                ids)
+        tail_ids = torch.tensor(self._text_ids(after + prompt), dtype=torch.long)
+        ids = None
+        if slot_ids is not None:
+            ids = (head_ids, [torch.cat(b, 0).cpu() for b in block_ids], tail_ids)
+        return (embed(head_ids.to(embed.weight.device)), [torch.cat(b, 0) for b in blocks],
+                embed(tail_ids.to(embed.weight.device)), ids)
 
     @torch.no_grad()
     def complete_passages(self, prompt: str, readouts: Tensor, skip: Sequence[int] = (),
@@ -650,13 +653,13 @@ class LarimarModel(nn.Module):
         per forward pass instead of one, and greedy decoding gives the same tokens."""
         head, blocks, tail, ids = self._passage_parts(prompt, readouts, skip, joined, question)
         if ids is not None and self.prompt_lookup_tokens > 0:
-            after = self._question_turn(question) if self.prompt_template is not None else ""
+            head_ids, block_ids, tail_ids = ids
             sep_ids = torch.tensor(self._text_ids(separator), dtype=torch.long)
-            pieces = [torch.tensor(self._template_ids(0), dtype=torch.long)]
-            for j, b in enumerate(ids):
-                pieces.extend([sep_ids, b.cpu()] if j else [b.cpu()])
-            pieces.append(torch.tensor(self._text_ids(after + prompt), dtype=torch.long))
-            return self._generate_ids(torch.cat(pieces), max_new_tokens, first_line)
+            pieces = [head_ids]
+            for j, b in enumerate(block_ids):
+                pieces.extend([sep_ids, b] if j else [b])
+            return self._generate_ids(torch.cat([*pieces, tail_ids]), max_new_tokens,
+                                      first_line)
         sep = self._embed_text(separator)
         parts = [head]
         for j, b in enumerate(blocks):
