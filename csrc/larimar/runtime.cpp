@@ -34,6 +34,8 @@ void check_dim(index_t value, const std::string& arg, const std::string& name) {
           name + " = " + str(value) + " exceeds the 32-bit BLAS limit");
 }
 
+namespace {
+
 // True when no entry is NaN or Inf: |x| <= max is false exactly for those. Blocks of 16K
 // entries, each an OR over comparisons with no early exit inside, so that the compiler
 // vectorises it (a short-circuit && per entry does not); large arrays split over threads.
@@ -61,6 +63,8 @@ bool all_finite(const T* data, index_t count) {
     finite = finite && finite_block(data + b * kBlock, std::min(kBlock, count - b * kBlock));
   return finite;
 }
+
+}  // namespace
 
 template <class T>
 void check_finite(const T* data, index_t count, const std::string& arg) {
