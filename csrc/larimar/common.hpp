@@ -81,6 +81,19 @@ std::string simd_level();
 int num_threads();
 void set_num_threads(int n);
 
+// fn(lo, len) on `parts` contiguous blocks of [0, extent), one OpenMP thread each, the
+// same block to the same thread number in every call: the split of a large product or solve
+// into independent slices.
+template <class Fn>
+void for_blocks(index_t extent, index_t parts, Fn&& fn) {
+  const index_t step = (extent + parts - 1) / parts;
+#pragma omp parallel for num_threads(static_cast<int>(parts)) schedule(static)
+  for (index_t p = 0; p < parts; ++p) {
+    const index_t lo = p * step, len = extent - lo < step ? extent - lo : step;
+    if (len > 0) fn(lo, len);
+  }
+}
+
 // Threading model: the BLAS always runs single-threaded and every parallel loop is ours
 // (OpenMP), so BLAS and OpenMP thread pools never compete for the cores: large single
 // products are split into per-thread blocks (blas::gemm_parallel), batches run one episode

@@ -49,15 +49,22 @@ namespace larimar {
 namespace {
 int as_int(index_t v) { return static_cast<int>(v); }
 
-// fn(lo, len) on `parts` contiguous blocks of [0, extent), one OpenMP thread each: the split
-// of a large product or solve into independent slices.
+// fn(lo, hi) on 2 x threads panels [lo, hi) of [0, extent) whose cost grows with hi (the
+// panels of a triangle), thread t taking panels t and P - 1 - t so that every thread gets
+// the same share; one thread when team is 1.
 template <class Fn>
-void for_blocks(index_t extent, index_t parts, Fn&& fn) {
-  const index_t step = (extent + parts - 1) / parts;
-#pragma omp parallel for num_threads(static_cast<int>(parts)) schedule(static)
-  for (index_t p = 0; p < parts; ++p) {
-    const index_t lo = p * step, len = std::min(step, extent - lo);
-    if (len > 0) fn(lo, len);
+void for_triangle_panels(index_t extent, int threads, int team, Fn&& fn) {
+  const index_t panels = std::max<index_t>(1, std::min<index_t>(2 * threads, extent / 32));
+  const index_t step = (extent + panels - 1) / panels, pairs = (panels + 1) / 2;
+  auto panel = [&](index_t p) {
+    const index_t lo = std::min(extent, p * step), hi = std::min(extent, lo + step);
+    if (hi > lo) fn(lo, hi);
+  };
+#pragma omp parallel for num_threads(static_cast<int>(std::min<index_t>(team, pairs))) \
+    schedule(static)
+  for (index_t t = 0; t < pairs; ++t) {
+    panel(t);
+    if (panels - 1 - t != t) panel(panels - 1 - t);
   }
 }
 
@@ -154,24 +161,13 @@ template void gemm_parallel<double>(bool, bool, index_t, index_t, index_t, doubl
 void gram(const double* x, index_t rows, index_t cols, double* g) {
   // The lower triangle by row panels, each one GEMM: G[lo:hi, :hi] = X[lo:hi] X[:hi]^T.
   // OpenBLAS's dsyrk runs at about 60% of its dgemm's rate here; P panels of GEMMs do
-  // (P + 1) / 2P of a GEMM's work at the GEMM's rate. Thread t takes panels t and
-  // P - 1 - t, so that every thread gets the same share.
+  // (P + 1) / 2P of a GEMM's work at the GEMM's rate, balanced over the threads.
   const int threads = omp_in_parallel() ? 1 : num_threads();
-  const index_t panels = std::max<index_t>(1, std::min<index_t>(2 * threads, rows / 32));
-  const index_t step = (rows + panels - 1) / panels, pairs = (panels + 1) / 2;
-  auto panel = [&](index_t p) {
-    const index_t lo = std::min(rows, p * step), hi = std::min(rows, lo + step);
-    if (hi > lo)
-      gemm<double>(false, true, hi - lo, hi, cols, 1.0, x + lo * cols, cols, x, cols, 0.0,
-                   g + lo * rows, rows);
-  };
   const bool split = rows * rows * cols >= (index_t(1) << 22);
-  const int team = split ? static_cast<int>(std::min<index_t>(threads, pairs)) : 1;
-#pragma omp parallel for num_threads(team) schedule(static)
-  for (index_t t = 0; t < pairs; ++t) {
-    panel(t);
-    if (panels - 1 - t != t) panel(panels - 1 - t);
-  }
+  for_triangle_panels(rows, threads, split ? threads : 1, [&](index_t lo, index_t hi) {
+    gemm<double>(false, true, hi - lo, hi, cols, 1.0, x + lo * cols, cols, x, cols, 0.0,
+                 g + lo * rows, rows);
+  });
   constexpr index_t kTile = 32;  // the upper triangle mirrored in cache-sized tiles
   for (index_t i0 = 0; i0 < rows; i0 += kTile)
     for (index_t j0 = i0; j0 < rows; j0 += kTile)
@@ -230,23 +226,12 @@ int blocked_potrf(double* a, index_t n) {
       BLAS_SYMBOL(dtrsm_)(&left, &uplo, &trans, &nonunit, &JB, &L, &one, a11, &lda, a12 + lo * n,
                           &lda);
     });
-    // Upper triangle of A22 -= U12^T U12 by column panels [lo, hi), rows [0, hi): panel p
-    // costs ~ p + 1, so thread t takes panels t and P - 1 - t.
-    const index_t panels = std::min<index_t>(2 * threads, std::max<index_t>(1, rest / 32));
-    const index_t step = (rest + panels - 1) / panels, pairs = (panels + 1) / 2;
-    auto panel = [&](index_t p) {
-      const index_t lo = std::min(rest, p * step), hi = std::min(rest, lo + step);
-      if (hi <= lo) return;
+    // Upper triangle of A22 -= U12^T U12 by column panels [lo, hi), rows [0, hi)
+    for_triangle_panels(rest, threads, threads, [&](index_t lo, index_t hi) {
       const int M = as_int(hi), W = as_int(hi - lo);
       BLAS_SYMBOL(dgemm_)(&trans, &notrans, &M, &W, &JB, &minus_one, a12, &lda, a12 + lo * n, &lda,
                           &one, a22 + lo * n, &lda);
-    };
-#pragma omp parallel for num_threads(static_cast<int>(std::min<index_t>(threads, pairs))) \
-    schedule(static)
-    for (index_t t = 0; t < pairs; ++t) {
-      panel(t);
-      if (panels - 1 - t != t) panel(panels - 1 - t);
-    }
+    });
   }
   return 0;
 }

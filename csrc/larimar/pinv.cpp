@@ -75,12 +75,7 @@ LARIMAR_ROWS_TIMES(double)
 template <class Body>
 void for_row_blocks(index_t k, index_t c, Body&& body) {
   const int team = omp_in_parallel() || k * c < (index_t(1) << 17) ? 1 : num_threads();
-  const index_t step = (k + team - 1) / team;
-#pragma omp parallel for num_threads(team) schedule(static)
-  for (int t = 0; t < team; ++t) {
-    const index_t lo = std::min(k, t * step), hi = std::min(k, lo + step);
-    if (hi > lo) body(lo, hi);
-  }
+  for_blocks(k, team, [&](index_t lo, index_t len) { body(lo, lo + len); });
 }
 
 // out[i] = R_i . x, the rows split over the kernel's threads.
