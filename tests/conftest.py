@@ -34,3 +34,13 @@ def rng(request) -> np.random.Generator:
     """A numpy Generator seeded from the test's name (stable across runs and machines)."""
     key = f"{request.node.module.__name__}::{request.node.name}"
     return np.random.default_rng(zlib.crc32(key.encode()))
+
+
+@pytest.fixture
+def restore_threads():
+    """The kernel's thread count before the test, set back (and checked) after it."""
+    import larimar_ext as lx
+    n = lx.get_num_threads()
+    yield n
+    lx.set_num_threads(n)
+    assert lx.get_num_threads() == n

@@ -8,14 +8,6 @@ from references import assert_rel, names_arg, randn, well_conditioned
 INFO_KEYS = {"version", "blas_vendor", "blas_version", "blas_threads", "openmp_threads", "simd"}
 
 
-@pytest.fixture
-def restore_threads():
-    n = lx.get_num_threads()
-    yield n
-    lx.set_num_threads(n)
-    assert lx.get_num_threads() == n
-
-
 def test_version():
     assert isinstance(lx.__version__, str) and lx.__version__
     assert lx.__version__[0].isdigit()
