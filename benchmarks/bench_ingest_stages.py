@@ -7,21 +7,19 @@ tokens/s from above (every encoder token passes 6 layers of 4 x 384^2 + 2 x 384 
 multiply-adds). With torchao importable, its int8 dynamic quantisation of the same MLP
 is timed beside torch.ao's (the API ``int8_values`` uses, deprecated in torch).
 
-    python benchmarks/bench_ingest_stages.py [--essays 2] [--threads 2] [--no-save]
+    python benchmarks/bench_ingest_stages.py [--essays 2] [--threads 2] [--no-save] [--quick]
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import cProfile
-import json
 import pstats
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import ESSAYS_DIR, md_table  # noqa: E402
+import _common as cm  # noqa: E402
 
 # cProfile function names (substrings of "file:line(function)") -> stage; first match wins
 STAGES = [
@@ -76,21 +74,20 @@ def mlp_rates(torch, tokens: int = 4096) -> dict:
     return rates
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def extra(p) -> None:
     p.add_argument("--essays", type=int, default=2)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--no-save", action="store_true")
-    args = p.parse_args()
+    p.add_argument("--threads", type=int, default=cm.NUM_THREADS)
+
+
+def main() -> int:
+    args = cm.parse_args(__doc__.splitlines()[0], extra)
     import torch
 
-    import larimar_ext as lx
     from larimar_ext.longcontext import LongContextMemory
     from larimar_ext.model import LarimarModel
-    torch.set_num_threads(args.threads)
-    lx.set_num_threads(args.threads)
+    cm.set_all_threads(torch=torch, lx=cm.import_larimar(), n=args.threads)
     model = LarimarModel.from_pretrained()
-    files = sorted(Path(ESSAYS_DIR).glob("*.txt"))[:args.essays]
+    files = sorted(Path(cm.ESSAYS_DIR).glob("*.txt"))[:1 if args.quick else args.essays]
     text = "\n\n".join(f.read_text() for f in files)
     runs = {}
     for label, int8 in (("float32 encoder", False), ("int8 encoder (int8_values)", True)):
@@ -115,17 +112,18 @@ def main() -> int:
     first = next(iter(runs.values()))
     print(f"## Cold recall-mode ingest: {first['tokens']:,} tokens, {first['segments']:,} "
           f"segments of {len(files)} essays, {args.threads} threads\n")
-    print(md_table(["stage"] + list(runs), rows))
+    print(cm.md_table(["stage"] + list(runs), rows))
     print("\nThe encoder's MLP shape in the same run (the linears' ceiling on tokens/s: "
           f"{MACS_PER_TOKEN / 1e6:.1f}M multiply-adds per encoder token):\n")
-    print(md_table(["linears", "GMAC/s", "tokens/s if the linears were all"],
-                   [[n, f"{rates[n] / 1e9:.1f}", f"{ceiling[n]:,.0f}"] for n in rates]))
-    if not args.no_save:
-        out = Path(__file__).resolve().parent / "results" / "ingest_stages.json"
-        out.write_text(json.dumps({"threads": args.threads, "essays": len(files), "runs": runs,
-                                   "mlp_macs_per_s": rates, "ceiling_tokens_per_s": ceiling},
-                                  indent=1))
-    return 0
+    print(cm.md_table(["linears", "GMAC/s", "tokens/s if the linears were all"],
+                      [[n, f"{rates[n] / 1e9:.1f}", f"{ceiling[n]:,.0f}"] for n in rates]))
+    result = {"config": {"threads": args.threads, "essays": len(files)}, "runs": runs,
+              "mlp_macs_per_s": rates, "ceiling_tokens_per_s": ceiling,
+              "environment": cm.machine_info(torch=torch)}
+    cm.report_foreign_load(result, args)
+    targets = [{"name": "cold ingest tokens/s (essays, float32 encoder)", "op": ">=",
+                "threshold": 8000, "value": first["tokens_per_s"]}]
+    return cm.keep_result("ingest_stages", result, targets, args)
 
 
 if __name__ == "__main__":
