@@ -193,6 +193,39 @@ def test_prompt_lookup_gives_the_tokens_of_one_step_at_a_time(model, first_line)
     assert before > 0
 
 
+def test_bf16_answers_copy_the_same_answers_and_leave_the_float_decoder(model):
+    """bf16_answers: answers from a bfloat16 copy of the decoder, by prompt lookup on slot ids
+    and by the batched passages path; the float decoder, the model's state and training
+    stay float32, and turning it off gives the float decoder back."""
+    from larimar_ext.longcontext.memory import LongContextMemory
+    texts = ["The pass key is 86556. Remember it.",
+             "Der Zug nach Berlin fährt um 17:42 Uhr von Gleis 9."]
+    ids = model.slot_ids(model.encode(texts).detach())
+
+    def answers():
+        return (model.complete_passages("The pass key is", ids[:1], max_new_tokens=8,
+                                        first_line=True),
+                model.complete_each_passage("The train leaves from platform", ids[1:],
+                                            max_new_tokens=8))
+    keys = set(model.state_dict())
+    want = answers()
+    try:
+        LongContextMemory(model, bf16_answers=True)
+        assert model.answers_in_bf16
+        assert model._answer_decoder().dtype == torch.bfloat16
+        got = answers()
+        assert got == want, (got, want)
+        assert "86556" in got[0] and "9" in got[1][0], got
+        assert model.decoder.dtype == torch.float32 and set(model.state_dict()) == keys
+        model.train()
+        assert model._answer_decoder() is model.decoder     # training never sees the copy
+        model.eval()
+    finally:
+        model.bf16_answers(False)
+        model.eval()
+    assert not model.answers_in_bf16 and model._answer_decoder() is model.decoder
+
+
 def test_a_needle_stated_both_ways_gets_one_answer(model):
     """The passkey needle says its key twice, the second time the other way round ("N is
     the pass key."): both passages are read, and the answer is the key once."""

@@ -637,6 +637,10 @@ def test_cli_passkey_with_a_model(model, tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "retrieval@1" in out and "| 1,000 | 3 | 0 | 1 |" in out
     assert (tmp_path / "passkey-memory.json").is_file()
+    # bf16 answers need the prefix path, which this tiny model has not: a one-line error
+    rc = cli.main(["passkey", "--context", "1k", "--digits", "3", "--trials", "1",
+                   "--out", str(tmp_path), "--no-progress", "--bf16-answers"])
+    assert rc == 2 and "bf16_answers" in capsys.readouterr().err
     for bad in (["passkey", "--context", "500"], ["passkey", "--depths", "0,200"],
                 ["passkey", "--digits", "0"], ["needle", "--haystack-dir", str(tmp_path / "x")],
                 ["passkey", "--trials", "0"], ["passkey", "--baseline", "in-context",

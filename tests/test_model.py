@@ -345,3 +345,11 @@ def test_cuda_same_code(tok):
     assert r.is_cuda and torch.allclose(r, Z, atol=1e-3)
     g = model.generate(torch.full((4, 1), BOS), r, max_new_tokens=4, do_sample=False)
     assert g.is_cuda and g.shape == (4, 5)
+
+
+def test_bf16_answers_needs_the_prefix_path(tok):
+    model = make_model(tok)
+    with pytest.raises(ValueError, match="bf16_answers"):
+        model.bf16_answers(True)
+    assert not model.answers_in_bf16
+    model.bf16_answers(False)                 # turning off what is off is fine

@@ -196,6 +196,9 @@ class LongContextMemory:
         int8_values: encode values with the model's int8 encoder (``LarimarModel.int8_values``):
             faster ingest on the CPU (paper mode keys stay float; recall mode keys come from
             the same int8 pass).
+        bf16_answers: generate answers with the model's bfloat16 decoder copy
+            (``LarimarModel.bf16_answers``): about half the answer time on a CPU with
+            AVX-512 BF16; an answer may differ where two tokens are close.
         values: what a row keeps of its segment's latent. "latent": the latent itself (C
             floats, 28 KB with the default model). "tokens": the decoder tokens the latent
             stands for (``model.slot_ids``: one id per slot, -1 for a dead one; 128 bytes),
@@ -219,7 +222,8 @@ class LongContextMemory:
                  metric: str = "cosine",
                  cache: Optional[EncodingCache] = None, progress: bool = False,
                  pass_question: bool = True, int8_values: bool = False,
-                 values: str = "auto", keys: str = "auto") -> None:
+                 bf16_answers: bool = False, values: str = "auto",
+                 keys: str = "auto") -> None:
         for attr in ("encode", "encode_keys", "complete"):
             if not callable(getattr(model, attr, None)):
                 raise ValueError(f"model: expected a LarimarModel with {attr}(), got "
@@ -246,6 +250,10 @@ class LongContextMemory:
             if not callable(getattr(model, "int8_values", None)):
                 raise ValueError("int8_values: the model has no int8_values()")
             model.int8_values(True)
+        if bf16_answers:
+            if not callable(getattr(model, "bf16_answers", None)):
+                raise ValueError("bf16_answers: the model has no bf16_answers()")
+            model.bf16_answers(True)
         self.mode = mode
         self.values = self._value_kind(values, mode)
         if keys == "int8" and mode != "recall":

@@ -286,6 +286,41 @@ class LarimarModel(nn.Module):
         # kept out of the module tree: not a parameter, never saved, not moved by .to()
         self.__dict__["_int8_encoder"] = quantized
 
+    def bf16_answers(self, enable: bool = True) -> None:
+        """Generate answers from readouts (the prefix path: ``complete``, ``complete_passages``,
+        ``complete_each_passage``, ``generate``) with a bfloat16 copy of the decoder. On a CPU
+        with AVX-512 BF16 a prefill and a step take about half the float32 time; the
+        decoder's input (snapped slot tokens, template, question) is the same, but its
+        logits move by bf16 rounding, so an answer can differ where two tokens are close:
+        on RULER's development set the scores held and most answers were identical
+        (docs/LONGCONTEXT.md, "Answers in bfloat16"). Training, encoding and the slot snap
+        keep the float decoder. The copy follows the model to another device; call again
+        after the decoder's weights change."""
+        if not enable:
+            self.__dict__.pop("_bf16_decoder", None)
+            return
+        if self.prefix is None:
+            raise ValueError("bf16_answers: needs the prefix path (a model with slots)")
+        import copy
+        # kept out of the module tree: not a parameter, never saved, not moved by .to()
+        self.__dict__["_bf16_decoder"] = copy.deepcopy(self.decoder).to(torch.bfloat16).eval()
+
+    @property
+    def answers_in_bf16(self) -> bool:
+        """Whether ``bf16_answers`` is on."""
+        return self.__dict__.get("_bf16_decoder") is not None
+
+    def _answer_decoder(self) -> nn.Module:
+        """The decoder generation runs on: the bf16 copy when ``bf16_answers`` is on and the
+        model is in eval mode, else the decoder."""
+        fast = self.__dict__.get("_bf16_decoder")
+        if fast is None or self.training:
+            return self.decoder
+        if _device(fast) != _device(self.decoder):      # the model moved since: copy again
+            self.bf16_answers(True)
+            fast = self.__dict__["_bf16_decoder"]
+        return fast
+
     @torch.no_grad()
     def encode_keys(self, texts: Texts, batch_size: int = 64) -> Tensor:
         """Retrieval keys for texts: the L2-normalised masked mean of the encoder's last
@@ -520,7 +555,9 @@ class LarimarModel(nn.Module):
             self._stop_at_first_line(gen_kwargs, start)
         if self.prefix is not None:
             embeds, mask, _ = self._prefix_inputs(prompt_ids, readout, attention_mask)
-            new = self.decoder.generate(inputs_embeds=embeds, attention_mask=mask, **gen_kwargs)
+            dec = self._answer_decoder()
+            new = dec.generate(inputs_embeds=embeds.to(dec.dtype), attention_mask=mask,
+                               **gen_kwargs)
             # generate() from embeddings returns only new ids
             return torch.cat([prompt_ids, new], 1)
         if self.memory_slot is None:
@@ -677,10 +714,10 @@ class LarimarModel(nn.Module):
         gen: dict = {}
         if first_line:
             self._stop_at_first_line(gen, ids.shape[1])
-        out = self.decoder.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                    do_sample=False, max_new_tokens=max_new_tokens,
-                                    pad_token_id=self.dummy_token_id,
-                                    prompt_lookup_num_tokens=self.prompt_lookup_tokens, **gen)
+        out = self._answer_decoder().generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+            max_new_tokens=max_new_tokens, pad_token_id=self.dummy_token_id,
+            prompt_lookup_num_tokens=self.prompt_lookup_tokens, **gen)
         new = out[0, ids.shape[1]:]
         if first_line:
             done = _FirstLine(self.tokenizer)
@@ -719,10 +756,11 @@ class LarimarModel(nn.Module):
         gen: dict = {}
         if first_line:
             self._stop_at_first_line(gen, 0)   # from embeddings generate() sees new ids only
-        new = self.decoder.generate(inputs_embeds=torch.stack(rows),
-                                    attention_mask=torch.stack(masks), do_sample=False,
-                                    max_new_tokens=max_new_tokens,
-                                    pad_token_id=self.dummy_token_id, **gen)
+        dec = self._answer_decoder()
+        new = dec.generate(inputs_embeds=torch.stack(rows).to(dec.dtype),
+                           attention_mask=torch.stack(masks), do_sample=False,
+                           max_new_tokens=max_new_tokens, pad_token_id=self.dummy_token_id,
+                           **gen)
         return self.tokenizer.batch_decode(new, skip_special_tokens=True)
 
     # ------------------------------------------------------------------ training loss
