@@ -170,7 +170,8 @@ def test_prompt_lookup_gives_the_tokens_of_one_step_at_a_time(model, first_line)
     """With prefix_snap the decoder drafts from its input ids (prompt_lookup_tokens) and
     checks several tokens a pass: the same text as one token a pass, for latents and for
     slot ids, several passages, an answer copied from a passage (the key, then its line's
-    run-on) and one that is not; a first_line answer still ends at its line break."""
+    run-on) and one that is not; a first_line answer still ends at its line break. The
+    same for each passage decoded as a row of one batch (complete_each_passage)."""
     texts = ["The pass key is 86556. Remember it.", "The grass is green and the sky is blue.",
              "Der Zug nach Berlin fährt um 17:42 Uhr von Gleis 9."]
     z = model.encode(texts).detach()
@@ -188,6 +189,13 @@ def test_prompt_lookup_gives_the_tokens_of_one_step_at_a_time(model, first_line)
             assert got[0] == got[1], (prefix, got)
             if first_line:
                 assert "\n" not in got[0].strip(), got
+            # each passage a row of one batch, every row drafting from its own input
+            each = []
+            for tokens in (before, 0):
+                model.prompt_lookup_tokens = tokens
+                each.append(model.complete_each_passage(prefix, readouts, question=question,
+                                                        max_new_tokens=20))
+            assert each[0] == each[1] and len(each[0]) == len(readouts), (prefix, each)
     finally:
         model.prompt_lookup_tokens = before
     assert before > 0

@@ -30,6 +30,7 @@ from ..episodic import EpisodicMemory
 from . import saved
 from .aligned import AlignedPooler, AlignedSegments, SlotPrefix
 from .conditioning import DecoderGeometry, EmbeddingConditioner, MemorySlot
+from .lookup_decoding import greedy_lookup
 from .pooling import make_pooler, masked_mean
 
 __all__ = ["LarimarModel", "LarimarOutput"]
@@ -60,6 +61,10 @@ class _FirstLine:
         texts = self.tokenizer.batch_decode(input_ids[:, self.start:], skip_special_tokens=True)
         return torch.tensor([bool(self._DONE.match(t)) for t in texts],
                             device=input_ids.device)
+
+    def text_done(self, new_ids: Sequence[int]) -> bool:
+        """The same test on one row's new ids."""
+        return bool(self._DONE.match(self.tokenizer.decode(new_ids, skip_special_tokens=True)))
 
 
 def _device(module: nn.Module) -> torch.device:
@@ -107,9 +112,10 @@ class LarimarModel(nn.Module):
             small instruct model reads its context best.
 
     Attribute ``prompt_lookup_tokens`` (default 10; 0 turns it off): with ``prefix_snap``,
-    ``complete_passages`` lets the decoder draft up to this many tokens from its own input
-    and check them in one pass (an answer copied from a passage costs a few passes, not
-    one per token); greedy decoding gives the same tokens either way.
+    ``complete_passages`` and ``complete_each_passage`` let the decoder draft up to this
+    many tokens from its own input and check them in one pass (an answer copied from a
+    passage costs a few passes, not one per token); greedy decoding gives the same tokens
+    either way.
     """
 
     prompt_lookup_tokens: int = 10
@@ -735,8 +741,21 @@ class LarimarModel(nn.Module):
         in order. A question with several answers (several keys, or one key with several
         values) gets each from the passage that holds it. Each continuation stops after its
         first line of text (a passage holds one answer; the decoder, asked for "all the
-        numbers", would list on)."""
-        head, blocks, tail, _ = self._passage_parts(prompt, readouts, skip, joined, question)
+        numbers", would list on).
+
+        With ``prefix_snap`` (and ``prompt_lookup_tokens`` > 0) the rows are token ids and
+        each drafts from its own input (``lookup_decoding.greedy_lookup``)."""
+        head, blocks, tail, ids = self._passage_parts(prompt, readouts, skip, joined, question)
+        if ids is not None and self.prompt_lookup_tokens > 0:
+            head_ids, block_ids, tail_ids = ids
+            dec = self._answer_decoder()
+            eos = dec.generation_config.eos_token_id
+            eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+            line = _FirstLine(self.tokenizer)
+            new = greedy_lookup(dec, [torch.cat([head_ids, b, tail_ids]) for b in block_ids],
+                                max_new_tokens, self.prompt_lookup_tokens,
+                                self.dummy_token_id, eos, done=line.text_done)
+            return [self.tokenizer.decode(n, skip_special_tokens=True) for n in new]
         return self._generate_embeds([torch.cat([head, b, tail], 0) for b in blocks],
                                      max_new_tokens, first_line=True)
 
