@@ -726,9 +726,9 @@ class LarimarModel(nn.Module):
             prompt_lookup_num_tokens=self.prompt_lookup_tokens, **gen)
         new = out[0, ids.shape[1]:]
         if first_line:
-            done = _FirstLine(self.tokenizer)
-            n = next((n for n in range(1, new.numel() + 1) if done(new[None, :n], None)[0]),
-                     new.numel())
+            done = _FirstLine(self.tokenizer).text_done
+            ids_new = new.tolist()
+            n = next((n for n in range(1, len(ids_new) + 1) if done(ids_new[:n])), len(ids_new))
             new = new[:n]
         return self.tokenizer.decode(new, skip_special_tokens=True)
 
