@@ -249,6 +249,28 @@ def test_episodic_write_repeated_rows_small_scale_works():
     assert np.all(np.isfinite(mem.memory))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sparse_lstsq_stalled_cg_stops(dtype):
+    """Finding A8 (fixed; fuzz/crashes/api-sparse-lstsq-stalled-cg-*): weights near 1e-20, a
+    subnormal Z and a prior near 0.17 leave the CG residual on rounding error far above
+    tol * |b| (A = w w' is singular and the search direction falls into its null space), so
+    max_iter=2**32 ran for hours. Expected: CG stops once the direction has no curvature left
+    (docs/DESIGN.md section 2.8), with the result the default max_iter gives, and reports
+    the residual it reached."""
+    rng = np.random.default_rng(6)
+    ids = rng.permutation(64)[:16].astype(np.int64)[None]
+    w = (rng.standard_normal((1, 16)) * 1e-20).astype(dtype)
+    Z = np.full((1, 1), 1e-45, dtype)
+    prior = np.full((64, 1), 0.17457673, dtype)
+    M, info = lx.sparse_lstsq_write(ids, w, Z, 64, prior=prior, max_iter=2**32,
+                                    return_info=True)
+    assert info["iterations"] <= 2 * info["touched"] + 10  # the default max_iter
+    assert info["residual"] > 1e-10  # it did not converge, and says so
+    M_default = lx.sparse_lstsq_write(ids, w, Z, 64, prior=prior)
+    assert np.array_equal(M, M_default)
+    assert np.all(np.isfinite(M))
+
+
 def test_load_nan_precision_names_path():
     """Finding P2 (fixed; fuzz/crashes/load-nan-precision-no-path-*): a well-formed file whose
     precision array holds NaN was refused with "precision: contains NaN or Inf; expected

@@ -104,3 +104,32 @@ def test_sparse_lstsq_from_gaussian_address(rng, dtype):
     assert np.linalg.cond(W[:, touched]) < 50
     M = lx.sparse_lstsq_write(idx, w, Z, K)
     assert_rel(M, ref_sparse_lstsq(idx, w, Z, K), sparse_tol(dtype))
+
+
+def test_sparse_lstsq_ill_conditioned_runs_to_tol():
+    """Weights spread over three decades (A's condition number near 1e7): CG needs about 34 t
+    iterations, far past the default 2 t + 10, and with room it reaches tol. Guards the
+    null-space stop (DESIGN 2.8) against ending a slow but converging solve."""
+    rng = np.random.default_rng(1)
+    N, K, k, C = 300, 256, 8, 5
+    ids = np.stack([rng.choice(K, k, replace=False) for _ in range(N)]).astype(np.int64)
+    w = rng.standard_normal((N, k)) * np.logspace(0, 3, N)[:, None]
+    Z = rng.standard_normal((N, C))
+    _, short = lx.sparse_lstsq_write(ids, w, Z, K, ridge=1e-6, return_info=True)
+    M, info = lx.sparse_lstsq_write(ids, w, Z, K, ridge=1e-6, max_iter=10**6,
+                                    return_info=True)
+    assert short["residual"] > 1e-3 and info["iterations"] > 10 * info["touched"]
+    assert info["residual"] <= 1e-10
+    t = np.unique(ids)
+    ref = ref_sparse_lstsq(ids, w, Z, K, 1e-6, None)
+    np.testing.assert_allclose(M[t], ref[t], rtol=1e-5, atol=1e-6 * np.abs(ref).max())
+
+
+def test_sparse_lstsq_overflowing_curvature_is_refused():
+    """float64 weights of 1e100 square past float64 inside CG (p'Ap): a clear ValueError
+    naming the arguments, not a solve that runs on without progress for max_iter."""
+    rng = np.random.default_rng(2)
+    ids = np.stack([rng.permutation(64)[:16] for _ in range(2)]).astype(np.int64)
+    w = rng.standard_normal((2, 16)) * 1e100
+    with pytest.raises(ValueError, match="weights, Z"):
+        lx.sparse_lstsq_write(ids, w, np.ones((2, 3)), 64, max_iter=2**40)

@@ -1,6 +1,8 @@
 #include "larimar/sparse_lstsq.hpp"
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 
 namespace larimar {
 
@@ -84,36 +86,60 @@ SparseLstsqReport sparse_lstsq_write(const index_t* ids, const T* weights, index
         rr[col] += r[j * c + col] * r[j * c + col];
         bnorm[col] += b[j * c + col] * b[j * c + col];
       }
+    check_result(rr.data(), c, "weights, Z");
+    check_result(bnorm.data(), c, "weights, Z");
     const index_t max_iter = options.max_iter >= 0 ? options.max_iter : 2 * t + 10;
-    auto worst = [&]() {
-      double w = 0;
+    auto residual = [&](index_t col) {
+      return bnorm[col] > 0 ? std::sqrt(rr[col] / bnorm[col]) : std::sqrt(rr[col]);
+    };
+    // A column stops when it converges, or when its search direction has no curvature above
+    // the rounding of A p (p'Ap <= 8 eps rho p'p, rho the largest Rayleigh quotient seen, a
+    // lower bound on |A|): p then lies in A's numerical null space, every later step repeats
+    // rounding error, and no max_iter should make that run on.
+    const double flat = 8 * std::numeric_limits<double>::epsilon();
+    std::vector<char> live(c, 1);
+    std::vector<double> rho(c, 0.0);
+    auto working = [&]() {
       for (index_t col = 0; col < c; ++col)
-        w = std::max(w, bnorm[col] > 0 ? std::sqrt(rr[col] / bnorm[col]) : std::sqrt(rr[col]));
-      return w;
+        if (live[col] && !(residual(col) <= options.tol)) return true;
+      return false;
     };
     index_t it = 0;
-    for (; it < max_iter && worst() > options.tol; ++it) {
+    for (; it < max_iter && working(); ++it) {
       apply(p, ap);
-      std::vector<double> pap(c, 0.0);
-      for (index_t j = 0; j < t; ++j)
-        for (index_t col = 0; col < c; ++col) pap[col] += p[j * c + col] * ap[j * c + col];
-      std::vector<double> step(c), rr_new(c, 0.0);
-      for (index_t col = 0; col < c; ++col) step[col] = pap[col] > 0 ? rr[col] / pap[col] : 0.0;
+      std::vector<double> pap(c, 0.0), pp(c, 0.0);
       for (index_t j = 0; j < t; ++j)
         for (index_t col = 0; col < c; ++col) {
+          pap[col] += p[j * c + col] * ap[j * c + col];
+          pp[col] += p[j * c + col] * p[j * c + col];
+        }
+      check_result(pap.data(), c, "weights, Z");  // |W|^2 |p|^2 past float64: refuse
+      check_result(pp.data(), c, "weights, Z");
+      std::vector<double> step(c, 0.0), rr_new(rr);
+      for (index_t col = 0; col < c; ++col) {
+        if (pp[col] > 0) rho[col] = std::max(rho[col], pap[col] / pp[col]);
+        live[col] = live[col] && pap[col] > flat * rho[col] * pp[col];
+        if (live[col]) step[col] = rr[col] / pap[col], rr_new[col] = 0.0;
+      }
+      for (index_t j = 0; j < t; ++j)
+        for (index_t col = 0; col < c; ++col) {
+          if (!live[col]) continue;
           x[j * c + col] += step[col] * p[j * c + col];
           r[j * c + col] -= step[col] * ap[j * c + col];
           rr_new[col] += r[j * c + col] * r[j * c + col];
         }
       for (index_t j = 0; j < t; ++j)
         for (index_t col = 0; col < c; ++col) {
+          if (!live[col]) continue;
           const double beta = rr[col] > 0 ? rr_new[col] / rr[col] : 0.0;
           p[j * c + col] = r[j * c + col] + beta * p[j * c + col];
         }
       rr.swap(rr_new);
     }
+    double worst = 0;
+    for (index_t col = 0; col < c; ++col) worst = std::max(worst, residual(col));
     report.iterations = it;
-    report.residual = worst();
+    report.residual = worst;
   }
 
   if (prior)
