@@ -197,6 +197,12 @@ class _KeyView(Generic[_F]):
     metric: Final[str]
     key_codes: Final[str]
     nbytes: Final[int]
+    keys_may_be_mapped: Final[bool]
+    """Whether reading the keys may wait on a disk: some lay in a file's memory map and were
+    not resident when the view was made (false for anonymous memory and for a mapped file
+    already in memory, as the OS reports them). Then int8 shortlists are asked of the OS
+    before they are read, and a wide shortlist is re-scored rather than answered by a float
+    scan of every key."""
     def __init__(self, keys: NDArray[_F], metric: str, key_codes: str = "none") -> None:
         """Checks the keys finite (ValueError naming keys) and builds norms and codes."""
     def search(self, Q: NDArray[_F], k: int) -> Tuple[_Ids, NDArray[_F]]:

@@ -657,6 +657,7 @@ void bind_key_view(py::module_& m, const char* name) {
       .def_property_readonly("key_dim", &View::key_dim)
       .def_property_readonly(
           "key_codes", [](const View& self) { return larimar::key_codes_name(self.key_codes()); })
+      .def_property_readonly("keys_may_be_mapped", &View::keys_may_be_mapped)
       .def_property_readonly("metric",
                              [](const View& self) { return larimar::metric_name(self.metric()); });
 }

@@ -1,6 +1,8 @@
 """Int8 key codes: a store with key_codes="int8" returns exactly what the float store returns
 (same ids, same score bits, same order), on every scan path this CPU has, on data made to
 trip a bounded shortlist: near-ties, duplicates, norms spread over 1e-3..1e3, zero keys."""
+import os
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -219,3 +221,68 @@ def test_an_unknown_scan_path_is_refused_and_changes_nothing():
     with pytest.raises(ValueError, match="isa"):
         _core.set_int8_isa("avx9000")
     assert _core.info()["int8_isa"] == before == ISAS[0]
+
+
+def near_copies(rng, n, d):
+    """n keys that all lie within a few ulps of one direction: every bound overlaps every
+    other, so each query's shortlist holds all of them (the wide-shortlist path)."""
+    direction = rng.standard_normal(d).astype(np.float32)
+    keys = np.repeat(direction[None], n, axis=0)
+    keys *= (1 + rng.integers(-8, 9, (n, 1)) * np.finfo(np.float32).eps).astype(np.float32)
+    return keys, direction
+
+
+def test_a_wide_shortlist_gets_the_float_search_result(rng, isa):
+    n, d = 3000, 24
+    keys, direction = near_copies(rng, n, d)
+    plain, coded = pair(d, "cosine", np.float32, merge=False)
+    fill((plain, coded), keys)
+    Q = np.concatenate([np.repeat(direction[None], 3, axis=0),
+                        rng.standard_normal((5, d)).astype(np.float32)])
+    for k in (1, 2, 50):
+        assert_same_search(plain, coded, Q, k)
+
+
+def resident_fraction(array: np.ndarray) -> float:
+    """The share of array's pages in memory now (libc mincore), or -1 where it cannot say."""
+    import ctypes
+    import mmap
+    libc = ctypes.CDLL(None, use_errno=True)
+    page = mmap.PAGESIZE
+    lo = array.ctypes.data // page * page
+    length = array.ctypes.data + array.nbytes - lo
+    vec = (ctypes.c_ubyte * ((length + page - 1) // page))()
+    if libc.mincore(ctypes.c_void_p(lo), ctypes.c_size_t(length), vec) != 0:
+        return -1.0
+    return sum(v & 1 for v in vec) / len(vec)
+
+
+def mapped_from_disk(keys: np.ndarray, path) -> np.ndarray:
+    """keys saved to path and mapped back, their pages dropped from the page cache."""
+    np.save(path, keys)
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    return np.load(path, mmap_mode="r")
+
+
+@pytest.mark.parametrize("where", ["in-memory", "mapped, in the page cache", "mapped, on disk"])
+def test_a_key_view_knows_keys_on_disk_and_searches_every_kind_exactly(rng, tmp_path, where):
+    n, d = 3000, 24
+    keys, direction = near_copies(rng, n, d)
+    if where != "in-memory":
+        keys = mapped_from_disk(keys, tmp_path / "keys.npy")
+        if where == "mapped, in the page cache":
+            keys.sum()   # read: every page resident
+    resident = resident_fraction(keys)
+    if where == "mapped, on disk" and not 0 <= resident < 1:
+        pytest.skip("this file system kept the pages in memory (or mincore failed)")
+    view = _core.KeyViewF32(keys, "cosine", "int8")
+    assert view.keys_may_be_mapped is (where == "mapped, on disk")
+    plain = _core.KeyViewF32(keys, "cosine")
+    Q = np.concatenate([direction[None], rng.standard_normal((3, d)).astype(np.float32)])
+    for k in (1, 50):
+        ids, scores = view.search(Q, k)
+        want_ids, want_scores = plain.search(Q, k)
+        np.testing.assert_array_equal(ids, want_ids)
+        np.testing.assert_array_equal(scores.view(np.int32), want_scores.view(np.int32))

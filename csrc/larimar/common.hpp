@@ -76,6 +76,11 @@ void check_scalar(double value, const std::string& arg, bool allow_zero, bool al
 // Instruction set the multiversioned kernel loops run with on this CPU: "avx512f", "avx2"
 // or "x86-64 baseline" (chosen at load time; no -march=native anywhere).
 std::string simd_level();
+// Whether reading [data, data + bytes) may wait on a disk: some of it lies in a file's memory
+// map (Linux's /proc/self/maps) and is not resident now (mincore). False for anonymous memory
+// and for a mapped file already in memory (model weights in use); true wherever the OS cannot
+// say.
+bool may_read_from_disk(const void* data, std::size_t bytes);
 
 // Threads used by kernel loops (OpenMP) and by the BLAS for single large problems.
 int num_threads();

@@ -141,19 +141,29 @@ template <int NQ, int NT>
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) void dots_vnni_tiles(
     const std::uint8_t* q, index_t dp, const std::int8_t* tiles, std::int32_t* out,
     index_t stride) {
+  // The unroll pragmas make GCC unroll these loops before scalar replacement, so that the
+  // accumulators live in registers; without them it kept acc on the stack, storing every
+  // accumulator on every group (half the scan's time).
   __m512i acc[NQ][NT];
+#pragma GCC unroll 16
   for (int i = 0; i < NQ; ++i)
+#pragma GCC unroll 4
     for (int t = 0; t < NT; ++t) acc[i][t] = _mm512_setzero_si512();
   const index_t tile_bytes = kInt8TileRows * dp;
   for (index_t g = 0; g < dp / 4; ++g) {
     __m512i k[NT];
+#pragma GCC unroll 4
     for (int t = 0; t < NT; ++t) k[t] = _mm512_loadu_si512(tiles + t * tile_bytes + 64 * g);
+#pragma GCC unroll 16
     for (int i = 0; i < NQ; ++i) {
       const __m512i b = _mm512_set1_epi32(group_of(q + i * dp, g));
+#pragma GCC unroll 4
       for (int t = 0; t < NT; ++t) acc[i][t] = _mm512_dpbusd_epi32(acc[i][t], b, k[t]);
     }
   }
+#pragma GCC unroll 16
   for (int i = 0; i < NQ; ++i)
+#pragma GCC unroll 4
     for (int t = 0; t < NT; ++t)
       _mm512_storeu_si512(out + i * stride + t * kInt8TileRows, acc[i][t]);
 }
@@ -239,6 +249,9 @@ constexpr double kRelSlack = 1.0 / (1 << 18);
 // or the search's denominator underflow): such keys are always re-scored, and a block with
 // such a query is searched in float.
 constexpr double kTinySq = 0x1p-80;
+// A shortlist longer than 1 / kWideShortlist of the keys is searched in float instead of
+// re-scored (measured crossover on 49,152 x 576 and 200,000 x 384 keys: benchmarks/RESULTS.md).
+constexpr index_t kWideShortlist = 16;
 
 // What the screen needs of one query: its scale and code error, its norm and the metric's
 // factors, all rounded up where they bound.
@@ -351,56 +364,102 @@ inline void pair_bounds(std::int32_t dot_u8, index_t j, const QueryFacts<T>& qf,
   hi = std::isnan(h) ? std::numeric_limits<T>::infinity() : h;
 }
 
-// Upper bounds (hi, rows) of one query against rows keys: the screen's one pass over every
-// pair, vectorised; lower bounds are computed only for the keys that pass.
-// Returns the largest, so that a run none of whose keys can pass costs one comparison.
+// Keys per chunk of the screen: the largest upper bound of each chunk is kept, so that the
+// keys that pass are found a vector at a time (a scalar pass over every key's bound cost a
+// fifth of the scan).
+constexpr index_t kScreenChunk = 16;
+static_assert(kScanRows % kScreenChunk == 0, "a run is whole chunks");
+
+// A run's bounds: lo and hi of every key, and the largest hi of each chunk.
+template <class T>
+struct RunBounds {
+  std::vector<T> lo = std::vector<T>(kScanRows), hi = std::vector<T>(kScanRows),
+                 chunk_top = std::vector<T>(kScanRows / kScreenChunk);
+};
+
+// Bounds (lo, hi, rows) of one query against rows keys, and the largest hi of each chunk of
+// kScreenChunk (chunk_top): the screen's one pass over every pair, vectorised. Returns the
+// largest hi, so that a run none of whose keys can pass costs one comparison.
 template <Metric M, class T>
-LARIMAR_MULTIVERSION T upper_bounds(const std::int32_t* dots, index_t rows, QueryFacts<T> qf,
-                                    Int8Rows<T> kr, const T* k_sq, T* __restrict hi) {
+LARIMAR_MULTIVERSION T run_bounds(const std::int32_t* dots, index_t rows, QueryFacts<T> qf,
+                                  Int8Rows<T> kr, const T* k_sq, T* __restrict lo, T* __restrict hi,
+                                  T* __restrict chunk_top) {
   T top = -std::numeric_limits<T>::infinity();
-#pragma omp simd reduction(max : top)
-  for (index_t j = 0; j < rows; ++j) {
-    T l, h;
-    pair_bounds<M>(dots[j], j, qf, kr, k_sq, l, h);
-    hi[j] = h;
-    top = std::max(top, h);
+  for (index_t j0 = 0; j0 < rows; j0 += kScreenChunk) {
+    const index_t j1 = std::min(rows, j0 + kScreenChunk);
+    T chunk = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(max : chunk)
+    for (index_t j = j0; j < j1; ++j) {
+      T l, h;
+      pair_bounds<M>(dots[j], j, qf, kr, k_sq, l, h);
+      lo[j] = l;
+      hi[j] = h;
+      chunk = std::max(chunk, h);
+    }
+    chunk_top[j0 / kScreenChunk] = chunk;
+    top = std::max(top, chunk);
   }
+  // A last partial chunk's tail passes nothing (the screen reads whole chunks).
+  for (index_t j = rows; j % kScreenChunk != 0; ++j) hi[j] = -std::numeric_limits<T>::infinity();
   return top;
 }
 
 // Screens one query against one run of keys: every key whose upper bound reaches the bar (the
-// k-th largest lower bound so far) is kept and its lower bound raises the bar.
+// k-th largest lower bound so far) is kept and its lower bound raises the bar. The bar only
+// rises, so a chunk whose largest upper bound is below it holds no key to keep.
 template <Metric M, class T>
 void screen(const std::int32_t* dots, index_t rows, index_t first_id, const QueryFacts<T>& qf,
-            const Int8Rows<T>& kr, const T* k_sq, T* hi, LowerBounds<T>& bar,
+            const Int8Rows<T>& kr, const T* k_sq, RunBounds<T>& rb, LowerBounds<T>& bar,
             std::vector<Kept<T>>& kept) {
   T at_least = bar.bar();
-  if (upper_bounds<M>(dots, rows, qf, kr, k_sq, hi) < at_least) return;
-  for (index_t j = 0; j < rows; ++j) {
-    if (hi[j] < at_least) continue;
-    T l, h;
-    pair_bounds<M>(dots[j], j, qf, kr, k_sq, l, h);
-    bar.push(l);
-    at_least = bar.bar();
-    kept.push_back({h, first_id + j});
+  const T* lo = rb.lo.data();
+  const T* hi = rb.hi.data();
+  if (run_bounds<M>(dots, rows, qf, kr, k_sq, rb.lo.data(), rb.hi.data(), rb.chunk_top.data()) <
+      at_least)
+    return;
+  for (index_t j0 = 0; j0 < rows; j0 += kScreenChunk) {
+    if (rb.chunk_top[j0 / kScreenChunk] < at_least) continue;
+    // The chunk's keys that reach the bar as a bit mask (a vector compare), visited bit by
+    // bit: a branch per key on its bound mispredicted on most keys of a passing chunk.
+    std::uint32_t pass = 0;
+    for (index_t b = 0; b < kScreenChunk; ++b) pass |= std::uint32_t(hi[j0 + b] >= at_least) << b;
+    for (; pass != 0; pass &= pass - 1) {
+      const index_t j = j0 + __builtin_ctz(pass);
+      if (hi[j] < at_least) continue;  // the bar rose since the mask
+      bar.push(lo[j]);
+      at_least = bar.bar();
+      kept.push_back({hi[j], first_id + j});
+    }
+  }
+}
+
+// Asks the OS for the pages of the shortlisted key rows at once (a hint: errors are ignored),
+// one call per run of adjacent pages (a query's ids are sorted), not one per row.
+template <class T>
+void request_rows(const std::vector<KeyBlock<T>>& blocks, index_t d,
+                  const std::vector<std::vector<index_t>>& shortlist) {
+  const std::uintptr_t page = static_cast<std::uintptr_t>(sysconf(_SC_PAGESIZE));
+  auto ask = [](std::uintptr_t lo, std::uintptr_t hi) {
+    if (hi > lo) posix_madvise(reinterpret_cast<void*>(lo), hi - lo, POSIX_MADV_WILLNEED);
+  };
+  for (const auto& ids : shortlist) {
+    std::uintptr_t run_lo = 0, run_hi = 0;
+    for (index_t id : ids) {
+      const auto at = reinterpret_cast<std::uintptr_t>(find_key_row(blocks, d, id).key);
+      const std::uintptr_t lo = at / page * page, hi = at + sizeof(T) * d;
+      if (lo <= run_hi + page && lo >= run_lo) {
+        run_hi = std::max(run_hi, hi);
+        continue;
+      }
+      ask(run_lo, run_hi);
+      run_lo = lo, run_hi = hi;
+    }
+    ask(run_lo, run_hi);
   }
 }
 
 // One query block (nq <= kSearchQueryBlock): screen every key by its bounds, then re-score
 // the kept ones with score_rows, whose bits search() returns.
-// Asks the OS for the pages of the shortlisted key rows at once (a hint: errors are ignored).
-template <class T>
-void request_rows(const std::vector<KeyBlock<T>>& blocks, index_t d,
-                  const std::vector<std::vector<index_t>>& shortlist) {
-  const std::uintptr_t page = static_cast<std::uintptr_t>(sysconf(_SC_PAGESIZE));
-  for (const auto& ids : shortlist)
-    for (index_t id : ids) {
-      const auto at = reinterpret_cast<std::uintptr_t>(find_key_row(blocks, d, id).key);
-      const std::uintptr_t lo = at / page * page, hi = at + sizeof(T) * d;
-      posix_madvise(reinterpret_cast<void*>(lo), hi - lo, POSIX_MADV_WILLNEED);
-    }
-}
-
 template <class T>
 bool search_block(const T* queries, index_t nq, index_t d, const std::vector<KeyBlock<T>>& blocks,
                   const std::vector<Int8Rows<T>>& int8, index_t k, Metric metric, index_t* out_ids,
@@ -458,7 +517,7 @@ bool search_block(const T* queries, index_t nq, index_t d, const std::vector<Key
     bars[w].assign(nq, LowerBounds<T>(k));
     kept[w].resize(nq);
     std::vector<std::int32_t> dots(static_cast<std::size_t>(path.max_queries) * kScanRows);
-    std::vector<T> hi(kScanRows);
+    RunBounds<T> rb;
     const index_t first_task = w * static_cast<index_t>(tasks.size()) / workers;
     const index_t end_task = (w + 1) * static_cast<index_t>(tasks.size()) / workers;
     for (index_t t = first_task; t < end_task; ++t) {
@@ -480,11 +539,11 @@ bool search_block(const T* queries, index_t nq, index_t d, const std::vector<Key
           std::vector<Kept<T>>& mine = kept[w][i0 + i];
           const QueryFacts<T>& qf = facts[i0 + i];
           if (metric == Metric::Cosine)
-            screen<Metric::Cosine>(di, task.rows, first, qf, kr, k_sq, hi.data(), bar, mine);
+            screen<Metric::Cosine>(di, task.rows, first, qf, kr, k_sq, rb, bar, mine);
           else if (metric == Metric::L2)
-            screen<Metric::L2>(di, task.rows, first, qf, kr, k_sq, hi.data(), bar, mine);
+            screen<Metric::L2>(di, task.rows, first, qf, kr, k_sq, rb, bar, mine);
           else
-            screen<Metric::InnerProduct>(di, task.rows, first, qf, kr, k_sq, hi.data(), bar, mine);
+            screen<Metric::InnerProduct>(di, task.rows, first, qf, kr, k_sq, rb, bar, mine);
         }
       }
     }
@@ -513,15 +572,42 @@ bool search_block(const T* queries, index_t nq, index_t d, const std::vector<Key
   if (!bounded) return float_search();
   if (keys_may_be_mapped && !decoded) request_rows(blocks, d, shortlist);
 
+  // Queries whose shortlist is wide (near-ties around the k-th score, common at k > 1 on
+  // anisotropic keys) go to the float search together: one product over the keys costs less
+  // than re-scoring thousands of scattered rows one by one, and gives the same result.
+  // Not for keys that may be mapped from disk (the float scan would read them all) nor for
+  // an int8-only store (it has no float keys to scan).
+  bool all_finite = true;
+  if (!keys_may_be_mapped && !decoded) {
+    index_t total = 0;
+    for (const KeyBlock<T>& b : blocks) total += b.rows;
+    std::vector<index_t> wide;
+    for (index_t i = 0; i < nq; ++i)
+      if (static_cast<index_t>(shortlist[i].size()) * kWideShortlist > total) wide.push_back(i);
+    if (!wide.empty()) {
+      const index_t nw = static_cast<index_t>(wide.size());
+      std::vector<T> wq(static_cast<std::size_t>(nw * d)), ws(static_cast<std::size_t>(nw * k));
+      std::vector<index_t> wi(static_cast<std::size_t>(nw * k));
+      for (index_t r = 0; r < nw; ++r) std::copy_n(queries + wide[r] * d, d, wq.data() + r * d);
+      all_finite = search(wq.data(), nw, d, blocks, k, metric, wi.data(), ws.data());
+      for (index_t r = 0; r < nw; ++r) {
+        std::copy_n(wi.data() + r * k, k, out_ids + wide[r] * k);
+        std::copy_n(ws.data() + r * k, k, out_scores + wide[r] * k);
+        shortlist[wide[r]].clear();  // answered
+      }
+    }
+  }
+
   // The exact step, each query's shortlist re-scored in place. Queries in parallel: the
   // shortlisted rows are scattered, so this is latency-bound.
   std::vector<char> finite(nq, 1);
   parallel_for(nq, [&](index_t i) {
+    if (shortlist[i].empty()) return;  // answered by the float search
     finite[i] = rescore_top_k(queries + i * d, q_sq.data() + i, key_row, d, metric,
                               shortlist[i].data(), static_cast<index_t>(shortlist[i].size()), k,
                               out_ids + i * k, out_scores + i * k);
   });
-  return std::all_of(finite.begin(), finite.end(), [](char f) { return f != 0; });
+  return all_finite && std::all_of(finite.begin(), finite.end(), [](char f) { return f != 0; });
 }
 
 }  // namespace

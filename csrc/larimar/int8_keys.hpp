@@ -106,7 +106,9 @@ std::size_t int8_rows_bytes(index_t rows, index_t d);
 // decoding (decode_int8_key), as if those were its keys. Returns false when a re-scored score was
 // not finite (as search does). keys_may_be_mapped: the float keys may be a file's memory map, so
 // the shortlisted rows are asked of the OS together (posix_madvise WILLNEED) before they are read:
-// their page faults overlap instead of waiting on the disk one row at a time.
+// their page faults overlap instead of waiting on the disk one row at a time. Keys not mapped:
+// a query whose shortlist is wide (more than a sixteenth of the keys) is answered by search()
+// itself, whose one product costs less than re-scoring that many scattered rows.
 template <class T>
 bool search_int8(const T* queries, index_t nq, index_t d, const std::vector<KeyBlock<T>>& blocks,
                  const std::vector<Int8Rows<T>>& int8, index_t k, Metric metric, index_t* out_ids,

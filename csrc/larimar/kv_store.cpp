@@ -531,6 +531,7 @@ KeyView<T>::KeyView(const T* keys, index_t n, index_t d, Metric metric, KeyCodes
           "expected \"none\" or \"int8\" (a view searches float keys it does not own)");
   check_dim(n, "keys", "number of rows");
   check_dim(d, "keys", "key dimension");
+  keys_may_be_mapped_ = may_read_from_disk(keys, static_cast<std::size_t>(n * d) * sizeof(T));
   const bool int8 = codes_ == KeyCodes::Int8;
   if (int8)
     require(d <= kMaxInt8Dim, "keys",
@@ -563,8 +564,7 @@ void KeyView<T>::search(const T* queries, index_t nq, index_t k, index_t* ids, T
   std::vector<Int8Rows<T>> int8;
   if (codes_ == KeyCodes::Int8)
     int8.push_back(int8_rows(codes_buf_.data(), facts_.data(), sums_.data(), n_));
-  search_keys(queries, nq, d_, blocks(), int8, k, metric_, ids, scores,
-              /*keys_may_be_mapped=*/true);
+  search_keys(queries, nq, d_, blocks(), int8, k, metric_, ids, scores, keys_may_be_mapped_);
 }
 
 template <class T>

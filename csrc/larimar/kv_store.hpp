@@ -174,6 +174,7 @@ class KeyView {
   index_t key_dim() const { return d_; }
   Metric metric() const { return metric_; }
   KeyCodes key_codes() const { return codes_; }
+  bool keys_may_be_mapped() const { return keys_may_be_mapped_; }
   // Bytes the view itself holds (norms, codes and their facts), not the keys'.
   std::size_t bytes() const;
 
@@ -184,6 +185,7 @@ class KeyView {
   index_t n_, d_;
   Metric metric_;
   KeyCodes codes_;
+  bool keys_may_be_mapped_;  // keys on disk when the view was made: read them sparingly
   std::vector<T> sq_norms_;
   std::vector<std::int8_t> codes_buf_;
   std::vector<T> facts_;  // scale, err, norm, inv_norm: 4 runs of n

@@ -1,11 +1,14 @@
 #include <omp.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <limits>
+#include <vector>
 
 #include "larimar/common.hpp"
 #include "larimar/linalg.hpp"
@@ -114,6 +117,40 @@ void check_allocation(double bytes, const std::string& arg, const std::string& w
   std::snprintf(buf, sizeof buf, " needs %.3g GiB, over the memory limit of %.3g GiB",
                 bytes / 1073741824.0, limit / 1073741824.0);
   throw ResourceLimit(arg + ": " + what + buf + " (larimar_ext.set_memory_limit)");
+}
+
+namespace {
+// Whether some byte of [lo, hi) lies in a file mapping (nonzero inode in /proc/self/maps).
+bool file_mapped(std::uintptr_t lo, std::uintptr_t hi) {
+  std::FILE* maps = std::fopen("/proc/self/maps", "r");
+  if (maps == nullptr) return true;
+  bool file = false, seen = false;
+  char line[4096];
+  // Lines: "start-end perms offset dev inode [path]".
+  while (!file && std::fgets(line, sizeof line, maps) != nullptr) {
+    unsigned long start = 0, end = 0, inode = 0;
+    if (std::sscanf(line, "%lx-%lx %*s %*s %*s %lu", &start, &end, &inode) != 3) {
+      file = true;  // a line this parser does not read: assume the worst
+      break;
+    }
+    if (end <= lo || start >= hi) continue;
+    seen = true;
+    file = inode != 0;
+  }
+  std::fclose(maps);
+  return file || !seen;
+}
+}  // namespace
+
+bool may_read_from_disk(const void* data, std::size_t bytes) {
+  if (bytes == 0) return false;
+  const std::uintptr_t page = static_cast<std::uintptr_t>(sysconf(_SC_PAGESIZE));
+  const std::uintptr_t lo = reinterpret_cast<std::uintptr_t>(data) / page * page;
+  const std::uintptr_t hi = reinterpret_cast<std::uintptr_t>(data) + bytes;
+  if (!file_mapped(lo, hi)) return false;
+  std::vector<unsigned char> resident((hi - lo + page - 1) / page);
+  if (mincore(reinterpret_cast<void*>(lo), hi - lo, resident.data()) != 0) return true;
+  return std::any_of(resident.begin(), resident.end(), [](unsigned char r) { return !(r & 1); });
 }
 
 int num_threads() {

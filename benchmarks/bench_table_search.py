@@ -1,0 +1,100 @@
+"""Exact top-k over the decoder's embedding table, the slot snap's search: int8 codes against
+the float32 scan on anisotropic keys, by k.
+
+Keys: SmolLM2's 49,152 x 576 input embedding table (cosine), the table every live slot of an
+ingest is snapped to. Its rows share a common direction, so scores near the top are crowded
+and the int8 screen's bound keeps more keys than on isotropic data. Queries:
+
+  slots      the soft tokens of the live slots of one essay's segments, as the ingest
+             snaps them (captured from ``SlotPrefix.nearest_ids``; --quick: a few segments)
+  gaussian   standard normal queries of the table's width
+
+Methods, both through ``_core.KeyViewF32`` (the snap's view of the table) and timed in
+interleaved rounds in one process: ``key_codes="int8"`` and the plain float32 search. Every
+int8 result is checked equal to the float32 one (ids and score bits). The figure is the
+int8 search's speed as a multiple of the float32 search's in the same run; k = 1 is the
+snap, k > 1 shows where near-ties widen the shortlist.
+
+    python benchmarks/bench_table_search.py [--quick] [--no-save] [--no-wait] [--queries 1024]
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as cm  # noqa: E402
+import numpy as np  # noqa: E402
+
+KS = (1, 2, 8, 65)
+
+
+def extra(p) -> None:
+    p.add_argument("--queries", type=int, default=1024, help="queries per set (slots: at most)")
+
+
+def slot_queries(model, text: str, limit: int) -> np.ndarray:
+    """The soft tokens (n, H) the ingest of text snaps, in the order it snaps them."""
+    from larimar_ext.longcontext import LongContextMemory
+    prefix = model.prefix
+    seen: list[np.ndarray] = []
+    snap = prefix.nearest_ids
+
+    def capture(soft, embeddings):
+        seen.append(soft.detach().reshape(-1, soft.shape[-1]).float().numpy().copy())
+        return snap(soft, embeddings)
+
+    prefix.nearest_ids = capture
+    try:
+        LongContextMemory(model).ingest(text)
+    finally:
+        del prefix.nearest_ids   # the class's method again
+    return np.ascontiguousarray(np.concatenate(seen)[:limit])
+
+
+def main() -> int:
+    args = cm.parse_args(__doc__.splitlines()[0], extra)
+    import torch
+
+    from larimar_ext import _core
+    from larimar_ext.model import LarimarModel
+    cm.set_all_threads(torch=torch, lx=cm.import_larimar())
+    model = LarimarModel.from_pretrained()
+    table = model.decoder.get_input_embeddings().weight.detach().numpy()
+    essay = sorted(Path(cm.ESSAYS_DIR).glob("*.txt"))[0].read_text()
+    n = 64 if args.quick else args.queries
+    rng = np.random.default_rng(0)
+    queries = {"slots": slot_queries(model, essay[:3000] if args.quick else essay, n),
+               "gaussian": rng.standard_normal((n, table.shape[1])).astype(np.float32)}
+    views = {"int8": _core.KeyViewF32(table, "cosine", "int8"),
+             "float32": _core.KeyViewF32(table, "cosine")}
+    rows, runs = [], []
+    for set_name, Q in queries.items():
+        for k in KS:
+            out = {}
+            times = cm.timeit_interleaved(
+                {name: (lambda name=name, v=v: out.__setitem__(name, v.search(Q, k)))
+                 for name, v in views.items()}, rounds=3, inner=1 if args.quick else 2)
+            (ids8, sc8), (idsf, scf) = out["int8"], out["float32"]
+            same = bool(np.array_equal(ids8, idsf) and np.array_equal(sc8.view(np.int32),
+                                                                      scf.view(np.int32)))
+            t8, tf = times["int8"]["median"], times["float32"]["median"]
+            runs.append({"queries": set_name, "n": len(Q), "k": k, "int8_s": t8, "float32_s": tf,
+                         "speedup": tf / t8, "identical": same})
+            rows.append([set_name, k, cm.fmt_time(t8 / len(Q)), cm.fmt_time(tf / len(Q)),
+                         cm.fmt_ratio(tf / t8), "yes" if same else "**NO**"])
+    print(f"## Exact top-k over the {table.shape[0]:,} x {table.shape[1]} embedding table "
+          f"(cosine), {n:,} queries a set\n")
+    print(cm.md_table(["queries", "k", "int8 per query", "float32 per query",
+                       "int8 speed / float32", "identical"], rows))
+    result = {"config": {"table": list(table.shape), "queries": n, "ks": list(KS)},
+              "runs": runs, "environment": cm.machine_info(torch=torch)}
+    cm.report_foreign_load(result, args)
+    targets = [{"name": "int8 results identical to float32 (all sets and k)", "op": ">=",
+                "threshold": 1, "value": float(all(r["identical"] for r in runs)),
+                "fmt": lambda x: "yes" if x >= 1 else "no"}]
+    return cm.keep_result("table_search", result, targets, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
