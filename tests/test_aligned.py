@@ -10,12 +10,15 @@ import time
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
 from larimar_ext.model import LarimarModel  # noqa: E402
-from larimar_ext.model.aligned import AlignedPooler, SlotAligner, SlotPrefix  # noqa: E402
+from larimar_ext.model.aligned import (AlignedPooler, SlotAligner, SlotPrefix,  # noqa: E402
+                                       _PieceFinder)
 
 SENTENCES = [f"order {n} went to {city} today ." for n, city in zip(
     ["4821", "907", "55213", "12", "30118", "6", "771", "2024", "48213", "3190", "88", "500",
@@ -93,6 +96,22 @@ def test_aligner_finds_every_decoder_token_inside_its_encoder_piece(toks):
     long = aligner(["order " + "1" * 20 + " went ."])
     assert (bool(long.live.all())
             and long.target_ids[0, 1:].eq(dec_tok.convert_tokens_to_ids("1")).all())
+
+
+@settings(max_examples=200, deadline=None)
+@given(spans=st.lists(st.tuples(st.integers(0, 30), st.integers(1, 6)), min_size=1, max_size=12),
+       ordered=st.booleans(), c=st.integers(0, 40))
+def test_piece_finder_answers_as_the_scan_in_token_order(spans, ordered, c):
+    # pieces as word-piece offsets give them (starts and ends ascending, bisected) or in any
+    # order (scanned); either way the first piece in token order that qualifies
+    if ordered:
+        spans = sorted(spans)
+    pieces = [(a, a + n, j) for j, (a, n) in enumerate(spans)]
+    find = _PieceFinder(pieces)
+    covering = next(((x, j) for x, y, j in pieces if x <= c < y), None)
+    following = next(((x, j) for x, y, j in pieces if x >= c), pieces[-1][::2])
+    assert find.covering(c) == covering
+    assert find.next_from(c) == following
 
 
 def test_aligner_needs_fast_tokenizers(toks):

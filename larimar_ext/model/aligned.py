@@ -24,6 +24,7 @@ other; a readout's slots stay aligned because memory reads are linear.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -86,14 +87,17 @@ class SlotAligner:
                                      return_offsets_mapping=True)
         dec = self.decoder_tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
         B, P = len(texts), self.num_slots
-        fields = {k: torch.zeros(B, P, dtype=torch.long)
-                  for k in ("piece", "offset", "length", "space", "target_ids")}
-        live = torch.zeros(B, P, dtype=torch.bool)
+        # built as lists and made tensors once: an element-wise tensor write costs a
+        # microsecond or more, and there are five per decoder token
+        rows = {k: [[0] * P for _ in range(B)]
+                for k in ("piece", "offset", "length", "space", "target_ids")}
+        live = [[False] * P for _ in range(B)]
         offsets = enc["offset_mapping"].tolist()
         for i, text in enumerate(texts):
             pieces = [(a, b, j) for j, (a, b) in enumerate(offsets[i]) if b > a]
             if not pieces:
                 continue
+            find = _PieceFinder(pieces)
             for p, ((a, b), tid) in enumerate(zip(dec["offset_mapping"][i][:P],
                                                   dec["input_ids"][i][:P])):
                 start = a
@@ -101,19 +105,49 @@ class SlotAligner:
                     start += 1
                 # the piece covering the token's first visible character, else the next piece
                 # (a bare-space token), else the last one
-                hit = next(((x, j) for x, y, j in pieces if x <= start < y), None)
+                hit = find.covering(start)
                 if hit is None:
-                    hit = next(((x, j) for x, y, j in pieces if x >= start), pieces[-1][::2])
-                    off = 0
+                    hit, off = find.next_from(start), 0
                 else:
                     off = start - hit[0]
-                fields["piece"][i, p] = hit[1]
-                fields["offset"][i, p] = min(off, _MAX_OFFSET - 1)
-                fields["length"][i, p] = min(b - start, _MAX_OFFSET - 1)
-                fields["space"][i, p] = int(start > a)
-                fields["target_ids"][i, p] = tid
-                live[i, p] = True
-        return AlignedSegments(enc["input_ids"], enc["attention_mask"], live=live, **fields)
+                rows["piece"][i][p] = hit[1]
+                rows["offset"][i][p] = min(off, _MAX_OFFSET - 1)
+                rows["length"][i][p] = min(b - start, _MAX_OFFSET - 1)
+                rows["space"][i][p] = int(start > a)
+                rows["target_ids"][i][p] = tid
+                live[i][p] = True
+        fields = {k: torch.tensor(v, dtype=torch.long).reshape(B, P) for k, v in rows.items()}
+        return AlignedSegments(enc["input_ids"], enc["attention_mask"],
+                               live=torch.tensor(live, dtype=torch.bool).reshape(B, P), **fields)
+
+
+class _PieceFinder:
+    """The encoder pieces (start, end, index) of one text, in token order, searched by
+    character: by bisection when starts and ends both ascend (what word-piece offsets do),
+    else by a scan. Either way the answer is the first piece in token order that qualifies."""
+
+    def __init__(self, pieces: list[tuple[int, int, int]]) -> None:
+        self.pieces = pieces
+        self.starts = [x for x, _, _ in pieces]
+        self.ends = [y for _, y, _ in pieces]
+        self.sorted = all(self.starts[n] <= self.starts[n + 1] and self.ends[n] <= self.ends[n + 1]
+                          for n in range(len(pieces) - 1))
+
+    def covering(self, c: int) -> Optional[tuple[int, int]]:
+        """(start, index) of the first piece with start <= c < end, or None."""
+        if not self.sorted:
+            return next(((x, j) for x, y, j in self.pieces if x <= c < y), None)
+        # pieces with start <= c are a prefix; among them the first with end > c
+        prefix = bisect.bisect_right(self.starts, c)
+        n = bisect.bisect_right(self.ends, c, 0, prefix)
+        return (self.starts[n], self.pieces[n][2]) if n < prefix else None
+
+    def next_from(self, c: int) -> tuple[int, int]:
+        """(start, index) of the first piece with start >= c, else of the last piece."""
+        if not self.sorted:
+            return next(((x, j) for x, y, j in self.pieces if x >= c), self.pieces[-1][::2])
+        n = bisect.bisect_left(self.starts, c)
+        return self.pieces[n][::2] if n < len(self.pieces) else self.pieces[-1][::2]
 
 
 class AlignedPooler(nn.Module):
