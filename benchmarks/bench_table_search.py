@@ -9,8 +9,9 @@ and the int8 screen's bound keeps more keys than on isotropic data. Queries:
              snaps them (captured from ``SlotPrefix.nearest_ids``; --quick: a few segments)
   gaussian   standard normal queries of the table's width
 
-Methods, both through ``_core.KeyViewF32`` (the snap's view of the table) and timed in
-interleaved rounds in one process: ``key_codes="int8"`` and the plain float32 search. Every
+Methods, all through ``_core.KeyViewF32`` (the snap's view of the table) and timed in
+interleaved rounds in one process: ``key_codes="int8"``, the same with the snap's hints (its
+aligned decoder tokens; slots at k = 1, the snap's own call) and the plain float32 search. Every
 int8 result is checked equal to the float32 one (ids and score bits). The figure is the
 int8 search's speed as a multiple of the float32 search's in the same run; k = 1 is the
 snap, k > 1 shows where near-ties widen the shortlist.
@@ -33,23 +34,27 @@ def extra(p) -> None:
     p.add_argument("--queries", type=int, default=1024, help="queries per set (slots: at most)")
 
 
-def slot_queries(model, text: str, limit: int) -> np.ndarray:
-    """The soft tokens (n, H) the ingest of text snaps, in the order it snaps them."""
+def slot_queries(model, text: str, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """The soft tokens (n, H) the ingest of text snaps, in the order it snaps them, and the
+    hints (n, 1) it snaps them with (each slot's aligned decoder token)."""
     from larimar_ext.longcontext import LongContextMemory
     prefix = model.prefix
     seen: list[np.ndarray] = []
+    hints: list[np.ndarray] = []
     snap = prefix.nearest_ids
 
-    def capture(soft, embeddings):
+    def capture(soft, embeddings, guess=None):
         seen.append(soft.detach().reshape(-1, soft.shape[-1]).float().numpy().copy())
-        return snap(soft, embeddings)
+        hints.append(guess.reshape(-1, 1).numpy().astype(np.int64))
+        return snap(soft, embeddings, guess)
 
     prefix.nearest_ids = capture
     try:
         LongContextMemory(model).ingest(text)
     finally:
         del prefix.nearest_ids   # the class's method again
-    return np.ascontiguousarray(np.concatenate(seen)[:limit])
+    return (np.ascontiguousarray(np.concatenate(seen)[:limit]),
+            np.ascontiguousarray(np.concatenate(hints)[:limit]))
 
 
 def main() -> int:
@@ -64,29 +69,38 @@ def main() -> int:
     essay = sorted(Path(cm.ESSAYS_DIR).glob("*.txt"))[0].read_text()
     n = 64 if args.quick else args.queries
     rng = np.random.default_rng(0)
-    queries = {"slots": slot_queries(model, essay[:3000] if args.quick else essay, n),
-               "gaussian": rng.standard_normal((n, table.shape[1])).astype(np.float32)}
-    views = {"int8": _core.KeyViewF32(table, "cosine", "int8"),
-             "float32": _core.KeyViewF32(table, "cosine")}
+    slots, slot_hints = slot_queries(model, essay[:3000] if args.quick else essay, n)
+    queries = {"slots": (slots, slot_hints),
+               "gaussian": (rng.standard_normal((n, table.shape[1])).astype(np.float32), None)}
+    int8, plain = _core.KeyViewF32(table, "cosine", "int8"), _core.KeyViewF32(table, "cosine")
     rows, runs = [], []
-    for set_name, Q in queries.items():
+    for set_name, (Q, hints) in queries.items():
         for k in KS:
+            # the snap's own call (k = 1, its aligned tokens as hints) beside the plain one
+            methods = {"int8": lambda: int8.search(Q, k), "float32": lambda: plain.search(Q, k)}
+            if hints is not None and k == 1:
+                methods["int8, hinted"] = lambda: int8.search(Q, k, hints)
             out = {}
             times = cm.timeit_interleaved(
-                {name: (lambda name=name, v=v: out.__setitem__(name, v.search(Q, k)))
-                 for name, v in views.items()}, rounds=3, inner=1 if args.quick else 2)
-            (ids8, sc8), (idsf, scf) = out["int8"], out["float32"]
-            same = bool(np.array_equal(ids8, idsf) and np.array_equal(sc8.view(np.int32),
-                                                                      scf.view(np.int32)))
-            t8, tf = times["int8"]["median"], times["float32"]["median"]
-            runs.append({"queries": set_name, "n": len(Q), "k": k, "int8_s": t8, "float32_s": tf,
-                         "speedup": tf / t8, "identical": same})
-            rows.append([set_name, k, cm.fmt_time(t8 / len(Q)), cm.fmt_time(tf / len(Q)),
-                         cm.fmt_ratio(tf / t8), "yes" if same else "**NO**"])
+                {name: (lambda name=name, f=f: out.__setitem__(name, f()))
+                 for name, f in methods.items()}, rounds=3, inner=1 if args.quick else 2)
+            idsf, scf = out["float32"]
+            tf = times["float32"]["median"]
+            for name in (m for m in methods if m != "float32"):
+                ids8, sc8 = out[name]
+                same = bool(np.array_equal(ids8, idsf)
+                            and np.array_equal(sc8.view(np.int32), scf.view(np.int32)))
+                t8 = times[name]["median"]
+                runs.append({"queries": set_name, "method": name, "n": len(Q), "k": k,
+                             "int8_s": t8, "float32_s": tf, "speedup": tf / t8,
+                             "identical": same})
+                rows.append([set_name, k, name, cm.fmt_time(t8 / len(Q)),
+                             cm.fmt_time(tf / len(Q)), cm.fmt_ratio(tf / t8),
+                             "yes" if same else "**NO**"])
     print(f"## Exact top-k over the {table.shape[0]:,} x {table.shape[1]} embedding table "
           f"(cosine), {n:,} queries a set\n")
-    print(cm.md_table(["queries", "k", "int8 per query", "float32 per query",
-                       "int8 speed / float32", "identical"], rows))
+    print(cm.md_table(["queries", "k", "method", "per query", "float32 per query",
+                       "speed / float32", "identical"], rows))
     result = {"config": {"table": list(table.shape), "queries": n, "ks": list(KS)},
               "runs": runs, "environment": cm.machine_info(torch=torch)}
     cm.report_foreign_load(result, args)

@@ -205,8 +205,14 @@ class _KeyView(Generic[_F]):
     scan of every key."""
     def __init__(self, keys: NDArray[_F], metric: str, key_codes: str = "none") -> None:
         """Checks the keys finite (ValueError naming keys) and builds norms and codes."""
-    def search(self, Q: NDArray[_F], k: int) -> Tuple[_Ids, NDArray[_F]]:
-        """Exact top-k (ids (nq, k), scores (nq, k)), as _KeyValueStore.search."""
+    def search(self, Q: NDArray[_F], k: int,
+               hints: Optional[_Ids] = None) -> Tuple[_Ids, NDArray[_F]]:
+        """Exact top-k (ids (nq, k), scores (nq, k)), as _KeyValueStore.search.
+
+        hints (nq, h) row ids: keys each query's top k likely holds (a snap's aligned token).
+        With int8 codes and k distinct hints, the k-th best of their exact scores starts the
+        screen's bar, so that only keys able to beat them are kept; the result is the same
+        with or without hints (ValueError naming hints for ids outside [0, n))."""
     def key_sq_norms(self, ids: _Ids) -> NDArray[_F]:
         """|key|^2 (n,) of row ids (n,)."""
     def __len__(self) -> int: ...

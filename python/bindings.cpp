@@ -650,7 +650,26 @@ void bind_key_view(py::module_& m, const char* name) {
            py::keep_alive<1, 2>(),  // the view reads keys for as long as it lives
            array_arg("keys"), py::arg("metric"), py::arg("key_codes") = "none",
            py::call_guard<py::gil_scoped_release>())
-      .def("search", &search_method<View, T>, array_arg("Q"), py::arg("k"))
+      .def(
+          "search",
+          [](const View& self, Array<T> q, index_t k, std::optional<Array<index_t>> hints) {
+            const index_t nq = search_rows(self, q, k);
+            index_t h = 0;
+            if (hints) {
+              if (hints->ndim() != 2 || hints->shape(0) != nq || hints->shape(1) < 1)
+                throw py::value_error("hints: expected int64 row ids (" + std::to_string(nq) +
+                                      ", h >= 1), one row per query");
+              h = hints->shape(1);
+            }
+            const index_t* hint_ids = hints ? hints->data() : nullptr;
+            return compute(
+                "k",
+                [&](index_t* ids, T* scores) {
+                  self.search(q.data(), nq, k, ids, scores, hint_ids, h);
+                },
+                Out<index_t>{{nq, k}}, Out<T>{{nq, k}});
+          },
+          array_arg("Q"), py::arg("k"), py::arg("hints").none(true) = py::none())
       .def("key_sq_norms", &key_sq_norms_method<View, T>, array_arg("ids"))
       .def("__len__", &View::size)
       .def_property_readonly("nbytes", &View::bytes)

@@ -299,6 +299,25 @@ def test_token_values_answer_as_latents_do_in_a_fraction_of_the_bytes(model, tmp
         LongContextMemory(model, values="bytes")
 
 
+def test_slot_ids_do_not_depend_on_their_hints(model):
+    """The snap's hints (the aligned decoder tokens, or any ids) start the kernel's search
+    at a row's score; the ids are the nearest rows all the same."""
+    texts = ["The passkey is 40719. Remember it.", "Слоты: 日本語 and ünïcödé, 3.14159!",
+             "the the the the of of a a a 0 0 0 1 1 1"]
+    segments = model.aligner(texts)
+    z = model.encode(segments)
+    want = model.slot_ids(z)
+    vocab = model.decoder.get_input_embeddings().num_embeddings
+    wrong = torch.randint(0, vocab, segments.target_ids.shape,
+                          generator=torch.Generator().manual_seed(0))
+    for hints in (segments.target_ids, wrong, torch.zeros_like(wrong)):
+        assert torch.equal(model.slot_ids(z, hints=hints), want)
+    with pytest.raises(ValueError, match="hints"):
+        model.slot_ids(z, hints=segments.target_ids[:, :3])
+    with pytest.raises(ValueError, match="hints"):
+        model.slot_ids(z, hints=torch.full_like(wrong, vocab))
+
+
 def test_int8_keys_find_what_float_keys_find_in_a_quarter_of_the_bytes(model, tmp_path):
     """The recall memory's default keys are int8 codes: the same rows, passages and
     answers as float keys on these questions, a key in 408 bytes instead of 1,540, and

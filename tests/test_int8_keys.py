@@ -2,6 +2,7 @@
 (same ids, same score bits, same order), on every scan path this CPU has, on data made to
 trip a bounded shortlist: near-ties, duplicates, norms spread over 1e-3..1e3, zero keys."""
 import os
+import re
 
 import numpy as np
 import pytest
@@ -286,3 +287,39 @@ def test_a_key_view_knows_keys_on_disk_and_searches_every_kind_exactly(rng, tmp_
         want_ids, want_scores = plain.search(Q, k)
         np.testing.assert_array_equal(ids, want_ids)
         np.testing.assert_array_equal(scores.view(np.int32), want_scores.view(np.int32))
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_hints_start_the_screen_and_never_change_the_result(rng, isa, metric):
+    n, d = 2000, 40
+    keys, direction = adversarial_keys(rng, n, d, np.float32)
+    view = _core.KeyViewF32(keys, metric, "int8")
+    plain = _core.KeyViewF32(keys, metric)
+    Q = rng.standard_normal((50, d)).astype(np.float32)
+    Q[:10] = direction                                   # near-ties: hints among equals
+    Q[10:20] = keys[rng.integers(0, n, 10)] * 1.001      # near a stored key
+    for k in (1, 3, 10):
+        want_ids, want_scores = plain.search(Q, k)
+        right = want_ids                                  # the answer itself (k hints)
+        wrong = rng.integers(0, n, (len(Q), k + 2))       # anything
+        repeated = np.repeat(want_ids[:, :1], k + 1, 1)   # one distinct hint, k + 1 times
+        for hints in (right, wrong, repeated, np.concatenate([right, wrong], 1)):
+            ids, scores = view.search(Q, k, hints)
+            np.testing.assert_array_equal(ids, want_ids)
+            np.testing.assert_array_equal(scores.view(np.int32), want_scores.view(np.int32))
+
+
+def test_bad_hints_are_refused_naming_them(rng):
+    keys = rng.standard_normal((100, 8)).astype(np.float32)
+    view = _core.KeyViewF32(keys, "cosine", "int8")
+    Q = rng.standard_normal((3, 8)).astype(np.float32)
+    want = view.search(Q, 2)
+    for hints, match in ((np.zeros((2, 1), np.int64), "one row per query"),
+                         (np.zeros(3, np.int64), "one row per query"),
+                         (np.zeros((3, 0), np.int64), "h >= 1"),
+                         (np.full((3, 1), 100), r"\[0, 100\)"),
+                         (np.full((3, 1), -1), r"\[0, 100\)")):
+        with pytest.raises(ValueError, match="hints") as err:
+            view.search(Q, 2, hints)
+        assert re.search(match, str(err.value))
+    np.testing.assert_array_equal(view.search(Q, 2)[0], want[0])

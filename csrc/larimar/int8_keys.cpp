@@ -308,13 +308,15 @@ QueryFacts<T> quantize_query(const T* q, index_t d, index_t dp, T q_sq, Metric m
 
 // A min-heap of the k largest lower bounds seen: its top is the bar a key's upper bound must
 // reach to be kept.
+// floor: a score the k-th best is known to reach (from hints), the bar's least value.
 template <class T>
 class LowerBounds {
  public:
-  explicit LowerBounds(index_t k) : k_(k) { heap_.reserve(static_cast<std::size_t>(k)); }
+  LowerBounds(index_t k, T floor) : k_(k), floor_(floor) {
+    heap_.reserve(static_cast<std::size_t>(k));
+  }
   T bar() const {
-    return static_cast<index_t>(heap_.size()) < k_ ? -std::numeric_limits<T>::infinity()
-                                                   : heap_.front();
+    return static_cast<index_t>(heap_.size()) < k_ ? floor_ : std::max(floor_, heap_.front());
   }
   void push(T v) {
     if (static_cast<index_t>(heap_.size()) < k_) {
@@ -330,6 +332,7 @@ class LowerBounds {
 
  private:
   index_t k_;
+  T floor_;
   std::vector<T> heap_;
 };
 
@@ -463,7 +466,7 @@ void request_rows(const std::vector<KeyBlock<T>>& blocks, index_t d,
 template <class T>
 bool search_block(const T* queries, index_t nq, index_t d, const std::vector<KeyBlock<T>>& blocks,
                   const std::vector<Int8Rows<T>>& int8, index_t k, Metric metric, index_t* out_ids,
-                  T* out_scores, bool keys_may_be_mapped) {
+                  T* out_scores, bool keys_may_be_mapped, const index_t* hints, index_t h) {
   const index_t dp = int8_padded_dim(d);
   std::vector<T> q_sq(nq, T(0));
   row_sq_norms(queries, nq, d, q_sq.data());
@@ -495,6 +498,21 @@ bool search_block(const T* queries, index_t nq, index_t d, const std::vector<Key
   if (metric == Metric::Cosine)
     for (index_t i = 0; i < nq; ++i)
       if (double(q_sq[i]) < kTinySq) return float_search();
+  // Each query's floor: the k-th best exact score among its distinct hints (scored as the
+  // re-score scores), which the k-th best of all keys reaches; none without k of them.
+  std::vector<T> floors(nq, -std::numeric_limits<T>::infinity());
+  if (h > 0)
+    parallel_for(nq, [&](index_t i) {
+      std::vector<index_t> ids(hints + i * h, hints + (i + 1) * h);
+      std::sort(ids.begin(), ids.end());
+      ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+      if (static_cast<index_t>(ids.size()) < k) return;
+      std::vector<index_t> top_ids(k);
+      std::vector<T> top(k);
+      if (rescore_top_k(queries + i * d, q_sq.data() + i, key_row, d, metric, ids.data(),
+                        static_cast<index_t>(ids.size()), k, top_ids.data(), top.data()))
+        floors[i] = top[k - 1];
+    });
   std::vector<std::uint8_t> codes(static_cast<std::size_t>(nq * dp));
   std::vector<QueryFacts<T>> facts(nq);
   for (index_t i = 0; i < nq; ++i)
@@ -514,7 +532,8 @@ bool search_block(const T* queries, index_t nq, index_t d, const std::vector<Key
   std::vector<std::vector<std::vector<Kept<T>>>> kept(workers);
   const IntPath path = current_path();
   parallel_for(workers, [&](index_t w) {
-    bars[w].assign(nq, LowerBounds<T>(k));
+    bars[w].reserve(static_cast<std::size_t>(nq));
+    for (index_t i = 0; i < nq; ++i) bars[w].emplace_back(k, floors[i]);
     kept[w].resize(nq);
     std::vector<std::int32_t> dots(static_cast<std::size_t>(path.max_queries) * kScanRows);
     RunBounds<T> rb;
@@ -558,8 +577,13 @@ bool search_block(const T* queries, index_t nq, index_t d, const std::vector<Key
     std::vector<T> lows;
     for (index_t w = 0; w < workers; ++w)
       lows.insert(lows.end(), bars[w][i].values().begin(), bars[w][i].values().end());
+    // every kept hint pushed its lower bound, so with a floor there are still k lows
+    if (static_cast<index_t>(lows.size()) < k) {
+      bounded = false;
+      break;
+    }
     std::nth_element(lows.begin(), lows.begin() + (k - 1), lows.end(), std::greater<T>());
-    const T bar = lows[k - 1];
+    const T bar = std::max(lows[k - 1], floors[i]);
     for (index_t w = 0; w < workers; ++w)
       for (const Kept<T>& c : kept[w][i])
         if (c.upper >= bar) shortlist[i].push_back(c.id);
@@ -712,10 +736,11 @@ std::size_t int8_rows_bytes(index_t rows, index_t d) {
 template <class T>
 bool search_int8(const T* queries, index_t nq, index_t d, const std::vector<KeyBlock<T>>& blocks,
                  const std::vector<Int8Rows<T>>& int8, index_t k, Metric metric, index_t* out_ids,
-                 T* out_scores, bool keys_may_be_mapped) {
+                 T* out_scores, bool keys_may_be_mapped, const index_t* hints, index_t h) {
   return for_query_blocks(nq, [&](index_t q0, index_t n) {
     return search_block(queries + q0 * d, n, d, blocks, int8, k, metric, out_ids + q0 * k,
-                        out_scores + q0 * k, keys_may_be_mapped);
+                        out_scores + q0 * k, keys_may_be_mapped, h > 0 ? hints + q0 * h : nullptr,
+                        h);
   });
 }
 
@@ -730,7 +755,7 @@ bool search_int8(const T* queries, index_t nq, index_t d, const std::vector<KeyB
   template std::size_t int8_rows_bytes<T>(index_t, index_t);                                       \
   template bool search_int8<T>(const T*, index_t, index_t, const std::vector<KeyBlock<T>>&,        \
                                const std::vector<Int8Rows<T>>&, index_t, Metric, index_t*, T*,     \
-                               bool);
+                               bool, const index_t*, index_t);
 LARIMAR_INSTANTIATE(float)
 LARIMAR_INSTANTIATE(double)
 #undef LARIMAR_INSTANTIATE

@@ -109,9 +109,14 @@ std::size_t int8_rows_bytes(index_t rows, index_t d);
 // their page faults overlap instead of waiting on the disk one row at a time. Keys not mapped:
 // a query whose shortlist is wide (more than a sixteenth of the keys) is answered by search()
 // itself, whose one product costs less than re-scoring that many scattered rows.
+// hints (nq, h; valid ids, h = 0: none): keys each query's top k likely holds. With k distinct
+// hints, the k-th best of their exact scores is a score the k-th best of all keys reaches, so
+// the screen starts its bar there instead of at minus infinity: only keys that could beat the
+// hints are kept. The result is the same with or without hints; only the time changes.
 template <class T>
 bool search_int8(const T* queries, index_t nq, index_t d, const std::vector<KeyBlock<T>>& blocks,
                  const std::vector<Int8Rows<T>>& int8, index_t k, Metric metric, index_t* out_ids,
-                 T* out_scores, bool keys_may_be_mapped = false);
+                 T* out_scores, bool keys_may_be_mapped = false, const index_t* hints = nullptr,
+                 index_t h = 0);
 
 }  // namespace larimar

@@ -40,10 +40,10 @@ void check_saved_counts(const double* counts, index_t n) {
 }
 
 // Every row id in [0, size), all checked before any is used.
-void check_row_ids(const index_t* ids, index_t n, index_t size) {
-  require(n >= 0, "ids", "expected a non-negative number of ids");
+void check_row_ids(const index_t* ids, index_t n, index_t size, const std::string& arg = "ids") {
+  require(n >= 0, arg, "expected a non-negative number of ids");
   for (index_t i = 0; i < n; ++i)
-    require(ids[i] >= 0 && ids[i] < size, "ids",
+    require(ids[i] >= 0 && ids[i] < size, arg,
             "expected row ids in [0, " + str(size) + "), got " + str(ids[i]));
 }
 
@@ -52,10 +52,11 @@ void check_row_ids(const index_t* ids, index_t n, index_t size) {
 template <class T>
 void search_keys(const T* queries, index_t nq, index_t d, const std::vector<KeyBlock<T>>& blocks,
                  const std::vector<Int8Rows<T>>& int8, index_t k, Metric metric, index_t* ids,
-                 T* scores, bool keys_may_be_mapped) {
+                 T* scores, bool keys_may_be_mapped, const index_t* hints = nullptr,
+                 index_t h = 0) {
   const bool finite = int8.empty() ? search(queries, nq, d, blocks, k, metric, ids, scores)
                                    : search_int8(queries, nq, d, blocks, int8, k, metric, ids,
-                                                 scores, keys_may_be_mapped);
+                                                 scores, keys_may_be_mapped, hints, h);
   if (!finite) fail("Q", "scores overflow the range of the dtype (values too large to compare)");
 }
 }  // namespace
@@ -557,14 +558,17 @@ KeyView<T>::KeyView(const T* keys, index_t n, index_t d, Metric metric, KeyCodes
 }
 
 template <class T>
-void KeyView<T>::search(const T* queries, index_t nq, index_t k, index_t* ids, T* scores) const {
+void KeyView<T>::search(const T* queries, index_t nq, index_t k, index_t* ids, T* scores,
+                        const index_t* hints, index_t h) const {
   check_dim(nq, "Q", "number of queries");
   check_finite(queries, nq * d_, "Q");
   check_search_k(k, n_);
+  if (h > 0) check_row_ids(hints, nq * h, n_, "hints");
   std::vector<Int8Rows<T>> int8;
   if (codes_ == KeyCodes::Int8)
     int8.push_back(int8_rows(codes_buf_.data(), facts_.data(), sums_.data(), n_));
-  search_keys(queries, nq, d_, blocks(), int8, k, metric_, ids, scores, keys_may_be_mapped_);
+  search_keys(queries, nq, d_, blocks(), int8, k, metric_, ids, scores, keys_may_be_mapped_, hints,
+              h);
 }
 
 template <class T>

@@ -166,8 +166,11 @@ template <class T>
 class KeyView {
  public:
   KeyView(const T* keys, index_t n, index_t d, Metric metric, KeyCodes key_codes);
-  // As KeyValueStore::search: the same ids and score bits for the same keys.
-  void search(const T* queries, index_t nq, index_t k, index_t* ids, T* scores) const;
+  // As KeyValueStore::search: the same ids and score bits for the same keys. hints (nq, h
+  // row ids; h = 0: none): keys each query's top k likely holds, which with int8 codes start
+  // the screen's bar (search_int8); the result does not depend on them.
+  void search(const T* queries, index_t nq, index_t k, index_t* ids, T* scores,
+              const index_t* hints = nullptr, index_t h = 0) const;
   // Squared norms of row ids (out (n)), ids checked first.
   void key_sq_norms(const index_t* ids, index_t n, T* out) const;
   index_t size() const { return n_; }

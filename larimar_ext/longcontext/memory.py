@@ -395,8 +395,14 @@ class LongContextMemory:
 
     @torch.no_grad()
     def _encode_values_and_keys(self, texts: List[str]) -> Tuple[np.ndarray, np.ndarray]:
-        """(z (n, C), whole-segment keys (n, H)), from one encoder pass when the model can."""
+        """(z (n, C), whole-segment keys (n, H)), from one encoder pass when the model can.
+        Slot ids of an aligned model are snapped with the texts' aligned tokens as hints."""
         both = getattr(self.model, "encode_with_keys", None)
+        aligner = getattr(self.model, "aligner", None)
+        if callable(both) and self.values == "tokens" and getattr(self.model, "aligned", False):
+            segments = aligner(list(texts))
+            z, keys = both(segments)
+            return _host(self.model.slot_ids(z, hints=segments.target_ids)), _host(keys)
         if callable(both):
             z, keys = both(list(texts))
             return self._stored(z), _host(keys)

@@ -281,8 +281,13 @@ class SlotPrefix(nn.Module):
         return soft, self.live(z)
 
     @torch.no_grad()
-    def nearest_ids(self, soft: Tensor, embeddings: Tensor) -> Tensor:
+    def nearest_ids(self, soft: Tensor, embeddings: Tensor,
+                    hints: Optional[Tensor] = None) -> Tensor:
         """Ids (...,) of the rows of embeddings (V, H) nearest (cosine) to soft (..., H).
+
+        hints (...,): a row each soft token is likely nearest to (the decoder token its slot
+        was aligned to). They start the kernel's screen at that row's score; the ids do not
+        depend on them.
 
         A float32 table on the CPU is searched by the kernel: an exact top-1 over int8
         codes of the table (``KeyViewF32``, key_codes="int8"), which gives the float
@@ -310,5 +315,8 @@ class SlotPrefix(nn.Module):
         queries = soft.detach().reshape(-1, soft.shape[-1]).float().contiguous()
         if queries.shape[0] == 0:
             return torch.zeros(soft.shape[:-1], dtype=torch.long)
-        ids, _ = cached[1].search(queries.numpy(), 1)
+        hint_rows = None
+        if hints is not None:
+            hint_rows = hints.detach().reshape(-1, 1).to("cpu", torch.int64).contiguous().numpy()
+        ids, _ = cached[1].search(queries.numpy(), 1, hint_rows)
         return torch.from_numpy(ids[:, 0]).reshape(soft.shape[:-1]).to(torch.long)

@@ -265,14 +265,17 @@ class LarimarModel(nn.Module):
         return z, _retrieval_keys(output.last_hidden_state, segments.attention_mask)
 
     @torch.no_grad()
-    def encode_with_keys(self, texts: Texts) -> tuple[Tensor, Tensor]:
+    def encode_with_keys(self, texts: Union[Texts, AlignedSegments]) -> tuple[Tensor, Tensor]:
         """(z (n, C), keys (n, H_enc)) from one encoder pass: the latents of ``encode`` and
         the retrieval keys of ``encode_keys`` for the same texts (the key is the masked
         mean of the states the latent was pooled from, so a whole-segment key costs no
-        second pass; with ``int8_values`` both come from the int8 encoder)."""
-        texts = [texts] if isinstance(texts, str) else list(texts)
+        second pass; with ``int8_values`` both come from the int8 encoder). An aligned
+        model also takes the texts' ``AlignedSegments``."""
         if self.aligned:
+            if not isinstance(texts, AlignedSegments):
+                texts = [texts] if isinstance(texts, str) else list(texts)
             return self._encode_aligned(texts, with_keys=True)
+        texts = [texts] if isinstance(texts, str) else list(texts)
         return self._encode_plain(texts, with_keys=True)
 
     def int8_values(self, enable: bool = True) -> None:
@@ -474,16 +477,24 @@ class LarimarModel(nn.Module):
                              f"{tuple(readouts.shape)}")
 
     @torch.no_grad()
-    def slot_ids(self, readouts: Tensor) -> Tensor:
+    def slot_ids(self, readouts: Tensor, hints: Optional[Tensor] = None) -> Tensor:
         """The decoder tokens readouts (n, C) stand for, as the prefix path reads them: ids
         (n, P) of each live slot's nearest embedding row (cosine), -1 for dead slots.
 
         With ``prefix_snap`` (the default model) the decoder's input from these ids is the
         input from the readouts, row for row: ``complete``, ``complete_passages`` and
         ``complete_each_passage`` take either. A value kept this way is P small integers
-        instead of C floats (the long-context memory's ``values="tokens"``)."""
+        instead of C floats (the long-context memory's ``values="tokens"``).
+
+        hints (n, P): the decoder token each slot was aligned to (``AlignedSegments.
+        target_ids`` of the texts the readouts encode), which the snap's search starts from;
+        the ids do not depend on them, only the time."""
         if self.prefix is None:
             raise ValueError("readouts: slot ids need the prefix path")
+        if hints is not None and (hints.is_floating_point() or tuple(hints.shape) !=
+                                  (readouts.shape[0], self.prefix.num_slots)):
+            raise ValueError(f"hints: expected integer token ids ({readouts.shape[0]}, "
+                             f"{self.prefix.num_slots}), got {hints.dtype} {tuple(hints.shape)}")
         if not readouts.is_floating_point():
             raise ValueError(f"readouts: expected latents (n, {self.code_size}) of a float "
                              f"dtype, got {readouts.dtype}")
@@ -492,7 +503,8 @@ class LarimarModel(nn.Module):
         soft, live = self.prefix(readouts.to(embed.weight.device))
         ids = torch.full(live.shape, -1, dtype=torch.long, device=live.device)
         if live.any():
-            ids[live] = self.prefix.nearest_ids(soft[live], embed.weight)
+            guess = None if hints is None else hints.to(live.device)[live]
+            ids[live] = self.prefix.nearest_ids(soft[live], embed.weight, guess)
         return ids
 
     def _prefix_inputs(self, input_ids: Tensor, readout: Tensor,
