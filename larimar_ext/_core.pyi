@@ -203,8 +203,19 @@ class _KeyView(Generic[_F]):
     already in memory, as the OS reports them). Then int8 shortlists are asked of the OS
     before they are read, and a wide shortlist is re-scored rather than answered by a float
     scan of every key."""
-    def __init__(self, keys: NDArray[_F], metric: str, key_codes: str = "none") -> None:
-        """Checks the keys finite (ValueError naming keys) and builds norms and codes."""
+    projected_dims: Final[int]
+    """Dimensions of the projected screen (0 until the first hinted search builds it)."""
+    projected_answers: Final[int]
+    """Queries the projected screen has answered from their survivors."""
+    def __init__(self, keys: NDArray[_F], metric: str, key_codes: str = "none",
+                 projected_screen: bool = True) -> None:
+        """Checks the keys finite (ValueError naming keys) and builds norms and codes.
+
+        projected_screen: a hinted cosine search of an int8 view of >= 4,096 keys of >= 48
+        dimensions, in memory, first bounds every key through int8 codes of its projection
+        on the keys' top d/3 principal directions plus the residual norms (built on the first
+        such search), and re-scores only the keys that can reach the hints' score; a query
+        with too many such keys takes the full int8 scan. Same results either way."""
     def search(self, Q: NDArray[_F], k: int,
                hints: Optional[_Ids] = None) -> Tuple[_Ids, NDArray[_F]]:
         """Exact top-k (ids (nq, k), scores (nq, k)), as _KeyValueStore.search.

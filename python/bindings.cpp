@@ -641,15 +641,16 @@ template <class T>
 void bind_key_view(py::module_& m, const char* name) {
   using View = larimar::KeyView<T>;
   py::class_<View>(m, name)
-      .def(py::init([](Array<T> keys, const std::string& metric, const std::string& codes) {
+      .def(py::init([](Array<T> keys, const std::string& metric, const std::string& codes,
+                       bool projected_screen) {
              if (keys.ndim() != 2) throw py::value_error("keys: expected a 2-D array");
              return std::make_unique<View>(keys.data(), keys.shape(0), keys.shape(1),
                                            larimar::parse_metric(metric),
-                                           larimar::parse_key_codes(codes));
+                                           larimar::parse_key_codes(codes), projected_screen);
            }),
            py::keep_alive<1, 2>(),  // the view reads keys for as long as it lives
            array_arg("keys"), py::arg("metric"), py::arg("key_codes") = "none",
-           py::call_guard<py::gil_scoped_release>())
+           py::arg("projected_screen") = true, py::call_guard<py::gil_scoped_release>())
       .def(
           "search",
           [](const View& self, Array<T> q, index_t k, std::optional<Array<index_t>> hints) {
@@ -677,6 +678,8 @@ void bind_key_view(py::module_& m, const char* name) {
       .def_property_readonly(
           "key_codes", [](const View& self) { return larimar::key_codes_name(self.key_codes()); })
       .def_property_readonly("keys_may_be_mapped", &View::keys_may_be_mapped)
+      .def_property_readonly("projected_dims", &View::projected_dims)
+      .def_property_readonly("projected_answers", &View::projected_answers)
       .def_property_readonly("metric",
                              [](const View& self) { return larimar::metric_name(self.metric()); });
 }

@@ -323,3 +323,34 @@ def test_bad_hints_are_refused_naming_them(rng):
             view.search(Q, 2, hints)
         assert re.search(match, str(err.value))
     np.testing.assert_array_equal(view.search(Q, 2)[0], want[0])
+
+
+def test_the_projected_screen_answers_hinted_searches_exactly(rng, isa):
+    # A large cosine view, hinted: the screen over the keys' top principal directions answers
+    # most queries from their survivors (keys in a low-dimensional subspace plus noise, rows
+    # in near-ties, duplicates and a zero row); every answer is the float search's.
+    n, d = 6000, 64
+    basis = rng.standard_normal((12, d))
+    keys = (rng.standard_normal((n, 12)) @ basis + 0.05 * rng.standard_normal((n, d)))
+    keys = keys.astype(np.float32)
+    keys *= np.exp(rng.uniform(np.log(1e-3), np.log(1e3), (n, 1))).astype(np.float32)
+    keys[100:140] = keys[99]                                     # duplicates
+    keys[140:180] = keys[99] * (1 + np.arange(40, dtype=np.float32)[:, None] * 2 ** -23)
+    keys[-1] = 0
+    view = _core.KeyViewF32(keys, "cosine", "int8")
+    plain = _core.KeyViewF32(keys, "cosine")
+    Q = keys[rng.integers(0, n - 1, 200)] + 0.2 * rng.standard_normal((200, d)).astype(np.float32)
+    Q[:20] = keys[99]                                             # aimed at the ties
+    for k in (1, 3):
+        want_ids, want_scores = plain.search(Q, k)
+        before = view.projected_answers
+        for hints in (want_ids, np.concatenate([want_ids, rng.integers(0, n, (200, 2))], 1),
+                      rng.integers(0, n, (200, k))):
+            ids, scores = view.search(Q, k, hints)
+            np.testing.assert_array_equal(ids, want_ids)
+            np.testing.assert_array_equal(scores.view(np.int32), want_scores.view(np.int32))
+        assert view.projected_answers - before >= 200   # the right hints: answered there
+    assert view.projected_dims == 24                       # d / 3 = 21, in whole groups of 4
+    off = _core.KeyViewF32(keys, "cosine", "int8", projected_screen=False)
+    np.testing.assert_array_equal(off.search(Q, 1, want_ids[:, :1])[0], plain.search(Q, 1)[0])
+    assert off.projected_dims == 0 and off.projected_answers == 0

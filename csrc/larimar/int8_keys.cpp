@@ -7,6 +7,8 @@
 #include <atomic>
 #include <cstring>
 
+#include "larimar/linalg.hpp"
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define LARIMAR_X86_INT8 1
@@ -252,6 +254,9 @@ constexpr double kTinySq = 0x1p-80;
 // A shortlist longer than 1 / kWideShortlist of the keys is searched in float instead of
 // re-scored (measured crossover on 49,152 x 576 and 200,000 x 384 keys: benchmarks/RESULTS.md).
 constexpr index_t kWideShortlist = 16;
+// A query the projected screen leaves more than 1 / kProjectedSurvivors of the keys goes the
+// full way (its survivors would cost more to re-score than the full scan).
+constexpr index_t kProjectedSurvivors = 64;
 
 // What the screen needs of one query: its scale and code error, its norm and the metric's
 // factors, all rounded up where they bound.
@@ -466,7 +471,8 @@ void request_rows(const std::vector<KeyBlock<T>>& blocks, index_t d,
 template <class T>
 bool search_block(const T* queries, index_t nq, index_t d, const std::vector<KeyBlock<T>>& blocks,
                   const std::vector<Int8Rows<T>>& int8, index_t k, Metric metric, index_t* out_ids,
-                  T* out_scores, bool keys_may_be_mapped, const index_t* hints, index_t h) {
+                  T* out_scores, bool keys_may_be_mapped, const index_t* hints, index_t h,
+                  const ProjectedScreen<T>* projected) {
   const index_t dp = int8_padded_dim(d);
   std::vector<T> q_sq(nq, T(0));
   row_sq_norms(queries, nq, d, q_sq.data());
@@ -513,6 +519,49 @@ bool search_block(const T* queries, index_t nq, index_t d, const std::vector<Key
                         static_cast<index_t>(ids.size()), k, top_ids.data(), top.data()))
         floors[i] = top[k - 1];
     });
+  if (projected != nullptr && h > 0) {
+    // The projected screen first; each query it leaves (too many survivors, no floor) is
+    // searched the full way below, by a call without it.
+    std::vector<std::vector<index_t>> survivors;
+    std::vector<char> ok;
+    const index_t total = blocks.front().rows;
+    projected->survivors(queries, q_sq.data(), nq, floors.data(),
+                         std::max<index_t>(k, total / kProjectedSurvivors), survivors, ok);
+    std::vector<char> finite(nq, 1);
+    parallel_for(nq, [&](index_t i) {
+      if (!ok[i]) return;
+      std::vector<index_t>& ids = survivors[i];
+      ids.insert(ids.end(), hints + i * h, hints + (i + 1) * h);
+      std::sort(ids.begin(), ids.end());
+      ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+      finite[i] =
+          rescore_top_k(queries + i * d, q_sq.data() + i, key_row, d, metric, ids.data(),
+                        static_cast<index_t>(ids.size()), k, out_ids + i * k, out_scores + i * k);
+    });
+    std::vector<index_t> rest;
+    for (index_t i = 0; i < nq; ++i)
+      if (!ok[i]) rest.push_back(i);
+    projected->count_answers(nq - static_cast<index_t>(rest.size()));
+    bool rest_finite = true;
+    if (!rest.empty()) {
+      const index_t nr = static_cast<index_t>(rest.size());
+      std::vector<T> rq(static_cast<std::size_t>(nr * d)), rs(static_cast<std::size_t>(nr * k));
+      std::vector<index_t> rh(static_cast<std::size_t>(nr * h)),
+          ri(static_cast<std::size_t>(nr * k));
+      for (index_t r = 0; r < nr; ++r) {
+        std::copy_n(queries + rest[r] * d, d, rq.data() + r * d);
+        std::copy_n(hints + rest[r] * h, h, rh.data() + r * h);
+      }
+      rest_finite = search_block(rq.data(), nr, d, blocks, int8, k, metric, ri.data(), rs.data(),
+                                 keys_may_be_mapped, rh.data(), h,
+                                 static_cast<const ProjectedScreen<T>*>(nullptr));
+      for (index_t r = 0; r < nr; ++r) {
+        std::copy_n(ri.data() + r * k, k, out_ids + rest[r] * k);
+        std::copy_n(rs.data() + r * k, k, out_scores + rest[r] * k);
+      }
+    }
+    return rest_finite && std::all_of(finite.begin(), finite.end(), [](char f) { return f != 0; });
+  }
   std::vector<std::uint8_t> codes(static_cast<std::size_t>(nq * dp));
   std::vector<QueryFacts<T>> facts(nq);
   for (index_t i = 0; i < nq; ++i)
@@ -736,12 +785,214 @@ std::size_t int8_rows_bytes(index_t rows, index_t d) {
 template <class T>
 bool search_int8(const T* queries, index_t nq, index_t d, const std::vector<KeyBlock<T>>& blocks,
                  const std::vector<Int8Rows<T>>& int8, index_t k, Metric metric, index_t* out_ids,
-                 T* out_scores, bool keys_may_be_mapped, const index_t* hints, index_t h) {
+                 T* out_scores, bool keys_may_be_mapped, const index_t* hints, index_t h,
+                 const ProjectedScreen<T>* projected) {
   return for_query_blocks(nq, [&](index_t q0, index_t n) {
     return search_block(queries + q0 * d, n, d, blocks, int8, k, metric, out_ids + q0 * k,
                         out_scores + q0 * k, keys_may_be_mapped, h > 0 ? hints + q0 * h : nullptr,
-                        h);
+                        h, projected);
   });
+}
+
+namespace {
+// Rounding of a cosine as the search computes it (a dot product of d terms, two norms and a
+// quotient), relative to |q| |k|: twice gamma_{d + 8}, the unit roundoff of T.
+template <class T>
+double search_rounding(index_t d) {
+  const double u = std::numeric_limits<T>::epsilon() / 2, g = double(d + 8) * u;
+  return 2 * g / (1 - g);
+}
+
+// x / |x| in double (the norm summed in double), or false for a row of (near) zero norm.
+template <class T>
+bool unit_row(const T* x, index_t d, double* out) {
+  double sq = 0;
+  for (index_t t = 0; t < d; ++t) sq += double(x[t]) * x[t];
+  if (sq < kTinySq) return false;
+  const double inv = 1 / std::sqrt(sq);
+  for (index_t t = 0; t < d; ++t) out[t] = x[t] * inv;
+  return true;
+}
+
+// |w| >= the residual norm of a unit row whose projection p has squared norm p2, rounded up
+// to T (the floor of 2^-40 under the root covers the double sums' rounding).
+template <class T>
+T residual_norm(double p2) {
+  return round_up<T>(std::sqrt(std::max(0.0, 1 - p2) + 0x1p-40) * (1 + kRelSlack));
+}
+
+// Upper bounds (rows) of the cosines of one query against rows keys from the projected codes:
+// pair_bounds' upper bound of p_q . p_k (an inner product of vectors of norm <= 1: nothing can
+// overflow), plus the residuals' product and the slack, each rounding covered.
+template <class T>
+LARIMAR_MULTIVERSION void projected_upper_bounds(const std::int32_t* dots, index_t rows,
+                                                 QueryFacts<T> qf, Int8Rows<T> kr,
+                                                 const T* __restrict w_k, T w_q, T slack,
+                                                 T* __restrict hi) {
+  const T rel = T(kRelSlack), grow = T(1 + kRelSlack), tiny = T(0x1p-120);
+#pragma omp simd
+  for (index_t t = 0; t < rows; ++t) {
+    const T a = qf.scale * kr.scale[t] * T(dots[t] - kQueryOffset * kr.code_sum[t]);
+    const T h = a + (qf.norm * kr.err[t] + qf.err * kr.norm[t] + rel * std::abs(a)) * grow + tiny;
+    const T rest = w_q * w_k[t];
+    hi[t] = h + rest + slack + (std::abs(h) + rest) * rel;
+  }
+}
+}  // namespace
+
+template <class T>
+ProjectedScreen<T>::ProjectedScreen(const T* keys, const T* sq_norms, index_t n, index_t d,
+                                    index_t r)
+    : n_(n), d_(d), r_(r) {
+  // The basis: the top r eigenvectors of the Gram of (a stride sample of) the unit rows.
+  constexpr index_t kBasisRows = 8192;
+  const index_t step = std::max<index_t>(1, n / kBasisRows);
+  std::vector<double> sample;
+  index_t m = 0;
+  std::vector<double> u(static_cast<std::size_t>(d));
+  for (index_t i = 0; i < n; i += step)
+    if (double(sq_norms[i]) >= kTinySq && unit_row(keys + i * d, d, u.data())) {
+      sample.insert(sample.end(), u.begin(), u.end());
+      ++m;
+    }
+  std::vector<double> gram(static_cast<std::size_t>(d * d), 0.0), w, v;
+  if (m > 0)
+    blas::gemm<double>(true, false, d, d, m, 1.0, sample.data(), d, sample.data(), d, 0.0,
+                       gram.data(), d);
+  symmetric_eigen(gram.data(), d, w, v);  // ascending: the top r are the last columns
+  basis_.resize(static_cast<std::size_t>(d * r));
+  for (index_t t = 0; t < d; ++t)
+    for (index_t c = 0; c < r; ++c) basis_[t * r + c] = v[t * d + (d - 1 - c)];
+
+  const index_t dp = int8_padded_dim(r);
+  const index_t rows = (n + kInt8TileRows - 1) / kInt8TileRows * kInt8TileRows;
+  codes_.assign(static_cast<std::size_t>(rows * dp), 0);
+  facts_.resize(static_cast<std::size_t>(4 * n));
+  sums_.resize(static_cast<std::size_t>(n));
+  residual_.resize(static_cast<std::size_t>(n));
+  const Int8Slots<T> slots = int8_slots(codes_.data(), facts_.data(), sums_.data(), n);
+  constexpr index_t kRows = 1024;  // whole code tiles
+  parallel_for((n + kRows - 1) / kRows, [&](index_t b) {
+    const index_t first = b * kRows, count = std::min(kRows, n - first);
+    std::vector<double> units(static_cast<std::size_t>(count * d), 0.0),
+        proj(static_cast<std::size_t>(count * r));
+    std::vector<char> tiny(static_cast<std::size_t>(count));
+    for (index_t i = 0; i < count; ++i)
+      tiny[i] = double(sq_norms[first + i]) < kTinySq ||
+                !unit_row(keys + (first + i) * d, d, units.data() + i * d);
+    blas::gemm<double>(false, false, count, r, d, 1.0, units.data(), d, basis_.data(), r, 0.0,
+                       proj.data(), r);
+    std::vector<T> p(static_cast<std::size_t>(count * r)), p_sq(static_cast<std::size_t>(count));
+    for (index_t i = 0; i < count; ++i) {
+      double p2 = 0;
+      for (index_t c = 0; c < r; ++c) {
+        p[i * r + c] = static_cast<T>(proj[i * r + c]);
+        p2 += proj[i * r + c] * proj[i * r + c];
+      }
+      residual_[first + i] = tiny[i] ? std::numeric_limits<T>::infinity() : residual_norm<T>(p2);
+    }
+    row_sq_norms(p.data(), count, r, p_sq.data());
+    quantize_int8_keys(p.data(), p_sq.data(), count, r, Metric::InnerProduct, slots, first);
+  });
+}
+
+template <class T>
+void ProjectedScreen<T>::survivors(const T* queries, const T* q_sq, index_t nq, const T* floors,
+                                   index_t limit, std::vector<std::vector<index_t>>& out,
+                                   std::vector<char>& ok) const {
+  out.assign(static_cast<std::size_t>(nq), {});
+  ok.assign(static_cast<std::size_t>(nq), 0);
+  std::vector<index_t> live;  // the queries screened here
+  std::vector<double> units;
+  for (index_t i = 0; i < nq; ++i) {
+    if (!std::isfinite(double(floors[i])) || double(q_sq[i]) < kTinySq) continue;
+    units.resize(units.size() + static_cast<std::size_t>(d_));
+    if (!unit_row(queries + i * d_, d_, units.data() + units.size() - d_)) {
+      units.resize(units.size() - d_);
+      continue;
+    }
+    live.push_back(i);
+  }
+  const index_t m = static_cast<index_t>(live.size());
+  if (m == 0) return;
+  const index_t r = r_, dp = int8_padded_dim(r);
+  std::vector<double> proj(static_cast<std::size_t>(m * r));
+  blas::gemm_parallel<double>(false, false, m, r, d_, 1.0, units.data(), d_, basis_.data(), r, 0.0,
+                              proj.data(), r);
+  std::vector<T> p(static_cast<std::size_t>(m * r)), p_sq(static_cast<std::size_t>(m)),
+      w_q(static_cast<std::size_t>(m)), bar(static_cast<std::size_t>(m));
+  std::vector<std::uint8_t> codes(static_cast<std::size_t>(m * dp));
+  std::vector<QueryFacts<T>> facts(static_cast<std::size_t>(m));
+  // the search's rounding and the projections' (p in T, at most r half-ulps of |p| <= 1 each)
+  const T slack =
+      round_up<T>(search_rounding<T>(d_) + double(r + 1) * std::numeric_limits<T>::epsilon());
+  for (index_t j = 0; j < m; ++j) {
+    double p2 = 0;
+    for (index_t c = 0; c < r; ++c) {
+      p[j * r + c] = static_cast<T>(proj[j * r + c]);
+      p2 += proj[j * r + c] * proj[j * r + c];
+    }
+    w_q[j] = residual_norm<T>(p2);
+    row_sq_norms(p.data() + j * r, 1, r, p_sq.data() + j);
+    facts[j] = quantize_query(p.data() + j * r, r, dp, p_sq[j], Metric::InnerProduct,
+                              codes.data() + j * dp);
+    bar[j] = floors[live[j]];
+  }
+  const index_t runs = (n_ + kScanRows - 1) / kScanRows;
+  const index_t workers = std::min<index_t>(num_threads(), runs);
+  std::vector<std::vector<std::vector<index_t>>> found(workers);
+  const IntPath path = current_path();
+  const Int8Rows<T> all = int8_rows(codes_.data(), facts_.data(), sums_.data(), n_);
+  parallel_for(workers, [&](index_t wk) {
+    found[wk].resize(static_cast<std::size_t>(m));
+    std::vector<std::int32_t> dots(static_cast<std::size_t>(path.max_queries) * kScanRows);
+    std::vector<T> hi(kScanRows);
+    for (index_t run = wk * runs / workers; run < (wk + 1) * runs / workers; ++run) {
+      // a worker whose every query has more survivors than it may keep stops early: those
+      // queries go the full way anyway
+      if (std::all_of(found[wk].begin(), found[wk].end(), [&](const std::vector<index_t>& f) {
+            return static_cast<index_t>(f.size()) > limit;
+          }))
+        break;
+      const index_t o = run * kScanRows, rows = std::min(kScanRows, n_ - o);
+      const Int8Rows<T> kr{all.codes + o * dp, all.scale + o, all.code_sum + o,
+                           all.err + o,        all.norm + o,  all.inv_norm + o};
+      const T* w_k = residual_.data() + o;
+      const index_t ntiles = (rows + kInt8TileRows - 1) / kInt8TileRows;
+      for (index_t i0 = 0; i0 < m; i0 += path.max_queries) {
+        const int mq = static_cast<int>(std::min<index_t>(path.max_queries, m - i0));
+        path.dots(codes.data() + i0 * dp, mq, dp, kr.codes, ntiles, dots.data(), kScanRows);
+        for (int i = 0; i < mq; ++i) {
+          const index_t j = i0 + i;
+          std::vector<index_t>& mine = found[wk][j];
+          if (static_cast<index_t>(mine.size()) > limit) continue;  // given up on
+          const std::int32_t* dj = dots.data() + i * kScanRows;
+          const QueryFacts<T> qf = facts[j];
+          const T wq = w_q[j], at_least = bar[j];
+          projected_upper_bounds(dj, rows, qf, kr, w_k, wq, slack, hi.data());
+          for (index_t t = rows; t % kScreenChunk != 0; ++t)
+            hi[t] = -std::numeric_limits<T>::infinity();
+          // by chunks, passing keys from a bit mask (as the screen finds them)
+          for (index_t c0 = 0; c0 < rows; c0 += kScreenChunk) {
+            std::uint32_t pass = 0;
+            for (index_t b = 0; b < kScreenChunk; ++b)
+              pass |= std::uint32_t(hi[c0 + b] >= at_least) << b;
+            for (; pass != 0; pass &= pass - 1) mine.push_back(o + c0 + __builtin_ctz(pass));
+          }
+        }
+      }
+    }
+  });
+  for (index_t j = 0; j < m; ++j) {
+    std::vector<index_t>& ids = out[live[j]];
+    bool over = false;
+    for (index_t wk = 0; wk < workers; ++wk) {
+      ids.insert(ids.end(), found[wk][j].begin(), found[wk][j].end());
+      over = over || static_cast<index_t>(found[wk][j].size()) > limit;
+    }
+    ok[live[j]] = !over && static_cast<index_t>(ids.size()) <= limit;
+    if (!ok[live[j]]) ids.clear();
+  }
 }
 
 #define LARIMAR_INSTANTIATE(T)                                                                     \
@@ -755,7 +1006,8 @@ bool search_int8(const T* queries, index_t nq, index_t d, const std::vector<KeyB
   template std::size_t int8_rows_bytes<T>(index_t, index_t);                                       \
   template bool search_int8<T>(const T*, index_t, index_t, const std::vector<KeyBlock<T>>&,        \
                                const std::vector<Int8Rows<T>>&, index_t, Metric, index_t*, T*,     \
-                               bool, const index_t*, index_t);
+                               bool, const index_t*, index_t, const ProjectedScreen<T>*);          \
+  template class ProjectedScreen<T>;
 LARIMAR_INSTANTIATE(float)
 LARIMAR_INSTANTIATE(double)
 #undef LARIMAR_INSTANTIATE

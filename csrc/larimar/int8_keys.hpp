@@ -5,6 +5,7 @@
 // for bit.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -113,10 +114,49 @@ std::size_t int8_rows_bytes(index_t rows, index_t d);
 // hints, the k-th best of their exact scores is a score the k-th best of all keys reaches, so
 // the screen starts its bar there instead of at minus infinity: only keys that could beat the
 // hints are kept. The result is the same with or without hints; only the time changes.
+// projected (one block of keys, with hints): a ProjectedScreen of those keys tried first.
+template <class T>
+class ProjectedScreen;
 template <class T>
 bool search_int8(const T* queries, index_t nq, index_t d, const std::vector<KeyBlock<T>>& blocks,
                  const std::vector<Int8Rows<T>>& int8, index_t k, Metric metric, index_t* out_ids,
                  T* out_scores, bool keys_may_be_mapped = false, const index_t* hints = nullptr,
-                 index_t h = 0);
+                 index_t h = 0, const ProjectedScreen<T>* projected = nullptr);
+
+// A screen over the top principal directions of cosine keys, for searches that start from a
+// floor (hints). With U (d x r) orthonormal, the unit key and query split as u = U p + w, and
+// cos(q, k) = p_q . p_k + w_q . w_k <= p_q . p_k + |w_q| |w_k|; the first term is bounded from
+// int8 codes of the r-dimensional p as the full scan bounds its products, the second by the
+// residual norms, and gamma_d more covers the search's own rounding. Keys whose bound is
+// below a query's floor score below it in the search too, so the ones left (survivors) hold
+// the query's top k. U is the top of the eigenbasis of the unit rows' Gram (any orthonormal U
+// is exact; this one makes the residuals small), the codes a third of the full scan's.
+// Views that get one: at least this many keys of at least this many dimensions.
+constexpr index_t kProjectedMinRows = 4096;
+constexpr index_t kProjectedMinDim = 48;
+template <class T>
+class ProjectedScreen {
+ public:
+  ProjectedScreen(const T* keys, const T* sq_norms, index_t n, index_t d, index_t r);
+  index_t dims() const { return r_; }
+  // For each query i (d; q_sq its squared norm) with a finite floors[i]: the sorted ids of
+  // every key whose search score can reach floors[i], into survivors[i], and ok[i] = 1; ok[i]
+  // = 0 where the floor is not finite, the query cannot be bounded (near-zero norm) or more
+  // than `limit` keys survive.
+  void survivors(const T* queries, const T* q_sq, index_t nq, const T* floors, index_t limit,
+                 std::vector<std::vector<index_t>>& survivors, std::vector<char>& ok) const;
+  // Queries answered from their survivors so far (a statistic for tests and profiles).
+  void count_answers(index_t n) const { answers_ += n; }
+  std::int64_t answers() const { return answers_.load(); }
+
+ private:
+  mutable std::atomic<std::int64_t> answers_{0};
+  index_t n_, d_, r_;
+  std::vector<double> basis_;  // U, d x r row-major
+  std::vector<std::int8_t> codes_;
+  std::vector<T> facts_;  // as Int8Rows over the r-dimensional p_k
+  std::vector<std::int32_t> sums_;
+  std::vector<T> residual_;  // >= |w_k|; +inf for a key of (near) zero norm (always survives)
+};
 
 }  // namespace larimar

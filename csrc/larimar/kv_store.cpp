@@ -52,11 +52,11 @@ void check_row_ids(const index_t* ids, index_t n, index_t size, const std::strin
 template <class T>
 void search_keys(const T* queries, index_t nq, index_t d, const std::vector<KeyBlock<T>>& blocks,
                  const std::vector<Int8Rows<T>>& int8, index_t k, Metric metric, index_t* ids,
-                 T* scores, bool keys_may_be_mapped, const index_t* hints = nullptr,
-                 index_t h = 0) {
+                 T* scores, bool keys_may_be_mapped, const index_t* hints = nullptr, index_t h = 0,
+                 const ProjectedScreen<T>* projected = nullptr) {
   const bool finite = int8.empty() ? search(queries, nq, d, blocks, k, metric, ids, scores)
                                    : search_int8(queries, nq, d, blocks, int8, k, metric, ids,
-                                                 scores, keys_may_be_mapped, hints, h);
+                                                 scores, keys_may_be_mapped, hints, h, projected);
   if (!finite) fail("Q", "scores overflow the range of the dtype (values too large to compare)");
 }
 }  // namespace
@@ -526,8 +526,14 @@ void KeyValueStore<T>::assign(const T* keys, const T* values, const double* coun
 }
 
 template <class T>
-KeyView<T>::KeyView(const T* keys, index_t n, index_t d, Metric metric, KeyCodes key_codes)
-    : keys_(keys), n_(n), d_(d), metric_(metric), codes_(key_codes) {
+KeyView<T>::KeyView(const T* keys, index_t n, index_t d, Metric metric, KeyCodes key_codes,
+                    bool projected_screen)
+    : keys_(keys),
+      n_(n),
+      d_(d),
+      metric_(metric),
+      codes_(key_codes),
+      projected_screen_(projected_screen) {
   require(key_codes != KeyCodes::Int8Only, "key_codes",
           "expected \"none\" or \"int8\" (a view searches float keys it does not own)");
   check_dim(n, "keys", "number of rows");
@@ -567,8 +573,18 @@ void KeyView<T>::search(const T* queries, index_t nq, index_t k, index_t* ids, T
   std::vector<Int8Rows<T>> int8;
   if (codes_ == KeyCodes::Int8)
     int8.push_back(int8_rows(codes_buf_.data(), facts_.data(), sums_.data(), n_));
+  // A hinted cosine search of a large table in memory (the slot snap) starts with the screen
+  // over its top principal directions: a third of the scan's products (RESULTS section 16).
+  const bool project = h > 0 && projected_screen_ && codes_ == KeyCodes::Int8 &&
+                       metric_ == Metric::Cosine && !keys_may_be_mapped_ &&
+                       n_ >= kProjectedMinRows && d_ >= kProjectedMinDim;
+  if (project)
+    std::call_once(projected_once_, [&] {
+      projected_ = std::make_unique<ProjectedScreen<T>>(keys_, sq_norms_.data(), n_, d_,
+                                                        int8_padded_dim(d_ / 3));
+    });
   search_keys(queries, nq, d_, blocks(), int8, k, metric_, ids, scores, keys_may_be_mapped_, hints,
-              h);
+              h, project ? projected_.get() : nullptr);
 }
 
 template <class T>

@@ -4,6 +4,7 @@
 
 #include <cstdlib>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <shared_mutex>
 #include <unordered_map>
@@ -165,7 +166,9 @@ class KeyValueStore {
 template <class T>
 class KeyView {
  public:
-  KeyView(const T* keys, index_t n, index_t d, Metric metric, KeyCodes key_codes);
+  // projected_screen: hinted cosine searches may use a ProjectedScreen (see search).
+  KeyView(const T* keys, index_t n, index_t d, Metric metric, KeyCodes key_codes,
+          bool projected_screen = true);
   // As KeyValueStore::search: the same ids and score bits for the same keys. hints (nq, h
   // row ids; h = 0: none): keys each query's top k likely holds, which with int8 codes start
   // the screen's bar (search_int8); the result does not depend on them.
@@ -178,6 +181,11 @@ class KeyView {
   Metric metric() const { return metric_; }
   KeyCodes key_codes() const { return codes_; }
   bool keys_may_be_mapped() const { return keys_may_be_mapped_; }
+  // The projected screen hinted cosine searches of a large int8 view start with
+  // (ProjectedScreen, built on the first): its dimensions (0 before or without one) and the
+  // queries it has answered.
+  index_t projected_dims() const { return projected_ ? projected_->dims() : 0; }
+  std::int64_t projected_answers() const { return projected_ ? projected_->answers() : 0; }
   // Bytes the view itself holds (norms, codes and their facts), not the keys'.
   std::size_t bytes() const;
 
@@ -188,7 +196,10 @@ class KeyView {
   index_t n_, d_;
   Metric metric_;
   KeyCodes codes_;
+  bool projected_screen_;
   bool keys_may_be_mapped_;  // keys on disk when the view was made: read them sparingly
+  mutable std::once_flag projected_once_;
+  mutable std::unique_ptr<ProjectedScreen<T>> projected_;
   std::vector<T> sq_norms_;
   std::vector<std::int8_t> codes_buf_;
   std::vector<T> facts_;  // scale, err, norm, inv_norm: 4 runs of n
