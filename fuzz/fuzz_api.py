@@ -46,6 +46,7 @@ except ImportError:  # pragma: no cover
     torch = None
 
 import larimar_ext as lx  # noqa: E402
+from larimar_ext import _core  # noqa: E402
 
 warnings.simplefilter("ignore")  # overflow warnings of numpy on hostile values
 
@@ -577,10 +578,69 @@ def op_kv(g: Gen) -> None:
         _check_inputs_unchanged(g, "KeyValueMemory")
 
 
+def _hints(g: Gen, nq: int, n: int, k: int):
+    """Hint ids for a key view's search: mostly (nq, h) valid ids, sometimes hostile."""
+    r = g.r
+    rng = np.random.default_rng(r.u32())
+    k = min(max(int(k), 1), 8)   # k may be hostile (huge): the hints stay small
+    h = int(r.choice((1, k, k + 2)))
+    if g.p(8):
+        hostile = (np.full((nq, h), n), np.full((nq, h), -1), np.zeros((nq + 1, h)),
+                   np.zeros(nq), np.zeros((nq, 0), np.int64), [[0]] * nq, "0",
+                   np.zeros((nq, h), np.float32))
+        return hostile[r.int(0, len(hostile) - 1)]
+    return rng.integers(0, max(n, 1), (nq, h))
+
+
+def op_key_view(g: Gen) -> None:
+    """KeyView (the snap's search over keys it does not own): int8 codes, hints and the
+    projected screen must give the float view's ids and score bits, or refuse."""
+    r = g.r
+    view_type = _core.KeyViewF32 if g.dtype == np.float32 else _core.KeyViewF64
+    metric = r.choice(("cosine", "ip", "l2"))
+    if r.chance(24):  # large and low-rank: the projected screen's case (>= 4,096 x 48)
+        rng = np.random.default_rng(r.u32())
+        n, d = r.int(4096, 6000), r.int(48, 80)
+        keys = (rng.standard_normal((n, 8)) @ rng.standard_normal((8, d))
+                + 0.05 * rng.standard_normal((n, d))).astype(g.dtype)
+        if r.chance(128):
+            keys[: n // 8] = keys[0]
+    else:
+        keys = g.array("nd")
+    view = call("KeyView()", view_type, keys, metric, r.choice(("int8", "none")),
+                projected_screen=r.chance(200))
+    if isinstance(view, BaseException):
+        return
+    plain = view_type(keys, metric)
+    n, d = len(view), view.key_dim
+    for _ in range(r.int(1, 4)):
+        near = r.chance(100) and isinstance(keys, np.ndarray) and n >= 8
+        Q = (keys[np.random.default_rng(r.u32()).integers(0, n, r.int(1, 40))] * 1.01
+             if near else g.array("nd"))
+        k = g.scalar("int", r.choice((1, 2, g.dims["k"], n)))
+        shape = getattr(Q, "shape", None)   # hostile Q may be a ragged list: no shape
+        nq = int(shape[0]) if shape is not None and len(shape) else 1
+        hints = _hints(g, nq, n, k if isinstance(k, int) else 1) if r.chance(200) else None
+        res = call("KeyView.search", view.search, Q, k, hints)
+        if isinstance(res, BaseException):
+            continue
+        want = call("KeyView.search (float)", plain.search, Q, k)
+        if isinstance(want, BaseException):
+            raise Finding(f"KeyView: the int8/hinted search answered where the float view "
+                          f"raised {type(want).__name__}: {want}")
+        if not (np.array_equal(res[0], want[0])
+                and np.array_equal(np.asarray(res[1]).view(np.uint8),
+                                   np.asarray(want[1]).view(np.uint8))):
+            raise Finding(f"KeyView ({view.key_codes}, hints={hints is not None}, projected="
+                          f"{view.projected_dims}) differs from the float view's search")
+    _check_inputs_unchanged(g, "KeyView")
+
+
 # Memory objects first, then the functional ops in the table's order: an input's first byte
-# picks one, so a new op (appended to op_cases.CASES) leaves every saved input (first byte
-# below the number of ops, fuzz/README.md) meaning the same calls.
-OPS = (op_episodic, op_kv) + tuple(_functional_op(case) for case in op_cases.CASES)
+# picks one, so a new op (appended to op_cases.CASES, or here after them) leaves every saved
+# input (first byte below the number of ops, fuzz/README.md) meaning the same calls.
+OPS = ((op_episodic, op_kv) + tuple(_functional_op(case) for case in op_cases.CASES)
+       + (op_key_view,))
 
 
 _CURRENT = [None]  # the Gen of the input being run (for notes on its results)

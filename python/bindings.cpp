@@ -355,6 +355,9 @@ py::object vector_copy(const std::vector<double>& v, std::vector<py::ssize_t> sh
 template <class T>
 index_t rows_of(const Array<T>& a, const char* name, index_t cols, const char* cols_name,
                 std::optional<index_t> rows = std::nullopt, const char* rows_what = nullptr) {
+  if (a.ndim() != 2)
+    throw py::value_error(std::string(name) + ": expected a 2-D array (rows, " + cols_name +
+                          " columns), got " + std::to_string(a.ndim()) + " dimensions");
   same_dim(a.shape(1), cols, name, std::string("expected ") + cols_name + " columns");
   if (rows) same_dim(a.shape(0), *rows, name, rows_what);
   return a.shape(0);

@@ -249,6 +249,21 @@ def test_episodic_write_repeated_rows_small_scale_works():
     assert np.all(np.isfinite(mem.memory))
 
 
+def test_core_row_arguments_of_the_wrong_rank_are_refused_naming_them():
+    """Finding A9 (fixed; fuzz/crashes/api-key-view-1d-queries-*): a 1-D Q to a key view's
+    search reached pybind11's shape(1) and raised IndexError."""
+    from larimar_ext import _core
+    keys = np.random.default_rng(0).standard_normal((10, 4)).astype(np.float32)
+    view = _core.KeyViewF32(keys, "cosine", "int8")
+    store = _core.KeyValueStoreF32(4, 1, "cosine")
+    for call, name in ((lambda: view.search(keys[0], 1), "Q"),
+                       (lambda: view.search(keys[None], 1), "Q"),
+                       (lambda: store.add(keys[0], np.zeros((1, 1), np.float32)), "keys")):
+        with pytest.raises(ValueError, match=f"{name}: expected a 2-D array"):
+            call()
+    assert len(store) == 0 and view.search(keys[:2], 1)[0].tolist() == [[0], [1]]
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_sparse_lstsq_stalled_cg_stops(dtype):
     """Finding A8 (fixed; fuzz/crashes/api-sparse-lstsq-stalled-cg-*): weights near 1e-20, a
