@@ -1,0 +1,81 @@
+"""Ingest tokens/s on text where every sentence is new: a RULER needle haystack whose filler is
+itself distinct sentences (niah_multikey_2, 128K tokens: "One of the special magic numbers for
+<words> is: <number>." over and over, each with other words and numbers), ingested cold in
+recall mode by the default model with the float32 encoder and with its int8 copy
+(``int8_values``), in interleaved rounds in one process, a fresh memory each time.
+
+Target (issue: memory at scale): >= 5,000 tokens/s on such text, with the configuration the
+project ships for it (the int8 encoder; the float32 one beside it).
+
+    python benchmarks/bench_ingest_distinct.py [--length 131072] [--task niah_multikey_2]
+        [--rounds 2] [--quick] [--no-save] [--no-wait]
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as cm  # noqa: E402
+
+RULER_DIR = cm.REPO_DIR.parent / "shared" / "data" / "ruler_niah"
+
+
+def extra(p) -> None:
+    p.add_argument("--length", type=int, default=131072)
+    p.add_argument("--task", default="niah_multikey_2")
+    p.add_argument("--rounds", type=int, default=2)
+
+
+def main() -> int:
+    args = cm.parse_args(__doc__.splitlines()[0], extra)
+    import torch
+
+    from larimar_ext.longcontext import LongContextMemory
+    from larimar_ext.model import LarimarModel
+    cm.set_all_threads(torch=torch, lx=cm.import_larimar())
+    length = 4096 if args.quick else args.length
+    path = RULER_DIR / str(length) / args.task / "validation.jsonl"
+    with open(path) as f:
+        text = json.loads(f.readline())["input"]
+    model = LarimarModel.from_pretrained()
+    variants = {"float32 encoder": False, "int8 encoder (int8_values)": True}
+    for int8 in variants.values():   # lazy imports and the int8 copy, outside the timing
+        LongContextMemory(model, int8_values=int8).ingest("A warm-up sentence. And one more.")
+    runs: dict = {name: [] for name in variants}
+    for _ in range(1 if args.quick else args.rounds):
+        for name, int8 in variants.items():
+            # int8_values=True switches the shared model's encoder and False does not switch
+            # it back: set the model's state for each run
+            model.int8_values(int8)
+            mem = LongContextMemory(model, int8_values=int8)
+            t = time.perf_counter()
+            st = mem.ingest(text)
+            seconds = time.perf_counter() - t
+            runs[name].append({"tokens": st.tokens, "new_segments": st.new_segments,
+                               "rows": len(mem), "seconds": seconds,
+                               "tokens_per_s": st.tokens / seconds})
+    rows, medians = [], {}
+    for name, rs in runs.items():
+        medians[name] = statistics.median(r["tokens_per_s"] for r in rs)
+        rows.append([name, f"{rs[0]['tokens']:,}", f"{rs[0]['new_segments']:,}",
+                     " / ".join(f"{r['seconds']:.1f} s" for r in rs), f"{medians[name]:,.0f}"])
+    print(f"## Ingest of RULER {args.task} at {length:,} (every sentence new), "
+          f"{cm.NUM_THREADS} threads\n")
+    print(cm.md_table(["encoder", "tokens", "new segments", "rounds", "tokens/s (median)"],
+                      rows))
+    result = {"config": {"task": args.task, "length": length, "rounds": args.rounds},
+              "runs": runs, "median_tokens_per_s": medians,
+              "environment": cm.machine_info(torch=torch)}
+    cm.report_foreign_load(result, args)
+    targets = [{"name": f"ingest tokens/s, every sentence new ({args.task}, int8 encoder)",
+                "op": ">=", "threshold": 5000,
+                "value": medians["int8 encoder (int8_values)"]}]
+    return cm.keep_result("ingest_distinct", result, targets, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
