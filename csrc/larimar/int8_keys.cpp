@@ -466,6 +466,29 @@ void request_rows(const std::vector<KeyBlock<T>>& blocks, index_t d,
   }
 }
 
+// Searches the queries of rows (with their hints, h per query; h = 0: none) as one batch:
+// copies them together, calls search(queries, n, hints, ids, scores) and writes its ids and
+// scores back to their queries' places in out_ids and out_scores (k each). Returns search's.
+template <class T, class Search>
+bool search_subset(const std::vector<index_t>& rows, const T* queries, index_t d,
+                   const index_t* hints, index_t h, index_t k, index_t* out_ids, T* out_scores,
+                   Search&& search) {
+  const index_t n = static_cast<index_t>(rows.size());
+  std::vector<T> q(static_cast<std::size_t>(n * d)), scores(static_cast<std::size_t>(n * k));
+  std::vector<index_t> hint_ids(static_cast<std::size_t>(n * h)),
+      ids(static_cast<std::size_t>(n * k));
+  for (index_t r = 0; r < n; ++r) {
+    std::copy_n(queries + rows[r] * d, d, q.data() + r * d);
+    if (h > 0) std::copy_n(hints + rows[r] * h, h, hint_ids.data() + r * h);
+  }
+  const bool finite = search(q.data(), n, hint_ids.data(), ids.data(), scores.data());
+  for (index_t r = 0; r < n; ++r) {
+    std::copy_n(ids.data() + r * k, k, out_ids + rows[r] * k);
+    std::copy_n(scores.data() + r * k, k, out_scores + rows[r] * k);
+  }
+  return finite;
+}
+
 // One query block (nq <= kSearchQueryBlock): screen every key by its bounds, then re-score
 // the kept ones with score_rows, whose bits search() returns.
 template <class T>
@@ -542,24 +565,14 @@ bool search_block(const T* queries, index_t nq, index_t d, const std::vector<Key
     for (index_t i = 0; i < nq; ++i)
       if (!ok[i]) rest.push_back(i);
     projected->count_answers(nq - static_cast<index_t>(rest.size()));
-    bool rest_finite = true;
-    if (!rest.empty()) {
-      const index_t nr = static_cast<index_t>(rest.size());
-      std::vector<T> rq(static_cast<std::size_t>(nr * d)), rs(static_cast<std::size_t>(nr * k));
-      std::vector<index_t> rh(static_cast<std::size_t>(nr * h)),
-          ri(static_cast<std::size_t>(nr * k));
-      for (index_t r = 0; r < nr; ++r) {
-        std::copy_n(queries + rest[r] * d, d, rq.data() + r * d);
-        std::copy_n(hints + rest[r] * h, h, rh.data() + r * h);
-      }
-      rest_finite = search_block(rq.data(), nr, d, blocks, int8, k, metric, ri.data(), rs.data(),
-                                 keys_may_be_mapped, rh.data(), h,
-                                 static_cast<const ProjectedScreen<T>*>(nullptr));
-      for (index_t r = 0; r < nr; ++r) {
-        std::copy_n(ri.data() + r * k, k, out_ids + rest[r] * k);
-        std::copy_n(rs.data() + r * k, k, out_scores + rest[r] * k);
-      }
-    }
+    const bool rest_finite =
+        rest.empty() ||
+        search_subset(rest, queries, d, hints, h, k, out_ids, out_scores,
+                      [&](const T* q, index_t n, const index_t* hint_ids, index_t* ids, T* scores) {
+                        return search_block(q, n, d, blocks, int8, k, metric, ids, scores,
+                                            keys_may_be_mapped, hint_ids, h,
+                                            static_cast<const ProjectedScreen<T>*>(nullptr));
+                      });
     return rest_finite && std::all_of(finite.begin(), finite.end(), [](char f) { return f != 0; });
   }
   std::vector<std::uint8_t> codes(static_cast<std::size_t>(nq * dp));
@@ -658,16 +671,12 @@ bool search_block(const T* queries, index_t nq, index_t d, const std::vector<Key
     for (index_t i = 0; i < nq; ++i)
       if (static_cast<index_t>(shortlist[i].size()) * kWideShortlist > total) wide.push_back(i);
     if (!wide.empty()) {
-      const index_t nw = static_cast<index_t>(wide.size());
-      std::vector<T> wq(static_cast<std::size_t>(nw * d)), ws(static_cast<std::size_t>(nw * k));
-      std::vector<index_t> wi(static_cast<std::size_t>(nw * k));
-      for (index_t r = 0; r < nw; ++r) std::copy_n(queries + wide[r] * d, d, wq.data() + r * d);
-      all_finite = search(wq.data(), nw, d, blocks, k, metric, wi.data(), ws.data());
-      for (index_t r = 0; r < nw; ++r) {
-        std::copy_n(wi.data() + r * k, k, out_ids + wide[r] * k);
-        std::copy_n(ws.data() + r * k, k, out_scores + wide[r] * k);
-        shortlist[wide[r]].clear();  // answered
-      }
+      all_finite =
+          search_subset(wide, queries, d, hints, 0, k, out_ids, out_scores,
+                        [&](const T* q, index_t n, const index_t*, index_t* ids, T* scores) {
+                          return search(q, n, d, blocks, k, metric, ids, scores);
+                        });
+      for (index_t i : wide) shortlist[i].clear();  // answered
     }
   }
 
