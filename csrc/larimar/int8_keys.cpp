@@ -831,20 +831,19 @@ T residual_norm(double p2) {
 }
 
 // Upper bounds (rows) of the cosines of one query against rows keys from the projected codes:
-// pair_bounds' upper bound of p_q . p_k (an inner product of vectors of norm <= 1: nothing can
-// overflow), plus the residuals' product and the slack, each rounding covered.
+// pair_bounds' upper bound of p_q . p_k, plus the residuals' product and the slack, each
+// rounding covered.
 template <class T>
 LARIMAR_MULTIVERSION void projected_upper_bounds(const std::int32_t* dots, index_t rows,
                                                  QueryFacts<T> qf, Int8Rows<T> kr,
                                                  const T* __restrict w_k, T w_q, T slack,
                                                  T* __restrict hi) {
-  const T rel = T(kRelSlack), grow = T(1 + kRelSlack), tiny = T(0x1p-120);
 #pragma omp simd
   for (index_t t = 0; t < rows; ++t) {
-    const T a = qf.scale * kr.scale[t] * T(dots[t] - kQueryOffset * kr.code_sum[t]);
-    const T h = a + (qf.norm * kr.err[t] + qf.err * kr.norm[t] + rel * std::abs(a)) * grow + tiny;
+    T l, h;
+    pair_bounds<Metric::InnerProduct>(dots[t], t, qf, kr, static_cast<const T*>(nullptr), l, h);
     const T rest = w_q * w_k[t];
-    hi[t] = h + rest + slack + (std::abs(h) + rest) * rel;
+    hi[t] = h + rest + slack + (std::abs(h) + rest) * T(kRelSlack);
   }
 }
 }  // namespace
