@@ -30,7 +30,7 @@ import numpy as np
 # so the sibling modules import by their plain names. Re-exported: scripts use cm.<name>.
 from _load import (ForeignLoad, _cpu_times, _self_jiffies,  # noqa: F401
                    cpu_busy_fraction, wait_for_idle)
-from _results import (BENCH_DIR, ESSAYS_DIR, REPO_DIR, RESULTS_DIR,  # noqa: F401
+from _results import (BENCH_DIR, ESSAYS_DIR, REPO_DIR, RESULTS_DIR, RULER_DIR,  # noqa: F401
                       check_targets, keep_result, md_table, record_targets, save_result)
 from _rss import fmt_bytes, peak_rss_bytes, reset_peak_rss, rss_bytes, trim_heap  # noqa: F401
 from _timing import fmt_ratio, fmt_time, timeit, timeit_interleaved  # noqa: F401

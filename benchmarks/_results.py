@@ -21,6 +21,7 @@ RESULTS_DIR = BENCH_DIR / "results"
 REPO_DIR = BENCH_DIR.parent
 # the essays haystack of the long-context benchmarks (../shared beside the checkout)
 ESSAYS_DIR = REPO_DIR.parent / "shared" / "data" / "paul_graham_essays"
+RULER_DIR = REPO_DIR.parent / "shared" / "data" / "ruler_niah"
 
 
 def md_table(headers: list[str], rows: list[list]) -> str:

@@ -36,7 +36,7 @@ FLOAT = [k for k, (_, _, bf16) in VARIANTS.items() if not bf16]
 
 
 def extra(p) -> None:
-    p.add_argument("--data", default=str(cm.REPO_DIR.parent / "shared" / "data" / "ruler_niah"))
+    p.add_argument("--data", default=str(cm.RULER_DIR))
     p.add_argument("--length", type=int, default=4096)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=cm.NUM_THREADS)

@@ -7,12 +7,11 @@ recall mode by the default model with the float32 encoder and with its int8 copy
 Target (issue: memory at scale): >= 5,000 tokens/s on such text, with the configuration the
 project ships for it (the int8 encoder; the float32 one beside it).
 
-    python benchmarks/bench_ingest_distinct.py [--length 131072] [--task niah_multikey_2]
-        [--rounds 2] [--quick] [--no-save] [--no-wait]
+    python benchmarks/bench_ingest_distinct.py [--data ../shared/data/ruler_niah]
+        [--length 131072] [--task niah_multikey_2] [--rounds 2] [--quick] [--no-save] [--no-wait]
 """
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
@@ -21,10 +20,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as cm  # noqa: E402
 
-RULER_DIR = cm.REPO_DIR.parent / "shared" / "data" / "ruler_niah"
-
 
 def extra(p) -> None:
+    p.add_argument("--data", default=str(cm.RULER_DIR))
     p.add_argument("--length", type=int, default=131072)
     p.add_argument("--task", default="niah_multikey_2")
     p.add_argument("--rounds", type=int, default=2)
@@ -35,12 +33,12 @@ def main() -> int:
     import torch
 
     from larimar_ext.longcontext import LongContextMemory
+    from larimar_ext.longcontext.ruler import load_samples
     from larimar_ext.model import LarimarModel
     cm.set_all_threads(torch=torch, lx=cm.import_larimar())
     length = 4096 if args.quick else args.length
-    path = RULER_DIR / str(length) / args.task / "validation.jsonl"
-    with open(path) as f:
-        text = json.loads(f.readline())["input"]
+    # the context the RULER pipeline ingests (the sample without its header and question)
+    text = load_samples(args.data, lengths=[length], tasks=[args.task], limit=1)[0].context
     model = LarimarModel.from_pretrained()
     variants = {"float32 encoder": False, "int8 encoder (int8_values)": True}
     for int8 in variants.values():   # lazy imports and the int8 copy, outside the timing
