@@ -46,9 +46,6 @@ def main() -> int:
     runs: dict = {name: [] for name in variants}
     for _ in range(1 if args.quick else args.rounds):
         for name, int8 in variants.items():
-            # int8_values=True switches the shared model's encoder and False does not switch
-            # it back: set the model's state for each run
-            model.int8_values(int8)
             mem = LongContextMemory(model, int8_values=int8)
             t = time.perf_counter()
             st = mem.ingest(text)

@@ -205,7 +205,6 @@ def test_bf16_answers_copy_the_same_answers_and_leave_the_float_decoder(model):
     """bf16_answers: answers from a bfloat16 copy of the decoder, by prompt lookup on slot ids
     and by the batched passages path; the float decoder, the model's state and training
     stay float32, and turning it off gives the float decoder back."""
-    from larimar_ext.longcontext.memory import LongContextMemory
     texts = ["The pass key is 86556. Remember it.",
              "Der Zug nach Berlin fährt um 17:42 Uhr von Gleis 9."]
     ids = model.slot_ids(model.encode(texts).detach())
@@ -218,7 +217,7 @@ def test_bf16_answers_copy_the_same_answers_and_leave_the_float_decoder(model):
     keys = set(model.state_dict())
     want = answers()
     try:
-        LongContextMemory(model, bf16_answers=True)
+        model.bf16_answers(True)
         assert model.answers_in_bf16
         assert model._answer_decoder().dtype == torch.bfloat16
         got = answers()
@@ -232,6 +231,48 @@ def test_bf16_answers_copy_the_same_answers_and_leave_the_float_decoder(model):
         model.bf16_answers(False)
         model.eval()
     assert not model.answers_in_bf16 and model._answer_decoder() is model.decoder
+
+
+def test_a_memory_s_int8_and_bf16_choices_are_its_own(model, monkeypatch):
+    """Two memories on one model: the one made with int8_values / bf16_answers encodes and
+    answers with the copies, one made after it with False uses the float modules, one
+    made with None follows the model-wide choice, and the model-wide choices stay off."""
+    from larimar_ext.longcontext.memory import LongContextMemory
+    seen = []                      # (what ran, whether it ran on the copy)
+    for name, flag in (("encode_with_keys", "values_in_int8"),
+                       ("complete_passages", "answers_in_bf16")):
+        real = getattr(model, name)
+
+        def spy(*a, _real=real, _name=name, _flag=flag, **kw):
+            seen.append((_name, getattr(model, _flag)))
+            return _real(*a, **kw)
+        monkeypatch.setattr(model, name, spy)
+    text = "The pass key is 86556. Remember it. The grass is green and the sky is blue."
+    try:
+        fast = LongContextMemory(model, int8_values=True, bf16_answers=True)
+        plain = LongContextMemory(model, int8_values=False, bf16_answers=False)
+        follows = LongContextMemory(model)
+        assert not model.values_in_int8 and not model.answers_in_bf16
+        got = {}
+        for label, mem in (("fast", fast), ("plain", plain), ("follows", follows)):
+            seen.clear()
+            mem.ingest(text)
+            answer = mem.ask("The pass key is", max_new_tokens=8)
+            got[label] = (set(seen), answer)
+        assert got["fast"][0] == {("encode_with_keys", True), ("complete_passages", True)}
+        assert got["plain"][0] == {("encode_with_keys", False), ("complete_passages", False)}
+        assert got["follows"][0] == got["plain"][0]
+        assert "86556" in got["fast"][1] and "86556" in got["plain"][1], got
+        model.int8_values(True)    # None follows the model-wide choice; False still wins
+        seen.clear()
+        LongContextMemory(model).ingest(text + " Another sentence.")
+        LongContextMemory(model, int8_values=False).ingest(text + " One more sentence.")
+        assert [s for s in seen if s[0] == "encode_with_keys"] == [
+            ("encode_with_keys", True), ("encode_with_keys", False)]
+    finally:
+        model.int8_values(False)
+        model.bf16_answers(False)
+    assert not model.values_in_int8 and not model.answers_in_bf16
 
 
 def test_a_needle_stated_both_ways_gets_one_answer(model):

@@ -514,11 +514,21 @@ def test_bad_arguments_name_the_argument(model, tok):
                      ({"batch_tokens": 0}, "batch_tokens"),
                      ({"metric": "dot"}, "metric"), ({"prefix_keys": 1}, "prefix_keys"),
                      ({"cache": {}}, "cache"), ({"keys": "fp8"}, "keys"),
-                     ({"keys": "int8", "mode": "paper"}, "keys")):
+                     ({"keys": "int8", "mode": "paper"}, "keys"),
+                     ({"int8_values": "yes"}, "int8_values"),
+                     ({"bf16_answers": 1}, "bf16_answers")):
         with raises_arg(ValueError, name):
             LongContextMemory(model, **kw)
     with raises_arg(ValueError, "model"):
         LongContextMemory(object())
+
+    class NoCopies:                # the calls a memory needs, but no int8 or bf16 copies
+        tokenizer = tok
+        encode = encode_keys = complete = staticmethod(model.encode)
+    for name in ("int8_values", "bf16_answers"):
+        with raises_arg(ValueError, name):
+            LongContextMemory(NoCopies(), **{name: True})
+        LongContextMemory(NoCopies(), **{name: False})      # the float modules: nothing to do
     mem = LongContextMemory(model)
     with pytest.raises(RuntimeError):
         mem.ask("The pass key is")

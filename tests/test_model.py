@@ -353,3 +353,45 @@ def test_bf16_answers_needs_the_prefix_path(tok):
         model.bf16_answers(True)
     assert not model.answers_in_bf16
     model.bf16_answers(False)                 # turning off what is off is fine
+
+
+def test_precision_blocks_nest_stay_in_their_thread_and_check_their_arguments(tok):
+    """``precision`` overrides the model-wide int8 choice in its block only: nested blocks
+    take the innermost choice, None keeps the outer one, another thread sees the model-wide
+    one, the choice ends with the block (also on an error), and bad choices are refused
+    naming the argument before anything changes."""
+    import threading
+    model = make_model(tok).eval()
+    assert not model.values_in_int8
+    with model.precision(int8_values=True):
+        assert model.values_in_int8
+        other = []
+        t = threading.Thread(target=lambda: other.append(model.values_in_int8))
+        t.start()
+        t.join()
+        assert other == [False]
+        with model.precision(int8_values=False):
+            assert not model.values_in_int8
+            with model.precision(int8_values=None):
+                assert not model.values_in_int8
+        assert model.values_in_int8
+        model.train()
+        assert not model.values_in_int8               # training never uses the copy
+        model.eval()
+    assert not model.values_in_int8
+    with pytest.raises(RuntimeError), model.precision(int8_values=True):
+        raise RuntimeError("inside")
+    assert not model.values_in_int8
+    with pytest.raises(ValueError, match="int8_values: expected True, False or None"):
+        with model.precision(int8_values=1):
+            pass
+    with pytest.raises(ValueError, match="bf16_answers"):     # no prefix path: no copy
+        with model.precision(bf16_answers=True):
+            pass
+    assert not model.answers_in_bf16 and not model.values_in_int8
+    model.int8_values(True)
+    with model.precision(int8_values=False):
+        assert not model.values_in_int8
+    assert model.values_in_int8
+    model.int8_values(False)
+    assert not model.values_in_int8 and "_int8_encoder" not in model.__dict__

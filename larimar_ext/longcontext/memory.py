@@ -45,6 +45,7 @@ the encoding cache (``cache.py``), the ingest statistics (``stats.py``), the wri
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import re
@@ -52,7 +53,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Any, ContextManager, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -193,12 +194,17 @@ class LongContextMemory:
         progress: show tqdm progress bars by default.
         pass_question: give ``ask``'s question to the decoder's prompt when the model takes
             one.
-        int8_values: encode values with the model's int8 encoder (``LarimarModel.int8_values``):
-            faster ingest on the CPU (paper mode keys stay float; recall mode keys come from
-            the same int8 pass).
-        bf16_answers: generate answers with the model's bfloat16 decoder copy
+        int8_values: True: encode values with the model's int8 encoder
+            (``LarimarModel.int8_values``): faster ingest on the CPU (paper mode keys stay
+            float; recall mode keys come from the same int8 pass). False: with the float
+            encoder. None (default): as the model-wide ``int8_values()`` says. The choice
+            is this memory's (``LarimarModel.precision``): other memories of the model keep
+            theirs.
+        bf16_answers: True: generate answers with the model's bfloat16 decoder copy
             (``LarimarModel.bf16_answers``): about half the answer time on a CPU with
-            AVX-512 BF16; an answer may differ where two tokens are close.
+            AVX-512 BF16; an answer may differ where two tokens are close. False: with the
+            float decoder. None (default): as the model-wide ``bf16_answers()`` says; this
+            memory's choice, like ``int8_values``.
         values: what a row keeps of its segment's latent. "latent": the latent itself (C
             floats, 28 KB with the default model). "tokens": the decoder tokens the latent
             stands for (``model.slot_ids``: one id per slot, -1 for a dead one; 128 bytes),
@@ -221,8 +227,8 @@ class LongContextMemory:
                  batch_size: int = 256, batch_tokens: int = 2048, block: int = 2048,
                  metric: str = "cosine",
                  cache: Optional[EncodingCache] = None, progress: bool = False,
-                 pass_question: bool = True, int8_values: bool = False,
-                 bf16_answers: bool = False, values: str = "auto",
+                 pass_question: bool = True, int8_values: Optional[bool] = None,
+                 bf16_answers: Optional[bool] = None, values: str = "auto",
                  keys: str = "auto") -> None:
         for attr in ("encode", "encode_keys", "complete"):
             if not callable(getattr(model, attr, None)):
@@ -246,14 +252,21 @@ class LongContextMemory:
         self.model = model
         if hasattr(model, "eval"):
             model.eval()
-        if int8_values:
-            if not callable(getattr(model, "int8_values", None)):
-                raise ValueError("int8_values: the model has no int8_values()")
-            model.int8_values(True)
-        if bf16_answers:
-            if not callable(getattr(model, "bf16_answers", None)):
-                raise ValueError("bf16_answers: the model has no bf16_answers()")
-            model.bf16_answers(True)
+        for name, value in (("int8_values", int8_values), ("bf16_answers", bf16_answers)):
+            if value is not None and not isinstance(value, bool):
+                raise ValueError(f"{name}: expected True, False or None, got {value!r}")
+        self.int8_values, self.bf16_answers = int8_values, bf16_answers
+        self._choose = getattr(model, "precision", None)
+        if not callable(self._choose):
+            self._choose = None
+            for name, value in (("int8_values", int8_values), ("bf16_answers", bf16_answers)):
+                if value:
+                    raise ValueError(f"{name}: the model has no precision() (a LarimarModel's "
+                                     "int8 encoder and bfloat16 decoder copies)")
+        else:
+            # makes the copies asked for now, so that a bad choice raises here
+            with self._choose(int8_values=int8_values, bf16_answers=bf16_answers):
+                pass
         self.mode = mode
         self.values = self._value_kind(values, mode)
         if keys == "int8" and mode != "recall":
@@ -389,9 +402,15 @@ class LongContextMemory:
             return _host(self.model.slot_ids(z))
         return _host(z)
 
+    def _precision(self, **choice: Optional[bool]) -> ContextManager[None]:
+        """This memory's ``int8_values`` / ``bf16_answers`` choice for the model's calls in
+        the block (``LarimarModel.precision``)."""
+        return contextlib.nullcontext() if self._choose is None else self._choose(**choice)
+
     @torch.no_grad()
     def _encode_values(self, texts: List[str]) -> np.ndarray:
-        return self._stored(self.model.encode(list(texts)))
+        with self._precision(int8_values=self.int8_values):
+            return self._stored(self.model.encode(list(texts)))
 
     @torch.no_grad()
     def _encode_values_and_keys(self, texts: List[str]) -> Tuple[np.ndarray, np.ndarray]:
@@ -401,10 +420,12 @@ class LongContextMemory:
         aligner = getattr(self.model, "aligner", None)
         if callable(both) and self.values == "tokens" and getattr(self.model, "aligned", False):
             segments = aligner(list(texts))
-            z, keys = both(segments)
+            with self._precision(int8_values=self.int8_values):
+                z, keys = both(segments)
             return _host(self.model.slot_ids(z, hints=segments.target_ids)), _host(keys)
         if callable(both):
-            z, keys = both(list(texts))
+            with self._precision(int8_values=self.int8_values):
+                z, keys = both(list(texts))
             return self._stored(z), _host(keys)
         return (self._encode_values(texts),
                 _host(self.model.encode_keys(list(texts), batch_size=len(texts))))
@@ -683,8 +704,9 @@ class LongContextMemory:
         kw: Dict[str, Any] = {}
         if question is not None and self.pass_question and self._complete_takes_questions:
             kw["questions"] = [question]
-        out = self.model.complete([answer_prefix], r, max_new_tokens=max_new_tokens, **kw,
-                                  **_first_line(self.model.complete))
+        with self._precision(bf16_answers=self.bf16_answers):
+            out = self.model.complete([answer_prefix], r, max_new_tokens=max_new_tokens, **kw,
+                                      **_first_line(self.model.complete))
         return _clean(out[0])
 
     def decode_passages(self, answer_prefix: str, passages: List[List[str]],
@@ -702,9 +724,10 @@ class LongContextMemory:
                 or getattr(self.model, "prefix", None) is None:
             return self.decode(answer_prefix, values[0], max_new_tokens, question)
         q = question if self.pass_question else None
-        return _clean(self.model.complete_passages(
-            answer_prefix, self._to_decoder(values), skip, joined, q, max_new_tokens,
-            **_first_line(self.model.complete_passages)))
+        with self._precision(bf16_answers=self.bf16_answers):
+            return _clean(self.model.complete_passages(
+                answer_prefix, self._to_decoder(values), skip, joined, q, max_new_tokens,
+                **_first_line(self.model.complete_passages)))
 
     def _readouts_of(self, passages: List[List[str]]
                      ) -> Tuple[np.ndarray, List[int], List[bool]]:
@@ -734,8 +757,9 @@ class LongContextMemory:
         max_new_tokens = _positive_int(max_new_tokens, "max_new_tokens")
         values, skip, joined = readouts or self._readouts_of(passages)
         q = question if self.pass_question else None
-        return [_clean(a) for a in self.model.complete_each_passage(
-            answer_prefix, self._to_decoder(values), skip, joined, q, max_new_tokens)]
+        with self._precision(bf16_answers=self.bf16_answers):
+            return [_clean(a) for a in self.model.complete_each_passage(
+                answer_prefix, self._to_decoder(values), skip, joined, q, max_new_tokens)]
 
     @profiled
     def ask_trace(self, answer_prefix: str, question: Optional[str] = None, *,

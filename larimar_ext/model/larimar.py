@@ -17,9 +17,10 @@ from __future__ import annotations
 import contextlib
 import inspect
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -36,6 +37,11 @@ from .pooling import make_pooler, masked_mean
 __all__ = ["LarimarModel", "LarimarOutput"]
 
 Texts = Union[str, Sequence[str]]
+
+# This thread's open ``LarimarModel.precision`` blocks, innermost last:
+# [(model, int8_values, bf16_answers)]. Thread-local so that two memories sharing a model
+# in two threads each get their own choice.
+_PRECISION = threading.local()
 
 
 @dataclass
@@ -254,8 +260,8 @@ class LarimarModel(nn.Module):
         segments = inputs if isinstance(inputs, AlignedSegments) else self.aligner(inputs)
         segments = segments.to(_device(self.encoder))
         encoder = self.encoder
-        if not self.training and self.__dict__.get("_int8_encoder") is not None:
-            encoder = self.__dict__["_int8_encoder"]
+        if self.values_in_int8:
+            encoder = self._int8_copy()
         output = encoder(input_ids=segments.input_ids, attention_mask=segments.attention_mask)
         z = self.pooler(output.last_hidden_state, segments.attention_mask, output,
                         segments=segments, piece_embeddings=self.encoder.get_input_embeddings(),
@@ -283,17 +289,29 @@ class LarimarModel(nn.Module):
         the encoder's linear layers (CPU only; ``encode_keys`` keeps the float encoder, so
         retrieval is unchanged). The decoder-aligned slots take their token code from the
         decoder's embeddings and only their context part from the encoder, so readouts
-        stay exact where the encoder's states move a little (tests/test_default_model.py)."""
+        stay exact where the encoder's states move a little (tests/test_default_model.py).
+        This is the model-wide choice; ``precision`` overrides it for one block. Call again
+        after the encoder's weights change (the copy is made now); False drops the copy."""
         if not enable:
+            self.__dict__["_int8_default"] = False
             self.__dict__.pop("_int8_encoder", None)
             return
+        self._int8_copy(fresh=True)
+        self.__dict__["_int8_default"] = True
+
+    def _int8_copy(self, fresh: bool = False) -> nn.Module:
+        """The int8 copy of the encoder, made on first need (or ``fresh``)."""
+        copy_ = self.__dict__.get("_int8_encoder")
+        if copy_ is not None and not fresh:
+            return copy_
         if _device(self.encoder).type != "cpu":
             raise ValueError("int8_values: dynamic int8 quantisation runs on the CPU only")
         import copy
-        quantized = torch.ao.quantization.quantize_dynamic(
+        copy_ = torch.ao.quantization.quantize_dynamic(
             copy.deepcopy(self.encoder).float().eval(), {nn.Linear}, dtype=torch.qint8)
         # kept out of the module tree: not a parameter, never saved, not moved by .to()
-        self.__dict__["_int8_encoder"] = quantized
+        self.__dict__["_int8_encoder"] = copy_
+        return copy_
 
     def bf16_answers(self, enable: bool = True) -> None:
         """Generate answers from readouts (the prefix path: ``complete``, ``complete_passages``,
@@ -304,31 +322,77 @@ class LarimarModel(nn.Module):
         on RULER's development set the scores held and most answers were identical
         (docs/LONGCONTEXT.md, "Answers in bfloat16"). Training, encoding and the slot snap
         keep the float decoder. The copy follows the model to another device; call again
-        after the decoder's weights change."""
+        after the decoder's weights change. This is the model-wide choice; ``precision``
+        overrides it for one block. False drops the copy."""
         if not enable:
+            self.__dict__["_bf16_default"] = False
             self.__dict__.pop("_bf16_decoder", None)
             return
+        self._bf16_copy(fresh=True)
+        self.__dict__["_bf16_default"] = True
+
+    def _bf16_copy(self, fresh: bool = False) -> nn.Module:
+        """The bfloat16 copy of the decoder on the decoder's device, made on first need,
+        when the model moved since (or ``fresh``)."""
+        copy_ = self.__dict__.get("_bf16_decoder")
+        if copy_ is not None and not fresh and _device(copy_) == _device(self.decoder):
+            return copy_
         if self.prefix is None:
             raise ValueError("bf16_answers: needs the prefix path (a model with slots)")
         import copy
         # kept out of the module tree: not a parameter, never saved, not moved by .to()
-        self.__dict__["_bf16_decoder"] = copy.deepcopy(self.decoder).to(torch.bfloat16).eval()
+        copy_ = copy.deepcopy(self.decoder).to(torch.bfloat16).eval()
+        self.__dict__["_bf16_decoder"] = copy_
+        return copy_
+
+    @contextlib.contextmanager
+    def precision(self, *, int8_values: Optional[bool] = None,
+                  bf16_answers: Optional[bool] = None) -> Iterator[None]:
+        """Within the block, and in this thread only: encode values with the int8 encoder
+        (``int8_values=True``) or the float one (False), and generate answers with the
+        bfloat16 decoder (``bf16_answers=True``) or the float one (False), whatever the
+        model-wide ``int8_values()`` / ``bf16_answers()`` say; None keeps the model-wide
+        choice. A copy asked for is made on entry (so a bad choice raises there) and kept
+        for later blocks, but the model-wide choices do not change: two memories sharing a
+        model (``LongContextMemory(int8_values=..., bf16_answers=...)``) each get theirs."""
+        for name, value in (("int8_values", int8_values), ("bf16_answers", bf16_answers)):
+            if value is not None and not isinstance(value, bool):
+                raise ValueError(f"{name}: expected True, False or None, got {value!r}")
+        if int8_values:
+            self._int8_copy()
+        if bf16_answers:
+            self._bf16_copy()
+        blocks = _PRECISION.__dict__.setdefault("blocks", [])
+        blocks.append((self, int8_values, bf16_answers))
+        try:
+            yield
+        finally:
+            blocks.pop()
+
+    def _chosen(self, index: int, default_key: str) -> bool:
+        """The innermost ``precision`` choice of this thread for this model (index 1:
+        int8_values, 2: bf16_answers), else the model-wide one."""
+        for block in reversed(_PRECISION.__dict__.get("blocks", ())):
+            if block[0] is self and block[index] is not None:
+                return block[index]
+        return bool(self.__dict__.get(default_key, False))
+
+    @property
+    def values_in_int8(self) -> bool:
+        """Whether ``encode`` uses the int8 encoder here and now (``int8_values``,
+        ``precision``; never in training mode)."""
+        return not self.training and self._chosen(1, "_int8_default")
 
     @property
     def answers_in_bf16(self) -> bool:
-        """Whether ``bf16_answers`` is on."""
-        return self.__dict__.get("_bf16_decoder") is not None
+        """Whether answers are generated with the bfloat16 decoder here and now
+        (``bf16_answers``, ``precision``; never in training mode)."""
+        return not self.training and self._chosen(2, "_bf16_default")
 
     def _answer_decoder(self) -> nn.Module:
-        """The decoder generation runs on: the bf16 copy when ``bf16_answers`` is on and the
-        model is in eval mode, else the decoder."""
-        fast = self.__dict__.get("_bf16_decoder")
-        if fast is None or self.training:
-            return self.decoder
-        if _device(fast) != _device(self.decoder):      # the model moved since: copy again
-            self.bf16_answers(True)
-            fast = self.__dict__["_bf16_decoder"]
-        return fast
+        """The decoder generation runs on: the bf16 copy where ``answers_in_bf16``, else the
+        decoder."""
+        return self._bf16_copy() if self.answers_in_bf16 else self.decoder
 
     @torch.no_grad()
     def encode_keys(self, texts: Texts, batch_size: int = 64) -> Tensor:
