@@ -192,7 +192,8 @@ class KeyValueStoreF64(_KeyValueStore[np.float64]):
 class _KeyView(Generic[_F]):
     """Exact search over keys (n, key_dim) the caller keeps alive (the view holds a
     reference), e.g. a read-only memory map: the view builds and keeps their squared norms
-    and, with key_codes="int8", their codes; nbytes counts those, not the keys."""
+    and, with key_codes="int8", their codes; nbytes counts those and the projected screen
+    once a search has built it, not the keys."""
     key_dim: Final[int]
     metric: Final[str]
     key_codes: Final[str]

@@ -341,6 +341,7 @@ def test_the_projected_screen_answers_hinted_searches_exactly(rng, isa):
     plain = _core.KeyViewF32(keys, "cosine")
     Q = keys[rng.integers(0, n - 1, 200)] + 0.2 * rng.standard_normal((200, d)).astype(np.float32)
     Q[:20] = keys[99]                                             # aimed at the ties
+    unbuilt = view.nbytes
     for k in (1, 3):
         want_ids, want_scores = plain.search(Q, k)
         before = view.projected_answers
@@ -351,6 +352,8 @@ def test_the_projected_screen_answers_hinted_searches_exactly(rng, isa):
             np.testing.assert_array_equal(scores.view(np.int32), want_scores.view(np.int32))
         assert view.projected_answers - before >= 200   # the right hints: answered there
     assert view.projected_dims == 24                       # d / 3 = 21, in whole groups of 4
+    r = view.projected_dims                    # nbytes counts the screen once it is built:
+    assert view.nbytes - unbuilt == d * r * 8 + 6000 * r + n * (4 * 4 + 4 + 4)  # basis, codes
     off = _core.KeyViewF32(keys, "cosine", "int8", projected_screen=False)
     np.testing.assert_array_equal(off.search(Q, 1, want_ids[:, :1])[0], plain.search(Q, 1)[0])
     assert off.projected_dims == 0 and off.projected_answers == 0

@@ -148,6 +148,11 @@ class ProjectedScreen {
   // Queries answered from their survivors so far (a statistic for tests and profiles).
   void count_answers(index_t n) const { answers_ += n; }
   std::int64_t answers() const { return answers_.load(); }
+  // Bytes it holds: the basis, the projections' codes and their facts, the residual bounds.
+  std::size_t bytes() const {
+    return basis_.size() * sizeof(double) + codes_.size() + facts_.size() * sizeof(T) +
+           sums_.size() * sizeof(std::int32_t) + residual_.size() * sizeof(T);
+  }
 
  private:
   mutable std::atomic<std::int64_t> answers_{0};

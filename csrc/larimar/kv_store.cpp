@@ -582,6 +582,7 @@ void KeyView<T>::search(const T* queries, index_t nq, index_t k, index_t* ids, T
     std::call_once(projected_once_, [&] {
       projected_ = std::make_unique<ProjectedScreen<T>>(keys_, sq_norms_.data(), n_, d_,
                                                         int8_padded_dim(d_ / 3));
+      projected_ready_.store(projected_.get(), std::memory_order_release);
     });
   search_keys(queries, nq, d_, blocks(), int8, k, metric_, ids, scores, keys_may_be_mapped_, hints,
               h, project ? projected_.get() : nullptr);
@@ -595,8 +596,9 @@ void KeyView<T>::key_sq_norms(const index_t* ids, index_t n, T* out) const {
 
 template <class T>
 std::size_t KeyView<T>::bytes() const {
+  const ProjectedScreen<T>* p = projected_ready_.load(std::memory_order_acquire);
   return sq_norms_.size() * sizeof(T) + codes_buf_.size() + facts_.size() * sizeof(T) +
-         sums_.size() * sizeof(std::int32_t);
+         sums_.size() * sizeof(std::int32_t) + (p ? p->bytes() : 0);
 }
 
 template class KeyValueStore<float>;

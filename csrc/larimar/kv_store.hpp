@@ -2,6 +2,7 @@
 // context, values M hold the least-squares write of what each key addressed.
 #pragma once
 
+#include <atomic>
 #include <cstdlib>
 #include <memory>
 #include <mutex>
@@ -184,9 +185,16 @@ class KeyView {
   // The projected screen hinted cosine searches of a large int8 view start with
   // (ProjectedScreen, built on the first): its dimensions (0 before or without one) and the
   // queries it has answered.
-  index_t projected_dims() const { return projected_ ? projected_->dims() : 0; }
-  std::int64_t projected_answers() const { return projected_ ? projected_->answers() : 0; }
-  // Bytes the view itself holds (norms, codes and their facts), not the keys'.
+  index_t projected_dims() const {
+    const ProjectedScreen<T>* p = projected_ready_.load(std::memory_order_acquire);
+    return p ? p->dims() : 0;
+  }
+  std::int64_t projected_answers() const {
+    const ProjectedScreen<T>* p = projected_ready_.load(std::memory_order_acquire);
+    return p ? p->answers() : 0;
+  }
+  // Bytes the view itself holds (norms, codes and their facts, the projected screen once
+  // built), not the keys'.
   std::size_t bytes() const;
 
  private:
@@ -200,6 +208,8 @@ class KeyView {
   bool keys_may_be_mapped_;  // keys on disk when the view was made: read them sparingly
   mutable std::once_flag projected_once_;
   mutable std::unique_ptr<ProjectedScreen<T>> projected_;
+  // projected_ once built, for readers outside the once-flag (a search may be building it)
+  mutable std::atomic<const ProjectedScreen<T>*> projected_ready_{nullptr};
   std::vector<T> sq_norms_;
   std::vector<std::int8_t> codes_buf_;
   std::vector<T> facts_;  // scale, err, norm, inv_norm: 4 runs of n
