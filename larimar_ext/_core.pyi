@@ -200,10 +200,10 @@ class _KeyView(Generic[_F]):
     nbytes: Final[int]
     keys_may_be_mapped: Final[bool]
     """Whether reading the keys may wait on a disk: some lay in a file's memory map and were
-    not resident when the view was made (false for anonymous memory and for a mapped file
-    already in memory, as the OS reports them). Then int8 shortlists are asked of the OS
-    before they are read, and a wide shortlist is re-scored rather than answered by a float
-    scan of every key."""
+    not resident once the view had read them all (false for anonymous memory and for a
+    mapped file that stays in memory, a model's weights say, as the OS reports them). Then
+    int8 shortlists are asked of the OS before they are read, a wide shortlist is re-scored
+    rather than answered by a float scan of every key, and no projected screen is built."""
     projected_dims: Final[int]
     """Dimensions of the projected screen (0 until the first hinted search builds it)."""
     projected_answers: Final[int]

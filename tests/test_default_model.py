@@ -359,6 +359,20 @@ def test_slot_ids_do_not_depend_on_their_hints(model):
         model.slot_ids(z, hints=torch.full_like(wrong, vocab))
 
 
+def test_the_snap_of_a_freshly_loaded_model_uses_its_projected_screen():
+    """The decoder's table is the checkpoint's memory map, not yet read when the snap's view
+    of it is made; the view asks where its keys are after reading them all, so it does not
+    take the table for keys on disk and its hinted searches go through the projected
+    screen (before, a fresh process never used it: 1.7x the snap's time)."""
+    from larimar_ext.longcontext import LongContextMemory
+    fresh = LarimarModel.from_pretrained()
+    LongContextMemory(fresh).ingest("The passkey is 40719. Remember it. The grass is green. "
+                                    "The sky is blue. The sun is yellow. Here we go again.")
+    view = fresh.prefix.__dict__["_table"][1]
+    assert view.keys_may_be_mapped is False
+    assert view.projected_dims > 0 and view.projected_answers > 0
+
+
 def test_int8_keys_find_what_float_keys_find_in_a_quarter_of_the_bytes(model, tmp_path):
     """The recall memory's default keys are int8 codes: the same rows, passages and
     answers as float keys on these questions, a key in 408 bytes instead of 1,540, and

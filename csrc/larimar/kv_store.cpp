@@ -538,7 +538,6 @@ KeyView<T>::KeyView(const T* keys, index_t n, index_t d, Metric metric, KeyCodes
           "expected \"none\" or \"int8\" (a view searches float keys it does not own)");
   check_dim(n, "keys", "number of rows");
   check_dim(d, "keys", "key dimension");
-  keys_may_be_mapped_ = may_read_from_disk(keys, static_cast<std::size_t>(n * d) * sizeof(T));
   const bool int8 = codes_ == KeyCodes::Int8;
   if (int8)
     require(d <= kMaxInt8Dim, "keys",
@@ -561,6 +560,11 @@ KeyView<T>::KeyView(const T* keys, index_t n, index_t d, Metric metric, KeyCodes
     row_sq_norms(block, count, d, sq_norms_.data() + first);
     if (int8) quantize_int8_keys(block, sq_norms_.data() + first, count, d, metric, slots, first);
   });
+  // Asked after the pass, which has read every key: a mapped file that fits in memory is
+  // resident now (a model's weights mapped from their checkpoint, the slot snap's table), one
+  // larger than memory is not. Asked before, the first view over a freshly loaded model's
+  // table took it for keys on disk for good, and never used the projected screen.
+  keys_may_be_mapped_ = may_read_from_disk(keys, static_cast<std::size_t>(n * d) * sizeof(T));
 }
 
 template <class T>

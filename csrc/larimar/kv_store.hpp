@@ -205,7 +205,7 @@ class KeyView {
   Metric metric_;
   KeyCodes codes_;
   bool projected_screen_;
-  bool keys_may_be_mapped_;  // keys on disk when the view was made: read them sparingly
+  bool keys_may_be_mapped_;  // keys on disk once the view had read them: read them sparingly
   mutable std::once_flag projected_once_;
   mutable std::unique_ptr<ProjectedScreen<T>> projected_;
   // projected_ once built, for readers outside the once-flag (a search may be building it)
