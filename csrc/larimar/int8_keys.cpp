@@ -832,19 +832,23 @@ T residual_norm(double p2) {
 
 // Upper bounds (rows) of the cosines of one query against rows keys from the projected codes:
 // pair_bounds' upper bound of p_q . p_k, plus the residuals' product and the slack, each
-// rounding covered.
+// rounding covered. Returns how many reach at_least, counted in the same vector loop: most
+// runs of keys have none, and then need no pass over the bounds one key at a time.
 template <class T>
-LARIMAR_MULTIVERSION void projected_upper_bounds(const std::int32_t* dots, index_t rows,
-                                                 QueryFacts<T> qf, Int8Rows<T> kr,
-                                                 const T* __restrict w_k, T w_q, T slack,
-                                                 T* __restrict hi) {
-#pragma omp simd
+LARIMAR_MULTIVERSION index_t projected_upper_bounds(const std::int32_t* dots, index_t rows,
+                                                    QueryFacts<T> qf, Int8Rows<T> kr,
+                                                    const T* __restrict w_k, T w_q, T slack,
+                                                    T at_least, T* __restrict hi) {
+  index_t reached = 0;
+#pragma omp simd reduction(+ : reached)
   for (index_t t = 0; t < rows; ++t) {
     T l, h;
     pair_bounds<Metric::InnerProduct>(dots[t], t, qf, kr, static_cast<const T*>(nullptr), l, h);
     const T rest = w_q * w_k[t];
     hi[t] = h + rest + slack + (std::abs(h) + rest) * T(kRelSlack);
+    reached += hi[t] >= at_least;
   }
+  return reached;
 }
 }  // namespace
 
@@ -977,7 +981,8 @@ void ProjectedScreen<T>::survivors(const T* queries, const T* q_sq, index_t nq, 
           const std::int32_t* dj = dots.data() + i * kScanRows;
           const QueryFacts<T> qf = facts[j];
           const T wq = w_q[j], at_least = bar[j];
-          projected_upper_bounds(dj, rows, qf, kr, w_k, wq, slack, hi.data());
+          if (projected_upper_bounds(dj, rows, qf, kr, w_k, wq, slack, at_least, hi.data()) == 0)
+            continue;
           for (index_t t = rows; t % kScreenChunk != 0; ++t)
             hi[t] = -std::numeric_limits<T>::infinity();
           // by chunks, passing keys from a bit mask (as the screen finds them)
