@@ -206,17 +206,25 @@ class _KeyView(Generic[_F]):
     rather than answered by a float scan of every key, and no projected screen is built."""
     projected_dims: Final[int]
     """Dimensions of the projected screen (0 until the first hinted search builds it)."""
+    projected_coarse_dims: Final[int]
+    """Dimensions of the projected screen's coarse screen (16 where the screen has >= 32;
+    0 without one or until the screen is built)."""
     projected_answers: Final[int]
     """Queries the projected screen has answered from their survivors."""
+    projected_coarse_answers: Final[int]
+    """Of those, the queries its coarse screen answered."""
     def __init__(self, keys: NDArray[_F], metric: str, key_codes: str = "none",
-                 projected_screen: bool = True) -> None:
+                 projected_screen: bool = True, coarse_screen: bool = True) -> None:
         """Checks the keys finite (ValueError naming keys) and builds norms and codes.
 
         projected_screen: a hinted cosine search of an int8 view of >= 4,096 keys of >= 48
         dimensions, in memory, first bounds every key through int8 codes of its projection
         on the keys' top d/3 principal directions plus the residual norms (built on the first
         such search), and re-scores only the keys that can reach the hints' score; a query
-        with too many such keys takes the full int8 scan. Same results either way."""
+        with too many such keys takes the full int8 scan. A query whose hints score high
+        enough that none of a sample of the keys (one in 64) can reach them through the first
+        16 directions alone tries those first (coarse_screen=False: never). Same results
+        either way."""
     def search(self, Q: NDArray[_F], k: int,
                hints: Optional[_Ids] = None) -> Tuple[_Ids, NDArray[_F]]:
         """Exact top-k (ids (nq, k), scores (nq, k)), as _KeyValueStore.search.

@@ -645,15 +645,16 @@ void bind_key_view(py::module_& m, const char* name) {
   using View = larimar::KeyView<T>;
   py::class_<View>(m, name)
       .def(py::init([](Array<T> keys, const std::string& metric, const std::string& codes,
-                       bool projected_screen) {
+                       bool projected_screen, bool coarse_screen) {
              if (keys.ndim() != 2) throw py::value_error("keys: expected a 2-D array");
-             return std::make_unique<View>(keys.data(), keys.shape(0), keys.shape(1),
-                                           larimar::parse_metric(metric),
-                                           larimar::parse_key_codes(codes), projected_screen);
+             return std::make_unique<View>(
+                 keys.data(), keys.shape(0), keys.shape(1), larimar::parse_metric(metric),
+                 larimar::parse_key_codes(codes), projected_screen, coarse_screen);
            }),
            py::keep_alive<1, 2>(),  // the view reads keys for as long as it lives
            array_arg("keys"), py::arg("metric"), py::arg("key_codes") = "none",
-           py::arg("projected_screen") = true, py::call_guard<py::gil_scoped_release>())
+           py::arg("projected_screen") = true, py::arg("coarse_screen") = true,
+           py::call_guard<py::gil_scoped_release>())
       .def(
           "search",
           [](const View& self, Array<T> q, index_t k, std::optional<Array<index_t>> hints) {
@@ -682,7 +683,9 @@ void bind_key_view(py::module_& m, const char* name) {
           "key_codes", [](const View& self) { return larimar::key_codes_name(self.key_codes()); })
       .def_property_readonly("keys_may_be_mapped", &View::keys_may_be_mapped)
       .def_property_readonly("projected_dims", &View::projected_dims)
+      .def_property_readonly("projected_coarse_dims", &View::projected_coarse_dims)
       .def_property_readonly("projected_answers", &View::projected_answers)
+      .def_property_readonly("projected_coarse_answers", &View::projected_coarse_answers)
       .def_property_readonly("metric",
                              [](const View& self) { return larimar::metric_name(self.metric()); });
 }

@@ -333,18 +333,26 @@ def test_bad_hints_are_refused_naming_them(rng):
     np.testing.assert_array_equal(view.search(Q, 2)[0], want[0])
 
 
-def test_the_projected_screen_answers_hinted_searches_exactly(rng, isa):
-    # A large cosine view, hinted: the screen over the keys' top principal directions answers
-    # most queries from their survivors (keys in a low-dimensional subspace plus noise, rows
-    # in near-ties, duplicates and a zero row); every answer is the float search's.
-    n, d = 6000, 64
-    basis = rng.standard_normal((12, d))
-    keys = (rng.standard_normal((n, 12)) @ basis + 0.05 * rng.standard_normal((n, d)))
+def low_rank_keys(rng, n: int, d: int, rank: int, noise: float):
+    """Keys (n, d) float32 near a rank-dimensional subspace (basis (rank, d), returned too),
+    with norms over six decades, rows 100-139 duplicates of row 99, rows 140-179 one-ulp
+    steps from it, and a zero last row: the projected screens' adversarial table."""
+    basis = rng.standard_normal((rank, d))
+    keys = rng.standard_normal((n, rank)) @ basis + noise * rng.standard_normal((n, d))
     keys = keys.astype(np.float32)
     keys *= np.exp(rng.uniform(np.log(1e-3), np.log(1e3), (n, 1))).astype(np.float32)
     keys[100:140] = keys[99]                                     # duplicates
     keys[140:180] = keys[99] * (1 + np.arange(40, dtype=np.float32)[:, None] * 2 ** -23)
     keys[-1] = 0
+    return keys, basis
+
+
+def test_the_projected_screen_answers_hinted_searches_exactly(rng, isa):
+    # A large cosine view, hinted: the screen over the keys' top principal directions answers
+    # most queries from their survivors (keys in a low-dimensional subspace plus noise, rows
+    # in near-ties, duplicates and a zero row); every answer is the float search's.
+    n, d = 6000, 64
+    keys, _ = low_rank_keys(rng, n, d, 12, 0.05)
     view = _core.KeyViewF32(keys, "cosine", "int8")
     plain = _core.KeyViewF32(keys, "cosine")
     Q = keys[rng.integers(0, n - 1, 200)] + 0.2 * rng.standard_normal((200, d)).astype(np.float32)
@@ -365,3 +373,57 @@ def test_the_projected_screen_answers_hinted_searches_exactly(rng, isa):
     off = _core.KeyViewF32(keys, "cosine", "int8", projected_screen=False)
     np.testing.assert_array_equal(off.search(Q, 1, want_ids[:, :1])[0], plain.search(Q, 1)[0])
     assert off.projected_dims == 0 and off.projected_answers == 0
+    assert view.projected_coarse_dims == 0                # 24 dimensions: too few for one
+
+
+def test_the_coarse_screen_answers_queries_close_to_their_hints_exactly(rng, isa):
+    # Queries next to their hinted key (a slot next to its token) are answered by the first
+    # 16 principal directions alone; the others (farther, wrongly hinted, at ties, duplicates,
+    # norms over six decades, a zero key) go on to the full screen. Every answer is the float
+    # search's, and the same without the coarse screen.
+    n, d = 6000, 128
+    keys, basis = low_rank_keys(rng, n, d, 24, 0.3)
+    view = _core.KeyViewF32(keys, "cosine", "int8")
+    fine_only = _core.KeyViewF32(keys, "cosine", "int8", coarse_screen=False)
+    plain = _core.KeyViewF32(keys, "cosine")
+    rows = rng.integers(0, n - 1, 300)
+    unit = keys[rows] / np.linalg.norm(keys[rows], axis=1, keepdims=True)
+    near = unit + 0.01 * rng.standard_normal((300, d)).astype(np.float32)
+    far = unit + 0.3 * rng.standard_normal((300, d)).astype(np.float32)
+    Q = np.concatenate([near, far, np.repeat(keys[99:100], 20, 0)]).astype(np.float32)
+    unbuilt = view.nbytes
+    for k in (1, 2):
+        want_ids, want_scores = plain.search(Q, k)
+        for hints in (want_ids, np.concatenate([want_ids, rng.integers(0, n, (len(Q), 2))], 1),
+                      rng.integers(0, n, (len(Q), k))):
+            before = view.projected_coarse_answers
+            for v in (view, fine_only):
+                ids, scores = v.search(Q, k, hints)
+                np.testing.assert_array_equal(ids, want_ids)
+                np.testing.assert_array_equal(scores.view(np.int32), want_scores.view(np.int32))
+            if hints is want_ids and k == 1:
+                assert view.projected_coarse_answers - before >= 250   # the near ones
+    # A key b just off a, along a direction the leading ones leave out, and a query between
+    # them closer to b, hinted with a: only the residual bound keeps b in the coarse screen.
+    e = rng.standard_normal((40, d))
+    e -= (e @ np.linalg.pinv(basis)) @ basis            # out of the keys' principal span
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    a = rng.integers(200, n - 1, 40)
+    ua = keys[a] / np.linalg.norm(keys[a], axis=1, keepdims=True)
+    b = np.arange(180, 220)
+    keys[b] = (ua + 0.05 * e) * np.linalg.norm(keys[a], axis=1, keepdims=True)
+    tight = _core.KeyViewF32(keys, "cosine", "int8")
+    q = (ua + 0.03 * e).astype(np.float32)
+    want_ids, want_scores = _core.KeyViewF32(keys, "cosine").search(q, 1)
+    assert (want_ids[:, 0] == b).mean() > 0.9           # b is the answer, not the hint
+    ids, scores = tight.search(q, 1, a[:, None])
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_array_equal(scores.view(np.int32), want_scores.view(np.int32))
+    assert tight.projected_coarse_answers >= 30
+    assert view.projected_coarse_answers < view.projected_answers   # the far ones: full screen
+    assert (view.projected_dims, view.projected_coarse_dims) == (44, 16)   # d / 3, in 4s
+    assert fine_only.projected_coarse_dims == 0 and fine_only.projected_coarse_answers == 0
+    assert fine_only.projected_answers > 0
+    r, c, sampled = 44, 16, -(-n // 64)     # nbytes: basis, both screens, the routing sample
+    assert view.nbytes - unbuilt == (d * r * 8 + 6000 * (r + c) + 2 * n * (4 * 4 + 4 + 4)
+                                     + sampled * (c + 1) * 8)

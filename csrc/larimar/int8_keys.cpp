@@ -854,8 +854,8 @@ LARIMAR_MULTIVERSION index_t projected_upper_bounds(const std::int32_t* dots, in
 
 template <class T>
 ProjectedScreen<T>::ProjectedScreen(const T* keys, const T* sq_norms, index_t n, index_t d,
-                                    index_t r)
-    : n_(n), d_(d), r_(r) {
+                                    index_t r, bool coarse)
+    : n_(n), d_(d) {
   // The basis: the top r eigenvectors of the Gram of (a stride sample of) the unit rows.
   constexpr index_t kBasisRows = 8192;
   const index_t step = std::max<index_t>(1, n / kBasisRows);
@@ -876,14 +876,15 @@ ProjectedScreen<T>::ProjectedScreen(const T* keys, const T* sq_norms, index_t n,
   for (index_t t = 0; t < d; ++t)
     for (index_t c = 0; c < r; ++c) basis_[t * r + c] = v[t * d + (d - 1 - c)];
 
-  const index_t dp = int8_padded_dim(r);
-  const index_t rows = (n + kInt8TileRows - 1) / kInt8TileRows * kInt8TileRows;
-  codes_.assign(static_cast<std::size_t>(rows * dp), 0);
-  facts_.resize(static_cast<std::size_t>(4 * n));
-  sums_.resize(static_cast<std::size_t>(n));
-  residual_.resize(static_cast<std::size_t>(n));
-  const Int8Slots<T> slots = int8_slots(codes_.data(), facts_.data(), sums_.data(), n);
+  make_level(fine_, r);
+  if (coarse && r >= 2 * kCoarseDims) make_level(coarse_, kCoarseDims);
+  // the routing sample: every step-th key, kCoarseSurvivors keys of the table for each
+  const index_t every = kCoarseSurvivors;
+  const index_t sampled = coarse_.r > 0 ? (n + every - 1) / every : 0;
+  sample_p_.resize(static_cast<std::size_t>(sampled * coarse_.r));
+  sample_w_.resize(static_cast<std::size_t>(sampled));
   constexpr index_t kRows = 1024;  // whole code tiles
+  static_assert(kRows % kCoarseSurvivors == 0, "a block starts on a sampled key");
   parallel_for((n + kRows - 1) / kRows, [&](index_t b) {
     const index_t first = b * kRows, count = std::min(kRows, n - first);
     std::vector<double> units(static_cast<std::size_t>(count * d), 0.0),
@@ -894,67 +895,81 @@ ProjectedScreen<T>::ProjectedScreen(const T* keys, const T* sq_norms, index_t n,
                 !unit_row(keys + (first + i) * d, d, units.data() + i * d);
     blas::gemm<double>(false, false, count, r, d, 1.0, units.data(), d, basis_.data(), r, 0.0,
                        proj.data(), r);
-    std::vector<T> p(static_cast<std::size_t>(count * r)), p_sq(static_cast<std::size_t>(count));
-    for (index_t i = 0; i < count; ++i) {
-      double p2 = 0;
-      for (index_t c = 0; c < r; ++c) {
-        p[i * r + c] = static_cast<T>(proj[i * r + c]);
-        p2 += proj[i * r + c] * proj[i * r + c];
-      }
-      residual_[first + i] = tiny[i] ? std::numeric_limits<T>::infinity() : residual_norm<T>(p2);
+    fill_level(fine_, proj.data(), tiny.data(), first, count);
+    if (coarse_.r == 0) return;
+    fill_level(coarse_, proj.data(), tiny.data(), first, count);
+    for (index_t i = 0; i < count; i += every) {
+      const index_t s = (first + i) / every;
+      for (index_t c = 0; c < coarse_.r; ++c) sample_p_[s * coarse_.r + c] = proj[i * r + c];
+      // a key of (near) zero norm survives every screen: not a forecast of others
+      sample_w_[s] =
+          tiny[i] ? -std::numeric_limits<double>::infinity() : coarse_.residual[first + i];
     }
-    row_sq_norms(p.data(), count, r, p_sq.data());
-    quantize_int8_keys(p.data(), p_sq.data(), count, r, Metric::InnerProduct, slots, first);
   });
 }
 
 template <class T>
-void ProjectedScreen<T>::survivors(const T* queries, const T* q_sq, index_t nq, const T* floors,
-                                   index_t limit, std::vector<std::vector<index_t>>& out,
-                                   std::vector<char>& ok) const {
-  out.assign(static_cast<std::size_t>(nq), {});
-  ok.assign(static_cast<std::size_t>(nq), 0);
-  std::vector<index_t> live;  // the queries screened here
-  std::vector<double> units;
-  for (index_t i = 0; i < nq; ++i) {
-    if (!std::isfinite(double(floors[i])) || double(q_sq[i]) < kTinySq) continue;
-    units.resize(units.size() + static_cast<std::size_t>(d_));
-    if (!unit_row(queries + i * d_, d_, units.data() + units.size() - d_)) {
-      units.resize(units.size() - d_);
-      continue;
+void ProjectedScreen<T>::make_level(Level& level, index_t r) {
+  const index_t rows = (n_ + kInt8TileRows - 1) / kInt8TileRows * kInt8TileRows;
+  level.r = r;
+  level.codes.assign(static_cast<std::size_t>(rows * int8_padded_dim(r)), 0);
+  level.facts.resize(static_cast<std::size_t>(4 * n_));
+  level.sums.resize(static_cast<std::size_t>(n_));
+  level.residual.resize(static_cast<std::size_t>(n_));
+}
+
+template <class T>
+void ProjectedScreen<T>::fill_level(Level& level, const double* proj, const char* tiny,
+                                    index_t first, index_t count) {
+  const index_t r = level.r, stride = dims();
+  std::vector<T> p(static_cast<std::size_t>(count * r)), p_sq(static_cast<std::size_t>(count));
+  for (index_t i = 0; i < count; ++i) {
+    double p2 = 0;
+    for (index_t c = 0; c < r; ++c) {
+      p[i * r + c] = static_cast<T>(proj[i * stride + c]);
+      p2 += proj[i * stride + c] * proj[i * stride + c];
     }
-    live.push_back(i);
+    level.residual[first + i] = tiny[i] ? std::numeric_limits<T>::infinity() : residual_norm<T>(p2);
   }
-  const index_t m = static_cast<index_t>(live.size());
+  row_sq_norms(p.data(), count, r, p_sq.data());
+  const Int8Slots<T> slots =
+      int8_slots(level.codes.data(), level.facts.data(), level.sums.data(), n_);
+  quantize_int8_keys(p.data(), p_sq.data(), count, r, Metric::InnerProduct, slots, first);
+}
+
+template <class T>
+void ProjectedScreen<T>::scan(const Level& level, const std::vector<index_t>& which,
+                              const double* proj, const T* bars, index_t limit,
+                              std::vector<std::vector<index_t>>& out, std::vector<char>& ok) const {
+  const index_t m = static_cast<index_t>(which.size()), r = level.r, dp = int8_padded_dim(r);
+  out.assign(static_cast<std::size_t>(m), {});
+  ok.assign(static_cast<std::size_t>(m), 0);
   if (m == 0) return;
-  const index_t r = r_, dp = int8_padded_dim(r);
-  std::vector<double> proj(static_cast<std::size_t>(m * r));
-  blas::gemm_parallel<double>(false, false, m, r, d_, 1.0, units.data(), d_, basis_.data(), r, 0.0,
-                              proj.data(), r);
-  std::vector<T> p(static_cast<std::size_t>(m * r)), p_sq(static_cast<std::size_t>(m)),
-      w_q(static_cast<std::size_t>(m)), bar(static_cast<std::size_t>(m));
+  std::vector<T> p(static_cast<std::size_t>(r)), w_q(static_cast<std::size_t>(m)),
+      bar(static_cast<std::size_t>(m));
   std::vector<std::uint8_t> codes(static_cast<std::size_t>(m * dp));
   std::vector<QueryFacts<T>> facts(static_cast<std::size_t>(m));
   // the search's rounding and the projections' (p in T, at most r half-ulps of |p| <= 1 each)
   const T slack =
       round_up<T>(search_rounding<T>(d_) + double(r + 1) * std::numeric_limits<T>::epsilon());
   for (index_t j = 0; j < m; ++j) {
+    const double* pj = proj + which[j] * dims();
     double p2 = 0;
     for (index_t c = 0; c < r; ++c) {
-      p[j * r + c] = static_cast<T>(proj[j * r + c]);
-      p2 += proj[j * r + c] * proj[j * r + c];
+      p[c] = static_cast<T>(pj[c]);
+      p2 += pj[c] * pj[c];
     }
     w_q[j] = residual_norm<T>(p2);
-    row_sq_norms(p.data() + j * r, 1, r, p_sq.data() + j);
-    facts[j] = quantize_query(p.data() + j * r, r, dp, p_sq[j], Metric::InnerProduct,
-                              codes.data() + j * dp);
-    bar[j] = floors[live[j]];
+    T p_sq;
+    row_sq_norms(p.data(), 1, r, &p_sq);
+    facts[j] = quantize_query(p.data(), r, dp, p_sq, Metric::InnerProduct, codes.data() + j * dp);
+    bar[j] = bars[which[j]];
   }
   const index_t runs = (n_ + kScanRows - 1) / kScanRows;
   const index_t workers = std::min<index_t>(num_threads(), runs);
   std::vector<std::vector<std::vector<index_t>>> found(workers);
   const IntPath path = current_path();
-  const Int8Rows<T> all = int8_rows(codes_.data(), facts_.data(), sums_.data(), n_);
+  const Int8Rows<T> all = int8_rows(level.codes.data(), level.facts.data(), level.sums.data(), n_);
   parallel_for(workers, [&](index_t wk) {
     found[wk].resize(static_cast<std::size_t>(m));
     std::vector<std::int32_t> dots(static_cast<std::size_t>(path.max_queries) * kScanRows);
@@ -969,7 +984,7 @@ void ProjectedScreen<T>::survivors(const T* queries, const T* q_sq, index_t nq, 
       const index_t o = run * kScanRows, rows = std::min(kScanRows, n_ - o);
       const Int8Rows<T> kr{all.codes + o * dp, all.scale + o, all.code_sum + o,
                            all.err + o,        all.norm + o,  all.inv_norm + o};
-      const T* w_k = residual_.data() + o;
+      const T* w_k = level.residual.data() + o;
       const index_t ntiles = (rows + kInt8TileRows - 1) / kInt8TileRows;
       for (index_t i0 = 0; i0 < m; i0 += path.max_queries) {
         const int mq = static_cast<int>(std::min<index_t>(path.max_queries, m - i0));
@@ -997,14 +1012,86 @@ void ProjectedScreen<T>::survivors(const T* queries, const T* q_sq, index_t nq, 
     }
   });
   for (index_t j = 0; j < m; ++j) {
-    std::vector<index_t>& ids = out[live[j]];
+    std::vector<index_t>& ids = out[j];
     bool over = false;
     for (index_t wk = 0; wk < workers; ++wk) {
       ids.insert(ids.end(), found[wk][j].begin(), found[wk][j].end());
       over = over || static_cast<index_t>(found[wk][j].size()) > limit;
     }
-    ok[live[j]] = !over && static_cast<index_t>(ids.size()) <= limit;
-    if (!ok[live[j]]) ids.clear();
+    ok[j] = !over && static_cast<index_t>(ids.size()) <= limit;
+    if (!ok[j]) ids.clear();
+  }
+}
+
+template <class T>
+void ProjectedScreen<T>::survivors(const T* queries, const T* q_sq, index_t nq, const T* floors,
+                                   index_t limit, std::vector<std::vector<index_t>>& out,
+                                   std::vector<char>& ok) const {
+  out.assign(static_cast<std::size_t>(nq), {});
+  ok.assign(static_cast<std::size_t>(nq), 0);
+  std::vector<index_t> live;  // the queries screened here
+  std::vector<double> units;
+  for (index_t i = 0; i < nq; ++i) {
+    if (!std::isfinite(double(floors[i])) || double(q_sq[i]) < kTinySq) continue;
+    units.resize(units.size() + static_cast<std::size_t>(d_));
+    if (!unit_row(queries + i * d_, d_, units.data() + units.size() - d_)) {
+      units.resize(units.size() - d_);
+      continue;
+    }
+    live.push_back(i);
+  }
+  const index_t m = static_cast<index_t>(live.size());
+  if (m == 0) return;
+  const index_t r = dims();
+  std::vector<double> proj(static_cast<std::size_t>(m * r));
+  blas::gemm_parallel<double>(false, false, m, r, d_, 1.0, units.data(), d_, basis_.data(), r, 0.0,
+                              proj.data(), r);
+  std::vector<T> bars(static_cast<std::size_t>(m));
+  for (index_t j = 0; j < m; ++j) bars[j] = floors[live[j]];
+  // The coarse screen for the queries no sampled key can reach (their bounds taken in double
+  // from the sample's coordinates: a forecast only, the screens themselves decide), the fine
+  // one for every query it leaves.
+  std::vector<index_t> coarse, fine;
+  const index_t c = coarse_.r, sampled = static_cast<index_t>(sample_w_.size());
+  std::vector<double> sample_dots(static_cast<std::size_t>(c > 0 ? m * sampled : 0));
+  if (c > 0)
+    blas::gemm<double>(false, true, m, sampled, c, 1.0, proj.data(), r, sample_p_.data(), c, 0.0,
+                       sample_dots.data(), sampled);
+  for (index_t j = 0; j < m; ++j) {
+    bool reached = c == 0;
+    if (!reached) {
+      const double* pj = proj.data() + j * r;
+      double p2 = 0;
+      for (index_t t = 0; t < c; ++t) p2 += pj[t] * pj[t];
+      const double wq = std::sqrt(std::max(0.0, 1 - p2)), bar = bars[j];
+      const double* dots = sample_dots.data() + j * sampled;
+      for (index_t s = 0; s < sampled && !reached; ++s)
+        reached = dots[s] + wq * sample_w_[s] >= bar;
+    }
+    (reached ? fine : coarse).push_back(j);
+  }
+  std::vector<std::vector<index_t>> found;
+  std::vector<char> passed;
+  if (!coarse.empty()) {
+    scan(coarse_, coarse, proj.data(), bars.data(), std::min(limit, kCoarseSurvivors), found,
+         passed);
+    index_t answered = 0;
+    for (std::size_t j = 0; j < coarse.size(); ++j) {
+      if (!passed[j]) {
+        fine.push_back(coarse[j]);
+        continue;
+      }
+      out[live[coarse[j]]] = std::move(found[j]);
+      ok[live[coarse[j]]] = 1;
+      ++answered;
+    }
+    coarse_answers_ += answered;
+    std::sort(fine.begin(), fine.end());
+  }
+  scan(fine_, fine, proj.data(), bars.data(), limit, found, passed);
+  for (std::size_t j = 0; j < fine.size(); ++j) {
+    out[live[fine[j]]] = std::move(found[j]);
+    ok[live[fine[j]]] = passed[j];
   }
 }
 

@@ -131,37 +131,69 @@ bool search_int8(const T* queries, index_t nq, index_t d, const std::vector<KeyB
 // below a query's floor score below it in the search too, so the ones left (survivors) hold
 // the query's top k. U is the top of the eigenbasis of the unit rows' Gram (any orthonormal U
 // is exact; this one makes the residuals small), the codes a third of the full scan's.
+// A query whose floor is high (a slot close to its hinted token) is pruned as well by the
+// first kCoarseDims directions alone, a twelfth of the products: such queries try that coarse
+// screen first. Which ones do is decided on a stride sample of the keys (kCoarseSurvivors
+// sampled keys for each one kept): a query none of the sample's keys can reach.
 // Views that get one: at least this many keys of at least this many dimensions.
 constexpr index_t kProjectedMinRows = 4096;
 constexpr index_t kProjectedMinDim = 48;
+constexpr index_t kCoarseDims = 16;  // a coarse screen where r >= 2 kCoarseDims
+constexpr index_t kCoarseSurvivors = 64;
 template <class T>
 class ProjectedScreen {
  public:
-  ProjectedScreen(const T* keys, const T* sq_norms, index_t n, index_t d, index_t r);
-  index_t dims() const { return r_; }
+  // coarse: with the coarse screen (where r >= 2 kCoarseDims)
+  ProjectedScreen(const T* keys, const T* sq_norms, index_t n, index_t d, index_t r,
+                  bool coarse = true);
+  index_t dims() const { return fine_.r; }
+  index_t coarse_dims() const { return coarse_.r; }  // 0: no coarse screen
   // For each query i (d; q_sq its squared norm) with a finite floors[i]: the sorted ids of
   // every key whose search score can reach floors[i], into survivors[i], and ok[i] = 1; ok[i]
   // = 0 where the floor is not finite, the query cannot be bounded (near-zero norm) or more
   // than `limit` keys survive.
   void survivors(const T* queries, const T* q_sq, index_t nq, const T* floors, index_t limit,
                  std::vector<std::vector<index_t>>& survivors, std::vector<char>& ok) const;
-  // Queries answered from their survivors so far (a statistic for tests and profiles).
+  // Queries answered from their survivors so far, and of those, by the coarse screen
+  // (statistics for tests and profiles).
   void count_answers(index_t n) const { answers_ += n; }
   std::int64_t answers() const { return answers_.load(); }
-  // Bytes it holds: the basis, the projections' codes and their facts, the residual bounds.
+  std::int64_t coarse_answers() const { return coarse_answers_.load(); }
+  // Bytes it holds: the basis, both screens' codes, facts and residual bounds, the sample.
   std::size_t bytes() const {
-    return basis_.size() * sizeof(double) + codes_.size() + facts_.size() * sizeof(T) +
-           sums_.size() * sizeof(std::int32_t) + residual_.size() * sizeof(T);
+    return basis_.size() * sizeof(double) + coarse_.bytes() + fine_.bytes() +
+           (sample_p_.size() + sample_w_.size()) * sizeof(double);
   }
 
  private:
-  mutable std::atomic<std::int64_t> answers_{0};
-  index_t n_, d_, r_;
-  std::vector<double> basis_;  // U, d x r row-major
-  std::vector<std::int8_t> codes_;
-  std::vector<T> facts_;  // as Int8Rows over the r-dimensional p_k
-  std::vector<std::int32_t> sums_;
-  std::vector<T> residual_;  // >= |w_k|; +inf for a key of (near) zero norm (always survives)
+  // One screen: int8 codes of the keys' first r coordinates p (as Int8Rows over them) and the
+  // bounds >= |w_k| of what those leave (+inf for a key of (near) zero norm: always survives).
+  struct Level {
+    index_t r = 0;
+    std::vector<std::int8_t> codes;
+    std::vector<T> facts;
+    std::vector<std::int32_t> sums;
+    std::vector<T> residual;
+    std::size_t bytes() const {
+      return codes.size() + facts.size() * sizeof(T) + sums.size() * sizeof(std::int32_t) +
+             residual.size() * sizeof(T);
+    }
+  };
+  void make_level(Level& level, index_t r);
+  // Fills rows first .. first + count of level from their projections proj (count x dims()).
+  void fill_level(Level& level, const double* proj, const char* tiny, index_t first, index_t count);
+  // The screen of level for the queries which (rows of proj, m x dims(); bars[j] their
+  // floors): found[j] its survivors, ok[j] whether at most limit survived.
+  void scan(const Level& level, const std::vector<index_t>& which, const double* proj,
+            const T* bars, index_t limit, std::vector<std::vector<index_t>>& found,
+            std::vector<char>& ok) const;
+
+  mutable std::atomic<std::int64_t> answers_{0}, coarse_answers_{0};
+  index_t n_, d_;
+  std::vector<double> basis_;  // U, d x dims() row-major
+  Level coarse_, fine_;
+  // the coarse coordinates (kCoarseDims each) and residual bounds of every step-th key
+  std::vector<double> sample_p_, sample_w_;
 };
 
 }  // namespace larimar

@@ -167,9 +167,10 @@ class KeyValueStore {
 template <class T>
 class KeyView {
  public:
-  // projected_screen: hinted cosine searches may use a ProjectedScreen (see search).
+  // projected_screen: hinted cosine searches may use a ProjectedScreen (see search);
+  // coarse_screen: with its coarse screen where it has the dimensions for one.
   KeyView(const T* keys, index_t n, index_t d, Metric metric, KeyCodes key_codes,
-          bool projected_screen = true);
+          bool projected_screen = true, bool coarse_screen = true);
   // As KeyValueStore::search: the same ids and score bits for the same keys. hints (nq, h
   // row ids; h = 0: none): keys each query's top k likely holds, which with int8 codes start
   // the screen's bar (search_int8); the result does not depend on them.
@@ -183,15 +184,24 @@ class KeyView {
   KeyCodes key_codes() const { return codes_; }
   bool keys_may_be_mapped() const { return keys_may_be_mapped_; }
   // The projected screen hinted cosine searches of a large int8 view start with
-  // (ProjectedScreen, built on the first): its dimensions (0 before or without one) and the
-  // queries it has answered.
+  // (ProjectedScreen, built on the first): its dimensions (0 before or without one), those of
+  // its coarse screen (0 without one), the queries it has answered and how many of those the
+  // coarse screen did.
   index_t projected_dims() const {
     const ProjectedScreen<T>* p = projected_ready_.load(std::memory_order_acquire);
     return p ? p->dims() : 0;
   }
+  index_t projected_coarse_dims() const {
+    const ProjectedScreen<T>* p = projected_ready_.load(std::memory_order_acquire);
+    return p ? p->coarse_dims() : 0;
+  }
   std::int64_t projected_answers() const {
     const ProjectedScreen<T>* p = projected_ready_.load(std::memory_order_acquire);
     return p ? p->answers() : 0;
+  }
+  std::int64_t projected_coarse_answers() const {
+    const ProjectedScreen<T>* p = projected_ready_.load(std::memory_order_acquire);
+    return p ? p->coarse_answers() : 0;
   }
   // Bytes the view itself holds (norms, codes and their facts, the projected screen once
   // built), not the keys'.
@@ -204,7 +214,7 @@ class KeyView {
   index_t n_, d_;
   Metric metric_;
   KeyCodes codes_;
-  bool projected_screen_;
+  bool projected_screen_, coarse_screen_;
   bool keys_may_be_mapped_;  // keys on disk once the view had read them: read them sparingly
   mutable std::once_flag projected_once_;
   mutable std::unique_ptr<ProjectedScreen<T>> projected_;
