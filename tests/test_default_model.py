@@ -373,6 +373,23 @@ def test_the_snap_of_a_freshly_loaded_model_uses_its_projected_screen():
     assert view.projected_dims > 0 and view.projected_answers > 0
 
 
+def test_the_pooler_and_prefix_compute_live_slots_only_and_zero_the_dead(model):
+    texts = ["The passkey is 40719. Remember it.", "Short.", "Слоты: 日本語 and ünïcödé!"]
+    segments = model.aligner(texts)
+    z = model.encode(segments)
+    slots = z.reshape(len(texts), model.prefix.num_slots, -1)
+    live = segments.live
+    assert not live.all() and live.any()
+    assert torch.equal(slots[~live], torch.zeros_like(slots[~live]))
+    assert torch.equal(model.prefix.live(z), live)
+    with torch.no_grad():
+        torch.testing.assert_close(model.prefix.soft(z, live), model.prefix.soft(z)[live])
+        ids = model.prefix.nearest_ids(model.prefix.soft(z)[live],
+                                       model.decoder.get_input_embeddings().weight)
+    assert torch.equal(model.slot_ids(z)[live], ids)
+    assert bool((model.slot_ids(z)[~live] == -1).all())
+
+
 def test_int8_keys_find_what_float_keys_find_in_a_quarter_of_the_bytes(model, tmp_path):
     """The recall memory's default keys are int8 codes: the same rows, passages and
     answers as float keys on these questions, a key in 408 bytes instead of 1,540, and

@@ -217,18 +217,21 @@ class AlignedPooler(nn.Module):
             if token_embeddings is None:
                 raise ValueError("token_embeddings: this pooler reads the decoder's "
                                  "token embeddings")
+        # the live slots only (a third of an ingest's slots are dead): dead ones are zeros
+        live = segments.live
+        x, target_ids = x[live], segments.target_ids[live]
         if self.token_proj is not None:
             dev = token_embeddings.weight.device
-            tokens = token_embeddings(segments.target_ids.to(dev)).to(
-                x.device, self.token_proj.weight.dtype)
+            tokens = token_embeddings(target_ids.to(dev)).to(x.device, self.token_proj.weight.dtype)
             x = x + self.token_proj(tokens).to(x.dtype)
         slots = self.norm(self.mlp(x))
         if self.token_code is not None:
             dev = token_embeddings.weight.device
-            tokens = token_embeddings(segments.target_ids.to(dev)).to(
-                x.device, self.token_code.weight.dtype)
+            tokens = token_embeddings(target_ids.to(dev)).to(x.device, self.token_code.weight.dtype)
             slots = torch.cat([slots, self.token_code(tokens).to(slots.dtype)], -1)
-        return (slots * segments.live.unsqueeze(-1).to(slots.dtype)).flatten(1)
+        out = slots.new_zeros(*live.shape, slots.shape[-1])
+        out[live] = slots
+        return out.flatten(1)
 
 
 class SlotPrefix(nn.Module):
@@ -266,16 +269,24 @@ class SlotPrefix(nn.Module):
     def _slots(self, z: Tensor) -> Tensor:
         return z.reshape(z.shape[0], self.num_slots, self.slot_size + self.token_code_size)
 
+    def soft(self, z: Tensor, rows: Optional[Tensor] = None) -> Tensor:
+        """Soft tokens (B, P, H) of z (B, P * c), unsnapped; with rows (B, P) bool, those of
+        the selected slots only, (n, H)."""
+        slots = self._slots(z).to(self.net[0].weight.dtype)
+        if rows is not None:
+            slots = slots[rows]
+        soft = self.net(slots)
+        if self.up is not None:
+            soft = soft + self.up(slots[..., self.slot_size:])
+        return soft
+
     def live(self, z: Tensor) -> Tensor:
         return self._slots(z)[..., :self.slot_size].norm(dim=-1) > 0.5 * self.slot_size ** 0.5
 
     def forward(self, z: Tensor, embeddings: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """Soft tokens (B, P, H) and live mask (B, P); with ``embeddings`` (V, H) every soft
         token is snapped to its nearest row (cosine)."""
-        slots = self._slots(z).to(self.net[0].weight.dtype)
-        soft = self.net(slots)
-        if self.up is not None:
-            soft = soft + self.up(slots[..., self.slot_size:])
+        soft = self.soft(z)
         if embeddings is not None:
             soft = embeddings[self.nearest_ids(soft, embeddings)].to(soft.dtype)
         return soft, self.live(z)

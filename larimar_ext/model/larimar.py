@@ -564,11 +564,13 @@ class LarimarModel(nn.Module):
                              f"dtype, got {readouts.dtype}")
         self._check_readouts(readouts)
         embed = self.decoder.get_input_embeddings()
-        soft, live = self.prefix(readouts.to(embed.weight.device))
+        readouts = readouts.to(embed.weight.device)
+        live = self.prefix.live(readouts)
         ids = torch.full(live.shape, -1, dtype=torch.long, device=live.device)
-        if live.any():
+        if live.any():   # the prefix's net for the live slots only
             guess = None if hints is None else hints.to(live.device)[live]
-            ids[live] = self.prefix.nearest_ids(soft[live], embed.weight, guess)
+            ids[live] = self.prefix.nearest_ids(self.prefix.soft(readouts, live), embed.weight,
+                                                guess)
         return ids
 
     def _prefix_inputs(self, input_ids: Tensor, readout: Tensor,
