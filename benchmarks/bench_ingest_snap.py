@@ -6,7 +6,10 @@ process, a fresh memory each time:
   no projected screen   ``projected_screen=False``: what every ingest got before the view
                         asked where its keys were after reading them (a fresh model's table
                         was taken for keys on disk, so the screen was never built)
-  no coarse screen      ``coarse_screen=False``: the projected screen without its first stage
+  no coarse screen      ``coarse_screen=False, neighbourhoods=False``: the projected screen
+                        without its first stage
+  no neighbourhoods     ``neighbourhoods=False``: the screens without the anchors'
+                        neighbourhoods (section 18's shipped view)
   shipped               the default view
 
 Each with the float32 encoder and the int8 one (``int8_values``). The snapped ids of every
@@ -26,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as cm  # noqa: E402
 
 VIEWS = {"no projected screen": {"projected_screen": False},
-         "no coarse screen": {"coarse_screen": False},
+         "no coarse screen": {"coarse_screen": False, "neighbourhoods": False},
+         "no neighbourhoods": {"neighbourhoods": False},
          "shipped": {}}
 
 

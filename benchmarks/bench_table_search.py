@@ -12,8 +12,9 @@ and the int8 screen's bound keeps more keys than on isotropic data. Queries:
 Methods, all through ``_core.KeyViewF32`` (the snap's view of the table) and timed in
 interleaved rounds in one process: ``key_codes="int8"``, the same with the snap's hints (its
 aligned decoder tokens; slots at k = 1, the snap's own call), with hints but without the
-projected screen's coarse first stage (``coarse_screen=False``) or without the projected
-screen (``projected_screen=False``), and the plain float32 search. Every
+projected screen's neighbourhoods (``neighbourhoods=False``), without its coarse first stage
+either (``coarse_screen=False`` too) or without the projected screen
+(``projected_screen=False``), and the plain float32 search. Every
 int8 result is checked equal to the float32 one (ids and score bits). The figure is the
 int8 search's speed as a multiple of the float32 search's in the same run; k = 1 is the
 snap, k > 1 shows where near-ties widen the shortlist.
@@ -23,6 +24,7 @@ snap, k > 1 shows where near-ties widen the shortlist.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -76,9 +78,15 @@ def main() -> int:
                "gaussian": (rng.standard_normal((n, table.shape[1])).astype(np.float32), None)}
     int8, plain = _core.KeyViewF32(table, "cosine", "int8"), _core.KeyViewF32(table, "cosine")
     unprojected = _core.KeyViewF32(table, "cosine", "int8", projected_screen=False)
-    fine_only = _core.KeyViewF32(table, "cosine", "int8", coarse_screen=False)
-    for view in (int8, fine_only):   # builds the projected screens (timed apart)
+    screens = _core.KeyViewF32(table, "cosine", "int8", neighbourhoods=False)
+    fine_only = _core.KeyViewF32(table, "cosine", "int8", coarse_screen=False,
+                                 neighbourhoods=False)
+    for view in (int8, screens, fine_only):   # builds the projected screens (timed apart)
         view.search(slots[:1], 1, slot_hints[:1])
+    # the neighbourhoods the slots' hints need, found once (timed apart, reported)
+    t = time.perf_counter()
+    int8.search(slots, 1, slot_hints)
+    first_call = time.perf_counter() - t
     rows, runs = [], []
     for set_name, (Q, hints) in queries.items():
         for k in KS:
@@ -86,7 +94,9 @@ def main() -> int:
             methods = {"int8": lambda: int8.search(Q, k), "float32": lambda: plain.search(Q, k)}
             if hints is not None and k == 1:
                 methods["int8, hinted"] = lambda: int8.search(Q, k, hints)
-                methods["int8, hinted, no coarse screen"] = lambda: fine_only.search(Q, k, hints)
+                methods["int8, hinted, no neighbourhoods"] = lambda: screens.search(Q, k, hints)
+                methods["int8, hinted, no neighbourhoods, no coarse screen"] = (
+                    lambda: fine_only.search(Q, k, hints))
                 methods["int8, hinted, no projected screen"] = (
                     lambda: unprojected.search(Q, k, hints))
             out = {}
@@ -111,10 +121,18 @@ def main() -> int:
     print(cm.md_table(["queries", "k", "method", "per query", "float32 per query",
                        "speed / float32", "identical"], rows))
     screen = {"dims": int8.projected_dims, "coarse_dims": int8.projected_coarse_dims,
-              "answers": int8.projected_answers, "coarse_answers": int8.projected_coarse_answers}
+              "answers": int8.projected_answers, "coarse_answers": int8.projected_coarse_answers,
+              "neighbour_answers": int8.projected_neighbour_answers,
+              "neighbourhoods": int8.projected_neighbourhoods,
+              "first_hinted_call_s": first_call,
+              "coarse_answers_without_neighbourhoods": screens.projected_coarse_answers}
     print(f"\nProjected screen ({screen['dims']} dimensions, coarse {screen['coarse_dims']}): "
           f"{screen['answers']:,} hinted queries answered from their survivors, "
-          f"{screen['coarse_answers']:,} of them by the coarse screen")
+          f"{screen['neighbour_answers']:,} of them from {screen['neighbourhoods']:,} "
+          f"neighbourhoods, {screen['coarse_answers']:,} by the coarse screen "
+          f"({screen['coarse_answers_without_neighbourhoods']:,} without neighbourhoods). "
+          f"The first hinted call, which found the neighbourhoods: "
+          f"{cm.fmt_time(first_call / len(slots))} a slot")
     result = {"config": {"table": list(table.shape), "queries": n, "ks": list(KS)},
               "runs": runs, "screen": screen, "environment": cm.machine_info(torch=torch)}
     cm.report_foreign_load(result, args)

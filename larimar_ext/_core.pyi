@@ -213,8 +213,13 @@ class _KeyView(Generic[_F]):
     """Queries the projected screen has answered from their survivors."""
     projected_coarse_answers: Final[int]
     """Of those, the queries its coarse screen answered."""
+    projected_neighbour_answers: Final[int]
+    """Of those, the queries answered from their anchors' neighbourhoods (no scan)."""
+    projected_neighbourhoods: Final[int]
+    """Anchors whose neighbourhood the screen has looked for (kept, counted in nbytes)."""
     def __init__(self, keys: NDArray[_F], metric: str, key_codes: str = "none",
-                 projected_screen: bool = True, coarse_screen: bool = True) -> None:
+                 projected_screen: bool = True, coarse_screen: bool = True,
+                 neighbourhoods: bool = True) -> None:
         """Checks the keys finite (ValueError naming keys) and builds norms and codes.
 
         projected_screen: a hinted cosine search of an int8 view of >= 4,096 keys of >= 48
@@ -223,8 +228,12 @@ class _KeyView(Generic[_F]):
         such search), and re-scores only the keys that can reach the hints' score; a query
         with too many such keys takes the full int8 scan. A query whose hints score high
         enough that none of a sample of the keys (one in 64) can reach them through the first
-        16 directions alone tries those first (coarse_screen=False: never). Same results
-        either way."""
+        16 directions alone tries those first (coarse_screen=False: never). Before both, a
+        query whose floor a (the k-th best of its hints' scores) is high needs no scan once
+        the keys within cos 0.7 of the hint that scored it are known (found once per hint,
+        kept): every key that can reach a has a cosine of at least 2 a^2 - 1 with that hint
+        (neighbourhoods=False: never).
+        Same results either way."""
     def search(self, Q: NDArray[_F], k: int,
                hints: Optional[_Ids] = None) -> Tuple[_Ids, NDArray[_F]]:
         """Exact top-k (ids (nq, k), scores (nq, k)), as _KeyValueStore.search.

@@ -645,16 +645,16 @@ void bind_key_view(py::module_& m, const char* name) {
   using View = larimar::KeyView<T>;
   py::class_<View>(m, name)
       .def(py::init([](Array<T> keys, const std::string& metric, const std::string& codes,
-                       bool projected_screen, bool coarse_screen) {
+                       bool projected_screen, bool coarse_screen, bool neighbourhoods) {
              if (keys.ndim() != 2) throw py::value_error("keys: expected a 2-D array");
              return std::make_unique<View>(
                  keys.data(), keys.shape(0), keys.shape(1), larimar::parse_metric(metric),
-                 larimar::parse_key_codes(codes), projected_screen, coarse_screen);
+                 larimar::parse_key_codes(codes), projected_screen, coarse_screen, neighbourhoods);
            }),
            py::keep_alive<1, 2>(),  // the view reads keys for as long as it lives
            array_arg("keys"), py::arg("metric"), py::arg("key_codes") = "none",
            py::arg("projected_screen") = true, py::arg("coarse_screen") = true,
-           py::call_guard<py::gil_scoped_release>())
+           py::arg("neighbourhoods") = true, py::call_guard<py::gil_scoped_release>())
       .def(
           "search",
           [](const View& self, Array<T> q, index_t k, std::optional<Array<index_t>> hints) {
@@ -686,6 +686,8 @@ void bind_key_view(py::module_& m, const char* name) {
       .def_property_readonly("projected_coarse_dims", &View::projected_coarse_dims)
       .def_property_readonly("projected_answers", &View::projected_answers)
       .def_property_readonly("projected_coarse_answers", &View::projected_coarse_answers)
+      .def_property_readonly("projected_neighbour_answers", &View::projected_neighbour_answers)
+      .def_property_readonly("projected_neighbourhoods", &View::projected_neighbourhoods)
       .def_property_readonly("metric",
                              [](const View& self) { return larimar::metric_name(self.metric()); });
 }

@@ -353,7 +353,7 @@ def test_the_projected_screen_answers_hinted_searches_exactly(rng, isa):
     # in near-ties, duplicates and a zero row); every answer is the float search's.
     n, d = 6000, 64
     keys, _ = low_rank_keys(rng, n, d, 12, 0.05)
-    view = _core.KeyViewF32(keys, "cosine", "int8")
+    view = _core.KeyViewF32(keys, "cosine", "int8", neighbourhoods=False)
     plain = _core.KeyViewF32(keys, "cosine")
     Q = keys[rng.integers(0, n - 1, 200)] + 0.2 * rng.standard_normal((200, d)).astype(np.float32)
     Q[:20] = keys[99]                                             # aimed at the ties
@@ -369,7 +369,8 @@ def test_the_projected_screen_answers_hinted_searches_exactly(rng, isa):
         assert view.projected_answers - before >= 200   # the right hints: answered there
     assert view.projected_dims == 24                       # d / 3 = 21, in whole groups of 4
     r = view.projected_dims                    # nbytes counts the screen once it is built:
-    assert view.nbytes - unbuilt == d * r * 8 + 6000 * r + n * (4 * 4 + 4 + 4)  # basis, codes
+    assert view.nbytes - unbuilt == (d * r * 8 + 6000 * r + n * (4 * 4 + 4 + 4)  # basis, codes
+                                     + 8)                                   # the zero key's id
     off = _core.KeyViewF32(keys, "cosine", "int8", projected_screen=False)
     np.testing.assert_array_equal(off.search(Q, 1, want_ids[:, :1])[0], plain.search(Q, 1)[0])
     assert off.projected_dims == 0 and off.projected_answers == 0
@@ -383,8 +384,9 @@ def test_the_coarse_screen_answers_queries_close_to_their_hints_exactly(rng, isa
     # search's, and the same without the coarse screen.
     n, d = 6000, 128
     keys, basis = low_rank_keys(rng, n, d, 24, 0.3)
-    view = _core.KeyViewF32(keys, "cosine", "int8")
-    fine_only = _core.KeyViewF32(keys, "cosine", "int8", coarse_screen=False)
+    view = _core.KeyViewF32(keys, "cosine", "int8", neighbourhoods=False)
+    fine_only = _core.KeyViewF32(keys, "cosine", "int8", coarse_screen=False,
+                                 neighbourhoods=False)
     plain = _core.KeyViewF32(keys, "cosine")
     rows = rng.integers(0, n - 1, 300)
     unit = keys[rows] / np.linalg.norm(keys[rows], axis=1, keepdims=True)
@@ -412,7 +414,7 @@ def test_the_coarse_screen_answers_queries_close_to_their_hints_exactly(rng, isa
     ua = keys[a] / np.linalg.norm(keys[a], axis=1, keepdims=True)
     b = np.arange(180, 220)
     keys[b] = (ua + 0.05 * e) * np.linalg.norm(keys[a], axis=1, keepdims=True)
-    tight = _core.KeyViewF32(keys, "cosine", "int8")
+    tight = _core.KeyViewF32(keys, "cosine", "int8", neighbourhoods=False)
     q = (ua + 0.03 * e).astype(np.float32)
     want_ids, want_scores = _core.KeyViewF32(keys, "cosine").search(q, 1)
     assert (want_ids[:, 0] == b).mean() > 0.9           # b is the answer, not the hint
@@ -426,4 +428,59 @@ def test_the_coarse_screen_answers_queries_close_to_their_hints_exactly(rng, isa
     assert fine_only.projected_answers > 0
     r, c, sampled = 44, 16, -(-n // 64)     # nbytes: basis, both screens, the routing sample
     assert view.nbytes - unbuilt == (d * r * 8 + 6000 * (r + c) + 2 * n * (4 * 4 + 4 + 4)
-                                     + sampled * (c + 1) * 8)
+                                     + sampled * (c + 1) * 8 + 8)   # and the zero key's id
+
+
+def test_neighbourhoods_answer_queries_close_to_their_hints_exactly(rng, isa):
+    # A query whose hint scores a >= 0.93 is answered from the keys within cos 2 a^2 - 1 of
+    # the hint, found once. Pairs at that bound's edge: b at twice the query's angle to its
+    # hint a, less a little (b is the answer) or more (a is), along a direction the leading
+    # principal ones leave out, so that only the neighbourhood's bound keeps the first kind;
+    # a hint with duplicates (too many neighbours) and a zero key. Every answer is the float
+    # search's, with neighbourhoods, without them and with no projected screen.
+    n, d = 6000, 128
+    keys, basis = low_rank_keys(rng, n, d, 24, 0.3)
+    e = rng.standard_normal((80, d))
+    e -= (e @ np.linalg.pinv(basis)) @ basis
+    a = rng.choice(np.arange(300, n - 1), 80, replace=False)
+    ua = keys[a] / np.linalg.norm(keys[a], axis=1, keepdims=True)
+    e -= np.sum(e * ua, 1, keepdims=True) * ua                    # orthogonal to each hint
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    angle = np.arccos(rng.uniform(0.93, 0.999, 80))               # the query's to its hint
+    off = np.where(np.arange(80) % 2 == 0, -1e-3, 1e-3) * angle   # b inside / outside 2 angle
+    b = np.arange(200, 280)
+    keys[b] = (np.cos(2 * angle + off)[:, None] * ua + np.sin(2 * angle + off)[:, None] * e)
+    q = (np.cos(angle)[:, None] * ua + np.sin(angle)[:, None] * e).astype(np.float32)
+    rows = rng.integers(0, n - 1, 300)
+    unit = keys[rows] / np.linalg.norm(keys[rows], axis=1, keepdims=True)
+    near = unit + 0.01 * rng.standard_normal((300, d)).astype(np.float32)
+    Q = np.concatenate([q, near, np.repeat(keys[99:100], 20, 0)]).astype(np.float32)
+    views = {"neighbourhoods": _core.KeyViewF32(keys, "cosine", "int8"),
+             "screens only": _core.KeyViewF32(keys, "cosine", "int8", neighbourhoods=False),
+             "no projected screen": _core.KeyViewF32(keys, "cosine", "int8",
+                                                     projected_screen=False)}
+    view = views["neighbourhoods"]
+    plain = _core.KeyViewF32(keys, "cosine")
+    for k in (1, 2):
+        want_ids, want_scores = plain.search(Q, k)
+        if k == 1:
+            answer = np.where(np.arange(80) % 2 == 0, b, a)
+            np.testing.assert_array_equal(want_ids[:80, 0], answer)   # the pairs as built
+        for hints in (want_ids, np.concatenate([want_ids, rng.integers(0, n, (len(Q), 2))], 1),
+                      rng.integers(0, n, (len(Q), k)), np.repeat(a[:1, None], len(Q), 0)):
+            for name, v in views.items():
+                ids, scores = v.search(Q, k, hints)
+                np.testing.assert_array_equal(ids, want_ids, err_msg=name)
+                np.testing.assert_array_equal(scores.view(np.int32), want_scores.view(np.int32),
+                                              err_msg=name)
+        if k == 1:
+            built = view.nbytes
+            # the pairs' queries with their exact hints, then with the other of the pair
+            before = view.projected_neighbour_answers
+            ids, _ = view.search(Q[:80], 1, a[:, None])
+            np.testing.assert_array_equal(ids[:, 0], answer)
+            assert view.projected_neighbour_answers - before == 80
+    assert view.projected_neighbour_answers >= 300
+    assert views["screens only"].projected_neighbour_answers == 0
+    assert 0 < view.projected_neighbourhoods <= 2 * len(Q)
+    assert view.nbytes >= built > views["screens only"].nbytes   # the neighbourhoods kept

@@ -528,8 +528,10 @@ bool search_block(const T* queries, index_t nq, index_t d, const std::vector<Key
     for (index_t i = 0; i < nq; ++i)
       if (double(q_sq[i]) < kTinySq) return float_search();
   // Each query's floor: the k-th best exact score among its distinct hints (scored as the
-  // re-score scores), which the k-th best of all keys reaches; none without k of them.
+  // re-score scores), which the k-th best of all keys reaches; none without k of them. Its
+  // anchor: the hint that scored it.
   std::vector<T> floors(nq, -std::numeric_limits<T>::infinity());
+  std::vector<index_t> anchors(nq, -1);
   if (h > 0)
     parallel_for(nq, [&](index_t i) {
       std::vector<index_t> ids(hints + i * h, hints + (i + 1) * h);
@@ -539,8 +541,10 @@ bool search_block(const T* queries, index_t nq, index_t d, const std::vector<Key
       std::vector<index_t> top_ids(k);
       std::vector<T> top(k);
       if (rescore_top_k(queries + i * d, q_sq.data() + i, key_row, d, metric, ids.data(),
-                        static_cast<index_t>(ids.size()), k, top_ids.data(), top.data()))
+                        static_cast<index_t>(ids.size()), k, top_ids.data(), top.data())) {
         floors[i] = top[k - 1];
+        anchors[i] = top_ids[k - 1];
+      }
     });
   if (projected != nullptr && h > 0) {
     // The projected screen first; each query it leaves (too many survivors, no floor) is
@@ -548,7 +552,7 @@ bool search_block(const T* queries, index_t nq, index_t d, const std::vector<Key
     std::vector<std::vector<index_t>> survivors;
     std::vector<char> ok;
     const index_t total = blocks.front().rows;
-    projected->survivors(queries, q_sq.data(), nq, floors.data(),
+    projected->survivors(queries, q_sq.data(), nq, floors.data(), anchors.data(),
                          std::max<index_t>(k, total / kProjectedSurvivors), survivors, ok);
     std::vector<char> finite(nq, 1);
     parallel_for(nq, [&](index_t i) {
@@ -854,8 +858,8 @@ LARIMAR_MULTIVERSION index_t projected_upper_bounds(const std::int32_t* dots, in
 
 template <class T>
 ProjectedScreen<T>::ProjectedScreen(const T* keys, const T* sq_norms, index_t n, index_t d,
-                                    index_t r, bool coarse)
-    : n_(n), d_(d) {
+                                    index_t r, bool coarse, bool neighbourhoods)
+    : keys_(keys), n_(n), d_(d), use_neighbourhoods_(neighbourhoods) {
   // The basis: the top r eigenvectors of the Gram of (a stride sample of) the unit rows.
   constexpr index_t kBasisRows = 8192;
   const index_t step = std::max<index_t>(1, n / kBasisRows);
@@ -906,6 +910,8 @@ ProjectedScreen<T>::ProjectedScreen(const T* keys, const T* sq_norms, index_t n,
           tiny[i] ? -std::numeric_limits<double>::infinity() : coarse_.residual[first + i];
     }
   });
+  for (index_t i = 0; i < n; ++i)
+    if (std::isinf(fine_.residual[i])) tiny_.push_back(i);
 }
 
 template <class T>
@@ -1025,14 +1031,17 @@ void ProjectedScreen<T>::scan(const Level& level, const std::vector<index_t>& wh
 
 template <class T>
 void ProjectedScreen<T>::survivors(const T* queries, const T* q_sq, index_t nq, const T* floors,
-                                   index_t limit, std::vector<std::vector<index_t>>& out,
+                                   const index_t* anchors, index_t limit,
+                                   std::vector<std::vector<index_t>>& out,
                                    std::vector<char>& ok) const {
   out.assign(static_cast<std::size_t>(nq), {});
   ok.assign(static_cast<std::size_t>(nq), 0);
+  if (anchors != nullptr && use_neighbourhoods_)
+    answer_from_neighbourhoods(floors, anchors, nq, out, ok);
   std::vector<index_t> live;  // the queries screened here
   std::vector<double> units;
   for (index_t i = 0; i < nq; ++i) {
-    if (!std::isfinite(double(floors[i])) || double(q_sq[i]) < kTinySq) continue;
+    if (ok[i] || !std::isfinite(double(floors[i])) || double(q_sq[i]) < kTinySq) continue;
     units.resize(units.size() + static_cast<std::size_t>(d_));
     if (!unit_row(queries + i * d_, d_, units.data() + units.size() - d_)) {
       units.resize(units.size() - d_);
@@ -1048,6 +1057,22 @@ void ProjectedScreen<T>::survivors(const T* queries, const T* q_sq, index_t nq, 
                               proj.data(), r);
   std::vector<T> bars(static_cast<std::size_t>(m));
   for (index_t j = 0; j < m; ++j) bars[j] = floors[live[j]];
+  std::vector<std::vector<index_t>> found;
+  std::vector<char> passed;
+  coarse_answers_ += screen_projected(proj.data(), m, bars.data(), limit, found, passed);
+  for (index_t j = 0; j < m; ++j) {
+    out[live[j]] = std::move(found[j]);
+    ok[live[j]] = passed[j];
+  }
+}
+
+template <class T>
+index_t ProjectedScreen<T>::screen_projected(const double* proj, index_t m, const T* bars,
+                                             index_t limit, std::vector<std::vector<index_t>>& out,
+                                             std::vector<char>& ok) const {
+  out.assign(static_cast<std::size_t>(m), {});
+  ok.assign(static_cast<std::size_t>(m), 0);
+  const index_t r = dims();
   // The coarse screen for the queries no sampled key can reach (their bounds taken in double
   // from the sample's coordinates: a forecast only, the screens themselves decide), the fine
   // one for every query it leaves.
@@ -1055,12 +1080,12 @@ void ProjectedScreen<T>::survivors(const T* queries, const T* q_sq, index_t nq, 
   const index_t c = coarse_.r, sampled = static_cast<index_t>(sample_w_.size());
   std::vector<double> sample_dots(static_cast<std::size_t>(c > 0 ? m * sampled : 0));
   if (c > 0)
-    blas::gemm<double>(false, true, m, sampled, c, 1.0, proj.data(), r, sample_p_.data(), c, 0.0,
+    blas::gemm<double>(false, true, m, sampled, c, 1.0, proj, r, sample_p_.data(), c, 0.0,
                        sample_dots.data(), sampled);
   for (index_t j = 0; j < m; ++j) {
     bool reached = c == 0;
     if (!reached) {
-      const double* pj = proj.data() + j * r;
+      const double* pj = proj + j * r;
       double p2 = 0;
       for (index_t t = 0; t < c; ++t) p2 += pj[t] * pj[t];
       const double wq = std::sqrt(std::max(0.0, 1 - p2)), bar = bars[j];
@@ -1072,27 +1097,140 @@ void ProjectedScreen<T>::survivors(const T* queries, const T* q_sq, index_t nq, 
   }
   std::vector<std::vector<index_t>> found;
   std::vector<char> passed;
+  index_t answered = 0;
   if (!coarse.empty()) {
-    scan(coarse_, coarse, proj.data(), bars.data(), std::min(limit, kCoarseSurvivors), found,
-         passed);
-    index_t answered = 0;
+    scan(coarse_, coarse, proj, bars, std::min(limit, kCoarseSurvivors), found, passed);
     for (std::size_t j = 0; j < coarse.size(); ++j) {
       if (!passed[j]) {
         fine.push_back(coarse[j]);
         continue;
       }
-      out[live[coarse[j]]] = std::move(found[j]);
-      ok[live[coarse[j]]] = 1;
+      out[coarse[j]] = std::move(found[j]);
+      ok[coarse[j]] = 1;
       ++answered;
     }
-    coarse_answers_ += answered;
     std::sort(fine.begin(), fine.end());
   }
-  scan(fine_, fine, proj.data(), bars.data(), limit, found, passed);
+  scan(fine_, fine, proj, bars, limit, found, passed);
   for (std::size_t j = 0; j < fine.size(); ++j) {
-    out[live[fine[j]]] = std::move(found[j]);
-    ok[live[fine[j]]] = passed[j];
+    out[fine[j]] = std::move(found[j]);
+    ok[fine[j]] = passed[j];
   }
+  return answered;
+}
+
+template <class T>
+void ProjectedScreen<T>::answer_from_neighbourhoods(const T* floors, const index_t* anchors,
+                                                    index_t nq,
+                                                    std::vector<std::vector<index_t>>& out,
+                                                    std::vector<char>& ok) const {
+  // The bound each query's survivors must reach: with a = floor - eps (eps the search's
+  // rounding of a cosine), true cos(q, x) >= a for x and the anchor, so cos(h, x) >= 2 a^2 - 1
+  // (for a >= 0: the two angles add up to at most pi). A neighbourhood serves where that is
+  // above its own bar plus eps (a key outside it scores below the bar in the search, so its
+  // true cosine is below bar + eps); kSlack covers the neighbourhoods' double cosines.
+  constexpr double kSlack = 1e-9;
+  const double eps = search_rounding<T>(d_);
+  std::vector<double> need(static_cast<std::size_t>(nq), std::nan(""));
+  std::vector<index_t> wanted;
+  for (index_t i = 0; i < nq; ++i) {
+    const double a = double(floors[i]) - eps;
+    if (anchors[i] < 0 || !std::isfinite(a) || a < 0) continue;
+    const double t = 2 * a * a - 1 - kSlack;
+    if (t < std::max(kNeighbourFloor, double(static_cast<T>(kNeighbourFloor))) + eps) continue;
+    need[i] = t;
+    wanted.push_back(anchors[i]);
+  }
+  if (wanted.empty()) return;
+  std::sort(wanted.begin(), wanted.end());
+  wanted.erase(std::unique(wanted.begin(), wanted.end()), wanted.end());
+  std::unordered_map<index_t, std::shared_ptr<const Neighbourhood>> known;
+  std::vector<index_t> missing;
+  {
+    std::lock_guard<std::mutex> lock(neighbour_mutex_);
+    for (index_t a : wanted) {
+      auto it = neighbourhoods_.find(a);
+      if (it != neighbourhoods_.end())
+        known.emplace(a, it->second);
+      else
+        missing.push_back(a);
+    }
+  }
+  if (!missing.empty()) {
+    // The screens for the anchors themselves as queries, the bar kNeighbourFloor.
+    const index_t m = static_cast<index_t>(missing.size()), r = dims();
+    std::vector<double> units(static_cast<std::size_t>(m * d_), 0.0);
+    std::vector<char> unit(static_cast<std::size_t>(m));
+    for (index_t j = 0; j < m; ++j)
+      unit[j] = !std::isinf(fine_.residual[missing[j]]) &&
+                unit_row(keys_ + missing[j] * d_, d_, units.data() + j * d_);
+    std::vector<double> proj(static_cast<std::size_t>(m * r));
+    blas::gemm_parallel<double>(false, false, m, r, d_, 1.0, units.data(), d_, basis_.data(), r,
+                                0.0, proj.data(), r);
+    std::vector<T> bars(static_cast<std::size_t>(m), static_cast<T>(kNeighbourFloor));
+    std::vector<std::vector<index_t>> found;
+    std::vector<char> passed;
+    // the screens' bounds are loose at this bar: many keys survive them that re-scoring drops
+    screen_projected(proj.data(), m, bars.data(), std::max(kNeighbourLimit, n_ / kWideShortlist),
+                     found, passed);
+    std::vector<std::shared_ptr<const Neighbourhood>> made(static_cast<std::size_t>(m));
+    parallel_for(m, [&](index_t j) {
+      made[j] = std::make_shared<const Neighbourhood>(
+          unit[j] && passed[j] ? find_neighbourhood(missing[j], found[j]) : Neighbourhood{});
+    });
+    std::lock_guard<std::mutex> lock(neighbour_mutex_);
+    for (index_t j = 0; j < m; ++j) {
+      auto [it, fresh] = neighbourhoods_.emplace(missing[j], made[j]);
+      if (fresh)
+        neighbour_bytes_ += sizeof(Neighbourhood) + 2 * sizeof(void*) +
+                            made[j]->ids.size() * (sizeof(index_t) + sizeof(double));
+      known.emplace(missing[j], it->second);
+    }
+  }
+  index_t answered = 0;
+  for (index_t i = 0; i < nq; ++i) {
+    if (std::isnan(need[i])) continue;
+    const Neighbourhood& nb = *known.at(anchors[i]);
+    if (!nb.usable) continue;
+    std::vector<index_t>& ids = out[i];
+    for (std::size_t t = 0; t < nb.ids.size() && nb.cos[t] >= need[i]; ++t)
+      ids.push_back(nb.ids[t]);
+    ids.insert(ids.end(), tiny_.begin(), tiny_.end());
+    ok[i] = 1;
+    ++answered;
+  }
+  neighbour_answers_ += answered;
+}
+
+template <class T>
+typename ProjectedScreen<T>::Neighbourhood ProjectedScreen<T>::find_neighbourhood(
+    index_t anchor, const std::vector<index_t>& found) const {
+  // found: every key whose search score against the anchor can reach kNeighbourFloor (keys
+  // of (near) zero norm among them); each re-scored in double from the float keys
+  Neighbourhood nb;
+  const T* h = keys_ + anchor * d_;
+  double hh = 0;
+  for (index_t t = 0; t < d_; ++t) hh += double(h[t]) * h[t];
+  std::vector<std::pair<double, index_t>> near;
+  for (index_t x : found) {
+    if (x == anchor || std::isinf(fine_.residual[x])) continue;
+    const T* k = keys_ + x * d_;
+    double hk = 0, kk = 0;
+    for (index_t t = 0; t < d_; ++t) hk += double(h[t]) * k[t], kk += double(k[t]) * k[t];
+    const double c = hk / std::sqrt(hh * kk);
+    if (c >= kNeighbourFloor) near.emplace_back(c, x);
+  }
+  if (static_cast<index_t>(near.size()) > kNeighbourLimit) return nb;
+  std::sort(near.begin(), near.end(), std::greater<>());
+  for (const auto& [c, x] : near) nb.ids.push_back(x), nb.cos.push_back(c);
+  nb.usable = true;
+  return nb;
+}
+
+template <class T>
+std::int64_t ProjectedScreen<T>::neighbourhoods() const {
+  std::lock_guard<std::mutex> lock(neighbour_mutex_);
+  return static_cast<std::int64_t>(neighbourhoods_.size());
 }
 
 #define LARIMAR_INSTANTIATE(T)                                                                     \

@@ -7,7 +7,10 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "larimar/common.hpp"
@@ -135,37 +138,75 @@ bool search_int8(const T* queries, index_t nq, index_t d, const std::vector<KeyB
 // first kCoarseDims directions alone, a twelfth of the products: such queries try that coarse
 // screen first. Which ones do is decided on a stride sample of the keys (kCoarseSurvivors
 // sampled keys for each one kept): a query none of the sample's keys can reach.
+// Before either, a query whose floor is that of a key it is close to (its anchor: the hint
+// whose score set the floor) needs no scan at all when that key's neighbourhood is known: on
+// the unit sphere, a key x scoring at least the floor a (less the search's rounding) against
+// q lies within twice q's angle to the anchor h, so cos(h, x) >= 2 a^2 - 1. The keys that
+// close to h are found once per anchor (the screens above, run for h itself with the bar
+// kNeighbourFloor, then re-scored in double) and kept; a query with 2 a^2 - 1 above that bar
+// survives with those of them that reach its own bound. Slots snap to a few hundred frequent
+// tokens with floors near 1 (RESULTS section 19), so a few hundred neighbourhoods answer most
+// of an ingest's queries with no scan.
 // Views that get one: at least this many keys of at least this many dimensions.
 constexpr index_t kProjectedMinRows = 4096;
 constexpr index_t kProjectedMinDim = 48;
 constexpr index_t kCoarseDims = 16;  // a coarse screen where r >= 2 kCoarseDims
 constexpr index_t kCoarseSurvivors = 64;
+// A neighbourhood holds the keys whose cosine with its anchor reaches kNeighbourFloor, at
+// most kNeighbourLimit of them (an anchor with more has none: its queries are screened).
+constexpr double kNeighbourFloor = 0.7;
+constexpr index_t kNeighbourLimit = 64;
 template <class T>
 class ProjectedScreen {
  public:
-  // coarse: with the coarse screen (where r >= 2 kCoarseDims)
+  // keys (n x d) must outlive the screen (neighbourhoods are re-scored from them); coarse:
+  // with the coarse screen (where r >= 2 kCoarseDims); neighbourhoods: with the stage above.
   ProjectedScreen(const T* keys, const T* sq_norms, index_t n, index_t d, index_t r,
-                  bool coarse = true);
+                  bool coarse = true, bool neighbourhoods = true);
   index_t dims() const { return fine_.r; }
   index_t coarse_dims() const { return coarse_.r; }  // 0: no coarse screen
-  // For each query i (d; q_sq its squared norm) with a finite floors[i]: the sorted ids of
-  // every key whose search score can reach floors[i], into survivors[i], and ok[i] = 1; ok[i]
-  // = 0 where the floor is not finite, the query cannot be bounded (near-zero norm) or more
-  // than `limit` keys survive.
-  void survivors(const T* queries, const T* q_sq, index_t nq, const T* floors, index_t limit,
+  // For each query i (d; q_sq its squared norm) with a finite floors[i]: the ids of every key
+  // whose search score can reach floors[i], into survivors[i], and ok[i] = 1; ok[i] = 0 where
+  // the floor is not finite, the query cannot be bounded (near-zero norm) or more than
+  // `limit` keys survive. anchors (nq; null: none): the key whose search score against query
+  // i is floors[i] (-1: none), which survivors[i] may leave out.
+  void survivors(const T* queries, const T* q_sq, index_t nq, const T* floors,
+                 const index_t* anchors, index_t limit,
                  std::vector<std::vector<index_t>>& survivors, std::vector<char>& ok) const;
-  // Queries answered from their survivors so far, and of those, by the coarse screen
-  // (statistics for tests and profiles).
+  // Queries answered from their survivors so far, and of those, by the coarse screen and by
+  // neighbourhoods; the neighbourhoods found (statistics for tests and profiles).
   void count_answers(index_t n) const { answers_ += n; }
   std::int64_t answers() const { return answers_.load(); }
   std::int64_t coarse_answers() const { return coarse_answers_.load(); }
-  // Bytes it holds: the basis, both screens' codes, facts and residual bounds, the sample.
+  std::int64_t neighbour_answers() const { return neighbour_answers_.load(); }
+  std::int64_t neighbourhoods() const;
+  // Bytes it holds: the basis, both screens' codes, facts and residual bounds, the sample,
+  // the neighbourhoods found so far.
   std::size_t bytes() const {
     return basis_.size() * sizeof(double) + coarse_.bytes() + fine_.bytes() +
-           (sample_p_.size() + sample_w_.size()) * sizeof(double);
+           (sample_p_.size() + sample_w_.size()) * sizeof(double) + tiny_.size() * sizeof(index_t) +
+           neighbour_bytes_.load();
   }
 
  private:
+  // The keys whose cosine with an anchor reaches kNeighbourFloor (not the anchor itself),
+  // their cosines in double, largest first; usable = false where more than kNeighbourLimit
+  // do (or the anchor has (near) zero norm).
+  struct Neighbourhood {
+    bool usable = false;
+    std::vector<index_t> ids;
+    std::vector<double> cos;
+  };
+  // Answers what it can of queries (floors, anchors) from neighbourhoods, finding the ones
+  // it lacks; marks them in ok and fills their survivors.
+  void answer_from_neighbourhoods(const T* floors, const index_t* anchors, index_t nq,
+                                  std::vector<std::vector<index_t>>& out,
+                                  std::vector<char>& ok) const;
+  Neighbourhood find_neighbourhood(index_t anchor, const std::vector<index_t>& found) const;
+  // The coarse then the fine screen for m unit queries (proj: their projections, m x dims();
+  // bars: their floors); returns how many the coarse screen answered.
+  index_t screen_projected(const double* proj, index_t m, const T* bars, index_t limit,
+                           std::vector<std::vector<index_t>>& out, std::vector<char>& ok) const;
   // One screen: int8 codes of the keys' first r coordinates p (as Int8Rows over them) and the
   // bounds >= |w_k| of what those leave (+inf for a key of (near) zero norm: always survives).
   struct Level {
@@ -188,8 +229,14 @@ class ProjectedScreen {
             const T* bars, index_t limit, std::vector<std::vector<index_t>>& found,
             std::vector<char>& ok) const;
 
-  mutable std::atomic<std::int64_t> answers_{0}, coarse_answers_{0};
+  mutable std::atomic<std::int64_t> answers_{0}, coarse_answers_{0}, neighbour_answers_{0};
+  const T* keys_;
   index_t n_, d_;
+  bool use_neighbourhoods_;
+  std::vector<index_t> tiny_;  // keys of (near) zero norm: they survive every screen
+  mutable std::mutex neighbour_mutex_;
+  mutable std::unordered_map<index_t, std::shared_ptr<const Neighbourhood>> neighbourhoods_;
+  mutable std::atomic<std::size_t> neighbour_bytes_{0};
   std::vector<double> basis_;  // U, d x dims() row-major
   Level coarse_, fine_;
   // the coarse coordinates (kCoarseDims each) and residual bounds of every step-th key

@@ -527,14 +527,15 @@ void KeyValueStore<T>::assign(const T* keys, const T* values, const double* coun
 
 template <class T>
 KeyView<T>::KeyView(const T* keys, index_t n, index_t d, Metric metric, KeyCodes key_codes,
-                    bool projected_screen, bool coarse_screen)
+                    bool projected_screen, bool coarse_screen, bool neighbourhoods)
     : keys_(keys),
       n_(n),
       d_(d),
       metric_(metric),
       codes_(key_codes),
       projected_screen_(projected_screen),
-      coarse_screen_(coarse_screen) {
+      coarse_screen_(coarse_screen),
+      neighbourhoods_(neighbourhoods) {
   require(key_codes != KeyCodes::Int8Only, "key_codes",
           "expected \"none\" or \"int8\" (a view searches float keys it does not own)");
   check_dim(n, "keys", "number of rows");
@@ -586,7 +587,8 @@ void KeyView<T>::search(const T* queries, index_t nq, index_t k, index_t* ids, T
   if (project)
     std::call_once(projected_once_, [&] {
       projected_ = std::make_unique<ProjectedScreen<T>>(keys_, sq_norms_.data(), n_, d_,
-                                                        int8_padded_dim(d_ / 3), coarse_screen_);
+                                                        int8_padded_dim(d_ / 3), coarse_screen_,
+                                                        neighbourhoods_);
       projected_ready_.store(projected_.get(), std::memory_order_release);
     });
   search_keys(queries, nq, d_, blocks(), int8, k, metric_, ids, scores, keys_may_be_mapped_, hints,

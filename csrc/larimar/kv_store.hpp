@@ -168,9 +168,10 @@ template <class T>
 class KeyView {
  public:
   // projected_screen: hinted cosine searches may use a ProjectedScreen (see search);
-  // coarse_screen: with its coarse screen where it has the dimensions for one.
+  // coarse_screen: with its coarse screen where it has the dimensions for one;
+  // neighbourhoods: with its anchors' neighbourhoods.
   KeyView(const T* keys, index_t n, index_t d, Metric metric, KeyCodes key_codes,
-          bool projected_screen = true, bool coarse_screen = true);
+          bool projected_screen = true, bool coarse_screen = true, bool neighbourhoods = true);
   // As KeyValueStore::search: the same ids and score bits for the same keys. hints (nq, h
   // row ids; h = 0: none): keys each query's top k likely holds, which with int8 codes start
   // the screen's bar (search_int8); the result does not depend on them.
@@ -185,8 +186,9 @@ class KeyView {
   bool keys_may_be_mapped() const { return keys_may_be_mapped_; }
   // The projected screen hinted cosine searches of a large int8 view start with
   // (ProjectedScreen, built on the first): its dimensions (0 before or without one), those of
-  // its coarse screen (0 without one), the queries it has answered and how many of those the
-  // coarse screen did.
+  // its coarse screen (0 without one), the queries it has answered, how many of those the
+  // coarse screen did and how many its anchors' neighbourhoods did, and the neighbourhoods it
+  // has found.
   index_t projected_dims() const {
     const ProjectedScreen<T>* p = projected_ready_.load(std::memory_order_acquire);
     return p ? p->dims() : 0;
@@ -203,6 +205,14 @@ class KeyView {
     const ProjectedScreen<T>* p = projected_ready_.load(std::memory_order_acquire);
     return p ? p->coarse_answers() : 0;
   }
+  std::int64_t projected_neighbour_answers() const {
+    const ProjectedScreen<T>* p = projected_ready_.load(std::memory_order_acquire);
+    return p ? p->neighbour_answers() : 0;
+  }
+  std::int64_t projected_neighbourhoods() const {
+    const ProjectedScreen<T>* p = projected_ready_.load(std::memory_order_acquire);
+    return p ? p->neighbourhoods() : 0;
+  }
   // Bytes the view itself holds (norms, codes and their facts, the projected screen once
   // built), not the keys'.
   std::size_t bytes() const;
@@ -214,7 +224,7 @@ class KeyView {
   index_t n_, d_;
   Metric metric_;
   KeyCodes codes_;
-  bool projected_screen_, coarse_screen_;
+  bool projected_screen_, coarse_screen_, neighbourhoods_;
   bool keys_may_be_mapped_;  // keys on disk once the view had read them: read them sparingly
   mutable std::once_flag projected_once_;
   mutable std::unique_ptr<ProjectedScreen<T>> projected_;
