@@ -233,6 +233,37 @@ def test_bf16_answers_copy_the_same_answers_and_leave_the_float_decoder(model):
     assert not model.answers_in_bf16 and model._answer_decoder() is model.decoder
 
 
+def test_a_shared_cache_keeps_one_encoder_s_encodings(model):
+    """A cache shared with an int8 memory is refused by a float one (at construction when
+    its choice is fixed, at ingest when it follows the model), which is left empty; another
+    int8 memory reuses it. A memory's own cache follows a model-wide switch without error."""
+    from larimar_ext.longcontext.memory import EncodingCache, LongContextMemory
+    from references import raises_arg
+    text = "The pass key is 86556. Remember it. The grass is green and the sky is blue."
+    cache = EncodingCache(keep_values=True)
+    first = LongContextMemory(model, int8_values=True, cache=cache)
+    first.ingest(text)
+    assert cache.encoder == "int8"
+    with raises_arg(ValueError, "cache"):
+        LongContextMemory(model, int8_values=False, cache=cache)
+    follows = LongContextMemory(model, cache=cache)   # model-wide: float
+    with raises_arg(ValueError, "cache"):
+        follows.ingest(text)
+    assert len(follows) == 0 and follows.totals.new_segments == 0
+    again = LongContextMemory(model, int8_values=True, cache=cache)
+    st = again.ingest(text + " One more sentence.")
+    assert st.encoded_values == 1 and len(again) == len(first) + 1
+    np.testing.assert_array_equal(again.readout_of("Remember it."),
+                                  first.readout_of("Remember it."))
+    own = LongContextMemory(model)
+    own.ingest(text)
+    try:
+        model.int8_values(True)
+        assert own.ingest("Another sentence here.").new_segments == 1
+    finally:
+        model.int8_values(False)
+
+
 def test_a_memory_s_int8_and_bf16_choices_are_its_own(model, monkeypatch):
     """Two memories on one model: the one made with int8_values / bf16_answers encodes and
     answers with the copies, one made after it with False uses the float modules, one

@@ -24,6 +24,9 @@ class EncodingCache:
     bitwise same key vector); a cache with ``keep_values=True`` also keeps values, which lets
     benchmark trials over the same haystack skip the encoder for texts an earlier trial
     encoded (the results are the same up to float rounding of a different batch padding).
+    ``encoder``: which of the model's encoders made them ("float" or "int8", None before the
+    first ingest): the two give different keys and, on a few slots, different tokens, so a
+    memory that encodes with the other one refuses the cache instead of mixing them.
     """
 
     def __init__(self, keep_values: bool = False) -> None:
@@ -32,6 +35,7 @@ class EncodingCache:
         self.values: Dict[str, np.ndarray] = {}
         self.model_id: Optional[int] = None     # the model the encodings came from
         self.value_kind: Optional[str] = None   # "latent" or "tokens" (LongContextMemory)
+        self.encoder: Optional[str] = None      # "float" or "int8" (LongContextMemory)
 
     def nbytes(self) -> int:
         return (sum(v.nbytes for v in self.keys.values())

@@ -190,7 +190,9 @@ class LongContextMemory:
         block: distinct new segments gathered before they are sorted by length and encoded.
         metric: the KeyValueMemory metric ("cosine"; keys are unit vectors, so "ip" ranks
             the same).
-        cache: an ``EncodingCache`` to share between memories (benchmark trials).
+        cache: an ``EncodingCache`` to share between memories (benchmark trials); it holds
+            one encoder's encodings, so a memory that encodes with the other one (its
+            ``int8_values``) is refused it (ValueError naming cache).
         progress: show tqdm progress bars by default.
         pass_question: give ``ask``'s question to the decoder's prompt when the model takes
             one.
@@ -299,8 +301,11 @@ class LongContextMemory:
             if cache.keep_values and cache.value_kind not in (None, self.values):
                 raise ValueError(f"cache: holds {cache.value_kind} values, this memory keeps "
                                  f"{self.values}")
+            if int8_values is not None:
+                self._check_cache_encoder(cache, "int8" if int8_values else "float")
             cache.model_id = id(model)
         self.cache = cache if cache is not None else EncodingCache()
+        self._shared_cache = cache is not None   # checked for its encoder at each ingest
         self.cache.model_id = id(model)
         self.cache.value_kind = self.values
         self.segmenter = Segmenter(model.tokenizer, self.max_tokens, block=self.block)
@@ -402,6 +407,20 @@ class LongContextMemory:
             return _host(self.model.slot_ids(z))
         return _host(z)
 
+    def _encoder(self) -> str:
+        """The encoder this memory's ingest uses now: "int8" or "float"."""
+        with self._precision(int8_values=self.int8_values):
+            return "int8" if getattr(self.model, "values_in_int8", False) else "float"
+
+    @staticmethod
+    def _check_cache_encoder(cache: EncodingCache, encoder: str) -> None:
+        """A shared cache holds one encoder's encodings (a memory's own cache is its own
+        business: in paper mode its prefix keys must stay those of its stored rows)."""
+        if cache.encoder not in (None, encoder) and (cache.keys or cache.values):
+            raise ValueError(f"cache: holds encodings of the {cache.encoder} encoder, this "
+                             f"memory encodes with the {encoder} one (int8_values); give it "
+                             f"a cache of its own")
+
     def _precision(self, **choice: Optional[bool]) -> ContextManager[None]:
         """This memory's ``int8_values`` / ``bf16_answers`` choice for the model's calls in
         the block (``LarimarModel.precision``)."""
@@ -450,6 +469,10 @@ class LongContextMemory:
         elif isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Iterable):
             raise ValueError(f"texts: expected a string or an iterable of strings, got "
                              f"{type(texts).__name__}")
+        if self._shared_cache:
+            encoder = self._encoder()
+            self._check_cache_encoder(self.cache, encoder)
+            self.cache.encoder = encoder
         show = self.progress if progress is None else bool(progress)
         st = IngestStats()
         t0 = time.perf_counter()
@@ -1033,6 +1056,7 @@ class LongContextMemory:
         # the keys of the stored prefixes, bitwise as stored: a new segment with a known
         # prefix must land in the same row
         self.cache = EncodingCache(self.cache.keep_values)
+        self._shared_cache = False
         self.cache.model_id = id(self.model)
         self.cache.value_kind = self.values
         if n_rows and not self.recall:
