@@ -220,15 +220,16 @@ class AlignedPooler(nn.Module):
         # the live slots only (a third of an ingest's slots are dead): dead ones are zeros
         live = segments.live
         x, target_ids = x[live], segments.target_ids[live]
-        if self.token_proj is not None:
+        if self.token_proj is not None or self.token_code is not None:
+            # the live slots' decoder tokens, looked up once for both projections
             dev = token_embeddings.weight.device
-            tokens = token_embeddings(target_ids.to(dev)).to(x.device, self.token_proj.weight.dtype)
-            x = x + self.token_proj(tokens).to(x.dtype)
+            tokens = token_embeddings(target_ids.to(dev)).to(x.device)
+        if self.token_proj is not None:
+            x = x + self.token_proj(tokens.to(self.token_proj.weight.dtype)).to(x.dtype)
         slots = self.norm(self.mlp(x))
         if self.token_code is not None:
-            dev = token_embeddings.weight.device
-            tokens = token_embeddings(target_ids.to(dev)).to(x.device, self.token_code.weight.dtype)
-            slots = torch.cat([slots, self.token_code(tokens).to(slots.dtype)], -1)
+            code = self.token_code(tokens.to(self.token_code.weight.dtype))
+            slots = torch.cat([slots, code.to(slots.dtype)], -1)
         out = slots.new_zeros(*live.shape, slots.shape[-1])
         out[live] = slots
         return out.flatten(1)
