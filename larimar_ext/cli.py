@@ -188,6 +188,12 @@ def _bench_throughput(args: argparse.Namespace, parser: argparse.ArgumentParser)
     return 0
 
 
+def _add_int8_values(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--int8-values", action="store_true",
+                   help="encode values with an int8 copy of the encoder (faster ingest on the "
+                        "CPU; keys stay float)")
+
+
 def _add_bf16_answers(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bf16-answers", action="store_true",
                    help="generate answers with a bfloat16 copy of the decoder (about half "
@@ -216,9 +222,7 @@ def _bench_parser(p: argparse.ArgumentParser, task: str) -> None:
                         "Nelson et al.'s prefix keys and one readout")
     p.add_argument("--no-prefix", action="store_true",
                    help="paper-mode ablation: keys from whole segments instead of prefixes")
-    p.add_argument("--int8-values", action="store_true",
-                   help="encode values with an int8 copy of the encoder (faster ingest on the "
-                        "CPU; keys stay float)")
+    _add_int8_values(p)
     _add_bf16_answers(p)
     p.add_argument("--max-tokens", type=int, default=None,
                    help="largest segment, decoder tokens (default: the model's slots per "
@@ -304,6 +308,7 @@ def _ruler_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="a saved LarimarModel folder")
     p.add_argument("--threshold", type=float, default=None,
                    help="confidence below which the memory answers 'not found'")
+    _add_int8_values(p)
     _add_bf16_answers(p)
     p.add_argument("--threads", type=int, default=None, help="torch and kernel threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -325,6 +330,8 @@ def _ruler(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         samples = ruler.load_samples(args.data, lengths, tasks, args.limit)
     except ValueError as exc:
         parser.error(str(exc))
+    if args.system == "in-context" and args.int8_values:
+        parser.error("int8_values: the in-context system has no memory to encode values for")
     if args.threads is not None:
         _set_threads(args.threads)
     if args.system == "in-context":
@@ -334,10 +341,13 @@ def _ruler(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if model is None:
             return 2
         kw = {} if args.threshold is None else {"threshold": args.threshold}
+        if args.int8_values:
+            kw["int8_values"] = True
         system = ruler.MemorySystem(model, args.mode, **kw)
         name = f"memory-{args.mode}"
     config = {k: getattr(args, k) for k in ("data", "lengths", "tasks", "limit", "system",
-                                            "mode", "model", "threshold", "bf16_answers")}
+                                            "mode", "model", "threshold", "int8_values",
+                                            "bf16_answers")}
     result = ruler.run_ruler(samples, system, name, args.out, not args.no_progress, config)
     print(ruler.markdown_table(result["summary"], name))
     for f in result["files"]:

@@ -765,7 +765,21 @@ def test_cli_ruler_errors_name_the_argument(model, tmp_path, monkeypatch, capsys
     for bad, name in ((["--data", str(tmp_path / "nope")], "data"),
                       (["--data", str(data), "--lengths", "4k"], "lengths"),
                       (["--data", str(data), "--limit", "0"], "limit"),
-                      (["--data", str(data), "--threshold", "2"], "threshold")):
+                      (["--data", str(data), "--threshold", "2"], "threshold"),
+                      (["--data", str(data), "--system", "in-context", "--int8-values"],
+                       "int8_values")):
         with pytest.raises(SystemExit) as ei:
             cli.main(["ruler", "--out", str(tmp_path / "o2"), *bad])
         assert ei.value.code == 2 and name in capsys.readouterr().err
+    # --int8-values reaches the memories: they encode with the int8 copy
+    seen = []
+    real = model.encode_with_keys
+
+    def spy(*a, **kw):
+        seen.append(model.values_in_int8)
+        return real(*a, **kw)
+    monkeypatch.setattr(model, "encode_with_keys", spy)
+    rc = cli.main(["ruler", "--data", str(data), "--out", str(tmp_path / "o3"), "--no-progress",
+                   "--int8-values"])
+    assert rc == 0 and seen and all(seen) and not model.values_in_int8
+    assert json.loads((tmp_path / "o3" / "ruler.json").read_text())["config"]["int8_values"]
