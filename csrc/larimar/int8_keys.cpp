@@ -1176,7 +1176,8 @@ void ProjectedScreen<T>::answer_from_neighbourhoods(const T* floors, const index
     std::vector<std::shared_ptr<const Neighbourhood>> made(static_cast<std::size_t>(m));
     parallel_for(m, [&](index_t j) {
       made[j] = std::make_shared<const Neighbourhood>(
-          unit[j] && passed[j] ? find_neighbourhood(missing[j], found[j]) : Neighbourhood{});
+          unit[j] && passed[j] ? find_neighbourhood(missing[j], units.data() + j * d_, found[j])
+                               : Neighbourhood{});
     });
     std::lock_guard<std::mutex> lock(neighbour_mutex_);
     for (index_t j = 0; j < m; ++j) {
@@ -1204,20 +1205,18 @@ void ProjectedScreen<T>::answer_from_neighbourhoods(const T* floors, const index
 
 template <class T>
 typename ProjectedScreen<T>::Neighbourhood ProjectedScreen<T>::find_neighbourhood(
-    index_t anchor, const std::vector<index_t>& found) const {
-  // found: every key whose search score against the anchor can reach kNeighbourFloor (keys
-  // of (near) zero norm among them); each re-scored in double from the float keys
+    index_t anchor, const double* unit, const std::vector<index_t>& found) const {
+  // found: every key whose search score against the anchor (unit: its unit row) can reach
+  // kNeighbourFloor (keys of (near) zero norm among them); each re-scored in double from the
+  // float keys
   Neighbourhood nb;
-  const T* h = keys_ + anchor * d_;
-  double hh = 0;
-  for (index_t t = 0; t < d_; ++t) hh += double(h[t]) * h[t];
   std::vector<std::pair<double, index_t>> near;
   for (index_t x : found) {
     if (x == anchor || std::isinf(fine_.residual[x])) continue;
     const T* k = keys_ + x * d_;
-    double hk = 0, kk = 0;
-    for (index_t t = 0; t < d_; ++t) hk += double(h[t]) * k[t], kk += double(k[t]) * k[t];
-    const double c = hk / std::sqrt(hh * kk);
+    double uk = 0, kk = 0;
+    for (index_t t = 0; t < d_; ++t) uk += unit[t] * k[t], kk += double(k[t]) * k[t];
+    const double c = uk / std::sqrt(kk);
     if (c >= kNeighbourFloor) near.emplace_back(c, x);
   }
   if (static_cast<index_t>(near.size()) > kNeighbourLimit) return nb;

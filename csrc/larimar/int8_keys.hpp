@@ -202,7 +202,8 @@ class ProjectedScreen {
   void answer_from_neighbourhoods(const T* floors, const index_t* anchors, index_t nq,
                                   std::vector<std::vector<index_t>>& out,
                                   std::vector<char>& ok) const;
-  Neighbourhood find_neighbourhood(index_t anchor, const std::vector<index_t>& found) const;
+  Neighbourhood find_neighbourhood(index_t anchor, const double* unit,
+                                   const std::vector<index_t>& found) const;
   // The coarse then the fine screen for m unit queries (proj: their projections, m x dims();
   // bars: their floors); returns how many the coarse screen answered.
   index_t screen_projected(const double* proj, index_t m, const T* bars, index_t limit,

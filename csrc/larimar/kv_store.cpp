@@ -603,7 +603,7 @@ void KeyView<T>::key_sq_norms(const index_t* ids, index_t n, T* out) const {
 
 template <class T>
 std::size_t KeyView<T>::bytes() const {
-  const ProjectedScreen<T>* p = projected_ready_.load(std::memory_order_acquire);
+  const ProjectedScreen<T>* p = screen();
   return sq_norms_.size() * sizeof(T) + codes_buf_.size() + facts_.size() * sizeof(T) +
          sums_.size() * sizeof(std::int32_t) + (p ? p->bytes() : 0);
 }

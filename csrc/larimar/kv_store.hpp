@@ -189,29 +189,17 @@ class KeyView {
   // its coarse screen (0 without one), the queries it has answered, how many of those the
   // coarse screen did and how many its anchors' neighbourhoods did, and the neighbourhoods it
   // has found.
-  index_t projected_dims() const {
-    const ProjectedScreen<T>* p = projected_ready_.load(std::memory_order_acquire);
-    return p ? p->dims() : 0;
-  }
-  index_t projected_coarse_dims() const {
-    const ProjectedScreen<T>* p = projected_ready_.load(std::memory_order_acquire);
-    return p ? p->coarse_dims() : 0;
-  }
-  std::int64_t projected_answers() const {
-    const ProjectedScreen<T>* p = projected_ready_.load(std::memory_order_acquire);
-    return p ? p->answers() : 0;
-  }
+  index_t projected_dims() const { return screen() ? screen()->dims() : 0; }
+  index_t projected_coarse_dims() const { return screen() ? screen()->coarse_dims() : 0; }
+  std::int64_t projected_answers() const { return screen() ? screen()->answers() : 0; }
   std::int64_t projected_coarse_answers() const {
-    const ProjectedScreen<T>* p = projected_ready_.load(std::memory_order_acquire);
-    return p ? p->coarse_answers() : 0;
+    return screen() ? screen()->coarse_answers() : 0;
   }
   std::int64_t projected_neighbour_answers() const {
-    const ProjectedScreen<T>* p = projected_ready_.load(std::memory_order_acquire);
-    return p ? p->neighbour_answers() : 0;
+    return screen() ? screen()->neighbour_answers() : 0;
   }
   std::int64_t projected_neighbourhoods() const {
-    const ProjectedScreen<T>* p = projected_ready_.load(std::memory_order_acquire);
-    return p ? p->neighbourhoods() : 0;
+    return screen() ? screen()->neighbourhoods() : 0;
   }
   // Bytes the view itself holds (norms, codes and their facts, the projected screen once
   // built), not the keys'.
@@ -219,6 +207,10 @@ class KeyView {
 
  private:
   std::vector<KeyBlock<T>> blocks() const { return {{keys_, sq_norms_.data(), n_, 0}}; }
+  // The projected screen once built (null before), for readers outside its once-flag.
+  const ProjectedScreen<T>* screen() const {
+    return projected_ready_.load(std::memory_order_acquire);
+  }
 
   const T* keys_;
   index_t n_, d_;
