@@ -17,6 +17,7 @@ JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import math
 import os
@@ -58,6 +59,25 @@ def import_larimar(required=("set_num_threads", "info")):
     except Exception as exc:  # pragma: no cover
         print(f"[bench] larimar_ext.set_num_threads failed: {exc}", file=sys.stderr)
     return larimar_ext
+
+
+@contextlib.contextmanager
+def slot_ids_of(prefix):
+    """Within the block, every slot snap of ``prefix`` (the model's SlotPrefix) appends the
+    ids it returns (numpy) to the yielded list; its own method again after."""
+    snap = prefix.nearest_ids
+    got: list = []
+
+    def capture(soft, embeddings, hints=None):
+        ids = snap(soft, embeddings, hints)
+        got.append(ids.numpy().copy())
+        return ids
+
+    prefix.nearest_ids = capture
+    try:
+        yield got
+    finally:
+        del prefix.nearest_ids
 
 
 def set_all_threads(torch=None, faiss=None, lx=None, n: int = NUM_THREADS) -> None:

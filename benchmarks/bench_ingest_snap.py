@@ -68,7 +68,6 @@ def main() -> int:
     key = prefix.__dict__["_table"][0]        # the cache key the prefix gave the table
     table = model.decoder.get_input_embeddings().weight.detach().numpy()
     views = {name: _core.KeyViewF32(table, "cosine", "int8", **kw) for name, kw in VIEWS.items()}
-    snap = prefix.nearest_ids
     runs: dict = {(e, v): [] for e in encoders for v in views}
     reference: dict = {}   # each encoder's first run's ids
     same = True
@@ -77,19 +76,11 @@ def main() -> int:
             for enc, int8 in encoders.items():
                 for name, view in views.items():
                     prefix.__dict__["_table"] = (key, view)
-                    got = []
-
-                    def capture(soft, embeddings, guess=None, got=got):
-                        ids = snap(soft, embeddings, guess)
-                        got.append(ids.numpy().copy())
-                        return ids
-
-                    prefix.nearest_ids = capture
                     mem = LongContextMemory(model, int8_values=int8)
-                    t = time.perf_counter()
-                    st = mem.ingest(text)
-                    seconds = time.perf_counter() - t
-                    del prefix.nearest_ids        # the class's method again
+                    with cm.slot_ids_of(prefix) as got:
+                        t = time.perf_counter()
+                        st = mem.ingest(text)
+                        seconds = time.perf_counter() - t
                     ids = np.concatenate(got)
                     same = same and bool(np.array_equal(ids, reference.setdefault(enc, ids)))
                     runs[(enc, name)].append({"tokens": st.tokens, "seconds": seconds,

@@ -4,8 +4,9 @@ with its int8 copy (``int8_values``), each under cProfile; the time of each stag
 linears, attention, the other encoder ops, the slot snap, the aligner, tokenizers); and,
 in the same run, the float32 and int8 rates of the encoder's own MLP shape, which bound
 tokens/s from above (every encoder token passes 6 layers of 4 x 384^2 + 2 x 384 x 1536
-multiply-adds). With torchao importable, its int8 dynamic quantisation of the same MLP
-is timed beside torch.ao's (the API ``int8_values`` uses, deprecated in torch).
+multiply-adds): float32, the kernel's int8 layers (``Int8Linear``, what ``int8_values``
+runs) and torch.ao's deprecated dynamic quantisation (what it ran before); with torchao
+importable, torchao's int8 dynamic quantisation beside them.
 
     python benchmarks/bench_ingest_stages.py [--essays 2] [--threads 2] [--no-save] [--quick]
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import copy
 import cProfile
 import pstats
+import re
 import sys
 import time
 from pathlib import Path
@@ -21,13 +23,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as cm  # noqa: E402
 
-# cProfile function names (substrings of "file:line(function)") -> stage; first match wins
+# cProfile function names (patterns searched in "file:line(function)") -> stage; first match
+# wins. torch's float linears, torch.ao's int8 ones and the kernel's Int8Linear (its forward
+# is the only _core function of that name).
 STAGES = [
-    ("encoder linears", ("_nn.linear>", "linear_dynamic>")),
-    ("attention", ("scaled_dot_product_attention>",)),
-    ("slot snap (kernel top-1 over the decoder's table)", ("_core.search>",)),
-    ("tokenizers", ("encode_batch'",)),
-    ("aligner (Python)", ("aligned.py:83(__call__)",)),
+    ("encoder linears", (r"_nn\.linear>", r"linear_dynamic>", r"_core\.forward>")),
+    ("attention", (r"scaled_dot_product_attention>",)),
+    ("slot snap (kernel top-1 over the decoder's table)", (r"_core\.search>",)),
+    ("tokenizers", (r"encode_batch'",)),
+    ("aligner (Python)", (r"aligned\.py:\d+\(__call__\)",)),
 ]
 LAYERS, HIDDEN, FFN = 6, 384, 1536  # all-MiniLM-L6-v2
 MACS_PER_TOKEN = LAYERS * (4 * HIDDEN * HIDDEN + 2 * HIDDEN * FFN)
@@ -41,7 +45,7 @@ def stage_seconds(stats: pstats.Stats) -> dict:
         key = f"{file}:{line}({func})"
         total += tottime
         for name, needles in STAGES:
-            if any(n in key for n in needles):
+            if any(re.search(n, key) for n in needles):
                 out[name] += tottime
                 break
     out["other"] = total - sum(out.values())
@@ -49,11 +53,15 @@ def stage_seconds(stats: pstats.Stats) -> dict:
 
 
 def mlp_rates(torch, tokens: int = 4096) -> dict:
-    """Multiply-adds per second of the encoder's MLP shape: float32, torch.ao int8, torchao."""
+    """Multiply-adds per second of the encoder's MLP shape: float32, the kernel's int8 layers
+    (what ``int8_values`` runs), torch.ao's deprecated int8 dynamic quantisation, torchao."""
+    from larimar_ext.int8_linear import int8_linears
     mlp = torch.nn.Sequential(torch.nn.Linear(HIDDEN, FFN), torch.nn.GELU(),
                               torch.nn.Linear(FFN, HIDDEN)).eval()
     x = torch.randn(tokens, HIDDEN)
-    variants = {"float32": mlp, "torch.ao quantize_dynamic int8": torch.ao.quantization.
+    variants = {"float32": mlp,
+                "kernel Int8Linear (int8_values)": int8_linears(copy.deepcopy(mlp)),
+                "torch.ao quantize_dynamic int8": torch.ao.quantization.
                 quantize_dynamic(copy.deepcopy(mlp), {torch.nn.Linear}, dtype=torch.qint8)}
     try:
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_

@@ -249,3 +249,18 @@ class KeyViewF32(_KeyView[np.float32]):
     """_KeyView of float32 keys."""
 class KeyViewF64(_KeyView[np.float64]):
     """_KeyView of float64 keys."""
+
+class Int8LinearF32:
+    """y = x W^T + b in int8 arithmetic: W quantised once per output row, each x row as it
+    comes, exact integer sums scaled back to float32 (docs/DESIGN.md section 2.11).
+    Read-only: in_features, out_features, has_bias, nbytes (codes, scales, offsets, bias)."""
+    in_features: Final[int]
+    out_features: Final[int]
+    has_bias: Final[bool]
+    nbytes: Final[int]
+    def __init__(self, weight: NDArray[np.float32], bias: Optional[NDArray[np.float32]]) -> None:
+        """weight (out_features, in_features), bias (out_features,) or None; both finite."""
+    def forward(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
+        """(N, in_features) finite -> (N, out_features)."""
+    def weight_codes(self) -> tuple[NDArray[np.int8], NDArray[np.float32]]:
+        """(codes (out_features, in_features), scales (out_features,)): W ~ scales * codes."""

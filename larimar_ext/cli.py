@@ -191,7 +191,8 @@ def _bench_throughput(args: argparse.Namespace, parser: argparse.ArgumentParser)
 def _add_int8_values(p: argparse.ArgumentParser) -> None:
     p.add_argument("--int8-values", action="store_true",
                    help="encode values with an int8 copy of the encoder (faster ingest on the "
-                        "CPU; keys stay float)")
+                        "CPU; recall mode takes segment keys from the same pass, paper-mode "
+                        "prefix keys stay float)")
 
 
 def _add_bf16_answers(p: argparse.ArgumentParser) -> None:

@@ -27,6 +27,7 @@
 
 #include "larimar/address.hpp"
 #include "larimar/common.hpp"
+#include "larimar/int8_linear.hpp"
 #include "larimar/kv_store.hpp"
 #include "larimar/linalg.hpp"
 #include "larimar/lstsq.hpp"
@@ -692,6 +693,43 @@ void bind_key_view(py::module_& m, const char* name) {
                              [](const View& self) { return larimar::metric_name(self.metric()); });
 }
 
+void bind_int8_linear(py::module_& m) {
+  using Layer = larimar::Int8Linear;
+  py::class_<Layer>(m, "Int8LinearF32")
+      .def(py::init([](Array<float> weight, OptionalArray<float> bias) {
+             if (weight.ndim() != 2)
+               throw py::value_error("weight: expected a 2-D array (out_features, in_features)");
+             const index_t out = weight.shape(0), in = weight.shape(1);
+             if (bias) {
+               if (bias->ndim() != 1)
+                 throw py::value_error("bias: expected a 1-D array (out_features,)");
+               same_dim(bias->shape(0), out, "bias", "expected one value per output row");
+             }
+             const float* w = weight.data();
+             const float* b = bias ? bias->data() : nullptr;
+             std::unique_ptr<Layer> layer;
+             without_gil([&] { layer = std::make_unique<Layer>(w, b, out, in); });
+             return layer;
+           }),
+           array_arg("weight"), array_arg("bias").none(true))
+      .def("forward",
+           rows_query<float>("x", &Layer::in_features, "in_features", &Layer::out_features,
+                             &Layer::forward),
+           array_arg("x"))
+      .def("weight_codes",
+           [](const Layer& self) {
+             return compute(
+                 "weight",
+                 [&](std::int8_t* codes, float* scales) { self.weight_codes(codes, scales); },
+                 Out<std::int8_t>{{self.out_features(), self.in_features()}},
+                 Out<float>{{self.out_features()}});
+           })
+      .def_property_readonly("in_features", &Layer::in_features)
+      .def_property_readonly("out_features", &Layer::out_features)
+      .def_property_readonly("has_bias", &Layer::has_bias)
+      .def_property_readonly("nbytes", &Layer::bytes);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -769,5 +807,6 @@ PYBIND11_MODULE(_core, m) {
   bind_kv<float>(m, "KeyValueStoreF32");
   bind_kv<double>(m, "KeyValueStoreF64");
   bind_key_view<float>(m, "KeyViewF32");
+  bind_int8_linear(m);
   bind_key_view<double>(m, "KeyViewF64");
 }

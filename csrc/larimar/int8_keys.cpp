@@ -22,8 +22,8 @@ namespace {
 // 4 * 127 * 63 < 2^15) before widening them: one widening per 8 products, not per 4, on a
 // CPU whose integer multiplies are the scan's limit. VNNI and the portable path use the same
 // codes, so every path computes the same integers.
-constexpr int kQueryLevels = 63;
-constexpr int kQueryOffset = 64;
+static_assert(kInt8QueryLevels == 63 && kInt8QueryOffset == 64 && kInt8KeyLevels == 63,
+              "the 16-bit sums of two groups need 7-bit codes");
 // Keys scanned per task: their codes (1,024 x the padded dimension) stay in L2 while every
 // micro-block of queries passes over them.
 constexpr index_t kScanRows = 1024;
@@ -38,12 +38,6 @@ Byte* slot_tile(Byte* codes, index_t dp, index_t slot) {
 inline index_t tile_offset(index_t slot, index_t t) {
   return (t / 4) * 64 + (slot % kInt8TileRows) * 4 + t % 4;
 }
-
-// Integer dot products of nq query codes (each dp bytes, dp a multiple of 4) with the keys of
-// ntiles tiles: out[i * stride + j] = sum_t u8(q_i)_t code_j,t, for the tiles' 16 * ntiles
-// keys j. nq is at most the path's micro-block.
-using DotsFn = void (*)(const std::uint8_t* q, int nq, index_t dp, const std::int8_t* tiles,
-                        index_t ntiles, std::int32_t* out, index_t stride);
 
 void dots_scalar(const std::uint8_t* q, int nq, index_t dp, const std::int8_t* tiles,
                  index_t ntiles, std::int32_t* out, index_t stride) {
@@ -212,7 +206,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void dots_vnni(
 
 struct IntPath {
   const char* name;
-  DotsFn dots;
+  Int8DotsFn dots;
   int max_queries;
 };
 
@@ -299,8 +293,8 @@ QueryFacts<T> quantize_query(const T* q, index_t d, index_t dp, T q_sq, Metric m
                              std::uint8_t* code) {
   RowCode rc;
   QueryFacts<T> f;
-  f.scale = quantize_row(q, d, dp, kQueryLevels, rc, [code](index_t t, int c) {
-    code[t] = static_cast<std::uint8_t>(c + kQueryOffset);
+  f.scale = quantize_row(q, d, dp, kInt8QueryLevels, rc, [code](index_t t, int c) {
+    code[t] = static_cast<std::uint8_t>(c + kInt8QueryOffset);
   });
   f.norm = round_up<T>(std::sqrt(rc.sq) * (1 + kRelSlack));
   f.err = round_up<T>(std::sqrt(rc.err2) * (1 + kRelSlack));
@@ -353,7 +347,7 @@ template <Metric M, class T>
 inline void pair_bounds(std::int32_t dot_u8, index_t j, const QueryFacts<T>& qf,
                         const Int8Rows<T>& kr, const T* k_sq, T& lo, T& hi) {
   const T rel = T(kRelSlack), grow = T(1 + kRelSlack), tiny = T(0x1p-120);
-  const std::int32_t dot = dot_u8 - kQueryOffset * kr.code_sum[j];
+  const std::int32_t dot = dot_u8 - kInt8QueryOffset * kr.code_sum[j];
   const T approx = qf.scale * kr.scale[j] * T(dot);
   const T b = (qf.norm * kr.err[j] + qf.err * kr.norm[j] + rel * std::abs(approx)) * grow + tiny;
   T l = approx - b, h = approx + b;
@@ -717,6 +711,11 @@ void set_int8_isa(const std::string& name) {
 
 std::string int8_isa() { return current_path().name; }
 
+Int8Dots int8_dots() {
+  const IntPath path = current_path();
+  return {path.dots, path.max_queries};
+}
+
 std::vector<std::string> int8_isas_supported() {
   std::vector<std::string> names;
   for (const IntPath& p : supported_paths()) names.push_back(p.name);
@@ -745,6 +744,12 @@ void decode_int8_slot(const std::int8_t* codes, T scale, index_t d, index_t slot
 void int8_slot_codes(const std::int8_t* codes, index_t d, index_t slot, std::int8_t* out) {
   const std::int8_t* tile = slot_tile(codes, int8_padded_dim(d), slot);
   for (index_t t = 0; t < d; ++t) out[t] = tile[tile_offset(slot, t)];
+}
+
+void put_int8_slot_codes(const std::int8_t* code, index_t d, std::int8_t* codes, index_t slot) {
+  const index_t dp = int8_padded_dim(d);
+  std::int8_t* tile = slot_tile(codes, dp, slot);
+  for (index_t t = 0; t < dp; ++t) tile[tile_offset(slot, t)] = t < d ? code[t] : 0;
 }
 
 template <class T>

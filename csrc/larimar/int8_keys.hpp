@@ -33,6 +33,21 @@ void set_int8_isa(const std::string& name);
 std::string int8_isa();
 std::vector<std::string> int8_isas_supported();
 
+// Integer dot products of nq query codes (each dp bytes, dp a multiple of 4, offset codes in
+// [1, 127] as the scan quantises queries) with the keys of ntiles tiles: out[i * stride + j]
+// = sum_t q_i,t code_j,t for the tiles' 16 * ntiles keys j, nq at most the path's block.
+using Int8DotsFn = void (*)(const std::uint8_t* q, int nq, index_t dp, const std::int8_t* tiles,
+                            index_t ntiles, std::int32_t* out, index_t stride);
+struct Int8Dots {
+  Int8DotsFn dots;
+  int block;  // query rows per call
+};
+// The path in use (set_int8_isa), for other integer products over the same codes.
+Int8Dots int8_dots();
+// A query code is c + kInt8QueryOffset, c in [-kInt8QueryLevels, kInt8QueryLevels].
+constexpr int kInt8QueryLevels = 63;
+constexpr int kInt8QueryOffset = 64;
+
 // What the scan needs of each key, for rows of one KeyBlock (id first_id + j is row j):
 // codes in tiles (rows rounded up to whole tiles, the padding rows zero), and per key
 // scale s_j (key ~ s_j * code), the code sum (the VNNI path's offset), err_j >= |key -
@@ -97,6 +112,8 @@ void put_int8_key(const T* key, T sq_norm, const std::int8_t* code, T scale, ind
 // The codes (d) of slot `slot` out of its tile, and the key they decode to (decode_int8_key,
 // bit for bit) with the slot's scale.
 void int8_slot_codes(const std::int8_t* codes, index_t d, index_t slot, std::int8_t* out);
+// The inverse: codes (d) written into slot `slot` of the tiles at codes (padding zero).
+void put_int8_slot_codes(const std::int8_t* code, index_t d, std::int8_t* codes, index_t slot);
 template <class T>
 void decode_int8_slot(const std::int8_t* codes, T scale, index_t d, index_t slot, T* out);
 

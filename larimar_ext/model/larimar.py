@@ -285,8 +285,9 @@ class LarimarModel(nn.Module):
         return self._encode_plain(texts, with_keys=True)
 
     def int8_values(self, enable: bool = True) -> None:
-        """Encode values (``encode``, at inference) with a dynamically int8-quantised copy of
-        the encoder's linear layers (CPU only; ``encode_keys`` keeps the float encoder, so
+        """Encode values (``encode``, at inference) with a copy of the encoder whose linear
+        layers run in int8 (``larimar_ext.int8_linear``: weights quantised once per output
+        row, each input row as it comes; CPU only; ``encode_keys`` keeps the float encoder, so
         retrieval is unchanged). The decoder-aligned slots take their token code from the
         decoder's embeddings and only their context part from the encoder, so readouts
         stay exact where the encoder's states move a little (tests/test_default_model.py).
@@ -305,10 +306,11 @@ class LarimarModel(nn.Module):
         if copy_ is not None and not fresh:
             return copy_
         if _device(self.encoder).type != "cpu":
-            raise ValueError("int8_values: dynamic int8 quantisation runs on the CPU only")
+            raise ValueError("int8_values: the int8 encoder runs on the CPU only")
         import copy
-        copy_ = torch.ao.quantization.quantize_dynamic(
-            copy.deepcopy(self.encoder).float().eval(), {nn.Linear}, dtype=torch.qint8)
+
+        from ..int8_linear import int8_linears
+        copy_ = int8_linears(copy.deepcopy(self.encoder).float().eval())
         # kept out of the module tree: not a parameter, never saved, not moved by .to()
         self.__dict__["_int8_encoder"] = copy_
         return copy_

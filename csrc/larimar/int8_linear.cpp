@@ -1,0 +1,129 @@
+#include "larimar/int8_linear.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "larimar/int8_keys.hpp"
+
+// This file is built with -ffp-contract=off (CMakeLists.txt): a fused multiply-add in one
+// target clone and not in another would round the codes and outputs differently per CPU.
+
+namespace larimar {
+namespace {
+
+// Weight rows read per pass of a micro-block of inputs: their codes stay in L2.
+constexpr index_t kChunkBytes = 192 * 1024;
+// Input rows per parallel task, in micro-blocks of the dot path.
+constexpr index_t kTaskBlocks = 16;
+
+// Input row x (d values) -> offset codes (dp, 0 past d, as c + 64) and its scale r =
+// max|x| / 63 (0 for a zero row). Returns false when x holds a NaN or an infinity.
+LARIMAR_MULTIVERSION bool quantize_input(const float* x, index_t d, index_t dp, std::uint8_t* code,
+                                         float* scale) {
+  float m = 0;
+  unsigned bad = 0;
+  for (index_t t = 0; t < d; ++t) {
+    const float a = std::fabs(x[t]);
+    m = a > m ? a : m;
+    bad |= !(a <= std::numeric_limits<float>::max());
+  }
+  const float r = m / float(kInt8QueryLevels);
+  *scale = r;
+  const float inv = r > 0 ? 1.0f / r : 0.0f;
+  // Round to nearest even by the 1.5 * 2^23 trick: |x / r| <= 63.5 is far inside its range,
+  // and unlike nearbyint it vectorises.
+  constexpr float kRound = 12582912.0f;
+  for (index_t t = 0; t < d; ++t) {
+    float v = (x[t] * inv + kRound) - kRound;
+    v = std::min(float(kInt8QueryLevels), std::max(-float(kInt8QueryLevels), v));
+    code[t] = static_cast<std::uint8_t>(static_cast<int>(v) + kInt8QueryOffset);
+  }
+  for (index_t t = d; t < dp; ++t) code[t] = static_cast<std::uint8_t>(kInt8QueryOffset);
+  return bad == 0;
+}
+
+// y_j = (dot_j - offset_j) * (r s_j) + b_j for n outputs.
+LARIMAR_MULTIVERSION void scale_back(const std::int32_t* dots, const std::int32_t* offset,
+                                     const float* scale, const float* bias, float r, index_t n,
+                                     float* y) {
+  if (bias != nullptr) {
+    for (index_t j = 0; j < n; ++j)
+      y[j] = static_cast<float>(dots[j] - offset[j]) * (r * scale[j]) + bias[j];
+  } else {
+    for (index_t j = 0; j < n; ++j) y[j] = static_cast<float>(dots[j] - offset[j]) * (r * scale[j]);
+  }
+}
+
+}  // namespace
+
+Int8Linear::Int8Linear(const float* weight, const float* bias, index_t out_features,
+                       index_t in_features)
+    : out_(out_features), in_(in_features), dp_(int8_padded_dim(in_features)) {
+  check_dim(out_features, "weight", "out_features");
+  check_dim(in_features, "weight", "in_features");
+  check_finite(weight, out_features * in_features, "weight");
+  if (bias != nullptr) check_finite(bias, out_features, "bias");
+  const index_t tiles = (out_ + kInt8TileRows - 1) / kInt8TileRows;
+  check_allocation(double(tiles) * kInt8TileRows * dp_ + 12.0 * out_, "weight", "its int8 codes");
+  codes_.assign(static_cast<std::size_t>(tiles * kInt8TileRows * dp_), 0);
+  scale_.resize(static_cast<std::size_t>(out_));
+  offset_.resize(static_cast<std::size_t>(out_));
+  if (bias != nullptr) bias_.assign(bias, bias + out_);
+  std::vector<std::int8_t> code(static_cast<std::size_t>(in_));
+  for (index_t j = 0; j < out_; ++j) {
+    scale_[j] = quantize_int8_key(weight + j * in_, in_, code.data());
+    put_int8_slot_codes(code.data(), in_, codes_.data(), j);
+    std::int32_t sum = 0;
+    for (index_t t = 0; t < in_; ++t) sum += code[t];
+    offset_[j] = kInt8QueryOffset * sum;
+  }
+}
+
+void Int8Linear::forward(const float* x, index_t m, float* y) const {
+  if (m == 0) return;
+  const Int8Dots path = int8_dots();
+  const index_t tiles = (out_ + kInt8TileRows - 1) / kInt8TileRows;
+  const index_t chunk_tiles = std::max<index_t>(1, kChunkBytes / (kInt8TileRows * dp_));
+  const index_t chunk_rows = chunk_tiles * kInt8TileRows;
+  const index_t task_rows = kTaskBlocks * path.block;
+  const index_t tasks = (m + task_rows - 1) / task_rows;
+  std::vector<char> finite(static_cast<std::size_t>(tasks), 1);
+  parallel_for(tasks, [&](index_t task) {
+    const index_t r0 = task * task_rows, rows = std::min(task_rows, m - r0);
+    std::vector<std::uint8_t> codes(static_cast<std::size_t>(rows * dp_));
+    std::vector<float> r(static_cast<std::size_t>(rows));
+    for (index_t i = 0; i < rows; ++i)
+      if (!quantize_input(x + (r0 + i) * in_, in_, dp_, codes.data() + i * dp_, &r[i]))
+        finite[task] = 0;
+    if (!finite[task]) return;
+    std::vector<std::int32_t> dots(static_cast<std::size_t>(path.block * chunk_rows));
+    for (index_t c0 = 0; c0 < tiles; c0 += chunk_tiles) {
+      const index_t nt = std::min(chunk_tiles, tiles - c0), j0 = c0 * kInt8TileRows;
+      const index_t n = std::min(nt * kInt8TileRows, out_ - j0);
+      const std::int8_t* w = codes_.data() + j0 * dp_;
+      for (index_t i0 = 0; i0 < rows; i0 += path.block) {
+        const int nq = static_cast<int>(std::min<index_t>(path.block, rows - i0));
+        path.dots(codes.data() + i0 * dp_, nq, dp_, w, nt, dots.data(), chunk_rows);
+        for (int i = 0; i < nq; ++i)
+          scale_back(dots.data() + i * chunk_rows, offset_.data() + j0, scale_.data() + j0,
+                     bias_.empty() ? nullptr : bias_.data() + j0, r[i0 + i], n,
+                     y + (r0 + i0 + i) * out_ + j0);
+      }
+    }
+  });
+  require(std::all_of(finite.begin(), finite.end(), [](char f) { return f != 0; }), "x",
+          "expected finite values (a NaN or an infinity has no int8 code)");
+}
+
+void Int8Linear::weight_codes(std::int8_t* codes, float* scales) const {
+  for (index_t j = 0; j < out_; ++j) int8_slot_codes(codes_.data(), in_, j, codes + j * in_);
+  std::copy(scale_.begin(), scale_.end(), scales);
+}
+
+std::size_t Int8Linear::bytes() const {
+  return codes_.size() + sizeof(float) * (scale_.size() + bias_.size()) +
+         sizeof(std::int32_t) * offset_.size();
+}
+
+}  // namespace larimar
