@@ -143,6 +143,13 @@ def integer(value: Any, name: str) -> int:
     return value
 
 
+def optional_flag(value: Any, name: str) -> Optional[bool]:
+    """True, False or None (a choice left to a default), or a ValueError naming it."""
+    if value is not None and not isinstance(value, bool):
+        raise ValueError(f"{name}: expected True, False or None, got {value!r}")
+    return value
+
+
 def optional_scalar(value: Any, name: str) -> Optional[float]:
     return None if value is None else scalar(value, name)
 

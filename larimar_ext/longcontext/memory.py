@@ -59,7 +59,7 @@ import numpy as np
 import torch
 
 from .. import _persist
-from .._arrays import gaussian_alpha
+from .._arrays import gaussian_alpha, optional_flag
 from .._profiling import PREFIX, profiled
 from ..kv_memory import KeyValueMemory
 # Re-exported here (``__all__``): the answer types, the cache, the stats and the writer have
@@ -254,10 +254,8 @@ class LongContextMemory:
         self.model = model
         if hasattr(model, "eval"):
             model.eval()
-        for name, value in (("int8_values", int8_values), ("bf16_answers", bf16_answers)):
-            if value is not None and not isinstance(value, bool):
-                raise ValueError(f"{name}: expected True, False or None, got {value!r}")
-        self.int8_values, self.bf16_answers = int8_values, bf16_answers
+        self.int8_values = optional_flag(int8_values, "int8_values")
+        self.bf16_answers = optional_flag(bf16_answers, "bf16_answers")
         self._choose = getattr(model, "precision", None)
         if not callable(self._choose):
             self._choose = None

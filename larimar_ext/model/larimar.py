@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import torch_ops
+from .._arrays import optional_flag
 from ..episodic import EpisodicMemory
 from . import saved
 from .aligned import AlignedPooler, AlignedSegments, SlotPrefix
@@ -357,9 +358,8 @@ class LarimarModel(nn.Module):
         choice. A copy asked for is made on entry (so a bad choice raises there) and kept
         for later blocks, but the model-wide choices do not change: two memories sharing a
         model (``LongContextMemory(int8_values=..., bf16_answers=...)``) each get theirs."""
-        for name, value in (("int8_values", int8_values), ("bf16_answers", bf16_answers)):
-            if value is not None and not isinstance(value, bool):
-                raise ValueError(f"{name}: expected True, False or None, got {value!r}")
+        optional_flag(int8_values, "int8_values")
+        optional_flag(bf16_answers, "bf16_answers")
         if int8_values:
             self._int8_copy()
         if bf16_answers:
