@@ -4,9 +4,10 @@ integer dot products (``_core.Int8LinearF32``, docs/DESIGN.md section 2.11).
 The weights are quantised once, a scale per output row; every input row is quantised as it
 arrives, with a scale of its own (63 levels a side); the products are summed exactly in
 integers and scaled back to float32. It replaces torch.ao's deprecated
-``quantize_dynamic`` for the int8 copy of the encoder (``LarimarModel.int8_values``): on the
-default model it ran the encoder's linears 1.3-2x faster here, and its slot ids are closer
-to the float32 encoder's (benchmarks/RESULTS.md section 20).
+``quantize_dynamic`` for the int8 copy of the encoder (``LarimarModel.int8_values``): on an
+AVX2 host it ran the encoder's layer shapes 1.1-2.1x faster than torch.ao (a whole ingest
+1.03-1.11x), and its slot ids are closer to the float32 encoder's (benchmarks/RESULTS.md
+section 20).
 """
 
 from __future__ import annotations
