@@ -1056,10 +1056,7 @@ void ProjectedScreen<T>::survivors(const T* queries, const T* q_sq, index_t nq, 
   }
   const index_t m = static_cast<index_t>(live.size());
   if (m == 0) return;
-  const index_t r = dims();
-  std::vector<double> proj(static_cast<std::size_t>(m * r));
-  blas::gemm_parallel<double>(false, false, m, r, d_, 1.0, units.data(), d_, basis_.data(), r, 0.0,
-                              proj.data(), r);
+  const std::vector<double> proj = project(units.data(), m);
   std::vector<T> bars(static_cast<std::size_t>(m));
   for (index_t j = 0; j < m; ++j) bars[j] = floors[live[j]];
   std::vector<std::vector<index_t>> found;
@@ -1069,6 +1066,15 @@ void ProjectedScreen<T>::survivors(const T* queries, const T* q_sq, index_t nq, 
     out[live[j]] = std::move(found[j]);
     ok[live[j]] = passed[j];
   }
+}
+
+template <class T>
+std::vector<double> ProjectedScreen<T>::project(const double* units, index_t m) const {
+  const index_t r = dims();
+  std::vector<double> proj(static_cast<std::size_t>(m * r));
+  blas::gemm_parallel<double>(false, false, m, r, d_, 1.0, units, d_, basis_.data(), r, 0.0,
+                              proj.data(), r);
+  return proj;
 }
 
 template <class T>
@@ -1163,15 +1169,13 @@ void ProjectedScreen<T>::answer_from_neighbourhoods(const T* floors, const index
   }
   if (!missing.empty()) {
     // The screens for the anchors themselves as queries, the bar kNeighbourFloor.
-    const index_t m = static_cast<index_t>(missing.size()), r = dims();
+    const index_t m = static_cast<index_t>(missing.size());
     std::vector<double> units(static_cast<std::size_t>(m * d_), 0.0);
     std::vector<char> unit(static_cast<std::size_t>(m));
     for (index_t j = 0; j < m; ++j)
       unit[j] = !std::isinf(fine_.residual[missing[j]]) &&
                 unit_row(keys_ + missing[j] * d_, d_, units.data() + j * d_);
-    std::vector<double> proj(static_cast<std::size_t>(m * r));
-    blas::gemm_parallel<double>(false, false, m, r, d_, 1.0, units.data(), d_, basis_.data(), r,
-                                0.0, proj.data(), r);
+    const std::vector<double> proj = project(units.data(), m);
     std::vector<T> bars(static_cast<std::size_t>(m), static_cast<T>(kNeighbourFloor));
     std::vector<std::vector<index_t>> found;
     std::vector<char> passed;

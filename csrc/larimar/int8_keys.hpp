@@ -221,6 +221,8 @@ class ProjectedScreen {
                                   std::vector<char>& ok) const;
   Neighbourhood find_neighbourhood(index_t anchor, const double* unit,
                                    const std::vector<index_t>& found) const;
+  // Coordinates (m x dims()) of m unit rows (m x d) in the basis.
+  std::vector<double> project(const double* units, index_t m) const;
   // The coarse then the fine screen for m unit queries (proj: their projections, m x dims();
   // bars: their floors); returns how many the coarse screen answered.
   index_t screen_projected(const double* proj, index_t m, const T* bars, index_t limit,
