@@ -86,6 +86,24 @@ def test_the_formula_holds_on_rows_of_any_size_and_scale(seed, m, k, n, spread):
         np.testing.assert_array_equal(y, reference(w, b, x))
 
 
+@pytest.mark.parametrize("m,k,n", [(1, 576, 1536), (2, 1536, 576), (3, 64, 5000), (300, 40, 90)])
+def test_the_output_does_not_depend_on_the_threads(rng, m, k, n):
+    # few input rows split the output rows over the threads instead (a decode step)
+    import larimar_ext
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    layer, before = _core.Int8LinearF32(w, None), larimar_ext.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2, 3, 7):
+            larimar_ext.set_num_threads(threads)
+            outs.append(layer.forward(x))
+    finally:
+        larimar_ext.set_num_threads(before)
+    for y in outs:
+        np.testing.assert_array_equal(y, reference(w, None, x))
+
+
 def test_zero_rows_give_the_bias_and_empty_inputs_an_empty_result(rng):
     w = rng.standard_normal((9, 20)).astype(np.float32)
     w[3] = 0

@@ -87,34 +87,45 @@ void Int8Linear::forward(const float* x, index_t m, float* y) const {
   const index_t tiles = (out_ + kInt8TileRows - 1) / kInt8TileRows;
   const index_t chunk_tiles = std::max<index_t>(1, kChunkBytes / (kInt8TileRows * dp_));
   const index_t chunk_rows = chunk_tiles * kInt8TileRows;
+  const index_t chunks = (tiles + chunk_tiles - 1) / chunk_tiles;
   const index_t task_rows = kTaskBlocks * path.block;
-  const index_t tasks = (m + task_rows - 1) / task_rows;
-  std::vector<char> finite(static_cast<std::size_t>(tasks), 1);
-  parallel_for(tasks, [&](index_t task) {
+  const index_t row_tasks = (m + task_rows - 1) / task_rows;
+  // Few input rows (a decode step has one or two) are too few tasks for the cores: then the
+  // output rows are split too, so that each thread streams its own part of the weights
+  // once instead of one thread streaming all of them.
+  const index_t threads = num_threads();
+  const index_t groups =
+      row_tasks >= threads ? 1 : std::min(chunks, (threads + row_tasks - 1) / row_tasks);
+  const index_t group_chunks = (chunks + groups - 1) / groups;
+  std::vector<std::uint8_t> codes(static_cast<std::size_t>(m * dp_));
+  std::vector<float> r(static_cast<std::size_t>(m));
+  std::vector<char> finite(static_cast<std::size_t>(row_tasks), 1);
+  parallel_for(row_tasks, [&](index_t task) {
     const index_t r0 = task * task_rows, rows = std::min(task_rows, m - r0);
-    std::vector<std::uint8_t> codes(static_cast<std::size_t>(rows * dp_));
-    std::vector<float> r(static_cast<std::size_t>(rows));
-    for (index_t i = 0; i < rows; ++i)
-      if (!quantize_input(x + (r0 + i) * in_, in_, dp_, codes.data() + i * dp_, &r[i]))
-        finite[task] = 0;
-    if (!finite[task]) return;
+    for (index_t i = r0; i < r0 + rows; ++i)
+      if (!quantize_input(x + i * in_, in_, dp_, codes.data() + i * dp_, &r[i])) finite[task] = 0;
+  });
+  require(std::all_of(finite.begin(), finite.end(), [](char f) { return f != 0; }), "x",
+          "expected finite values (a NaN or an infinity has no int8 code)");
+  parallel_for(row_tasks * groups, [&](index_t item) {
+    const index_t task = item / groups, group = item % groups;
+    const index_t r0 = task * task_rows, rows = std::min(task_rows, m - r0);
+    const index_t c_end = std::min(tiles, (group + 1) * group_chunks * chunk_tiles);
     std::vector<std::int32_t> dots(static_cast<std::size_t>(path.block * chunk_rows));
-    for (index_t c0 = 0; c0 < tiles; c0 += chunk_tiles) {
+    for (index_t c0 = group * group_chunks * chunk_tiles; c0 < c_end; c0 += chunk_tiles) {
       const index_t nt = std::min(chunk_tiles, tiles - c0), j0 = c0 * kInt8TileRows;
       const index_t n = std::min(nt * kInt8TileRows, out_ - j0);
       const std::int8_t* w = codes_.data() + j0 * dp_;
-      for (index_t i0 = 0; i0 < rows; i0 += path.block) {
-        const int nq = static_cast<int>(std::min<index_t>(path.block, rows - i0));
+      for (index_t i0 = r0; i0 < r0 + rows; i0 += path.block) {
+        const int nq = static_cast<int>(std::min<index_t>(path.block, r0 + rows - i0));
         path.dots(codes.data() + i0 * dp_, nq, dp_, w, nt, dots.data(), chunk_rows);
         for (int i = 0; i < nq; ++i)
           scale_back(dots.data() + i * chunk_rows, offset_.data() + j0, scale_.data() + j0,
                      bias_.empty() ? nullptr : bias_.data() + j0, r[i0 + i], n,
-                     y + (r0 + i0 + i) * out_ + j0);
+                     y + (i0 + i) * out_ + j0);
       }
     }
   });
-  require(std::all_of(finite.begin(), finite.end(), [](char f) { return f != 0; }), "x",
-          "expected finite values (a NaN or an infinity has no int8 code)");
 }
 
 void Int8Linear::weight_codes(std::int8_t* codes, float* scales) const {
