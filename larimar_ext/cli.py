@@ -195,10 +195,16 @@ def _add_int8_values(p: argparse.ArgumentParser) -> None:
                         "prefix keys stay float)")
 
 
-def _add_bf16_answers(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bf16-answers", action="store_true",
-                   help="generate answers with a bfloat16 copy of the decoder (about half "
-                        "the answer time on a CPU with AVX-512 BF16; answers may differ)")
+def _add_answer_precision(p: argparse.ArgumentParser) -> None:
+    answers = p.add_mutually_exclusive_group()
+    answers.add_argument("--bf16-answers", action="store_true",
+                         help="generate answers with a bfloat16 copy of the decoder (about "
+                              "half the answer time on a CPU with AVX-512 BF16; answers may "
+                              "differ)")
+    answers.add_argument("--int8-answers", action="store_true",
+                         help="generate answers with an int8 copy of the decoder (a quarter "
+                              "of the weight bytes a step streams, on any CPU; answers may "
+                              "differ)")
 
 
 def _bench_parser(p: argparse.ArgumentParser, task: str) -> None:
@@ -224,7 +230,7 @@ def _bench_parser(p: argparse.ArgumentParser, task: str) -> None:
     p.add_argument("--no-prefix", action="store_true",
                    help="paper-mode ablation: keys from whole segments instead of prefixes")
     _add_int8_values(p)
-    _add_bf16_answers(p)
+    _add_answer_precision(p)
     p.add_argument("--max-tokens", type=int, default=None,
                    help="largest segment, decoder tokens (default: the model's slots per "
                         "segment, 32 for the default model; 64 for other models)")
@@ -310,7 +316,7 @@ def _ruler_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, default=None,
                    help="confidence below which the memory answers 'not found'")
     _add_int8_values(p)
-    _add_bf16_answers(p)
+    _add_answer_precision(p)
     p.add_argument("--threads", type=int, default=None, help="torch and kernel threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -348,7 +354,7 @@ def _ruler(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         name = f"memory-{args.mode}"
     config = {k: getattr(args, k) for k in ("data", "lengths", "tasks", "limit", "system",
                                             "mode", "model", "threshold", "int8_values",
-                                            "bf16_answers")}
+                                            "bf16_answers", "int8_answers")}
     result = ruler.run_ruler(samples, system, name, args.out, not args.no_progress, config)
     print(ruler.markdown_table(result["summary"], name))
     for f in result["files"]:
@@ -365,12 +371,14 @@ def _load_model(args: argparse.Namespace):
     except (RuntimeError, OSError) as exc:
         print(f"larimar-ext {args.command}: model: {exc}", file=sys.stderr)
         return None
-    if args.bf16_answers:
-        try:
+    try:
+        if args.bf16_answers:
             model.bf16_answers(True)
-        except ValueError as exc:
-            print(f"larimar-ext {args.command}: {exc}", file=sys.stderr)
-            return None
+        if args.int8_answers:
+            model.int8_answers(True)
+    except ValueError as exc:
+        print(f"larimar-ext {args.command}: {exc}", file=sys.stderr)
+        return None
     return model
 
 

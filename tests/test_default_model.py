@@ -233,6 +233,78 @@ def test_bf16_answers_copy_the_same_answers_and_leave_the_float_decoder(model):
     assert not model.answers_in_bf16 and model._answer_decoder() is model.decoder
 
 
+def test_int8_answers_give_the_answers_and_leave_the_float_decoder(model):
+    """int8_answers: answers from a copy of the decoder whose linears (the tied head too) are
+    Int8Linear; the values asked for are still answered, the float decoder, the model's
+    state and training stay float32, and turning it off gives the float decoder back."""
+    from larimar_ext.int8_linear import Int8Linear
+    texts = ["The pass key is 86556. Remember it.",
+             "Der Zug nach Berlin fährt um 17:42 Uhr von Gleis 9."]
+    ids = model.slot_ids(model.encode(texts).detach())
+
+    def answers():
+        return (model.complete_passages("The pass key is", ids[:1], max_new_tokens=8,
+                                        first_line=True),
+                model.complete_each_passage("The train leaves from platform", ids[1:],
+                                            max_new_tokens=8))
+    keys = set(model.state_dict())
+    try:
+        model.int8_answers(True)
+        assert model.answers_in_int8 and not model.answers_in_bf16
+        copy_ = model._answer_decoder()
+        assert isinstance(copy_.lm_head, Int8Linear) and copy_ is not model.decoder
+        # the input embeddings stay float32: the decoder's input is the float one's
+        assert copy_.get_input_embeddings().weight.dtype == torch.float32
+        got = answers()
+        assert "86556" in got[0] and "9" in got[1][0], got
+        assert model.decoder.dtype == torch.float32 and set(model.state_dict()) == keys
+        assert isinstance(model.decoder.lm_head, torch.nn.Linear)
+        model.train()
+        assert model._answer_decoder() is model.decoder     # training never sees the copy
+        model.eval()
+        model.bf16_answers(True)           # answers have one precision: the last one chosen
+        assert model.answers_in_bf16 and not model.answers_in_int8
+        model.int8_answers(True)
+        assert model.answers_in_int8 and not model.answers_in_bf16
+    finally:
+        model.int8_answers(False)
+        model.bf16_answers(False)
+        model.eval()
+    assert not model.answers_in_int8 and model._answer_decoder() is model.decoder
+
+
+def test_the_innermost_answer_precision_wins(model):
+    """precision blocks over the two answer copies: the innermost block that turns one on
+    wins, False turns its copy off for the block, None follows the blocks around it, and
+    one block cannot turn on both (refused naming both, nothing changed)."""
+    from references import raises_arg
+
+    def kind():
+        return ("bf16" if model.answers_in_bf16 else "int8" if model.answers_in_int8
+                else "float32")
+    try:
+        model.bf16_answers(True)
+        with model.precision(int8_answers=True):
+            assert kind() == "int8"
+            with model.precision(bf16_answers=True):
+                assert kind() == "bf16"
+            with model.precision(int8_answers=False):
+                assert kind() == "bf16"        # the model-wide bf16 choice is still on
+            with model.precision(bf16_answers=None, int8_answers=None):
+                assert kind() == "int8"
+        assert kind() == "bf16"
+        with model.precision(bf16_answers=False):
+            assert kind() == "float32"
+        with raises_arg(ValueError, "int8_answers"):
+            with model.precision(bf16_answers=True, int8_answers=True):
+                pass
+        assert kind() == "bf16"
+    finally:
+        model.bf16_answers(False)
+        model.int8_answers(False)
+    assert kind() == "float32"
+
+
 def test_a_shared_cache_keeps_one_encoder_s_encodings(model):
     """A cache shared with an int8 memory is refused by a float one (at construction when
     its choice is fixed, at ingest when it follows the model), which is left empty; another
@@ -294,6 +366,13 @@ def test_a_memory_s_int8_and_bf16_choices_are_its_own(model, monkeypatch):
         assert got["plain"][0] == {("encode_with_keys", False), ("complete_passages", False)}
         assert got["follows"][0] == got["plain"][0]
         assert "86556" in got["fast"][1] and "86556" in got["plain"][1], got
+        seen.clear()
+        int8 = LongContextMemory(model, int8_answers=True)
+        int8.ingest(text)
+        assert "86556" in int8.ask("The pass key is", max_new_tokens=8)
+        assert not model.answers_in_int8                   # the model-wide choice stays off
+        with pytest.raises(ValueError, match="bf16_answers, int8_answers"):
+            LongContextMemory(model, bf16_answers=True, int8_answers=True)
         model.int8_values(True)    # None follows the model-wide choice; False still wins
         seen.clear()
         LongContextMemory(model).ingest(text + " Another sentence.")

@@ -516,7 +516,8 @@ def test_bad_arguments_name_the_argument(model, tok):
                      ({"cache": {}}, "cache"), ({"keys": "fp8"}, "keys"),
                      ({"keys": "int8", "mode": "paper"}, "keys"),
                      ({"int8_values": "yes"}, "int8_values"),
-                     ({"bf16_answers": 1}, "bf16_answers")):
+                     ({"bf16_answers": 1}, "bf16_answers"),
+                     ({"int8_answers": "on"}, "int8_answers")):
         with raises_arg(ValueError, name):
             LongContextMemory(model, **kw)
     with raises_arg(ValueError, "model"):
@@ -525,7 +526,7 @@ def test_bad_arguments_name_the_argument(model, tok):
     class NoCopies:                # the calls a memory needs, but no int8 or bf16 copies
         tokenizer = tok
         encode = encode_keys = complete = staticmethod(model.encode)
-    for name in ("int8_values", "bf16_answers"):
+    for name in ("int8_values", "bf16_answers", "int8_answers"):
         with raises_arg(ValueError, name):
             LongContextMemory(NoCopies(), **{name: True})
         LongContextMemory(NoCopies(), **{name: False})      # the float modules: nothing to do
@@ -651,6 +652,12 @@ def test_cli_passkey_with_a_model(model, tmp_path, monkeypatch, capsys):
     rc = cli.main(["passkey", "--context", "1k", "--digits", "3", "--trials", "1",
                    "--out", str(tmp_path), "--no-progress", "--bf16-answers"])
     assert rc == 2 and "bf16_answers" in capsys.readouterr().err
+    rc = cli.main(["passkey", "--context", "1k", "--digits", "3", "--trials", "1",
+                   "--out", str(tmp_path), "--no-progress", "--int8-answers"])
+    assert rc == 2 and "int8_answers" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as ei:         # one answer precision
+        cli.main(["passkey", "--bf16-answers", "--int8-answers"])
+    assert ei.value.code == 2
     for bad in (["passkey", "--context", "500"], ["passkey", "--depths", "0,200"],
                 ["passkey", "--digits", "0"], ["needle", "--haystack-dir", str(tmp_path / "x")],
                 ["passkey", "--trials", "0"], ["passkey", "--baseline", "in-context",

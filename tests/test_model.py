@@ -347,12 +347,13 @@ def test_cuda_same_code(tok):
     assert g.is_cuda and g.shape == (4, 5)
 
 
-def test_bf16_answers_needs_the_prefix_path(tok):
+@pytest.mark.parametrize("name", ["bf16_answers", "int8_answers"])
+def test_the_answer_copies_need_the_prefix_path(tok, name):
     model = make_model(tok)
-    with pytest.raises(ValueError, match="bf16_answers"):
-        model.bf16_answers(True)
-    assert not model.answers_in_bf16
-    model.bf16_answers(False)                 # turning off what is off is fine
+    with pytest.raises(ValueError, match=name):
+        getattr(model, name)(True)
+    assert not model.answers_in_bf16 and not model.answers_in_int8
+    getattr(model, name)(False)               # turning off what is off is fine
 
 
 def test_precision_blocks_nest_stay_in_their_thread_and_check_their_arguments(tok):
@@ -385,8 +386,12 @@ def test_precision_blocks_nest_stay_in_their_thread_and_check_their_arguments(to
     with pytest.raises(ValueError, match="int8_values: expected True, False or None"):
         with model.precision(int8_values=1):
             pass
-    with pytest.raises(ValueError, match="bf16_answers"):     # no prefix path: no copy
-        with model.precision(bf16_answers=True):
+    for name in ("bf16_answers", "int8_answers"):               # no prefix path: no copy
+        with pytest.raises(ValueError, match=name):
+            with model.precision(**{name: True}):
+                pass
+    with pytest.raises(ValueError, match="int8_answers: expected True, False or None"):
+        with model.precision(int8_answers="yes"):
             pass
     assert not model.answers_in_bf16 and not model.values_in_int8
     model.int8_values(True)

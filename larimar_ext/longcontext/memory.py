@@ -207,6 +207,10 @@ class LongContextMemory:
             AVX-512 BF16; an answer may differ where two tokens are close. False: with the
             float decoder. None (default): as the model-wide ``bf16_answers()`` says; this
             memory's choice, like ``int8_values``.
+        int8_answers: True: generate answers with the model's int8 decoder copy
+            (``LarimarModel.int8_answers``): a decode step streams a quarter of the float
+            weights' bytes, on any CPU; an answer may differ where two tokens are close.
+            False / None: as ``bf16_answers``. At most one of the two may be True.
         values: what a row keeps of its segment's latent. "latent": the latent itself (C
             floats, 28 KB with the default model). "tokens": the decoder tokens the latent
             stands for (``model.slot_ids``: one id per slot, -1 for a dead one; 128 bytes),
@@ -230,7 +234,8 @@ class LongContextMemory:
                  metric: str = "cosine",
                  cache: Optional[EncodingCache] = None, progress: bool = False,
                  pass_question: bool = True, int8_values: Optional[bool] = None,
-                 bf16_answers: Optional[bool] = None, values: str = "auto",
+                 bf16_answers: Optional[bool] = None, int8_answers: Optional[bool] = None,
+                 values: str = "auto",
                  keys: str = "auto") -> None:
         for attr in ("encode", "encode_keys", "complete"):
             if not callable(getattr(model, attr, None)):
@@ -256,16 +261,22 @@ class LongContextMemory:
             model.eval()
         self.int8_values = optional_flag(int8_values, "int8_values")
         self.bf16_answers = optional_flag(bf16_answers, "bf16_answers")
+        self.int8_answers = optional_flag(int8_answers, "int8_answers")
+        if bf16_answers and int8_answers:
+            raise ValueError("bf16_answers, int8_answers: answers have one precision; "
+                             "expected at most one of them True")
         self._choose = getattr(model, "precision", None)
         if not callable(self._choose):
             self._choose = None
-            for name, value in (("int8_values", int8_values), ("bf16_answers", bf16_answers)):
+            for name, value in (("int8_values", int8_values), ("bf16_answers", bf16_answers),
+                                ("int8_answers", int8_answers)):
                 if value:
                     raise ValueError(f"{name}: the model has no precision() (a LarimarModel's "
-                                     "int8 encoder and bfloat16 decoder copies)")
+                                     "int8 encoder and bfloat16 / int8 decoder copies)")
         else:
             # makes the copies asked for now, so that a bad choice raises here
-            with self._choose(int8_values=int8_values, bf16_answers=bf16_answers):
+            with self._choose(int8_values=int8_values, bf16_answers=bf16_answers,
+                              int8_answers=int8_answers):
                 pass
         self.mode = mode
         self.values = self._value_kind(values, mode)
@@ -420,8 +431,8 @@ class LongContextMemory:
                              f"a cache of its own")
 
     def _precision(self, **choice: Optional[bool]) -> ContextManager[None]:
-        """This memory's ``int8_values`` / ``bf16_answers`` choice for the model's calls in
-        the block (``LarimarModel.precision``)."""
+        """This memory's ``int8_values`` / ``bf16_answers`` / ``int8_answers`` choice for the
+        model's calls in the block (``LarimarModel.precision``)."""
         return contextlib.nullcontext() if self._choose is None else self._choose(**choice)
 
     @torch.no_grad()
@@ -725,7 +736,7 @@ class LongContextMemory:
         kw: Dict[str, Any] = {}
         if question is not None and self.pass_question and self._complete_takes_questions:
             kw["questions"] = [question]
-        with self._precision(bf16_answers=self.bf16_answers):
+        with self._precision(bf16_answers=self.bf16_answers, int8_answers=self.int8_answers):
             out = self.model.complete([answer_prefix], r, max_new_tokens=max_new_tokens, **kw,
                                       **_first_line(self.model.complete))
         return _clean(out[0])
@@ -745,7 +756,7 @@ class LongContextMemory:
                 or getattr(self.model, "prefix", None) is None:
             return self.decode(answer_prefix, values[0], max_new_tokens, question)
         q = question if self.pass_question else None
-        with self._precision(bf16_answers=self.bf16_answers):
+        with self._precision(bf16_answers=self.bf16_answers, int8_answers=self.int8_answers):
             return _clean(self.model.complete_passages(
                 answer_prefix, self._to_decoder(values), skip, joined, q, max_new_tokens,
                 **_first_line(self.model.complete_passages)))
@@ -778,7 +789,7 @@ class LongContextMemory:
         max_new_tokens = _positive_int(max_new_tokens, "max_new_tokens")
         values, skip, joined = readouts or self._readouts_of(passages)
         q = question if self.pass_question else None
-        with self._precision(bf16_answers=self.bf16_answers):
+        with self._precision(bf16_answers=self.bf16_answers, int8_answers=self.int8_answers):
             return [_clean(a) for a in self.model.complete_each_passage(
                 answer_prefix, self._to_decoder(values), skip, joined, q, max_new_tokens)]
 

@@ -40,8 +40,8 @@ __all__ = ["LarimarModel", "LarimarOutput"]
 Texts = Union[str, Sequence[str]]
 
 # This thread's open ``LarimarModel.precision`` blocks, innermost last:
-# [(model, int8_values, bf16_answers)]. Thread-local so that two memories sharing a model
-# in two threads each get their own choice.
+# [(model, int8_values, bf16_answers, int8_answers)]. Thread-local so that two memories
+# sharing a model in two threads each get their own choice.
 _PRECISION = threading.local()
 
 
@@ -325,14 +325,53 @@ class LarimarModel(nn.Module):
         on RULER's development set the scores held and most answers were identical
         (docs/LONGCONTEXT.md, "Answers in bfloat16"). Training, encoding and the slot snap
         keep the float decoder. The copy follows the model to another device; call again
-        after the decoder's weights change. This is the model-wide choice; ``precision``
-        overrides it for one block. False drops the copy."""
+        after the decoder's weights change. This is the model-wide choice (it ends a
+        model-wide ``int8_answers``: answers have one precision); ``precision`` overrides it
+        for one block. False drops the copy."""
         if not enable:
             self.__dict__["_bf16_default"] = False
             self.__dict__.pop("_bf16_decoder", None)
             return
         self._bf16_copy(fresh=True)
         self.__dict__["_bf16_default"] = True
+        self.__dict__["_int8_answers_default"] = False
+
+    def int8_answers(self, enable: bool = True) -> None:
+        """Generate answers from readouts (the prefix path, as ``bf16_answers``) with a copy
+        of the decoder whose linear layers, the tied output head included, run in int8
+        (``larimar_ext.int8_linear``; CPU only). A decode step streams every weight, so
+        its time is the weights' bytes: a quarter of float32's, and no bf16 instructions
+        needed (on AVX2 hosts ``bf16_answers`` does not pay). The input embeddings stay
+        float32, so the decoder's input is the float one's; its logits move by the int8
+        rounding, so an answer can differ where two tokens are close (docs/LONGCONTEXT.md,
+        "Answers in int8"). Training, encoding and the slot snap keep the float decoder.
+        This is the model-wide choice (it ends a model-wide ``bf16_answers``); ``precision``
+        overrides it for one block. Call again after the decoder's weights change; False
+        drops the copy."""
+        if not enable:
+            self.__dict__["_int8_answers_default"] = False
+            self.__dict__.pop("_int8_decoder", None)
+            return
+        self._int8_decoder_copy(fresh=True)
+        self.__dict__["_int8_answers_default"] = True
+        self.__dict__["_bf16_default"] = False
+
+    def _int8_decoder_copy(self, fresh: bool = False) -> nn.Module:
+        """The int8 copy of the decoder, made on first need (or ``fresh``)."""
+        if self.prefix is None:
+            raise ValueError("int8_answers: needs the prefix path (a model with slots)")
+        if _device(self.decoder).type != "cpu":          # also when the model moved since
+            raise ValueError("int8_answers: the int8 decoder runs on the CPU only")
+        copy_ = self.__dict__.get("_int8_decoder")
+        if copy_ is not None and not fresh:
+            return copy_
+        import copy
+
+        from ..int8_linear import int8_linears
+        copy_ = int8_linears(copy.deepcopy(self.decoder).float().eval())
+        # kept out of the module tree: not a parameter, never saved, not moved by .to()
+        self.__dict__["_int8_decoder"] = copy_
+        return copy_
 
     def _bf16_copy(self, fresh: bool = False) -> nn.Module:
         """The bfloat16 copy of the decoder on the decoder's device, made on first need,
@@ -350,34 +389,62 @@ class LarimarModel(nn.Module):
 
     @contextlib.contextmanager
     def precision(self, *, int8_values: Optional[bool] = None,
-                  bf16_answers: Optional[bool] = None) -> Iterator[None]:
+                  bf16_answers: Optional[bool] = None,
+                  int8_answers: Optional[bool] = None) -> Iterator[None]:
         """Within the block, and in this thread only: encode values with the int8 encoder
         (``int8_values=True``) or the float one (False), and generate answers with the
-        bfloat16 decoder (``bf16_answers=True``) or the float one (False), whatever the
-        model-wide ``int8_values()`` / ``bf16_answers()`` say; None keeps the model-wide
-        choice. A copy asked for is made on entry (so a bad choice raises there) and kept
-        for later blocks, but the model-wide choices do not change: two memories sharing a
-        model (``LongContextMemory(int8_values=..., bf16_answers=...)``) each get theirs."""
+        bfloat16 decoder (``bf16_answers=True``) or the int8 one (``int8_answers=True``),
+        whatever the model-wide ``int8_values()`` / ``bf16_answers()`` /
+        ``int8_answers()`` say. False turns that copy off in the block (the float decoder,
+        unless the other copy is on); None keeps the choice of the blocks around it, then
+        the model-wide one. Answers have one precision: the innermost block that turns a
+        copy on wins, and one block cannot turn on both. A
+        copy asked for is made on entry (so a bad choice raises there) and kept for later
+        blocks, but the model-wide choices do not change: two memories sharing a model
+        (``LongContextMemory(int8_values=..., bf16_answers=..., int8_answers=...)``) each
+        get theirs."""
         optional_flag(int8_values, "int8_values")
         optional_flag(bf16_answers, "bf16_answers")
+        optional_flag(int8_answers, "int8_answers")
+        if bf16_answers and int8_answers:
+            raise ValueError("bf16_answers, int8_answers: answers have one precision; "
+                             "expected at most one of them True")
         if int8_values:
             self._int8_copy()
         if bf16_answers:
             self._bf16_copy()
+        if int8_answers:
+            self._int8_decoder_copy()
         blocks = _PRECISION.__dict__.setdefault("blocks", [])
-        blocks.append((self, int8_values, bf16_answers))
+        blocks.append((self, int8_values, bf16_answers, int8_answers))
         try:
             yield
         finally:
             blocks.pop()
 
+    def _choice(self, index: int, default_key: str) -> tuple[int, bool]:
+        """(depth, value): the innermost ``precision`` choice of this thread for this model
+        (index 1: int8_values, 2: bf16_answers, 3: int8_answers) and its block's depth, else
+        the model-wide one at depth -1."""
+        blocks = _PRECISION.__dict__.get("blocks", ())
+        for depth in range(len(blocks) - 1, -1, -1):
+            if blocks[depth][0] is self and blocks[depth][index] is not None:
+                return depth, blocks[depth][index]
+        return -1, bool(self.__dict__.get(default_key, False))
+
     def _chosen(self, index: int, default_key: str) -> bool:
-        """The innermost ``precision`` choice of this thread for this model (index 1:
-        int8_values, 2: bf16_answers), else the model-wide one."""
-        for block in reversed(_PRECISION.__dict__.get("blocks", ())):
-            if block[0] is self and block[index] is not None:
-                return block[index]
-        return bool(self.__dict__.get(default_key, False))
+        return self._choice(index, default_key)[1]
+
+    def _answer_copy(self) -> Optional[str]:
+        """The decoder copy answers are generated with here and now: "bf16", "int8" or None
+        (the float decoder); the deeper of the two choices wins when both are on."""
+        if self.training:
+            return None
+        bf16 = self._choice(2, "_bf16_default")
+        int8 = self._choice(3, "_int8_answers_default")
+        if bf16[1] and not (int8[1] and int8[0] > bf16[0]):
+            return "bf16"
+        return "int8" if int8[1] else None
 
     @property
     def values_in_int8(self) -> bool:
@@ -389,12 +456,21 @@ class LarimarModel(nn.Module):
     def answers_in_bf16(self) -> bool:
         """Whether answers are generated with the bfloat16 decoder here and now
         (``bf16_answers``, ``precision``; never in training mode)."""
-        return not self.training and self._chosen(2, "_bf16_default")
+        return self._answer_copy() == "bf16"
+
+    @property
+    def answers_in_int8(self) -> bool:
+        """Whether answers are generated with the int8 decoder here and now
+        (``int8_answers``, ``precision``; never in training mode)."""
+        return self._answer_copy() == "int8"
 
     def _answer_decoder(self) -> nn.Module:
-        """The decoder generation runs on: the bf16 copy where ``answers_in_bf16``, else the
-        decoder."""
-        return self._bf16_copy() if self.answers_in_bf16 else self.decoder
+        """The decoder generation runs on: the bf16 or int8 copy where answers are in
+        that precision, else the decoder."""
+        kind = self._answer_copy()
+        if kind == "bf16":
+            return self._bf16_copy()
+        return self._int8_decoder_copy() if kind == "int8" else self.decoder
 
     @torch.no_grad()
     def encode_keys(self, texts: Texts, batch_size: int = 64) -> Tensor:
