@@ -1,17 +1,17 @@
 """Question latency of the recall memory, by stage, with slot-id values (the default) beside
 latent values, beside decoding one token a pass (no prompt lookup: the baseline) and
-beside answers from a bfloat16 copy of the decoder (``bf16_answers``), and the decoder's
-own floor: what one prefill and one new token cost.
+beside answers from a bfloat16 copy of the decoder (``bf16_answers``) and from an int8 one
+(``int8_answers``), and the decoder's own floor: what one prefill and one new token cost.
 
 On RULER development samples (``--data``, one sample per task of ``--length``): each
 sample is ingested into two memories, ``values="tokens"`` and ``values="latent"``, and each
 question asked ``--repeats`` times in turns, the slot-id memory also with
-``model.prompt_lookup_tokens = 0`` and with ``model.bf16_answers()``. Reported: the median
-seconds of each stage (encode_query, search, readout, decode), the new tokens per answer,
-whether the float32 variants give the same answers and passages and how many bf16 answers
-equal them; and, measured apart on the same decoder, the median seconds of a
-prefill of the median decoder input and of one greedy step with its KV cache (the floor
-under a question: prefill + new tokens x step).
+``model.prompt_lookup_tokens = 0`` and with the bf16 and int8 answer copies. Reported: the
+median seconds of each stage (encode_query, search, readout, decode), the new tokens per
+answer, whether the float32 variants give the same answers and passages and how many bf16
+and int8 answers equal them; and, measured apart on the float32 decoder and on each copy,
+the median seconds of a prefill of the median decoder input and of one greedy step with its
+KV cache (the floor under a question: prefill + new tokens x step).
 
     python benchmarks/bench_answer_latency.py [--data ../shared/data/ruler_niah]
         [--length 4096] [--repeats 3] [--threads 2] [--quick]
@@ -27,12 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as cm  # noqa: E402
 
 KINDS = ("tokens", "latent")
-# variant: (the memory's values, prompt lookup on, bf16 answers)
-VARIANTS = {"tokens": ("tokens", True, False),
-            "tokens, one token a pass": ("tokens", False, False),
-            "latent": ("latent", True, False),
-            "tokens, bf16 answers": ("tokens", True, True)}
-FLOAT = [k for k, (_, _, bf16) in VARIANTS.items() if not bf16]
+# variant: (the memory's values, prompt lookup on, the answers' decoder copy or None)
+VARIANTS = {"tokens": ("tokens", True, None),
+            "tokens, one token a pass": ("tokens", False, None),
+            "latent": ("latent", True, None),
+            "tokens, bf16 answers": ("tokens", True, "bf16"),
+            "tokens, int8 answers": ("tokens", True, "int8")}
+FLOAT = [k for k, (_, _, copy) in VARIANTS.items() if copy is None]
 
 
 def extra(p) -> None:
@@ -42,10 +43,9 @@ def extra(p) -> None:
     p.add_argument("--threads", type=int, default=cm.NUM_THREADS)
 
 
-def decoder_floor(model, torch, width: int, repeats: int) -> dict:
+def decoder_floor(dec, torch, width: int, repeats: int) -> dict:
     """Median seconds of a prefill of ``width`` input embeddings and of one cached step."""
-    dec = model.decoder
-    x = torch.randn(1, width, dec.config.hidden_size)
+    x = torch.randn(1, width, dec.config.hidden_size, dtype=dec.dtype)
     prefill, step = [], []
     with torch.no_grad():
         for _ in range(repeats + 1):
@@ -82,7 +82,11 @@ def main() -> int:
     caches = {k: EncodingCache(keep_values=True) for k in KINDS}
     stages: dict = {k: {} for k in VARIANTS}
     lookup = model.prompt_lookup_tokens
-    rows, widths, same, same_bf16 = [], [], 0, 0
+    rows, widths, same = [], [], 0
+    same_copy = {"bf16": 0, "int8": 0}
+    for copy in same_copy:                       # the copies are made outside the timing
+        with model.precision(**{f"{copy}_answers": True}):
+            pass
     for s in samples:
         mems = {k: LongContextMemory(model, values=k, cache=caches[k]) for k in KINDS}
         for m in mems.values():
@@ -90,21 +94,20 @@ def main() -> int:
         mnt = ruler._max_new_tokens(s)
         answers = {}
         for _ in range(repeats):
-            for k, (kind, on, bf16) in VARIANTS.items():  # in turns: the machine is shared
+            for k, (kind, on, copy) in VARIANTS.items():  # in turns: the machine is shared
                 model.prompt_lookup_tokens = lookup if on else 0
-                if bf16 != model.answers_in_bf16:
-                    model.bf16_answers(bf16)          # (its copy is made outside the timing)
-                a = mems[kind].ask_trace(s.answer_prefix, s.question, max_new_tokens=mnt)
+                with model.precision(bf16_answers=copy == "bf16", int8_answers=copy == "int8"):
+                    a = mems[kind].ask_trace(s.answer_prefix, s.question, max_new_tokens=mnt)
                 for name, sec in a.seconds.items():
                     stages[k].setdefault(name, []).append(sec)
                 stages[k].setdefault("total", []).append(sum(a.seconds.values()))
                 answers[k] = a
         model.prompt_lookup_tokens = lookup
-        model.bf16_answers(False)
         t = answers["tokens"]
         same += all(answers[k].answers == t.answers and answers[k].passages == t.passages
                     for k in FLOAT)
-        same_bf16 += answers["tokens, bf16 answers"].answers == t.answers
+        for copy in same_copy:
+            same_copy[copy] += answers[f"tokens, {copy} answers"].answers == t.answers
         new = [len(model.tokenizer(x, add_special_tokens=False)["input_ids"])
                for x in t.answers]
         ids = mems["tokens"].store.reconstruct([src.row for src in t.sources])
@@ -112,25 +115,32 @@ def main() -> int:
         widths.append(int((ids >= 0).sum()) + 40)
         rows.append([s.task, len(t.passages), max(new), repr(t.answer[:40])])
     width = int(statistics.median(widths))
-    floor = decoder_floor(model, torch, width, repeats)
+    floor = {"float32": decoder_floor(model.decoder, torch, width, repeats)}
+    for copy in same_copy:
+        with model.precision(**{f"{copy}_answers": True}):
+            floor[copy] = decoder_floor(model._answer_decoder(), torch, width, repeats)
     med = {k: {n: statistics.median(v) for n, v in st.items()} for k, st in stages.items()}
     print(cm.md_table(["task", "passages", "new tokens", "answer"], rows))
     print(cm.md_table(["stage"] + [f"{k} (s)" for k in VARIANTS],
                       [[n] + [f"{med[k][n]:.3f}" for k in VARIANTS] for n in med["tokens"]]))
-    print(f"same answers and passages (float32): {same} of {len(samples)}; bf16 answers "
-          f"equal to them: {same_bf16} of {len(samples)}; decoder floor: prefill of "
-          f"{width} embeddings {floor['prefill_s']:.3f} s, one greedy step "
-          f"{floor['step_s'] * 1e3:.1f} ms")
+    print(f"same answers and passages (float32): {same} of {len(samples)}; equal to them: "
+          f"bf16 answers {same_copy['bf16']}, int8 answers {same_copy['int8']}")
+    print(cm.md_table([f"decoder floor ({width} embeddings)", "prefill (s)", "one step (ms)"],
+                      [[k, f"{f['prefill_s']:.3f}", f"{f['step_s'] * 1e3:.1f}"]
+                       for k, f in floor.items()]))
     result = {"config": {"length": args.length, "samples": len(samples), "repeats": repeats,
                          "threads": args.threads, "prompt_lookup_tokens": lookup},
               "median_stage_seconds": med, "same_answers": same,
-              "same_answers_bf16": same_bf16, "answers": rows,
+              "same_answers_bf16": same_copy["bf16"], "same_answers_int8": same_copy["int8"],
+              "answers": rows,
               "decoder_floor": floor, "environment": cm.machine_info(torch=torch)}
     cm.report_foreign_load(result, args)
     targets = [{"name": "median question seconds (slot ids)", "value": med["tokens"]["total"],
                 "op": "<=", "threshold": 0.3},
                {"name": "median question seconds (slot ids, bf16 answers)",
                 "value": med["tokens, bf16 answers"]["total"], "op": "<=", "threshold": 0.3},
+               {"name": "median question seconds (slot ids, int8 answers)",
+                "value": med["tokens, int8 answers"]["total"], "op": "<=", "threshold": 0.3},
                {"name": "speed-up of prompt lookup (one token a pass / slot ids)",
                 "value": med["tokens, one token a pass"]["total"] / med["tokens"]["total"],
                 "op": ">=", "threshold": 1.0},
