@@ -86,7 +86,8 @@ def test_the_formula_holds_on_rows_of_any_size_and_scale(seed, m, k, n, spread):
         np.testing.assert_array_equal(y, reference(w, b, x))
 
 
-@pytest.mark.parametrize("m,k,n", [(1, 576, 1536), (2, 1536, 576), (3, 64, 5000), (300, 40, 90)])
+@pytest.mark.parametrize("m,k,n", [(1, 576, 1536), (2, 1536, 576), (3, 64, 5000), (300, 40, 90),
+                                   (256, 384, 384)])
 def test_the_output_does_not_depend_on_the_threads(rng, m, k, n):
     # few input rows split the output rows over the threads instead (a decode step)
     import larimar_ext

@@ -14,7 +14,10 @@ namespace {
 
 // Weight rows read per pass of a micro-block of inputs: their codes stay in L1 (32 KiB or
 // more). Measured on the encoder's shapes (AVX2): 24 KiB ran 1.0-1.3x 192 KiB chunks (in L2).
+// At least two tiles, even where they spill to L2 (1,536 inputs): the VNNI path feeds each
+// broadcast input group to two tiles, and with one it waits on its loads (4% on 1536 -> 384).
 constexpr index_t kChunkBytes = 24 * 1024;
+constexpr index_t kMinChunkTiles = 2;
 // Input rows per parallel task, in micro-blocks of the dot path.
 constexpr index_t kTaskBlocks = 16;
 
@@ -85,30 +88,34 @@ void Int8Linear::forward(const float* x, index_t m, float* y) const {
   if (m == 0) return;
   const Int8Dots path = int8_dots();
   const index_t tiles = (out_ + kInt8TileRows - 1) / kInt8TileRows;
-  const index_t chunk_tiles = std::max<index_t>(1, kChunkBytes / (kInt8TileRows * dp_));
+  const index_t chunk_tiles =
+      std::max<index_t>(kMinChunkTiles, kChunkBytes / (kInt8TileRows * dp_));
   const index_t chunk_rows = chunk_tiles * kInt8TileRows;
   const index_t chunks = (tiles + chunk_tiles - 1) / chunk_tiles;
-  const index_t task_rows = kTaskBlocks * path.block;
-  const index_t row_tasks = (m + task_rows - 1) / task_rows;
+  // Tasks of at most kTaskBlocks micro-blocks, as many as fill whole rounds of the threads
+  // and of equal size (256 rows had been tasks of 192 and 64: one thread did 3/4).
+  const index_t threads = num_threads();
+  const index_t blocks = (m + path.block - 1) / path.block;
+  index_t row_tasks = (blocks + kTaskBlocks - 1) / kTaskBlocks;
+  if (row_tasks > 1) row_tasks = std::min(blocks, (row_tasks + threads - 1) / threads * threads);
+  const index_t task_rows = (blocks + row_tasks - 1) / row_tasks * path.block;
+  row_tasks = (m + task_rows - 1) / task_rows;
   // Few input rows (a decode step has one or two) are too few tasks for the cores: then the
   // output rows are split too, so that each thread streams its own part of the weights
   // once instead of one thread streaming all of them.
-  const index_t threads = num_threads();
   const index_t groups =
       row_tasks >= threads ? 1 : std::min(chunks, (threads + row_tasks - 1) / row_tasks);
   const index_t group_chunks = (chunks + groups - 1) / groups;
   std::vector<std::uint8_t> codes(static_cast<std::size_t>(m * dp_));
   std::vector<float> r(static_cast<std::size_t>(m));
   std::vector<char> finite(static_cast<std::size_t>(row_tasks), 1);
-  parallel_for(row_tasks, [&](index_t task) {
+  const auto quantize = [&](index_t task) {
     const index_t r0 = task * task_rows, rows = std::min(task_rows, m - r0);
     for (index_t i = r0; i < r0 + rows; ++i)
       if (!quantize_input(x + i * in_, in_, dp_, codes.data() + i * dp_, &r[i])) finite[task] = 0;
-  });
-  require(std::all_of(finite.begin(), finite.end(), [](char f) { return f != 0; }), "x",
-          "expected finite values (a NaN or an infinity has no int8 code)");
-  parallel_for(row_tasks * groups, [&](index_t item) {
-    const index_t task = item / groups, group = item % groups;
+    return finite[task] != 0;
+  };
+  const auto multiply = [&](index_t task, index_t group) {
     const index_t r0 = task * task_rows, rows = std::min(task_rows, m - r0);
     const index_t c_end = std::min(tiles, (group + 1) * group_chunks * chunk_tiles);
     std::vector<std::int32_t> dots(static_cast<std::size_t>(path.block * chunk_rows));
@@ -125,7 +132,23 @@ void Int8Linear::forward(const float* x, index_t m, float* y) const {
                      y + (i0 + i) * out_ + j0);
       }
     }
-  });
+  };
+  // One parallel region a call (waking the threads costs about as much as a small layer):
+  // each task quantises its own rows, or, when the output rows are split too, the few input
+  // rows are quantised first on this thread.
+  if (groups == 1) {
+    parallel_for(row_tasks, [&](index_t task) {
+      if (quantize(task)) multiply(task, 0);
+    });
+  } else {
+    bool ok = true;
+    for (index_t task = 0; task < row_tasks; ++task) ok = quantize(task) && ok;
+    if (ok)
+      parallel_for(row_tasks * groups,
+                   [&](index_t item) { multiply(item / groups, item % groups); });
+  }
+  require(std::all_of(finite.begin(), finite.end(), [](char f) { return f != 0; }), "x",
+          "expected finite values (a NaN or an infinity has no int8 code)");
 }
 
 void Int8Linear::weight_codes(std::int8_t* codes, float* scales) const {

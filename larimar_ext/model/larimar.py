@@ -398,11 +398,10 @@ class LarimarModel(nn.Module):
         ``int8_answers()`` say. False turns that copy off in the block (the float decoder,
         unless the other copy is on); None keeps the choice of the blocks around it, then
         the model-wide one. Answers have one precision: the innermost block that turns a
-        copy on wins, and one block cannot turn on both. A
-        copy asked for is made on entry (so a bad choice raises there) and kept for later
-        blocks, but the model-wide choices do not change: two memories sharing a model
-        (``LongContextMemory(int8_values=..., bf16_answers=..., int8_answers=...)``) each
-        get theirs."""
+        copy on wins, and one block cannot turn on both. A copy asked for is made on entry
+        (so a bad choice raises there) and kept for later blocks, but the model-wide
+        choices do not change: two memories sharing a model (``LongContextMemory(
+        int8_values=..., bf16_answers=..., int8_answers=...)``) each get theirs."""
         optional_flag(int8_values, "int8_values")
         optional_flag(bf16_answers, "bf16_answers")
         optional_flag(int8_answers, "int8_answers")
