@@ -262,9 +262,6 @@ class LongContextMemory:
         self.int8_values = optional_flag(int8_values, "int8_values")
         self.bf16_answers = optional_flag(bf16_answers, "bf16_answers")
         self.int8_answers = optional_flag(int8_answers, "int8_answers")
-        if bf16_answers and int8_answers:
-            raise ValueError("bf16_answers, int8_answers: answers have one precision; "
-                             "expected at most one of them True")
         self._choose = getattr(model, "precision", None)
         if not callable(self._choose):
             self._choose = None
@@ -274,7 +271,8 @@ class LongContextMemory:
                     raise ValueError(f"{name}: the model has no precision() (a LarimarModel's "
                                      "int8 encoder and bfloat16 / int8 decoder copies)")
         else:
-            # makes the copies asked for now, so that a bad choice raises here
+            # makes the copies asked for now, so that a bad choice (both answer copies, one
+            # the model cannot make) raises here
             with self._choose(int8_values=int8_values, bf16_answers=bf16_answers,
                               int8_answers=int8_answers):
                 pass
