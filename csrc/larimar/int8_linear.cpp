@@ -14,8 +14,9 @@ namespace {
 
 // Weight rows read per pass of a micro-block of inputs: their codes stay in L1 (32 KiB or
 // more). Measured on the encoder's shapes (AVX2): 24 KiB ran 1.0-1.3x 192 KiB chunks (in L2).
-// At least two tiles, even where they spill to L2 (1,536 inputs): the VNNI path feeds each
-// broadcast input group to two tiles, and with one it waits on its loads (4% on 1536 -> 384).
+// At least two tiles, even where they spill to L2 (1,536 inputs): with one, each input row
+// keeps a single chain of dependent vpdpbusd (1,536 -> 384: 269-272 -> 292 GMAC/s in one run,
+// near this host's noise).
 constexpr index_t kChunkBytes = 24 * 1024;
 constexpr index_t kMinChunkTiles = 2;
 // Input rows per parallel task, in micro-blocks of the dot path.
@@ -133,9 +134,9 @@ void Int8Linear::forward(const float* x, index_t m, float* y) const {
       }
     }
   };
-  // One parallel region a call (waking the threads costs about as much as a small layer):
-  // each task quantises its own rows, or, when the output rows are split too, the few input
-  // rows are quantised first on this thread.
+  // One parallel region a call: each task quantises its own rows, or, when the output rows
+  // are split too (and tasks would share rows), the few input rows are quantised first on
+  // this thread.
   if (groups == 1) {
     parallel_for(row_tasks, [&](index_t task) {
       if (quantize(task)) multiply(task, 0);
