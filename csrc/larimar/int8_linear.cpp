@@ -14,9 +14,9 @@ namespace {
 
 // Weight rows read per pass of a micro-block of inputs: their codes stay in L1 (32 KiB or
 // more). Measured on the encoder's shapes (AVX2): 24 KiB ran 1.0-1.3x 192 KiB chunks (in L2).
-// At least two tiles, even where they spill to L2 (1,536 inputs): with one, each input row
-// keeps a single chain of dependent vpdpbusd (1,536 -> 384: 269-272 -> 292 GMAC/s in one run,
-// near this host's noise).
+// At least two tiles, even where they spill to L2 (1,536 inputs), so that the VNNI path runs
+// its 12 x 2 block rather than 12 x 1 (1,536 -> 384: 269-272 -> 292 GMAC/s in one run on a
+// Zen 4, near that host's noise).
 constexpr index_t kChunkBytes = 24 * 1024;
 constexpr index_t kMinChunkTiles = 2;
 // Input rows per parallel task, in micro-blocks of the dot path.
