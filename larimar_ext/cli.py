@@ -195,6 +195,33 @@ def _add_int8_values(p: argparse.ArgumentParser) -> None:
                         "prefix keys stay float)")
 
 
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu",
+                   help="where the Larimar model runs: cpu (default), cuda, cuda:1, ...; the "
+                        "memory stays in host memory and only readouts cross to the device "
+                        "(the int8 copies are CPU only; the in-context baseline runs on the "
+                        "CPU)")
+
+
+def _check_device(args: argparse.Namespace) -> None:
+    """Raises ValueError naming the argument when --device cannot run the model here."""
+    if args.device == "cpu":
+        return
+    import torch
+    try:
+        device = torch.device(args.device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"device: expected cpu, cuda or cuda:N, got {args.device!r}") from None
+    if device.type != "cuda":
+        raise ValueError(f"device: expected cpu, cuda or cuda:N, got {args.device!r}")
+    if not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device: {args.device!r} is not available on this machine")
+    for name in ("int8_values", "int8_answers"):
+        if getattr(args, name):
+            raise ValueError(f"{name}: the int8 copies run on the CPU only, not on "
+                             f"{args.device!r}")
+
+
 def _add_answer_precision(p: argparse.ArgumentParser) -> None:
     answers = p.add_mutually_exclusive_group()
     answers.add_argument("--bf16-answers", action="store_true",
@@ -231,6 +258,7 @@ def _bench_parser(p: argparse.ArgumentParser, task: str) -> None:
                    help="paper-mode ablation: keys from whole segments instead of prefixes")
     _add_int8_values(p)
     _add_answer_precision(p)
+    _add_device(p)
     p.add_argument("--max-tokens", type=int, default=None,
                    help="largest segment, decoder tokens (default: the model's slots per "
                         "segment, 32 for the default model; 64 for other models)")
@@ -272,6 +300,7 @@ def _bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             from pathlib import Path
             if not Path(args.haystack_dir).is_dir():
                 raise ValueError(f"haystack-dir: not a folder: {args.haystack_dir!r}")
+        _check_device(args)
     except ValueError as exc:
         parser.error(str(exc))
     if args.threads is not None:
@@ -317,6 +346,7 @@ def _ruler_parser(p: argparse.ArgumentParser) -> None:
                    help="confidence below which the memory answers 'not found'")
     _add_int8_values(p)
     _add_answer_precision(p)
+    _add_device(p)
     p.add_argument("--threads", type=int, default=None, help="torch and kernel threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -339,6 +369,10 @@ def _ruler(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(str(exc))
     if args.system == "in-context" and args.int8_values:
         parser.error("int8_values: the in-context system has no memory to encode values for")
+    try:
+        _check_device(args)
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.threads is not None:
         _set_threads(args.threads)
     if args.system == "in-context":
@@ -354,7 +388,7 @@ def _ruler(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         name = f"memory-{args.mode}"
     config = {k: getattr(args, k) for k in ("data", "lengths", "tasks", "limit", "system",
                                             "mode", "model", "threshold", "int8_values",
-                                            "bf16_answers", "int8_answers")}
+                                            "bf16_answers", "int8_answers", "device")}
     result = ruler.run_ruler(samples, system, name, args.out, not args.no_progress, config)
     print(ruler.markdown_table(result["summary"], name))
     for f in result["files"]:
@@ -371,6 +405,8 @@ def _load_model(args: argparse.Namespace):
     except (RuntimeError, OSError) as exc:
         print(f"larimar-ext {args.command}: model: {exc}", file=sys.stderr)
         return None
+    if args.device != "cpu":
+        model.to(args.device)
     try:
         if args.bf16_answers:
             model.bf16_answers(True)

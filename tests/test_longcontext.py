@@ -647,7 +647,8 @@ def test_cli_passkey_with_a_model(model, tmp_path, monkeypatch, capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert "retrieval@1" in out and "| 1,000 | 3 | 0 | 1 |" in out
-    assert (tmp_path / "passkey-memory.json").is_file()
+    config = json.loads((tmp_path / "passkey-memory.json").read_text())["config"]
+    assert config["device"] == "cpu" and config["int8_answers"] is False
     # bf16 answers need the prefix path, which this tiny model has not: a one-line error
     rc = cli.main(["passkey", "--context", "1k", "--digits", "3", "--trials", "1",
                    "--out", str(tmp_path), "--no-progress", "--bf16-answers"])
@@ -661,7 +662,8 @@ def test_cli_passkey_with_a_model(model, tmp_path, monkeypatch, capsys):
     for bad in (["passkey", "--context", "500"], ["passkey", "--depths", "0,200"],
                 ["passkey", "--digits", "0"], ["needle", "--haystack-dir", str(tmp_path / "x")],
                 ["passkey", "--trials", "0"], ["passkey", "--baseline", "in-context",
-                                                "--no-prefix"]):
+                                                "--no-prefix"],
+                ["passkey", "--device", "cuda:x"]):
         with pytest.raises(SystemExit) as ei:
             cli.main(bad)
         assert ei.value.code == 2
@@ -774,7 +776,10 @@ def test_cli_ruler_errors_name_the_argument(model, tmp_path, monkeypatch, capsys
                       (["--data", str(data), "--limit", "0"], "limit"),
                       (["--data", str(data), "--threshold", "2"], "threshold"),
                       (["--data", str(data), "--system", "in-context", "--int8-values"],
-                       "int8_values")):
+                       "int8_values"),
+                      (["--data", str(data), "--device", "tpu"], "device"),
+                      *([] if torch.cuda.is_available() else
+                        [(["--data", str(data), "--device", "cuda"], "device")])):
         with pytest.raises(SystemExit) as ei:
             cli.main(["ruler", "--out", str(tmp_path / "o2"), *bad])
         assert ei.value.code == 2 and name in capsys.readouterr().err

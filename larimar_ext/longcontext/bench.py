@@ -156,10 +156,13 @@ def _system(system: str, model: Any, baseline: Any, prefix_words: int, max_token
                          progress, int8_values)
 
 
-def _answer_precision(model: Any) -> Dict[str, bool]:
-    """The model-wide answer precision, for a run's config record."""
+def _model_choices(model: Any) -> Dict[str, Any]:
+    """The model-wide answer precision and the model's device, for a run's config record."""
+    params = getattr(model, "parameters", None)
+    first = next(iter(params()), None) if callable(params) else None
     return {"bf16_answers": bool(getattr(model, "answers_in_bf16", False)),
-            "int8_answers": bool(getattr(model, "answers_in_int8", False))}
+            "int8_answers": bool(getattr(model, "answers_in_int8", False)),
+            "device": None if first is None else str(first.device)}
 
 
 def _tokenizer_for(sysobj: Any, tokenizer: Any) -> Any:
@@ -367,7 +370,7 @@ def run_passkey(model: Any = None, contexts: Any = "4k", digits: Any = (5,),
     grid = [(c, d, x) for c in ctx for d in dig for x in dep]
     config = {"contexts": ctx, "digits": dig, "depths": dep, "trials": trials, "seed": seed,
               "system": system, "prefix_words": prefix_words, "max_tokens": max_tokens,
-              "int8_values": int8_values, **_answer_precision(model), "k": k}
+              "int8_values": int8_values, **_model_choices(model), "k": k}
     return _run("passkey", build, grid, trials, seed, system, sysobj, out, progress, config,
                 name)
 
@@ -402,7 +405,7 @@ def run_needle(model: Any = None, haystack_dir: Union[str, Path, None] = None,
     grid = [(c, None, x) for c in ctx for x in dep]
     config = {"contexts": ctx, "depths": dep, "trials": trials, "seed": seed,
               "system": system, "prefix_words": prefix_words, "max_tokens": max_tokens,
-              "int8_values": int8_values, **_answer_precision(model),
+              "int8_values": int8_values, **_model_choices(model),
               "k": k, "haystack_dir": str(haystack_dir), "haystack_files": len(hay.files),
               "haystack_tokens": hay.tokens, "needle": needle, "question": question,
               "answer_prefix": answer_prefix, "answer": answer}
