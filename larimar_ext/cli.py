@@ -211,8 +211,8 @@ def _check_device(args: argparse.Namespace) -> None:
     try:
         device = torch.device(args.device)
     except (RuntimeError, ValueError):
-        raise ValueError(f"device: expected cpu, cuda or cuda:N, got {args.device!r}") from None
-    if device.type != "cuda":
+        device = None
+    if device is None or device.type != "cuda":
         raise ValueError(f"device: expected cpu, cuda or cuda:N, got {args.device!r}")
     if not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count():
         raise ValueError(f"device: {args.device!r} is not available on this machine")

@@ -201,10 +201,9 @@ def test_prompt_lookup_gives_the_tokens_of_one_step_at_a_time(model, first_line)
     assert before > 0
 
 
-def test_bf16_answers_copy_the_same_answers_and_leave_the_float_decoder(model):
-    """bf16_answers: answers from a bfloat16 copy of the decoder, by prompt lookup on slot ids
-    and by the batched passages path; the float decoder, the model's state and training
-    stay float32, and turning it off gives the float decoder back."""
+def two_passage_answers(model):
+    """A call that answers two slot-id passages, one by ``complete_passages`` (a first line)
+    and one by ``complete_each_passage``, with whatever decoder the model answers on now."""
     texts = ["The pass key is 86556. Remember it.",
              "Der Zug nach Berlin fährt um 17:42 Uhr von Gleis 9."]
     ids = model.slot_ids(model.encode(texts).detach())
@@ -214,6 +213,14 @@ def test_bf16_answers_copy_the_same_answers_and_leave_the_float_decoder(model):
                                         first_line=True),
                 model.complete_each_passage("The train leaves from platform", ids[1:],
                                             max_new_tokens=8))
+    return answers
+
+
+def test_bf16_answers_copy_the_same_answers_and_leave_the_float_decoder(model):
+    """bf16_answers: answers from a bfloat16 copy of the decoder, by prompt lookup on slot ids
+    and by the batched passages path; the float decoder, the model's state and training
+    stay float32, and turning it off gives the float decoder back."""
+    answers = two_passage_answers(model)
     keys = set(model.state_dict())
     want = answers()
     try:
@@ -238,15 +245,7 @@ def test_int8_answers_give_the_answers_and_leave_the_float_decoder(model):
     Int8Linear; the values asked for are still answered, the float decoder, the model's
     state and training stay float32, and turning it off gives the float decoder back."""
     from larimar_ext.int8_linear import Int8Linear
-    texts = ["The pass key is 86556. Remember it.",
-             "Der Zug nach Berlin fährt um 17:42 Uhr von Gleis 9."]
-    ids = model.slot_ids(model.encode(texts).detach())
-
-    def answers():
-        return (model.complete_passages("The pass key is", ids[:1], max_new_tokens=8,
-                                        first_line=True),
-                model.complete_each_passage("The train leaves from platform", ids[1:],
-                                            max_new_tokens=8))
+    answers = two_passage_answers(model)
     keys = set(model.state_dict())
     try:
         model.int8_answers(True)

@@ -308,12 +308,16 @@ class LarimarModel(nn.Module):
             return copy_
         if _device(self.encoder).type != "cpu":
             raise ValueError("int8_values: the int8 encoder runs on the CPU only")
+        return self._make_int8_copy(self.encoder, "_int8_encoder")
+
+    def _make_int8_copy(self, module: nn.Module, key: str) -> nn.Module:
+        """A float32 copy of ``module`` with every linear layer an ``Int8Linear``, kept as
+        ``key`` out of the module tree: not a parameter, never saved, not moved by .to()."""
         import copy
 
         from ..int8_linear import int8_linears
-        copy_ = int8_linears(copy.deepcopy(self.encoder).float().eval())
-        # kept out of the module tree: not a parameter, never saved, not moved by .to()
-        self.__dict__["_int8_encoder"] = copy_
+        copy_ = int8_linears(copy.deepcopy(module).float().eval())
+        self.__dict__[key] = copy_
         return copy_
 
     def bf16_answers(self, enable: bool = True) -> None:
@@ -328,13 +332,7 @@ class LarimarModel(nn.Module):
         after the decoder's weights change. This is the model-wide choice (it ends a
         model-wide ``int8_answers``: answers have one precision); ``precision`` overrides it
         for one block. False drops the copy."""
-        if not enable:
-            self.__dict__["_bf16_default"] = False
-            self.__dict__.pop("_bf16_decoder", None)
-            return
-        self._bf16_copy(fresh=True)
-        self.__dict__["_bf16_default"] = True
-        self.__dict__["_int8_answers_default"] = False
+        self._set_answer_copy("bf16", enable)
 
     def int8_answers(self, enable: bool = True) -> None:
         """Generate answers from readouts (the prefix path, as ``bf16_answers``) with a copy
@@ -348,13 +346,21 @@ class LarimarModel(nn.Module):
         This is the model-wide choice (it ends a model-wide ``bf16_answers``); ``precision``
         overrides it for one block. Call again after the decoder's weights change; False
         drops the copy."""
+        self._set_answer_copy("int8", enable)
+
+    def _set_answer_copy(self, kind: str, enable: bool) -> None:
+        """The model-wide answer precision: ``kind``'s copy made afresh and on, the other
+        off (answers have one precision); or ``kind`` off, its copy dropped."""
+        copies = {"bf16": ("_bf16_default", "_bf16_decoder", self._bf16_copy),
+                  "int8": ("_int8_answers_default", "_int8_decoder", self._int8_decoder_copy)}
+        default_key, copy_key, make = copies[kind]
         if not enable:
-            self.__dict__["_int8_answers_default"] = False
-            self.__dict__.pop("_int8_decoder", None)
+            self.__dict__[default_key] = False
+            self.__dict__.pop(copy_key, None)
             return
-        self._int8_decoder_copy(fresh=True)
-        self.__dict__["_int8_answers_default"] = True
-        self.__dict__["_bf16_default"] = False
+        make(fresh=True)
+        for other, (key, _, _) in copies.items():
+            self.__dict__[key] = other == kind
 
     def _int8_decoder_copy(self, fresh: bool = False) -> nn.Module:
         """The int8 copy of the decoder, made on first need (or ``fresh``)."""
@@ -365,13 +371,7 @@ class LarimarModel(nn.Module):
         copy_ = self.__dict__.get("_int8_decoder")
         if copy_ is not None and not fresh:
             return copy_
-        import copy
-
-        from ..int8_linear import int8_linears
-        copy_ = int8_linears(copy.deepcopy(self.decoder).float().eval())
-        # kept out of the module tree: not a parameter, never saved, not moved by .to()
-        self.__dict__["_int8_decoder"] = copy_
-        return copy_
+        return self._make_int8_copy(self.decoder, "_int8_decoder")
 
     def _bf16_copy(self, fresh: bool = False) -> nn.Module:
         """The bfloat16 copy of the decoder on the decoder's device, made on first need,
