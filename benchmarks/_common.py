@@ -62,15 +62,21 @@ def import_larimar(required=("set_num_threads", "info")):
 
 
 @contextlib.contextmanager
-def slot_ids_of(prefix):
-    """Within the block, every slot snap of ``prefix`` (the model's SlotPrefix) appends the
-    ids it returns (numpy) to the yielded list; its own method again after."""
+def snaps_of(prefix, soft: bool = False):
+    """Within the block, every slot snap of ``prefix`` (the model's SlotPrefix) appends a
+    dict of numpy arrays to the yielded list: the ids it returns and the hints it was given
+    (None without), flattened to one row per slot, and with ``soft`` its soft tokens
+    (n, H) as well; its own method again after."""
     snap = prefix.nearest_ids
     got: list = []
 
-    def capture(soft, embeddings, hints=None):
-        ids = snap(soft, embeddings, hints)
-        got.append(ids.numpy().copy())
+    def capture(queries, embeddings, hints=None):
+        ids = snap(queries, embeddings, hints)
+        call = {"ids": ids.numpy().reshape(-1).copy(),
+                "hints": None if hints is None else hints.numpy().reshape(-1).copy()}
+        if soft:
+            call["soft"] = queries.detach().reshape(-1, queries.shape[-1]).float().numpy().copy()
+        got.append(call)
         return ids
 
     prefix.nearest_ids = capture
@@ -78,6 +84,18 @@ def slot_ids_of(prefix):
         yield got
     finally:
         del prefix.nearest_ids
+
+
+@contextlib.contextmanager
+def slot_ids_of(prefix):
+    """Within the block, every slot snap of ``prefix`` appends the ids it returns (numpy,
+    as returned) to the yielded list (filled when the block ends)."""
+    got: list = []
+    with snaps_of(prefix) as calls:
+        try:
+            yield got
+        finally:
+            got.extend(c["ids"] for c in calls)
 
 
 def set_all_threads(torch=None, faiss=None, lx=None, n: int = NUM_THREADS) -> None:
