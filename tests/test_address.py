@@ -204,6 +204,31 @@ def test_float32_gram_route_error_follows_the_condition(rng, two_threads, log_co
         assert err <= 1e-6, err
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("log_cond", [1, 2.5])
+@pytest.mark.parametrize("n", [1, 3, 200])
+def test_a_single_address_on_the_gram_route_is_the_prepared_one(rng, two_threads, dtype,
+                                                                 log_cond, n):
+    """pinv_address applies each R^+ once, so on the full-row-rank route it solves
+    (Z R^T) G^-1 with the Gram's factor (float32 solves for a float32 R at cond 10, float64
+    ones for float64), where PreparedPinv forms G^-1 R for many calls: the same addresses,
+    numpy's to the route's accuracy, for one query, a few and more than a thread's block
+    of them. A flat spectrum with a short tail, so that the probe's 8 pivots predict full
+    rank and the Gram route is the one taken (a float32 R at cond 316 takes the
+    rank-revealing path here)."""
+    K, C = 160, 240
+    spectrum = np.ones(K)
+    spectrum[-8:] = 10.0 ** -log_cond
+    R = ((orthonormal(rng, K, K) * spectrum) @ orthonormal(rng, C, K).T).astype(dtype)
+    Z = randn(rng, n, C, dtype=dtype)
+    want = f64(Z) @ np.linalg.pinv(f64(R), rcond=default_rcond(K, C, dtype))
+    f32_tol = 1e-5 if log_cond == 1 else 2e-4   # float32: about cond(R) eps32
+    got = lx.pinv_address(Z, R)
+    assert got.dtype == dtype and got.shape == (n, K)
+    assert_rel(got, want, tol(dtype, f32_tol, 1e-9))
+    assert_rel(got, lx.PreparedPinv(R).address(Z), tol(dtype, f32_tol, 1e-9))
+
+
 @pytest.mark.parametrize("rank", [380, 399, 400])
 def test_blocked_cholesky_in_float64(rng, two_threads, rank):
     """K = 400 (blocks of the Cholesky on both threads). Full rank: the Gram route, to

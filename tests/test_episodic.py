@@ -83,6 +83,26 @@ def test_write_default_address_uses_prior(rng, K, C, dtype):
     assert_rel(mem.memory, ref_ridge(W, Z, 1e-3, prior), tol(dtype, 2e-4, 1e-9))
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_forgetting_rows_addressed_by_pinv_address(rng, dtype):
+    """The README's quickstart: write(Z) addresses with the prior's cached pseudo-inverse,
+    and rows forgotten with pinv_address's W for them leave the rest written. A prior of
+    full row rank (K >= 64: the Gram route), where every op on R^+ takes one route, so
+    pinv_address, PreparedPinv and the memory give the same bits (a forget of rows that
+    differ from the stored ones in the last bit can fail the downdate's check)."""
+    K, C = 96, 144
+    prior = well_conditioned(rng, K, C, dtype=dtype)
+    Z = randn(rng, 6, C, dtype=dtype)
+    W = lx.pinv_address(Z, prior)
+    np.testing.assert_array_equal(W, lx.PreparedPinv(prior).address(Z))
+    mem = new_mem(K, C, dtype, prior=prior, ridge=1e-3)
+    mem.write(Z)
+    mem.update(Z[:2], W[:2], alpha=-1.0)
+    rest = new_mem(K, C, dtype, prior=prior, ridge=1e-3)
+    rest.write(Z[2:], W[2:])
+    assert_rel(mem.memory, rest.memory, tol(dtype, 1e-3, 1e-8))
+
+
 SEQ_OP = st.tuples(st.sampled_from(["write", "forget"]), st.integers(1, 4), seeds)
 
 

@@ -276,29 +276,45 @@ void xtrsm(const char* side, const char* uplo, const char* trans, const char* di
   BLAS_SYMBOL(strsm_)(side, uplo, trans, diag, m, n, alpha, a, lda, b, ldb);
 }
 
-// Row-major B (n x nrhs) is column-major B^T (nrhs x n). A^-1 B in row-major is
-// B^T A^-1 = B^T U^-1 U^-T in column-major: two right-side triangular solves. Columns of B
-// (rows of B^T) are independent: wide right-hand sides split over the kernel's threads.
+// A^-1 applied to the independent vectors of a row-major matrix, count of them split over
+// the kernel's threads (at least 64 each). Columns (B, n x count): row-major B is
+// column-major B^T, and A^-1 B in row-major is B^T A^-1 = B^T U^-1 U^-T in column-major,
+// two right-side triangular solves. Rows (Y, count x n): row-major Y is column-major Y^T,
+// and Y A^-1 in row-major is A^-1 Y^T = U^-1 U^-T Y^T (A symmetric), two left-side ones.
 template <class T>
-void cholesky_solve(const T* factor, index_t n, T* b, index_t nrhs) {
-  const int N = as_int(n), NRHS = as_int(nrhs);
+void cholesky_solve(const T* factor, index_t n, T* b, index_t count, bool rows) {
+  const int N = as_int(n), ld = rows ? N : as_int(count);
   const T one = 1;
-  const char right = 'R', upper = 'U', notrans = 'N', trans = 'T', nonunit = 'N';
+  const char side = rows ? 'L' : 'R', upper = 'U', nonunit = 'N';
+  const char first = rows ? 'T' : 'N', second = rows ? 'N' : 'T';
   const int threads = omp_in_parallel() || n < 128 ? 1 : num_threads();
-  for_blocks(nrhs, std::max<index_t>(1, std::min<index_t>(threads, nrhs / 64)),
+  for_blocks(count, std::max<index_t>(1, std::min<index_t>(threads, count / 64)),
              [&](index_t lo, index_t len) {
-               const int M = as_int(len);
-               xtrsm(&right, &upper, &notrans, &nonunit, &M, &N, &one, factor, &N, b + lo, &NRHS);
-               xtrsm(&right, &upper, &trans, &nonunit, &M, &N, &one, factor, &N, b + lo, &NRHS);
+               const int L = as_int(len);
+               T* block = rows ? b + lo * n : b + lo;
+               const int &m = rows ? N : L, &cols = rows ? L : N;
+               xtrsm(&side, &upper, &first, &nonunit, &m, &cols, &one, factor, &N, block, &ld);
+               xtrsm(&side, &upper, &second, &nonunit, &m, &cols, &one, factor, &N, block, &ld);
              });
 }
 }  // namespace
 
-void Cholesky::solve(double* b, index_t nrhs) const { cholesky_solve(factor_.data(), n_, b, nrhs); }
+void Cholesky::solve(double* b, index_t nrhs) const {
+  cholesky_solve(factor_.data(), n_, b, nrhs, false);
+}
+
+void Cholesky::solve_rows(double* y, index_t n) const {
+  cholesky_solve(factor_.data(), n_, y, n, true);
+}
+
+void Cholesky::solve_rows(float* y, index_t n) const {
+  const std::vector<float> factor(factor_.begin(), factor_.end());
+  cholesky_solve(factor.data(), n_, y, n, true);
+}
 
 void Cholesky::solve(float* b, index_t nrhs) const {
   const std::vector<float> factor(factor_.begin(), factor_.end());
-  cholesky_solve(factor.data(), n_, b, nrhs);
+  cholesky_solve(factor.data(), n_, b, nrhs, false);
 }
 
 void thin_qr(const double* a, index_t rows, index_t cols, std::vector<double>& q,

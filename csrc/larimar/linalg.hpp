@@ -56,6 +56,11 @@ class Cholesky {
   // The same in float32 with the factor rounded to float32: twice the speed, and a relative
   // error of about cond(A)^(1/2) * eps32 (the factor's condition), not eps64's.
   void solve(float* b, index_t nrhs) const;
+  // Y (n x K, row-major) <- Y A^-1: the solve from the right, many rows split over the
+  // kernel's threads; the float32 one as solve's.
+  void solve_rows(double* y, index_t n) const;
+  void solve_rows(float* y, index_t n) const;
+  bool empty() const { return n_ == 0; }
   // i-th diagonal entry of the factor (A = U^T U): its square is the i-th pivot.
   double pivot(index_t i) const { return factor_[i * n_ + i]; }
 

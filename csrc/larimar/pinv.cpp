@@ -266,8 +266,8 @@ bool LowRankPinv<T>::full_row_rank(const T* r, double rcond) {
   // that (a) no singular value of R falls below the cutoff: sigma_min / sigma_max >= rcond
   // holds when rcond(G) >= K rcond^2, since dpocon's 1-norm estimate is within a factor K
   // of the 2-norm one; and (b) the Gram loses nothing in T's precision
-  // (cholesky_rcond_floor). Then W = Z R^+ is one product and the projection Z R^+ R two.
-  // R, then G^-1 R, in float64 (uninitialised: each thread writes, and so first touches,
+  // (cholesky_rcond_floor).
+  // R in float64 for the Gram (uninitialised: each thread writes, and so first touches,
   // its own rows)
   std::unique_ptr<double[]> x(new double[k * c]);
   for_row_blocks(
@@ -279,19 +279,25 @@ bool LowRankPinv<T>::full_row_rank(const T* r, double rcond) {
   if (!chol.factor(gram, k)) return false;
   const double gram_rcond = chol.rcond();
   if (!(gram_rcond >= floor)) return false;
-  // The two triangular solves cost about what the Gram does: a well-conditioned float32 R
-  // takes them in float32, at about twice the speed (kFloat32SolveError).
-  if (std::is_same<T, float>::value &&
-      epsilon<float>() <= kFloat32SolveError * std::sqrt(gram_rcond)) {
-    dense_pinv_t_.assign(r, r + k * c);
-    chol.solve(dense_pinv_t_.data(), c);
-  } else {
-    chol.solve(x.get(), c);
-    dense_pinv_t_.assign(x.get(), x.get() + k * c);
-  }
+  // A well-conditioned float32 R takes the triangular solves in float32, at about twice
+  // the speed (kFloat32SolveError).
+  float_solve_ = std::is_same<T, float>::value &&
+                 epsilon<float>() <= kFloat32SolveError * std::sqrt(gram_rcond);
+  gram_ = std::move(chol);
   dense_r_.assign(r, r + k * c);
   rank_ = k;
   return true;
+}
+
+template <class T>
+void LowRankPinv<T>::solve_gram(T* w, index_t n) const {
+  if (float_solve_ || std::is_same<T, double>::value) {
+    gram_.solve_rows(w, n);
+    return;
+  }
+  std::vector<double> y(w, w + n * k_);  // float32 data, solved in float64 (kFloat32SolveError)
+  gram_.solve_rows(y.data(), n);
+  std::copy(y.begin(), y.end(), w);
 }
 
 template <class T>
@@ -371,9 +377,9 @@ void low_rank_product(const T* z, index_t n, index_t c, const std::vector<T>& f,
 
 template <class T>
 void LowRankPinv<T>::apply(const T* z, index_t n, T* w) const {
-  if (!dense_pinv_t_.empty()) {
-    blas::gemm_parallel<T>(false, true, n, k_, c_, T(1), z, c_, dense_pinv_t_.data(), c_, T(0), w,
-                           k_);
+  if (!gram_.empty()) {  // W = (Z R^T) G^-1
+    blas::gemm_parallel<T>(false, true, n, k_, c_, T(1), z, c_, dense_r_.data(), c_, T(0), w, k_);
+    solve_gram(w, n);
     return;
   }
   low_rank_product(z, n, c_, left_, rank_, right_, false, k_, w);
@@ -381,7 +387,7 @@ void LowRankPinv<T>::apply(const T* z, index_t n, T* w) const {
 
 template <class T>
 void LowRankPinv<T>::project(const T* z, index_t n, T* out) const {
-  if (!dense_pinv_t_.empty()) {  // (Z R^+) R
+  if (!dense_r_.empty()) {  // the full-row-rank route: (Z R^+) R
     std::vector<T> w(n * k_);
     apply(z, n, w.data());
     blas::gemm_parallel<T>(false, false, n, c_, k_, T(1), w.data(), k_, dense_r_.data(), c_, T(0),
@@ -393,13 +399,14 @@ void LowRankPinv<T>::project(const T* z, index_t n, T* out) const {
 
 template <class T>
 void LowRankPinv<T>::matrix(T* out) const {
-  if (!dense_pinv_t_.empty()) {  // R^+ = (G^-1 R)^T, transposed in cache-sized tiles
+  if (!gram_.empty()) {  // R^+ = R^T G^-1: R transposed in cache-sized tiles, then solved
     constexpr index_t kTile = 32;
     for (index_t i0 = 0; i0 < k_; i0 += kTile)
       for (index_t j0 = 0; j0 < c_; j0 += kTile)
         for (index_t i = i0; i < std::min(k_, i0 + kTile); ++i)
           for (index_t j = j0; j < std::min(c_, j0 + kTile); ++j)
-            out[j * k_ + i] = dense_pinv_t_[i * c_ + j];
+            out[j * k_ + i] = dense_r_[i * c_ + j];
+    solve_gram(out, c_);
     return;
   }
   if (rank_ == 0) {

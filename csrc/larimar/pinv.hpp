@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "larimar/common.hpp"
+#include "larimar/linalg.hpp"
 
 namespace larimar {
 
@@ -35,17 +36,23 @@ class LowRankPinv {
 
  private:
   // The fast route for a well-conditioned R of full row rank (K <= C): a Cholesky of
-  // R R^T, R^+ = R^T (R R^T)^-1 kept whole. False, leaving this object untouched, when R
-  // does not qualify.
+  // G = R R^T, kept as the factor with R, so that W = Z R^+ = (Z R^T) G^-1 (N K C + N K^2
+  // where forming R^+ = R^T G^-1 would cost K^2 C more, and one query needs no C-wide
+  // solve at all). Every op on R^+ (pinv_address, PreparedPinv, the sequential memory's
+  // prior) takes this route, so they give the same bits for the same Z. False, leaving
+  // this object untouched, when R does not qualify.
   bool full_row_rank(const T* r, double rcond);
+  // W (n x K) <- W G^-1 in place, on the factor route (in float32 where it is accurate).
+  void solve_gram(T* w, index_t n) const;
 
   index_t k_ = 0, c_ = 0, rank_ = 0;
   std::vector<T> left_;   // C x r
   std::vector<T> right_;  // r x K
   std::vector<T> basis_;  // C x r, orthonormal basis Q of R's row space
-  // The full-row-rank route, else empty: (R^+)^T = G^-1 R (K x C), the solve's own layout
-  // (the products read it transposed), and R (K x C) for the projection Z R^+ R.
-  std::vector<T> dense_pinv_t_;
+  // The full-row-rank route, else empty: G's factor, whether its solves run in float32,
+  // and R (K x C), for Z R^T and the projection Z R^+ R.
+  Cholesky gram_;
+  bool float_solve_ = false;
   std::vector<T> dense_r_;
 };
 
