@@ -17,11 +17,13 @@ class PreparedPinv:
     call).
 
     A well-conditioned R of full row rank (K <= C, a trained prior) is factored by a
-    Cholesky of R R^T, kept with R (an address is W = (Z R^T) (R R^T)^-1, the bits
-    ``pinv_address`` and ``EpisodicMemory``'s prior give); any other R by the
-    rank-revealing path of ``pinv_address`` (docs/DESIGN.md section 2.3). The result is the
-    same: singular values below ``rcond`` times the largest are dropped, as by
-    ``numpy.linalg.pinv`` (default max(K, C) * eps of the dtype).
+    Cholesky of R R^T and R^+ formed from it, so that an address is one product; any
+    other R by the rank-revealing path of ``pinv_address`` (docs/DESIGN.md section 2.3).
+    The result is the same: singular values below ``rcond`` times the largest are dropped,
+    as by ``numpy.linalg.pinv`` (default max(K, C) * eps of the dtype). Its addresses agree
+    with ``pinv_address``'s to rounding, not to the bit: forget rows of an
+    ``EpisodicMemory`` with the W they were written with (``pinv_address``'s for a
+    memory's default W).
 
     Args:
         R: (K, C) float32 or float64, numpy or torch (any device; factored on the host).

@@ -242,6 +242,7 @@ int blocked_potrf(double* a, index_t n) {
 // upper triangle of the column-major view. We factor A = U^T U (column-major upper).
 bool Cholesky::factor(std::vector<double>& a, index_t n) {
   n_ = n;
+  factor32_.clear();
   norm1_ = 0;  // symmetric: the largest row sum is the largest column sum, read contiguously
   for (index_t i = 0; i < n; ++i) {
     double s = 0;
@@ -307,14 +308,20 @@ void Cholesky::solve_rows(double* y, index_t n) const {
   cholesky_solve(factor_.data(), n_, y, n, true);
 }
 
+const float* Cholesky::factor32(std::vector<float>& scratch) const {
+  if (!factor32_.empty()) return factor32_.data();
+  scratch.assign(factor_.begin(), factor_.end());
+  return scratch.data();
+}
+
 void Cholesky::solve_rows(float* y, index_t n) const {
-  const std::vector<float> factor(factor_.begin(), factor_.end());
-  cholesky_solve(factor.data(), n_, y, n, true);
+  std::vector<float> scratch;
+  cholesky_solve(factor32(scratch), n_, y, n, true);
 }
 
 void Cholesky::solve(float* b, index_t nrhs) const {
-  const std::vector<float> factor(factor_.begin(), factor_.end());
-  cholesky_solve(factor.data(), n_, b, nrhs, false);
+  std::vector<float> scratch;
+  cholesky_solve(factor32(scratch), n_, b, nrhs, false);
 }
 
 void thin_qr(const double* a, index_t rows, index_t cols, std::vector<double>& q,

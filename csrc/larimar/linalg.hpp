@@ -60,12 +60,18 @@ class Cholesky {
   // kernel's threads; the float32 one as solve's.
   void solve_rows(double* y, index_t n) const;
   void solve_rows(float* y, index_t n) const;
+  // Keeps the factor rounded to float32 for the float32 solves, which otherwise round it
+  // on every call (K^2: a few times a one-query address's own work).
+  void keep_float32() { factor32_.assign(factor_.begin(), factor_.end()); }
   bool empty() const { return n_ == 0; }
   // i-th diagonal entry of the factor (A = U^T U): its square is the i-th pivot.
   double pivot(index_t i) const { return factor_[i * n_ + i]; }
 
  private:
+  // The float32 factor: factor32_ when kept, else rounded into scratch for this call.
+  const float* factor32(std::vector<float>& scratch) const;
   std::vector<double> factor_;
+  std::vector<float> factor32_;
   index_t n_ = 0;
   double norm1_ = 0;
 };

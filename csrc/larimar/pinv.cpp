@@ -259,7 +259,7 @@ constexpr double kFloat32SolveError = 1e-5;
 }  // namespace
 
 template <class T>
-bool LowRankPinv<T>::full_row_rank(const T* r, double rcond) {
+bool LowRankPinv<T>::full_row_rank(const T* r, double rcond, bool dense) {
   const index_t k = k_, c = c_;
   if (k > c) return false;
   // R^+ = R^T G^-1 with G = R R^T, factored in float64. Kept only when G's condition shows
@@ -267,8 +267,8 @@ bool LowRankPinv<T>::full_row_rank(const T* r, double rcond) {
   // holds when rcond(G) >= K rcond^2, since dpocon's 1-norm estimate is within a factor K
   // of the 2-norm one; and (b) the Gram loses nothing in T's precision
   // (cholesky_rcond_floor).
-  // R in float64 for the Gram (uninitialised: each thread writes, and so first touches,
-  // its own rows)
+  // R in float64 for the Gram, and dense, G^-1 R (uninitialised: each thread writes, and so
+  // first touches, its own rows)
   std::unique_ptr<double[]> x(new double[k * c]);
   for_row_blocks(
       k, c, [&](index_t lo, index_t hi) { std::copy(r + lo * c, r + hi * c, x.get() + lo * c); });
@@ -283,7 +283,16 @@ bool LowRankPinv<T>::full_row_rank(const T* r, double rcond) {
   // the speed (kFloat32SolveError).
   float_solve_ = std::is_same<T, float>::value &&
                  epsilon<float>() <= kFloat32SolveError * std::sqrt(gram_rcond);
-  gram_ = std::move(chol);
+  if (!dense) {
+    if (float_solve_) chol.keep_float32();
+    gram_ = std::move(chol);
+  } else if (float_solve_) {
+    dense_pinv_t_.assign(r, r + k * c);
+    chol.solve(dense_pinv_t_.data(), c);
+  } else {
+    chol.solve(x.get(), c);
+    dense_pinv_t_.assign(x.get(), x.get() + k * c);
+  }
   dense_r_.assign(r, r + k * c);
   rank_ = k;
   return true;
@@ -301,7 +310,8 @@ void LowRankPinv<T>::solve_gram(T* w, index_t n) const {
 }
 
 template <class T>
-LowRankPinv<T>::LowRankPinv(const T* r, index_t k, index_t c, double rcond) : k_(k), c_(c) {
+LowRankPinv<T>::LowRankPinv(const T* r, index_t k, index_t c, double rcond, bool dense)
+    : k_(k), c_(c) {
   if (rcond < 0) rcond = default_rcond<T>(k, c);
   // Pivot rows until no residual row exceeds tol |R_max row| / sqrt(K), tol the dtype's
   // default cutoff (or rcond when smaller): the directions left out hold singular values
@@ -314,7 +324,7 @@ LowRankPinv<T>::LowRankPinv(const T* r, index_t k, index_t c, double rcond) : k_
   const index_t stop_at = k <= c && k >= 64 ? 8 : -1;
   RowSpace space = row_space(r, k, c, tol / std::sqrt(double(k)), stop_at);
   if (space.stopped) {
-    if (full_row_rank(r, rcond)) return;
+    if (full_row_rank(r, rcond, dense)) return;
     space = row_space(r, k, c, tol / std::sqrt(double(k)), -1);
   }
   const index_t q = space.rank;
@@ -377,6 +387,11 @@ void low_rank_product(const T* z, index_t n, index_t c, const std::vector<T>& f,
 
 template <class T>
 void LowRankPinv<T>::apply(const T* z, index_t n, T* w) const {
+  if (!dense_pinv_t_.empty()) {
+    blas::gemm_parallel<T>(false, true, n, k_, c_, T(1), z, c_, dense_pinv_t_.data(), c_, T(0), w,
+                           k_);
+    return;
+  }
   if (!gram_.empty()) {  // W = (Z R^T) G^-1
     blas::gemm_parallel<T>(false, true, n, k_, c_, T(1), z, c_, dense_r_.data(), c_, T(0), w, k_);
     solve_gram(w, n);
@@ -399,14 +414,15 @@ void LowRankPinv<T>::project(const T* z, index_t n, T* out) const {
 
 template <class T>
 void LowRankPinv<T>::matrix(T* out) const {
-  if (!gram_.empty()) {  // R^+ = R^T G^-1: R transposed in cache-sized tiles, then solved
+  if (!dense_r_.empty()) {  // R^+ = (G^-1 R)^T, or R^T then solved: transposed in tiles
+    const std::vector<T>& rows = dense_pinv_t_.empty() ? dense_r_ : dense_pinv_t_;
     constexpr index_t kTile = 32;
     for (index_t i0 = 0; i0 < k_; i0 += kTile)
       for (index_t j0 = 0; j0 < c_; j0 += kTile)
         for (index_t i = i0; i < std::min(k_, i0 + kTile); ++i)
           for (index_t j = j0; j < std::min(c_, j0 + kTile); ++j)
-            out[j * k_ + i] = dense_r_[i * c_ + j];
-    solve_gram(out, c_);
+            out[j * k_ + i] = rows[i * c_ + j];
+    if (dense_pinv_t_.empty()) solve_gram(out, c_);
     return;
   }
   if (rank_ == 0) {
@@ -479,7 +495,7 @@ LowRankPinv<T> checked_pinv(const T* r, index_t k, index_t c, double rcond) {
   const double q = double(std::min(k, c));
   check_allocation(8.0 * (4.0 * k * q + 4.0 * c * q + 2.0 * k * k), "R",
                    "the float64 workspace of the pseudo-inverse");
-  return LowRankPinv<T>(r, k, c, rcond);
+  return LowRankPinv<T>(r, k, c, rcond, true);
 }
 
 }  // namespace

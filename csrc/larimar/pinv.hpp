@@ -20,8 +20,10 @@ template <class T>
 class LowRankPinv {
  public:
   LowRankPinv() = default;
-  // rcond < 0: default max(K, C) * eps(T).
-  LowRankPinv(const T* r, index_t k, index_t c, double rcond = -1);
+  // rcond < 0: default max(K, C) * eps(T). dense: on the full-row-rank route, form R^+
+  // (an address is then one product: PreparedPinv's many calls of few rows); else keep the
+  // Cholesky factor of R R^T (below).
+  LowRankPinv(const T* r, index_t k, index_t c, double rcond = -1, bool dense = false);
 
   // W (n x K) = Z (n x C) R^+.
   void apply(const T* z, index_t n, T* w) const;
@@ -37,11 +39,12 @@ class LowRankPinv {
  private:
   // The fast route for a well-conditioned R of full row rank (K <= C): a Cholesky of
   // G = R R^T, kept as the factor with R, so that W = Z R^+ = (Z R^T) G^-1 (N K C + N K^2
-  // where forming R^+ = R^T G^-1 would cost K^2 C more, and one query needs no C-wide
-  // solve at all). Every op on R^+ (pinv_address, PreparedPinv, the sequential memory's
-  // prior) takes this route, so they give the same bits for the same Z. False, leaving
-  // this object untouched, when R does not qualify.
-  bool full_row_rank(const T* r, double rcond);
+  // where forming R^+ = R^T G^-1 first would cost K^2 C more, and one query needs no
+  // C-wide solve at all); or, dense, R^+ formed. The batched ops and the sequential
+  // memory's prior keep the factor, so a memory's default W for Z is pinv_address's to the
+  // bit (the rows a forget names are the rows stored). False, leaving this object
+  // untouched, when R does not qualify.
+  bool full_row_rank(const T* r, double rcond, bool dense);
   // W (n x K) <- W G^-1 in place, on the factor route (in float32 where it is accurate).
   void solve_gram(T* w, index_t n) const;
 
@@ -49,15 +52,18 @@ class LowRankPinv {
   std::vector<T> left_;   // C x r
   std::vector<T> right_;  // r x K
   std::vector<T> basis_;  // C x r, orthonormal basis Q of R's row space
-  // The full-row-rank route, else empty: G's factor, whether its solves run in float32,
-  // and R (K x C), for Z R^T and the projection Z R^+ R.
+  // The full-row-rank route, else empty: (R^+)^T = G^-1 R (K x C) when dense, the solve's
+  // own layout (the products read it transposed); else G's factor and whether its solves
+  // run in float32; and R (K x C), for Z R^T and the projection Z R^+ R.
+  std::vector<T> dense_pinv_t_;
   Cholesky gram_;
   bool float_solve_ = false;
   std::vector<T> dense_r_;
 };
 
 // A prior's pseudo-inverse prepared once for the addresses of many calls (an inference
-// caller's W = Z M0^+): the batched ops' argument checks around one LowRankPinv.
+// caller's W = Z M0^+): the batched ops' argument checks around one dense LowRankPinv
+// (its addresses agree with pinv_address's to rounding, not to the bit).
 template <class T>
 class PreparedPinv {
  public:
