@@ -199,12 +199,11 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void dots_vnni(
   index_t t = 0;
   // One or two queries take four tiles at a time: two tiles would leave them 2-4 chains of
   // dependent vpdpbusd, too few to hide its latency (a single query's scan: 1.13-1.21x).
-  if (nq == 1)
+  if (nq == 1 || nq == 2) {
+    const auto four_tiles = nq == 1 ? dots_vnni_tiles<1, 4> : dots_vnni_tiles<2, 4>;
     for (; t + 4 <= ntiles; t += 4)
-      dots_vnni_tiles<1, 4>(q, dp, tiles + t * kInt8TileRows * dp, out + t * kInt8TileRows, stride);
-  if (nq == 2)
-    for (; t + 4 <= ntiles; t += 4)
-      dots_vnni_tiles<2, 4>(q, dp, tiles + t * kInt8TileRows * dp, out + t * kInt8TileRows, stride);
+      four_tiles(q, dp, tiles + t * kInt8TileRows * dp, out + t * kInt8TileRows, stride);
+  }
   for (; t + 2 <= ntiles; t += 2)
     dots_vnni_nq<2>(q, nq, dp, tiles + t * kInt8TileRows * dp, out + t * kInt8TileRows, stride);
   if (t < ntiles)
